@@ -1,0 +1,34 @@
+# Two commands a new user needs (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CORES ?= 2
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test test-fast mlflow-ui clean-demo
+
+# A virtual environment with the exact versions of requirements.lock and the prdit CLI.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The whole DAG on the built-in synthetic DICOM dataset (CPU, minutes). Re-running does no work.
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) all
+
+# The full test suite, end-to-end runs of snakemake, dvc and a local SLURM cluster included.
+test: setup
+	$(BIN)/pytest -q
+
+# Unit tests only (seconds to minutes).
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+clean-demo:
+	rm -rf data/interim data/processed data/splits models samples metrics reports logs .snakemake

@@ -1,0 +1,335 @@
+"""Typed, validated view of params.yaml: the one parameter file of Snakemake, DVC and prdit.
+
+Validation happens before any work: the JSON schema (workflow/schemas/params.schema.yaml) catches
+unknown keys and wrong types, `_check` catches impossible combinations; both name the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
+STAGES = ("local", "global", "highres")
+
+# The params each pipeline stage reads: Snakemake rules and DVC stages list exactly these, so a change
+# re-runs only the stages that read it. "{dataset}" is filled in per dataset.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "phantom": ("phantom",),
+    "download": ("sources.{dataset}", "phantom", "download"),  # narrowed per source kind by Params.used
+    "ingest": ("sources.{dataset}", "ingest"),
+    "preprocess": ("preprocess",),
+    "split": ("split",),
+    "train-local": ("train.common", "train.local", "diffusion", "preprocess.size"),
+    "train-global": ("train.common", "train.global", "diffusion", "preprocess.size"),
+    "train-highres": ("train.common", "train.highres", "diffusion", "preprocess.size", "preprocess.highres_size"),
+    "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm"),
+    "evaluate": ("evaluate", "preprocess.window"),
+}
+
+
+class ConfigError(ValueError):
+    """A parameter file is invalid; the message names the file, the key and the reason."""
+
+
+@dataclass(frozen=True)
+class Source:
+    format: str
+    path: str
+    download: str
+
+
+@dataclass(frozen=True)
+class Phantom:
+    patients: int
+    seed: int
+    matrix: int
+    fov_mm: tuple[float, float]
+    slice_thickness_mm: tuple[float, float]
+    z_extent_mm: float
+
+
+@dataclass(frozen=True)
+class Ingest:
+    min_slices: int
+    max_gap_factor: float
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    mode: str
+    window: tuple[float, float]
+    fov_mm: float
+    size: int
+    highres_size: int | None
+
+
+@dataclass(frozen=True)
+class Split:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    timesteps: int
+    noise_std: float
+
+
+@dataclass(frozen=True)
+class TrainCommon:
+    seed: int
+    ema_decay: float
+    grad_clip: float
+    weight_decay: float
+    warmup_steps: int
+    grad_accum: int
+    checkpoint_every: int
+    val_every: int
+    preview_every: int
+    log_every: int
+    num_workers: int
+    compile: bool
+    max_nonfinite: int
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    model: str
+    steps: int
+    batch_size: int
+    lr: float
+    checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class Train:
+    common: TrainCommon
+    local: TrainStage
+    global_: TrainStage
+    highres: TrainStage
+
+    def stage(self, name: str) -> TrainStage:
+        """The settings of stage `name` (local, global or highres)."""
+        if name not in STAGES:
+            raise ConfigError(f"unknown training stage {name!r}; expected one of {', '.join(STAGES)}")
+        return self.global_ if name == "global" else getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Sample:
+    n: int
+    steps: int
+    k: int
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    weights: str | None
+    sha256: str | None
+    ms_ssim_pairs: int
+    bootstrap: int
+    seed: int
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Downloader:
+    base_url: str
+    collection: str = ""
+    modality: str = "CT"
+    record: str = ""
+    workers: int = 4
+    retries: int = 6
+    patients: tuple[str, ...] = ()
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Params:
+    experiment: str
+    tracking_uri: str | None
+    datasets: tuple[str, ...]
+    sources: dict[str, Source]
+    phantom: Phantom
+    ingest: Ingest
+    preprocess: Preprocess
+    split: Split
+    diffusion: Diffusion
+    train: Train
+    sample: Sample
+    evaluate: Evaluate
+    download: dict[str, Downloader]
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def sizes(self) -> list[int]:
+        """Working sizes the DAG produces: the backbone size, then the stage-3 size if any."""
+        hr = self.preprocess.highres_size
+        return [self.preprocess.size] + ([hr] if hr else [])
+
+    def section(self, dotted: str) -> Any:
+        """The raw value at a dotted key such as 'train.local'."""
+        node: Any = self.raw
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def used(self, stage: str, dataset: str | None = None) -> dict[str, Any]:
+        """The params `stage` reads (STAGE_PARAMS), keyed by dotted name: what its run logs and hashes."""
+        keys = [k.format(dataset=dataset) for k in STAGE_PARAMS[stage]]
+        if stage == "download":  # a LIDC download does not depend on the phantom's settings, and so on
+            kind = self.sources[dataset].download
+            keys = [k for k in keys if k != "phantom" or kind == "phantom"]
+            keys = [f"download.{kind}" if k == "download" else k for k in keys if k != "download" or kind in self.download]
+        return {k: self.section(k) for k in keys}
+
+    def section_hash(self, *dotted: str) -> str:
+        """Short stable hash of the named sections: the provenance of what a stage read."""
+        blob = json.dumps({k: self.section(k) for k in sorted(dotted)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in known)
+        if extra:
+            allowed = ", ".join(sorted(known)) or "none"
+            return ".".join(path + [extra[0]]), f"unknown key (allowed here: {allowed})"
+    return ".".join(path) or "<top level>", error.message
+
+
+def validate_dict(raw: dict[str, Any], origin: str = "params") -> None:
+    """Raise ConfigError naming the key for the first schema or consistency problem in `raw`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        key, why = _describe(errors[0])
+        raise ConfigError(f"{origin}: key '{key}': {why}")
+    _check(raw, origin)
+
+
+def _check(raw: dict[str, Any], origin: str) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{origin}: key '{key}': {why}")
+
+    for name in raw["datasets"]:
+        if name not in raw["sources"]:
+            fail(f"sources.{name}", f"dataset {name!r} is listed in 'datasets' but has no entry under 'sources'")
+    for key in ("phantom.fov_mm", "phantom.slice_thickness_mm"):
+        lo, hi = _get(raw, key)
+        if not 0 < lo <= hi:
+            fail(key, f"expected 0 < low <= high, got [{lo}, {hi}]")
+    lo, hi = raw["preprocess"]["window"]
+    if lo >= hi:
+        fail("preprocess.window", f"low ({lo}) must be below high ({hi})")
+    size, hr = raw["preprocess"]["size"], raw["preprocess"]["highres_size"]
+    if hr is not None and hr != 2 * size:
+        fail("preprocess.highres_size", f"must be 2 x preprocess.size = {2 * size} (stage 3 doubles the backbone size), got {hr}")
+    split = raw["split"]
+    if split["val_fraction"] + split["test_fraction"] >= 1:
+        fail("split", "val_fraction + test_fraction must leave cases for training (sum < 1)")
+    if raw["sample"]["k"] > raw["sample"]["steps"]:
+        fail("sample.k", f"the corrector jump k={raw['sample']['k']} exceeds sample.steps={raw['sample']['steps']}")
+    if raw["sample"]["steps"] > raw["diffusion"]["timesteps"]:
+        fail("sample.steps", f"cannot exceed diffusion.timesteps={raw['diffusion']['timesteps']}")
+    ev = raw["evaluate"]
+    if ev.get("sha256") and not ev.get("weights"):
+        fail("evaluate.sha256", "is set but evaluate.weights is not")
+    local_p = _patch(raw["train"]["local"]["model"])
+    if local_p is not None and _patch(raw["train"]["global"]["model"]) not in (None, local_p):
+        fail("train.global.model", "must use the same patch size as train.local.model (stage 2 reuses stage 1's tokens)")
+    for name, src in raw["sources"].items():
+        if src["download"] != "none" and Path(src["path"]) != Path("data/raw") / name:
+            fail(f"sources.{name}.path", f"a dataset that prdit downloads or generates lives in data/raw/{name}; "
+                 "set download: none to use data you already have elsewhere")
+        if src["download"] in ("lidc-idri", "rad-chestct") and src["download"] not in raw.get("download", {}):
+            fail(f"sources.{name}.download", f"no 'download.{src['download']}' section to take its settings from")
+
+
+def _patch(model: str) -> int | None:
+    parts = model.split("/")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def _get(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge `override` into a copy of `base`, recursing into mappings (Snakemake's configfile semantics)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load(path: str | Path | list[str | Path] = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, merge (later files win), validate and type one or more parameter files."""
+    paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = deep_merge(raw, _read_yaml(p))
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return from_dict(raw, origin=" + ".join(map(str, paths)))
+
+
+def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
+    """Validate a plain mapping (e.g. Snakemake's `config`) and return its typed view."""
+    validate_dict(raw, origin)
+    stage = lambda d: TrainStage(**d)  # noqa: E731
+    tr = raw["train"]
+    return Params(
+        experiment=raw["experiment"],
+        tracking_uri=raw.get("tracking_uri"),
+        datasets=tuple(raw["datasets"]),
+        sources={k: Source(**v) for k, v in raw["sources"].items()},
+        phantom=Phantom(**{**raw["phantom"], "fov_mm": tuple(raw["phantom"]["fov_mm"]),
+                           "slice_thickness_mm": tuple(raw["phantom"]["slice_thickness_mm"])}),
+        ingest=Ingest(**raw["ingest"]),
+        preprocess=Preprocess(**{**raw["preprocess"], "window": tuple(raw["preprocess"]["window"])}),
+        split=Split(**raw["split"]),
+        diffusion=Diffusion(**raw["diffusion"]),
+        train=Train(common=TrainCommon(**tr["common"]), local=stage(tr["local"]), global_=stage(tr["global"]),
+                    highres=stage(tr["highres"])),
+        sample=Sample(**raw["sample"]),
+        evaluate=Evaluate(**raw["evaluate"]),
+        download={k: Downloader(**{**v, "patients": tuple(v.get("patients", ()))}) for k, v in raw.get("download", {}).items()},
+        raw=copy.deepcopy(raw),
+    )

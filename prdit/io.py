@@ -1,0 +1,118 @@
+"""Atomic file output and the NIfTI/JSON helpers every stage shares.
+
+Arrays are indexed [z, y, x] (SimpleITK's order); spacing and origin tuples are (x, y, z) in mm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def _temp_name(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes), dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_image(path: str | Path, image: sitk.Image, compress: bool = True) -> None:
+    """Write a SimpleITK image atomically (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+
+
+def to_image(
+    array_zyx: np.ndarray,
+    spacing_xyz: Sequence[float],
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] | None = None,
+) -> sitk.Image:
+    """Wrap a [z, y, x] array as a SimpleITK image with the given geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
+    image.SetSpacing([float(s) for s in spacing_xyz])
+    image.SetOrigin([float(o) for o in origin])
+    if direction is not None:
+        image.SetDirection([float(d) for d in direction])
+    return image
+
+
+def write_nifti(
+    path: str | Path,
+    array_zyx: np.ndarray,
+    spacing_xyz: Sequence[float],
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] | None = None,
+) -> None:
+    """Write a [z, y, x] array as NIfTI whose affine carries the true spacing and orientation."""
+    write_image(path, to_image(array_zyx, spacing_xyz, origin, direction))
+
+
+def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI volume as a float32 [z, y, x] array and its (x, y, z) spacing."""
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False), tuple(image.GetSpacing())
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Write JSON atomically, keys sorted so DVC diffs stay readable."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,87 @@
+"""params.yaml validation: every bad value fails before work starts and names its key."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prdit.config import ConfigError, load
+from tests.conftest import ROOT, tool_env
+
+
+def test_defaults_validate_and_describe_the_demo() -> None:
+    p = load(ROOT / "params.yaml")
+    assert p.datasets == ("phantom",)
+    assert p.sizes() == [p.preprocess.size, 2 * p.preprocess.size]
+    assert p.train.stage("global") is p.train.global_
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"preprocess": {"size": 30}}, "preprocess.size"),
+        ({"preprocess": {"window": [1000, -1000]}}, "preprocess.window"),
+        ({"preprocess": {"highres_size": 48}}, "preprocess.highres_size"),
+        ({"sample": {"stepz": 3}}, "sample.stepz"),
+        ({"typo_section": 1}, "typo_section"),
+        ({"train": {"local": {"lr": "fast"}}}, "train.local.lr"),
+        ({"train": {"common": {"ema_decay": 1.5}}}, "train.common.ema_decay"),
+        ({"datasets": ["nowhere"]}, "sources.nowhere"),
+        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "split"),
+        ({"sample": {"k": 50, "steps": 10}}, "sample.k"),
+        ({"sources": {"phantom": {"format": "jpeg"}}}, "sources.phantom.format"),
+        ({"sources": {"phantom": {"path": "/elsewhere"}}}, "sources.phantom.path"),
+        ({"train": {"global": {"model": "PRDiT-T/12/2"}}}, "train.global.model"),
+    ],
+)
+def test_bad_values_name_their_key(override: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"key '{key}'"):
+        load(ROOT / "params.yaml", overrides=override)
+
+
+def test_later_files_override_earlier(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"sample": {"steps": 7}}))
+    p = load([ROOT / "params.yaml", extra])
+    assert p.sample.steps == 7 and p.sample.k == load(ROOT / "params.yaml").sample.k
+
+
+def test_paper_configs_validate() -> None:
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        p = load([ROOT / "params.yaml", path])
+        assert p.preprocess.size % 8 == 0, path
+
+
+def test_used_params_narrow_download_to_its_source() -> None:
+    p = load(ROOT / "params.yaml")
+    assert set(p.used("download", "phantom")) == {"sources.phantom", "phantom"}
+    assert set(p.used("sample")) == {"sample", "diffusion", "preprocess.window", "preprocess.fov_mm"}
+
+
+def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"preprocess": {"size": 20}}))
+    res = subprocess.run(["prdit", "split", "--params", str(ROOT / "params.yaml"), "--params", str(bad),
+                          "--dataset", "phantom"], cwd=tmp_path, capture_output=True, text=True, env=tool_env())
+    assert res.returncode == 2
+    assert "preprocess.size" in res.stderr and "multiple of 8" in res.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_snakemake_validates_with_the_same_schema(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"preprocess": {"window": [500, -500]}}))
+    res = subprocess.run(["snakemake", "-n", "--configfile", str(bad)], cwd=ROOT, capture_output=True, text=True,
+                         env=tool_env())
+    assert res.returncode != 0
+    assert "preprocess.window" in res.stdout + res.stderr
+
+
+def test_snakemake_refuses_command_line_config_the_rules_would_not_see() -> None:
+    res = subprocess.run(["snakemake", "-n", "--config", "experiment=other"], cwd=ROOT, capture_output=True,
+                         text=True, env=tool_env())
+    assert res.returncode != 0
+    assert "--configfile" in res.stdout + res.stderr
