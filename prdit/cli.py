@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prdit: invalid parameters: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__name__ != "DownloadError":  # raised by prdit.data.fetch for whole-run problems
+            raise
+        print(f"prdit: download failed: {exc}", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

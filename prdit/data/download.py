@@ -1,0 +1,194 @@
+"""`prdit download <dataset>`: fetch a public dataset into `sources.<dataset>.path`, resumable and verified.
+
+The source's `download` key picks the client: `lidc-idri` (TCIA NBIA API, one zip per DICOM series),
+`rad-chestct` (Zenodo record files), `phantom` (write the synthetic set) or `none` (the folder already
+holds the data). Each run lists what is published, skips what is already on disk and verified (no
+further network), fetches the rest in parallel, and rewrites `<path>/manifest.csv`
+(patient, study, series, path, files, bytes, checksum, status, message). One failed item never stops
+the others; the run returns 1 (the CLI's exit status) if any failed, after logging which and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prdit import tracking
+from prdit.data import fetch, tcia, zenodo
+from prdit.io import atomic_path
+from prdit.progress import progress
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+COLUMNS = ("patient", "study", "series", "path", "files", "bytes", "checksum", "status", "message")
+CLIENTS: dict[str, ModuleType] = {"lidc-idri": tcia, "rad-chestct": zenodo}
+MANIFEST_EVERY_S = 5.0
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of an earlier manifest keyed by `series` (series UID or file key); {} if there is none."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row.get("series")]
+    return {row["series"]: {c: row.get(c) or "" for c in COLUMNS} for row in rows}
+
+
+def write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for key in sorted(rows, key=lambda k: (rows[k]["patient"], rows[k]["study"], k)):
+            writer.writerow(rows[key])
+
+
+def inventory(root: Path) -> dict[str, dict[str, str]]:
+    """One manifest row per folder of user-provided data, fingerprinted by names, sizes and mtimes (no reads).
+
+    The fingerprint lets Snakemake/DVC notice changed input without hashing a hundred gigabytes.
+    """
+    rows: dict[str, dict[str, str]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files = sorted(f for f in files if not f.startswith(".") and not (Path(folder) == root and f == MANIFEST))
+        if not files:
+            continue
+        digest = hashlib.sha256()
+        total = 0
+        for name in files:
+            st = (Path(folder) / name).stat()
+            total += st.st_size
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        rel = str(Path(folder).relative_to(root))
+        rows[rel] = {"patient": "", "study": "", "series": rel, "path": str(Path(folder)), "files": str(len(files)),
+                     "bytes": str(total), "checksum": "listing-sha256:" + digest.hexdigest(), "status": "present",
+                     "message": "user-provided (download: none)"}
+    if not rows:
+        raise fetch.DownloadError(f"{root}: no files found (download: none expects the data there)")
+    return rows
+
+
+def run_download(p: Any, dataset: str, *, patients: Sequence[str] | None = None, limit: int | None = None,
+                 threads: int | None = None) -> int:
+    """Download `dataset`; return 0 when every selected item is on disk and verified, 1 otherwise.
+
+    `patients`/`limit`/`threads` override `download.<name>.patients/limit/workers`. Problems with the
+    whole run (listing unreachable, not enough disk space) raise fetch.DownloadError.
+    """
+    if dataset not in p.sources:
+        raise KeyError(f"dataset {dataset!r} has no entry under 'sources' (known: {', '.join(p.sources)})")
+    src = p.sources[dataset]
+    out = Path(src.path)
+    if src.download == "none":
+        if not out.exists():
+            raise fetch.DownloadError(f"sources.{dataset}.path: {out} does not exist "
+                                      "(download: none expects the data there)")
+        log.info("%s: download: none, using the data already in %s", dataset, out)
+        write_manifest(Path("data/raw") / dataset / MANIFEST, inventory(out))
+        return 0
+    if src.download == "phantom":
+        from prdit.data.phantom import run_phantom
+
+        run_phantom(p, out)
+        return 0
+    client = CLIENTS[src.download]
+    cfg = p.download[src.download]
+    patients = tuple(cfg.patients if patients is None else patients)
+    limit = cfg.limit if limit is None else limit
+    workers = max(1, threads or cfg.workers)
+    policy = fetch.RetryPolicy(retries=cfg.retries, backoff_s=getattr(cfg, "backoff_s", None))
+    used = {**p.used("download", dataset), "cli": {"patients": list(patients), "limit": limit, "threads": workers}}
+    with tracking.stage_run(p, stage="download", dataset=dataset, used=used) as run:
+        status, metrics = _download(client, cfg, out, policy, patients=patients, limit=limit, workers=workers,
+                                    label=dataset)
+        run.log_metrics(metrics)
+        run.log_artifact(out / MANIFEST)
+    return status
+
+
+def _download(client: ModuleType, cfg: Any, out: Path, policy: fetch.RetryPolicy, *, patients: Sequence[str],
+              limit: int | None, workers: int, label: str) -> tuple[int, dict[str, float]]:
+    items, failed_listing = client.list_items(cfg, policy, patients=patients, limit=limit)
+    manifest = out / MANIFEST
+    rows = read_manifest(manifest)
+    results: dict[str, dict[str, str]] = {}
+    todo = []
+    for item in items:
+        row = client.done_row(item, out, rows.get(item.key))
+        if row is None:
+            todo.append(item)
+        else:
+            results[item.key] = row
+    present = len(results)
+    log.info("%s: %d listed, %d already on disk, %d to download with %d workers", label, len(items), present,
+             len(todo), workers)
+    sizes = [client.needed_bytes(item, out) for item in todo]
+    if todo:
+        needed = sum(sizes) + workers * max(sizes)  # + the files being staged at any one time
+        if needed:
+            fetch.check_space(out, needed, label)
+        else:
+            log.warning("%s: the listing gives no sizes; skipping the disk-space check", label)
+    listing_keys = [row["series"] or f"patient:{row['patient']}" for row in failed_listing]
+    results.update(zip(listing_keys, failed_listing))
+
+    last_write = time.monotonic()
+    total = sum(sizes) or None
+    out.mkdir(parents=True, exist_ok=True)
+    with fetch.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_fetch_one, client, item, out, cfg, policy, bar): item for item in todo}
+        try:
+            for future in progress(as_completed(futures), desc=f"{label} items", total=len(futures)):
+                item = futures[future]
+                row, _ = future.result()
+                results[item.key] = row
+                if time.monotonic() - last_write >= MANIFEST_EVERY_S:
+                    write_manifest(manifest, {**rows, **results})
+                    last_write = time.monotonic()
+        except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
+            fetch.STOP.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            fetch.STOP.clear()
+            write_manifest(manifest, {**rows, **results})
+            raise
+    received = bar.done
+    write_manifest(manifest, {**rows, **results})
+    staging = out / tcia.STAGING
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+
+    selected = [results[k] for k in [i.key for i in items] + listing_keys]
+    failed = [r for r in selected if r["status"] != "ok"]
+    ok = len(selected) - len(failed)
+    metrics = {"items_listed": len(items), "items_ok": ok, "items_failed": len(failed), "items_present": present,
+               "items_downloaded": ok - present, "bytes_received": received,
+               "bytes_on_disk": sum(int(r["bytes"] or 0) for r in selected if r["status"] == "ok")}
+    log.info("%s: %d ok (%d were already present), %d failed; %s received; manifest %s", label, ok, present,
+             len(failed), fetch.human_bytes(received), manifest)
+    if failed:
+        log.error("%s: %d item(s) failed:\n%s", label, len(failed),
+                  "\n".join(f"  {r['message']}" for r in failed))
+        return 1, metrics
+    return 0, metrics
+
+
+def _fetch_one(client: ModuleType, item: Any, out: Path, cfg: Any, policy: fetch.RetryPolicy,
+               bar: fetch.ByteProgress) -> tuple[dict[str, str], int]:
+    """Fetch one item; any error becomes a failed manifest row naming the item and the reason."""
+    try:
+        return client.fetch_item(item, out, cfg, policy, bar)
+    except Exception as exc:  # one bad item never stops the batch
+        message = str(exc) if isinstance(exc, fetch.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
+        log.error("%s", message)
+        patient = getattr(item, "patient", "")
+        return {"patient": patient, "study": getattr(item, "study", ""), "series": item.key, "path": "",
+                "files": "", "bytes": "", "checksum": "", "status": "failed", "message": message}, 0

@@ -1,0 +1,380 @@
+"""Shared HTTP for the downloaders: retries with backoff + jitter, Range resume of `.part` files, checksums.
+
+A file only ever gets its final name after it was received completely and verified; until then it
+lives beside it as `<name>.part`, which a later run resumes with an HTTP Range request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import logging
+import random
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = 1.0  # first retry waits about this long, doubling per attempt (tests shrink it)
+MAX_WAIT_S = 300.0  # cap on one wait, whether from backoff or from a server's Retry-After
+TIMEOUT_S = (15.0, 120.0)  # connect, read (between bytes)
+CHUNK = 1 << 16  # bytes per read and write: a killed run loses at most this much of a .part
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+USER_AGENT = "prdit-download (python-requests)"
+
+
+class DownloadError(RuntimeError):
+    """One file or series could not be fetched; the message names it and says why."""
+
+
+class Cancelled(DownloadError):
+    """The run is stopping (Ctrl-C); the .part file stays for the next run to resume."""
+
+
+STOP = threading.Event()  # set to make every download in flight stop after its current block
+
+
+class IntegrityError(DownloadError):
+    """The bytes arrived but are not what was published (size, checksum, archive contents)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 6
+    backoff_s: float | None = None  # None: the module's BACKOFF_S at call time
+    max_wait_s: float = MAX_WAIT_S
+
+    def wait(self, attempt: int, response: requests.Response | None = None) -> float:
+        """Seconds to sleep before retry number `attempt` (1-based): Retry-After if given, else jittered backoff."""
+        retry_after = _retry_after(response) if response is not None else None
+        if retry_after is not None:
+            return min(retry_after, self.max_wait_s)
+        base = BACKOFF_S if self.backoff_s is None else self.backoff_s
+        return min(self.max_wait_s, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds the server asks us to wait: Retry-After (seconds or HTTP date), else a 429's X-RateLimit-Reset."""
+    value = response.headers.get("Retry-After")
+    reset = response.headers.get("X-RateLimit-Reset", "").strip()  # Zenodo: epoch seconds when the quota refills
+    if not value and response.status_code == 429 and reset.isdigit():
+        return max(0.0, int(reset) - time.time())
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_local = threading.local()
+
+
+def session(headers: Mapping[str, str] | None = None) -> requests.Session:
+    """A per-thread session (connection reuse; requests sessions are not shared across threads)."""
+    key = tuple(sorted((headers or {}).items()))
+    sessions = _local.__dict__.setdefault("sessions", {})
+    if key not in sessions:
+        s = requests.Session()
+        s.headers["User-Agent"] = USER_AGENT
+        s.headers.update(headers or {})
+        sessions[key] = s
+    return sessions[key]
+
+
+def _describe_status(response: requests.Response) -> str:
+    hint = {401: " (authentication needed: is an access token set?)", 403: " (access denied)", 404: " (not found)"}
+    return f"HTTP {response.status_code} {response.reason or ''}".rstrip() + hint.get(response.status_code, "")
+
+
+def get_json(url: str, *, params: Mapping[str, Any] | None = None, policy: RetryPolicy = RetryPolicy(),
+             what: str = "", headers: Mapping[str, str] | None = None) -> Any:
+    """GET a JSON document, retrying transient failures; an empty body is returned as None."""
+    what = what or url
+    for attempt in range(1, policy.retries + 2):
+        response = None
+        try:
+            response = session(headers).get(url, params=params, timeout=TIMEOUT_S)
+            if response.status_code == 200:
+                return response.json() if response.content.strip() else None
+            reason = _describe_status(response)
+            if response.status_code not in RETRY_STATUS:
+                raise DownloadError(f"{what}: {reason}")
+        except requests.exceptions.JSONDecodeError as exc:
+            raise DownloadError(f"{what}: the server's answer is not JSON ({exc})") from None
+        except requests.RequestException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if attempt > policy.retries:
+            raise DownloadError(f"{what}: giving up after {policy.retries} retries: {reason}")
+        delay = policy.wait(attempt, response)
+        log.warning("%s: %s; retry %d/%d in %.1f s", what, reason, attempt, policy.retries, delay)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file with a hashlib algorithm name (md5, sha256, ...)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
+    """'md5:abc…' -> ('md5', 'abc…'); None or '' -> None."""
+    if not checksum:
+        return None
+    algorithm, sep, value = checksum.partition(":")
+    if not sep or algorithm.lower() not in hashlib.algorithms_available:
+        raise DownloadError(f"unsupported checksum {checksum!r} (expected '<algorithm>:<hex>', e.g. 'md5:…')")
+    return algorithm.lower(), value.strip().lower()
+
+
+@dataclass
+class Fetched:
+    path: Path
+    bytes: int  # size of the final file
+    received: int  # bytes that came over the network in this call
+    checksum: str  # '<algorithm>:<hex>' of the final file
+
+
+def download(url: str, dest: Path, *, policy: RetryPolicy = RetryPolicy(), size: int | None = None,
+             checksum: str | None = None, verify: Callable[[Path], None] | None = None,
+             on_bytes: Callable[[int], None] | None = None, what: str = "",
+             headers: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> Fetched:
+    """Fetch `url` into `dest` via `dest.part`, resuming it with Range; rename only after size/checksum/verify pass.
+
+    Transient failures (connection drops, 408/429/5xx) are retried; an attempt that made progress
+    does not use up a retry. Data that arrives but fails verification (IntegrityError from the size,
+    checksum or `verify`) is discarded and fetched once more from scratch; any other DownloadError from
+    `verify` discards it for good. Raises DownloadError naming `what` and the reason.
+    """
+    what = what or dest.name
+    expected = parse_checksum(checksum)
+    part = part_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    received = 0
+    fresh_tries = 2  # verification failures allowed before we give up
+    attempt = 0
+    furthest = size_of(part)
+    while True:
+        try:
+            received += _fetch_to_part(url, part, size=size, on_bytes=on_bytes, what=what, headers=headers,
+                                       params=params)
+        except _Transient as exc:
+            # Only a partial file that grew past its best size counts as progress: a server that
+            # ignores Range and drops at the same byte every time must still run out of retries.
+            progressed = size_of(part) > furthest
+            furthest = max(furthest, size_of(part))
+            attempt = 0 if progressed else attempt + 1
+            if attempt > policy.retries:
+                raise DownloadError(f"{what}: giving up after {policy.retries} retries: {exc.reason}") from None
+            delay = policy.wait(max(attempt, 1), exc.response)
+            log.warning("%s: %s; retry %d/%d in %.1f s", what, exc.reason, max(attempt, 1), policy.retries, delay)
+            time.sleep(delay)
+            continue
+        try:
+            digest = _check(part, size=size, expected=expected, verify=verify, what=what)
+            break
+        except IntegrityError as exc:
+            part.unlink(missing_ok=True)
+            furthest = 0
+            fresh_tries -= 1
+            if fresh_tries <= 0:
+                raise
+            log.warning("%s; fetching it again from the start", exc)
+        except DownloadError:
+            part.unlink(missing_ok=True)  # `verify` rejected it for good (e.g. an unsafe archive)
+            raise
+    final_size = part.stat().st_size
+    part.replace(dest)
+    return Fetched(dest, final_size, received, digest)
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, response: requests.Response | None = None):
+        super().__init__(reason)
+        self.reason, self.response = reason, response
+
+
+def _fetch_to_part(url: str, part: Path, *, size: int | None, on_bytes: Callable[[int], None] | None,
+                   what: str, headers: Mapping[str, str] | None, params: Mapping[str, Any] | None) -> int:
+    """One HTTP attempt appending to `part`; returns bytes received. Raises _Transient or DownloadError."""
+    offset = size_of(part)
+    if size is not None and offset > size:
+        log.warning("%s: partial file is larger than the published size; starting over", what)
+        part.unlink()
+        offset = 0
+    if size is not None and offset == size:
+        return 0  # complete already; verification decides
+    # identity: Range offsets must count the bytes we store, not a compressed transfer encoding
+    request_headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    got = 0
+    try:
+        with session(headers).get(url, params=params, headers=request_headers, stream=True,
+                                  timeout=TIMEOUT_S) as response:
+            status = response.status_code
+            if status == 416 and offset:
+                total = _content_range_total(response.headers.get("Content-Range", ""))
+                if total == offset:
+                    return 0  # the partial file was already complete
+                part.unlink()
+                raise _Transient(f"server cannot resume at byte {offset}; starting over", response)
+            if status in RETRY_STATUS:
+                raise _Transient(_describe_status(response), response)
+            if status not in (200, 206):
+                raise DownloadError(f"{what}: {_describe_status(response)}")
+            if status == 206:
+                start = _content_range_start(response.headers.get("Content-Range", ""))
+                if start != offset:
+                    part.unlink()
+                    raise _Transient(f"server resumed at byte {start}, asked for {offset}; starting over", response)
+                mode = "ab"
+            else:
+                if offset:
+                    log.info("%s: server ignored the Range request; downloading from the start", what)
+                mode = "wb"
+            with open(part, mode) as fh:
+                for block in _blocks(response):
+                    fh.write(block)
+                    got += len(block)
+                    if on_bytes is not None:
+                        on_bytes(len(block))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError,
+            TimeoutError) as exc:
+        raise _Transient(f"connection failed after {got} bytes: {type(exc).__name__}: {exc}") from None
+    return got
+
+
+def _blocks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives (read1), so a connection that drops mid-body leaves what did arrive in the .part."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2.3; older ones fall back to whole chunks
+    blocks = iter(lambda: read1(CHUNK), b"") if read1 is not None else response.iter_content(CHUNK)
+    for block in blocks:
+        yield block
+        if STOP.is_set():
+            raise Cancelled("download interrupted")
+
+
+def _content_range_start(value: str) -> int | None:
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _content_range_total(value: str) -> int | None:
+    try:
+        return int(value.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _check(part: Path, *, size: int | None, expected: tuple[str, str] | None,
+           verify: Callable[[Path], None] | None, what: str) -> str:
+    """Raise IntegrityError unless `part` has the published size and checksum; return '<algorithm>:<hex>'."""
+    actual = part.stat().st_size
+    if size is not None and actual != size:
+        raise IntegrityError(f"{what}: size mismatch: published {size} bytes, received {actual}")
+    algorithm, value = expected or ("sha256", None)
+    got = file_digest(part, algorithm)
+    if value is not None and got != value:
+        raise IntegrityError(f"{what}: checksum mismatch: published {algorithm}:{value}, received {algorithm}:{got}")
+    if verify is not None:
+        verify(part)
+    return f"{algorithm}:{got}"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_space(path: Path, needed: int, what: str) -> None:
+    """Fail before any download when `needed` bytes (plus 5 %) do not fit at `path`."""
+    free = free_bytes(path)
+    if needed * 1.05 > free:
+        raise DownloadError(f"{what}: not enough disk space in {path}: need about {human_bytes(needed * 1.05)}, "
+                            f"{human_bytes(free)} free (take a subset with --patients/--limit or free space)")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class ByteProgress:
+    """Thread-safe byte counter: a tqdm bar with rate and ETA on a TTY, a log line every `every_s` otherwise."""
+
+    def __init__(self, desc: str, total: int | None = None, every_s: float = 10.0):
+        self.desc, self.total, self.every_s = desc, total, every_s
+        self.done = 0
+        self._lock = threading.Lock()
+        self._start = self._last = time.monotonic()
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                             dynamic_ncols=True)
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(n)
+                return
+            now = time.monotonic()
+            if now - self._last >= self.every_s:
+                self._last = now
+                log.info("%s", self._line(now))
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self.done / elapsed
+        line = f"{self.desc}: {human_bytes(self.done)}"
+        if self.total:
+            eta = max(self.total - self.done, 0) / rate if rate > 0 else float("inf")
+            line += f" / {human_bytes(self.total)} ({100 * self.done / self.total:.0f} %, ETA {eta:.0f} s)"
+        return line + f" at {human_bytes(rate)}/s"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.done:
+            log.info("%s", self._line(time.monotonic()))
+
+    def __enter__(self) -> ByteProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

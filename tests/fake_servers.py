@@ -1,0 +1,243 @@
+"""A local HTTP server on 127.0.0.1 speaking enough of TCIA's NBIA API and Zenodo's REST API, with faults.
+
+NBIA (under /nbia-api/services/v1): `getSeries?Collection=&Modality=&PatientID=` -> JSON list of series,
+`getImage?SeriesInstanceUID=` -> the series as a zip. Zenodo (under /api): `records/<id>` -> JSON with
+`files[]` (key, size, checksum "md5:…", links.self), `records/<id>/files/<key>/content` -> bytes. Both
+byte endpoints honour `Range: bytes=N-`. Faults are queued per series UID or file key and consumed one
+per request: "drop" (connection closed mid-body), "429" (with Retry-After), "500", "503", "truncate"
+(a complete response whose body is cut short), "ignore-range" (200 with the whole body).
+Every request is recorded in `server.log` (path, query, Range header, status, bytes sent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import stat
+import threading
+import time
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+NBIA = "/nbia-api/services/v1"
+ZENODO = "/api"
+
+
+@dataclass
+class Request:
+    path: str
+    query: dict[str, str]
+    range: str | None
+    status: int = 0
+    sent: int = 0
+    t: float = field(default_factory=time.monotonic)
+
+
+def zip_bytes(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """A zip with the given entry names kept verbatim (even '../x' or '/x'); `links` adds symlink entries."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def ct_series_files(tmp: Path, patient: str, study: str, series: str, n_slices: int = 20, size: int = 32,
+                    seed: int = 0) -> dict[str, bytes]:
+    """Real CT DICOM slices (through the phantom's writer) as {file name: bytes}, NBIA-style names."""
+    from prdit.data.phantom import write_ct_series
+
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(np.arange(n_slices), np.arange(size), np.arange(size), indexing="ij")
+    body = ((y - size / 2) ** 2 + (x - size / 2) ** 2) < (0.4 * size) ** 2
+    hu = np.where(body, 40.0, -1000.0) + rng.normal(0, 10, body.shape) + z
+    ipp = np.stack([np.full(n_slices, -80.0), np.full(n_slices, -80.0), -np.arange(n_slices) * 2.5], 1)
+    folder = tmp / f"dcm-{series}"
+    names = [f"1-{k + 1:03d}.dcm" for k in range(n_slices)]
+    paths = write_ct_series(folder, hu, ipp, (1, 0, 0, 0, 1, 0), (5.0, 5.0), slice_thickness=2.5,
+                            patient_id=patient, study_uid=study, series_uid=series, names=names)
+    return {p.name: p.read_bytes() for p in paths}
+
+
+class FakeServer:
+    """Start with `with FakeServer() as server:`; fill with add_series/add_file; queue faults with fault()."""
+
+    def __init__(self, collection: str = "LIDC-IDRI", record: str = "4242") -> None:
+        self.collection, self.record = collection, record
+        self.series: dict[str, dict] = {}  # uid -> listing entry + "zip"
+        self.files: dict[str, bytes] = {}  # Zenodo key -> bytes
+        self.published_checksum: dict[str, str] = {}  # key -> checksum to publish instead of the true one
+        self.faults: dict[str, list[str]] = defaultdict(list)
+        self.retry_after = 1
+        self.rate: float | None = None  # bytes/s for byte endpoints (None: as fast as possible)
+        self.log: list[Request] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def tcia_url(self) -> str:
+        return self.base + NBIA
+
+    @property
+    def zenodo_url(self) -> str:
+        return self.base + ZENODO
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def add_series(self, patient: str, study: str, uid: str, files: dict[str, bytes], *,
+                   image_count: int | None = None, modality: str = "CT", zip_data: bytes | None = None) -> None:
+        data = zip_data if zip_data is not None else zip_bytes(files)
+        self.series[uid] = {
+            "SeriesInstanceUID": uid, "StudyInstanceUID": study, "PatientID": patient, "Modality": modality,
+            "Collection": self.collection, "ProtocolName": "CHEST", "BodyPartExamined": "CHEST",
+            "SeriesNumber": 3000, "Manufacturer": "FAKE",
+            "ImageCount": len(files) if image_count is None else image_count,
+            "FileSize": sum(len(v) for v in files.values()), "zip": data,
+        }
+
+    def add_file(self, key: str, data: bytes) -> None:
+        self.files[key] = data
+
+    def fault(self, target: str, *kinds: str) -> None:
+        with self._lock:
+            self.faults[target].extend(kinds)
+
+    def requests(self, path_part: str = "", target: str | None = None) -> list[Request]:
+        def hit(r: Request) -> bool:
+            return r.query.get("SeriesInstanceUID") == target or r.path.endswith(f"/{target}/content")
+
+        return [r for r in self.log if path_part in r.path and (target is None or hit(r))]
+
+    def bytes_sent(self, target: str) -> int:
+        return sum(r.sent for r in self.requests(target=target))
+
+    def _next_fault(self, target: str) -> str | None:
+        with self._lock:
+            return self.faults[target].pop(0) if self.faults.get(target) else None
+
+    def _record_json(self) -> dict:
+        entries = []
+        for key, data in sorted(self.files.items()):
+            md5 = "md5:" + hashlib.md5(data).hexdigest()
+            entries.append({"id": hashlib.sha1(key.encode()).hexdigest(), "key": key, "size": len(data),
+                            "checksum": self.published_checksum.get(key, md5),
+                            "links": {"self": f"{self.zenodo_url}/records/{self.record}/files/{key}/content"}})
+        return {"id": int(self.record), "recid": self.record, "metadata": {"title": "Fake RAD-ChestCT"},
+                "files": entries, "links": {"self": f"{self.zenodo_url}/records/{self.record}"}}
+
+
+def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            req = Request(url.path, query, self.headers.get("Range"))
+            with server._lock:
+                server.log.append(req)
+            path = unquote(url.path)
+            if path == f"{NBIA}/getSeries":
+                rows = [{k: v for k, v in s.items() if k != "zip"} for s in server.series.values()
+                        if all(s.get(k) == query[k] for k in ("Collection", "Modality", "PatientID") if k in query)]
+                return self._json(req, rows)
+            if path == f"{NBIA}/getImage":
+                uid = query.get("SeriesInstanceUID", "")
+                if uid not in server.series:
+                    return self._json(req, {"error": "unknown series"}, status=404)
+                return self._bytes(req, uid, server.series[uid]["zip"], "application/zip")
+            prefix = f"{ZENODO}/records/{server.record}"
+            if path == prefix:
+                return self._json(req, server._record_json())
+            if path.startswith(prefix + "/files/") and path.endswith("/content"):
+                key = path[len(prefix + "/files/"):-len("/content")]
+                if key not in server.files:
+                    return self._json(req, {"status": 404, "message": "not found"}, status=404)
+                return self._bytes(req, key, server.files[key], "application/octet-stream")
+            return self._json(req, {"status": 404, "message": "no such endpoint"}, status=404)
+
+        def _json(self, req: Request, obj: object, status: int = 200) -> None:
+            body = json.dumps(obj).encode()
+            req.status = status
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _bytes(self, req: Request, target: str, data: bytes, ctype: str) -> None:
+            fault = server._next_fault(target)
+            if fault in ("429", "500", "503"):
+                req.status = int(fault)
+                self.send_response(req.status)
+                if fault == "429":
+                    self.send_header("Retry-After", str(server.retry_after))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if fault == "truncate":
+                data = data[: len(data) * 6 // 10]
+            start = 0
+            if req.range and fault != "ignore-range":
+                start = int(req.range.split("=")[1].split("-")[0])
+                if start >= len(data):
+                    req.status = 416
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            body = data[start:]
+            req.status = 206 if start else 200
+            self.send_response(req.status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(len(body)))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            if fault == "drop":
+                body = body[: len(body) // 2]
+            step = 16384
+            try:
+                for i in range(0, len(body), step):
+                    chunk = body[i : i + step]
+                    self.wfile.write(chunk)
+                    req.sent += len(chunk)
+                    if server.rate:
+                        time.sleep(len(chunk) / server.rate)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            if fault == "drop":
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+    return Handler
