@@ -429,7 +429,9 @@ def test_other_source_kinds(env, server, monkeypatch):
     with pytest.raises(fetch.DownloadError, match="does not exist"):
         run_download(p, "mine")
     mine.mkdir()
+    (mine / "scan.nii.gz").write_bytes(b"x")
     assert run_download(p, "mine") == 0
+    assert (Path("data/raw/mine/manifest.csv")).is_file()
 
 
 def test_retry_wait_honours_server_hints(monkeypatch):
