@@ -1,0 +1,466 @@
+"""DICOM series -> HU volume: discovery of the diagnostic series, and a careful series reader.
+
+Choices a reviewer should know about:
+- Slices are ordered by ImagePositionPatient projected on the slice normal (row x column cosines),
+  never by InstanceNumber or file name.
+- HU = stored * RescaleSlope + RescaleIntercept, per slice. Pixels equal to PixelPaddingValue (or in
+  its range) and values below -1500 HU (the -2000 / -3024 "outside the field of view" fill) become
+  air (-1000 HU); remaining values below -1024 HU are clipped to -1024.
+- Duplicate slices (same position, same pixels) are dropped; same position with different pixels is
+  rejected. A gap above `max_gap_factor` x the median spacing is a missing slice: rejected. Smaller
+  spacing irregularities are resampled linearly onto a uniform grid along the normal.
+- Gantry tilt (slice origins sheared off the slice normal) is corrected: every slice is shifted in
+  plane back onto the first slice's column, which puts each voxel at its true patient position on a
+  rectilinear grid. Tilts above MAX_TILT_DEG are rejected.
+- Every volume comes out in one orientation: LPS (SimpleITK/DICOM patient frame; array [z, y, x] with
+  x towards the patient's left, y posterior, z superior, index 0 at right/anterior/inferior). A small
+  obliquity of the acquisition stays in the direction matrix; preprocess resamples onto an axis-aligned grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1000
+MIN_HU = -1024
+PADDING_BELOW_HU = -1500
+MAX_TILT_DEG = 30.0
+AXIAL_MIN_COS = 0.9  # |slice normal . z| above this counts as axial (about 25 degrees)
+OUTPUT_ORIENTATION = "LPS"
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT (rejected later with a reason: multi-frame)
+}
+HEADER_TAGS = [
+    "SOPClassUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "ImageType",
+    "ImageOrientationPatient", "SeriesNumber", "SliceThickness", "SeriesDescription",
+]
+
+
+class SeriesError(ValueError):
+    """A series cannot be turned into a trustworthy volume; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Series:
+    """The files of one SeriesInstanceUID and what the headers say about them."""
+
+    uid: str
+    patient_id: str
+    study_uid: str
+    modality: str
+    sop_class: str
+    image_type: tuple[str, ...]
+    description: str
+    series_number: int
+    normal: tuple[float, float, float] | None
+    slice_thickness: float | None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or series left out, and why."""
+
+    path: str
+    reason: str
+    series_uid: str = ""
+    patient_id: str = ""
+
+
+def scan(root: str | Path, threads: int = 1) -> tuple[list[Series], list[Skipped]]:
+    """Read the headers of every file under root (recursively) and group them by SeriesInstanceUID."""
+    root = Path(root)
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    series: dict[str, Series] = {}
+    skipped: list[Skipped] = []
+    for path, info in zip(paths, _read_headers(paths, threads)):
+        if isinstance(info, str):
+            skipped.append(Skipped(str(path), info))
+            continue
+        s = series.get(info["uid"])
+        if s is None:
+            info = dict(info, patient_id=info["patient_id"] or path.relative_to(root).parts[0])
+            s = series[info["uid"]] = Series(**info)
+        s.files.append(path)
+    return list(series.values()), skipped
+
+
+def _read_headers(paths: list[Path], threads: int) -> list[dict | str]:
+    """Header fields (or the reason a file is skipped) per path; many files are read by a process pool."""
+    chunk = 500
+    if threads <= 1 or len(paths) < 4 * chunk:
+        return _headers(paths)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    with ProcessPoolExecutor(threads, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [info for part in pool.map(_headers, chunks) for info in part]
+
+
+def _headers(paths: list[Path]) -> list[dict | str]:
+    return [_header(p) for p in paths]
+
+
+def _header(path: Path) -> dict | str:
+    """The Series fields of one file's header, or why the file is skipped."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except InvalidDicomError:
+        return "not a DICOM file"
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is a skip with its reason
+        return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if not uid:
+        return "not a DICOM image (no series UID)" if "SOPClassUID" not in ds else "no SeriesInstanceUID"
+    return dict(
+        uid=uid,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        modality=str(ds.get("Modality", "")),
+        sop_class=str(ds.get("SOPClassUID", "")),
+        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType", []))),
+        description=str(ds.get("SeriesDescription", "")),
+        series_number=_int(ds.get("SeriesNumber")),
+        normal=_normal(ds.get("ImageOrientationPatient")),
+        slice_thickness=_float(ds.get("SliceThickness")),
+    )
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _normal(iop) -> tuple[float, float, float] | None:
+    try:
+        v = np.asarray([float(x) for x in iop], float)
+    except (TypeError, ValueError):
+        return None
+    if v.shape != (6,):
+        return None
+    n = np.cross(v[:3], v[3:])
+    norm = np.linalg.norm(n)
+    return tuple(n / norm) if norm > 0.5 else None
+
+
+def rule_out(s: Series, min_slices: int) -> str:
+    """Why this series is not a diagnostic axial CT volume ('' if it is a candidate)."""
+    if s.modality != "CT":
+        return f"modality {s.modality or 'missing'} (not CT)"
+    if s.sop_class and s.sop_class not in IMAGE_SOP_CLASSES:
+        return f"SOP class {s.sop_class} is not CT Image Storage (dose report, SR, SEG, RT or secondary capture)"
+    if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(s.image_type):
+        return "localizer/scout (ImageType " + "\\".join(s.image_type) + ")"
+    if s.normal is None:
+        return "no usable ImageOrientationPatient"
+    if abs(s.normal[2]) < AXIAL_MIN_COS:
+        return f"not axial (slice normal {tuple(round(c, 2) for c in s.normal)})"
+    if len(s.files) < min_slices:
+        return f"{len(s.files)} slice(s), fewer than ingest.min_slices={min_slices}"
+    return ""
+
+
+def select(candidates: Sequence[Series]) -> Series:
+    """Pick one series among candidates: ORIGINAL before DERIVED, most slices, thinnest, lowest number, UID."""
+    return min(
+        candidates,
+        key=lambda s: ("ORIGINAL" not in s.image_type, -len(s.files), s.slice_thickness or 1e9, s.series_number, s.uid),
+    )
+
+
+def discover(root: str | Path, min_slices: int, threads: int = 1) -> tuple[dict[str, Series | None], list[Skipped]]:
+    """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason."""
+    all_series, skipped = scan(root, threads)
+    by_patient: dict[str, list[Series]] = defaultdict(list)
+    for s in all_series:
+        by_patient[s.patient_id].append(s)
+    chosen: dict[str, Series | None] = {}
+    for patient, group in sorted(by_patient.items()):
+        candidates = []
+        for s in group:
+            why = rule_out(s, min_slices)
+            if why:
+                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                log.info("patient %s: skip series %s: %s", patient, s.uid, why)
+            else:
+                candidates.append(s)
+        chosen[patient] = select(candidates) if candidates else None
+        for s in candidates:
+            if s is not chosen[patient]:
+                why = f"not selected: series {chosen[patient].uid} preferred (ORIGINAL, more slices, thinner)"
+                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                log.info("patient %s: skip series %s: %s", patient, s.uid, why)
+        if chosen[patient] is not None:
+            log.info("patient %s: selected series %s (%d files)", patient, chosen[patient].uid, len(chosen[patient].files))
+    return chosen, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one series
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SeriesReport:
+    """What read_files did beyond the obvious: the QC notes of one series."""
+
+    files: int = 0
+    slices: int = 0
+    dropped: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    resampled: bool = False
+    tilt_deg: float = 0.0
+    padding_voxels: int = 0
+    assumed_rescale: bool = False
+    iop: tuple[float, ...] = ()
+
+    def notes(self) -> str:
+        parts = []
+        if self.dropped:
+            parts.append(f"dropped {len(self.dropped)} undecodable file(s): " + "; ".join(self.dropped[:3]))
+        if self.duplicates:
+            parts.append(f"removed {self.duplicates} duplicate slice(s)")
+        if self.resampled:
+            parts.append("non-uniform slice spacing resampled onto a uniform grid")
+        if self.tilt_deg > 0.05:
+            parts.append(f"gantry tilt {self.tilt_deg:.1f} deg corrected")
+        if self.assumed_rescale:
+            parts.append("no RescaleSlope/Intercept: stored values taken as HU")
+        return "; ".join(parts)
+
+
+def read_series(path: str | Path, max_gap_factor: float = 1.5, min_slices: int = 2) -> sitk.Image:
+    """Read the one image series in a folder as an int16 HU image with its true geometry (LPS)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SeriesError(f"{path}: not a folder")
+    series, _ = scan(path)
+    images = [s for s in series if not rule_out(s, 1)]
+    if not images:
+        raise SeriesError(f"{path}: no CT image series found")
+    if len(images) > 1:
+        raise SeriesError(f"{path}: holds {len(images)} CT image series ({', '.join(s.uid for s in images)}); "
+                          "pass one series per folder or use ingest's discovery")
+    return read_files(images[0].files, max_gap_factor=max_gap_factor, min_slices=min_slices)[0]
+
+
+@dataclass
+class _Slice:
+    path: Path
+    position: np.ndarray
+    pixels: np.ndarray  # HU, float32 [row, col]
+    padding: np.ndarray | None
+
+
+def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
+               min_slices: int = 2) -> tuple[sitk.Image, SeriesReport]:
+    """Files of one series -> (int16 HU image in LPS with true geometry, report). Raises SeriesError."""
+    report = SeriesReport()
+    slices: list[_Slice] = []
+    ref: dict[str, object] = {}
+    rescale_missing = []
+    for f in files:
+        report.files += 1
+        f = Path(f)
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception as exc:  # noqa: BLE001
+            report.dropped.append(f"{f.name}: {type(exc).__name__}")
+            continue
+        _check_consistent(ds, ref, f)
+        try:
+            stored = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - truncated pixel data, missing decoder, ...
+            report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        if stored.ndim != 2:
+            raise SeriesError(f"{f}: multi-frame or colour pixel data (shape {stored.shape}) is not supported")
+        missing = "RescaleIntercept" not in ds or "RescaleSlope" not in ds
+        rescale_missing.append(missing)
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slices.append(_Slice(f, np.asarray([float(v) for v in ds.ImagePositionPatient]),
+                             stored.astype(np.float32) * slope + intercept, _padding_mask(ds, stored)))
+    if report.dropped:
+        log.warning("%d file(s) could not be read: %s", len(report.dropped), "; ".join(report.dropped[:3]))
+    if not slices:
+        raise SeriesError("no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else ""))
+
+    iop = np.asarray(ref["iop"], float)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row, col)
+    report.iop = tuple(np.round(iop, 4))
+    slices.sort(key=lambda s: float(s.position @ normal))
+    slices = _drop_duplicates(slices, normal, report)
+    if len(slices) < max(min_slices, 2):
+        raise SeriesError(f"{len(slices)} slice(s) after removing unreadable/duplicate ones: not a volume "
+                          f"(need at least {max(min_slices, 2)})")
+    if any(rescale_missing):
+        _assume_hu(slices, report)
+
+    pos = np.array([s.position @ normal for s in slices])
+    gaps = np.diff(pos)
+    dz = float(np.median(gaps))
+    worst = int(np.argmax(gaps))
+    if gaps[worst] > max_gap_factor * dz:
+        raise SeriesError(f"missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
+                          f"{pos[worst + 1]:.2f} mm along the normal (median spacing {dz:.2f} mm, "
+                          f"limit ingest.max_gap_factor={max_gap_factor})"
+                          + (f"; {report.notes()}" if report.dropped else ""))
+
+    ps_row, ps_col = ref["spacing"]
+    volume = np.stack([s.pixels for s in slices])
+    padding = np.stack([s.padding if s.padding is not None else np.zeros(s.pixels.shape, bool) for s in slices])
+    volume, padding = _correct_tilt(volume, padding, slices, row, col, normal, ps_row, ps_col, report)
+    if np.abs(gaps - dz).max() > max(0.01 * dz, 0.01):
+        volume, padding, dz = _uniform(volume, padding, pos)
+        report.resampled = True
+
+    report.padding_voxels = int(padding.sum())
+    volume[padding | (volume < PADDING_BELOW_HU)] = AIR_HU
+    np.maximum(volume, MIN_HU, out=volume)
+    hu = np.clip(np.rint(volume), -32768, 32767).astype(np.int16)
+    report.slices = hu.shape[0]
+
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((float(ps_col), float(ps_row), dz))
+    image.SetOrigin(tuple(float(v) for v in slices[0].position))
+    image.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
+    return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
+
+
+def _check_consistent(ds: pydicom.Dataset, ref: dict, f: Path) -> None:
+    """Every slice must share orientation, matrix size and pixel spacing with the first one."""
+    for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+        if key not in ds:
+            raise SeriesError(f"{f}: missing {key}")
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+        raise SeriesError(f"{f}: MONOCHROME1 pixels in a CT series (inverted grey scale) are not supported")
+    iop = [float(v) for v in ds.ImageOrientationPatient]
+    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+    shape = (int(ds.Rows), int(ds.Columns))
+    if not ref:
+        if min(spacing) <= 0:
+            raise SeriesError(f"{f}: PixelSpacing {spacing} is not positive")
+        ref.update(iop=iop, spacing=spacing, shape=shape)
+        return
+    if np.abs(np.subtract(iop, ref["iop"])).max() > 1e-3:
+        raise SeriesError(f"{f}: ImageOrientationPatient {iop} differs from the series' {ref['iop']}")
+    if shape != ref["shape"]:
+        raise SeriesError(f"{f}: matrix {shape} differs from the series' {ref['shape']}")
+    if np.abs(np.subtract(spacing, ref["spacing"])).max() > 1e-3:
+        raise SeriesError(f"{f}: PixelSpacing {spacing} differs from the series' {ref['spacing']}")
+
+
+def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    if "PixelPaddingValue" not in ds:
+        return None
+    lo = int(ds.PixelPaddingValue)
+    hi = int(ds.get("PixelPaddingRangeLimit", lo))
+    lo, hi = min(lo, hi), max(lo, hi)
+    return (stored >= lo) & (stored <= hi)
+
+
+def _drop_duplicates(slices: list[_Slice], normal: np.ndarray, report: SeriesReport) -> list[_Slice]:
+    """Drop repeated slices at one position; two different images at one position is an error."""
+    kept = [slices[0]]
+    for s in slices[1:]:
+        prev = kept[-1]
+        if abs(float((s.position - prev.position) @ normal)) < 0.01:
+            if np.abs(s.pixels - prev.pixels).mean() > 1.0:
+                raise SeriesError(f"two different images at the same position ({s.path.name}, {prev.path.name}): "
+                                  "overlapping acquisitions in one series")
+            report.duplicates += 1
+            continue
+        kept.append(s)
+    return kept
+
+
+def _assume_hu(slices: list[_Slice], report: SeriesReport) -> None:
+    """No RescaleSlope/Intercept: accept stored values only if they already look like HU (air at -1000)."""
+    values = np.concatenate([s.pixels[::4, ::4].ravel() for s in slices])
+    values = values[values > PADDING_BELOW_HU]
+    low = float(np.percentile(values, 1)) if values.size else 0.0
+    if not -1100.0 <= low <= -900.0:
+        raise SeriesError(f"RescaleIntercept/RescaleSlope missing and the stored values do not look like HU "
+                          f"(1st percentile {low:.0f}, expected air near -1000): HU scale unknown")
+    report.assumed_rescale = True
+
+
+def _correct_tilt(volume: np.ndarray, padding: np.ndarray, slices: list[_Slice], row: np.ndarray, col: np.ndarray,
+                  normal: np.ndarray, ps_row: float, ps_col: float, report: SeriesReport):
+    """Shift each slice in plane so all slice origins lie on the normal through the first one."""
+    offsets = np.array([s.position - slices[0].position for s in slices])
+    along = offsets @ normal
+    shear = offsets - along[:, None] * normal[None]
+    drift = np.linalg.norm(shear, axis=1)
+    if drift.max() < 0.01:
+        return volume, padding
+    span = float(along[-1] - along[0])
+    tilt = float(np.degrees(np.arctan2(drift[-1], span)))
+    if tilt > MAX_TILT_DEG:
+        raise SeriesError(f"gantry tilt {tilt:.1f} deg exceeds the supported {MAX_TILT_DEG:.0f} deg")
+    report.tilt_deg = tilt
+    out = np.empty_like(volume)
+    pad = np.empty_like(padding)
+    for k in range(len(slices)):
+        # Content at pixel (r, c) of slice k sits at origin_k + c*ps_col*row + r*ps_row*col; move it onto slice 0's grid.
+        shift = (float(shear[k] @ col) / ps_row, float(shear[k] @ row) / ps_col)
+        out[k] = ndimage.shift(volume[k], shift, order=1, mode="constant", cval=AIR_HU)
+        pad[k] = ndimage.shift(padding[k].astype(np.float32), shift, order=0, mode="constant", cval=0) > 0.5
+    return out, pad
+
+
+def _uniform(volume: np.ndarray, padding: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Linear interpolation along the slice axis onto a uniform grid at the median spacing."""
+    dz = float(np.median(np.diff(pos)))
+    n = int(round((pos[-1] - pos[0]) / dz)) + 1
+    dz = float(pos[-1] - pos[0]) / (n - 1)
+    target = pos[0] + np.arange(n) * dz
+    j = np.clip(np.searchsorted(pos, target, side="right") - 1, 0, len(pos) - 2)
+    w = ((target - pos[j]) / (pos[j + 1] - pos[j])).astype(np.float32)[:, None, None]
+    out = volume[j] * (1 - w) + volume[j + 1] * w
+    pad = np.where(w < 0.5, padding[j], padding[j + 1])
+    return out.astype(np.float32), pad, dz

@@ -1,0 +1,73 @@
+"""Non-DICOM inputs to ingest: RAD-ChestCT .npz volumes and plain folders of NIfTI files.
+
+RAD-ChestCT (Draelos et al. 2021, Zenodo record 6406114) ships each scan as an .npz whose `ct` array
+holds HU already clipped to [-1000, 1000], resampled to 0.8 mm isotropic, axial slices first and
+sorted by increasing z (feet to head), rows anterior->posterior, columns right->left: that is LPS
+with an identity direction. An optional `spacing` entry (x, y, z mm) in the file overrides 0.8 mm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from prdit.data.dicom import AIR_HU, MIN_HU, OUTPUT_ORIENTATION, PADDING_BELOW_HU, SeriesError
+
+RAD_CHESTCT_SPACING_MM = 0.8
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def find_files(root: Path, fmt: str) -> list[Path]:
+    """Input files of a non-DICOM source, sorted (npz: *.npz; nifti: *.nii.gz, *.nii, ...)."""
+    if fmt == "npz":
+        return sorted(p for p in root.rglob("*.npz") if p.is_file())
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+
+
+def case_name(path: Path) -> str:
+    """The case id of a single-file input: its name without the (double) suffix."""
+    name = path.name
+    for suffix in (".npz",) + NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def to_hu_int16(values: np.ndarray) -> np.ndarray:
+    """Round to int16 HU, with fill values below -1500 HU set to air and the rest clipped at -1024."""
+    values = np.asarray(values, np.float32)
+    values = np.where(values < PADDING_BELOW_HU, AIR_HU, np.maximum(values, MIN_HU))
+    return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
+
+
+def read_npz(path: Path) -> sitk.Image:
+    """A RAD-ChestCT .npz (HU under `ct`, [z, y, x]) as an int16 HU image in LPS."""
+    with np.load(path, allow_pickle=False) as data:
+        if "ct" not in data:
+            raise SeriesError(f"{path}: no 'ct' array (keys: {', '.join(data.files) or 'none'})")
+        ct = data["ct"]
+        spacing = tuple(float(s) for s in data["spacing"]) if "spacing" in data else (RAD_CHESTCT_SPACING_MM,) * 3
+    if ct.ndim != 3:
+        raise SeriesError(f"{path}: 'ct' has shape {ct.shape}, expected a 3D [z, y, x] volume")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise SeriesError(f"{path}: 'spacing' {spacing} is not three positive numbers")
+    image = sitk.GetImageFromArray(to_hu_int16(ct))
+    image.SetSpacing(spacing)
+    return image
+
+
+def read_volume(path: Path) -> sitk.Image:
+    """A NIfTI (or other ITK-readable) volume in HU, reoriented to LPS, as int16."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise SeriesError(f"{path}: cannot read ({str(exc).strip().splitlines()[-1]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise SeriesError(f"{path}: expected a scalar 3D volume, got {image.GetDimension()}D with "
+                          f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+    image = sitk.DICOMOrient(image, OUTPUT_ORIENTATION)
+    out = sitk.GetImageFromArray(to_hu_int16(sitk.GetArrayViewFromImage(image)))
+    out.CopyInformation(image)
+    return out

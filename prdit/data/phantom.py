@@ -1,0 +1,467 @@
+"""Synthetic chest CT written as real DICOM series: the default dataset, deterministic by seed.
+
+Each patient gets its own anatomy (body outline and fat, lungs with vessel and airway trees,
+spine, ribs, sternum, heart, aorta, nodules), field of view, slice thickness, rescale and noise.
+One axial CT series plus one localizer per patient, in the usual
+<patient>/<study>/<series>/<instance>.dcm layout, plus a manifest.csv with checksums.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from scipy import ndimage
+
+from prdit.io import atomic_dir, atomic_path, sha256_file
+from prdit.progress import progress
+
+log = logging.getLogger(__name__)
+
+AIR = -1000.0
+
+
+def uid(*parts: object) -> str:
+    """A deterministic UUID-derived UID (2.25 root) from the given parts, so reruns write identical files."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, "/".join(["prdit-phantom", *map(str, parts)])).int)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM writing (also used by the tests' messy corpus)
+# --------------------------------------------------------------------------------------------
+
+def write_ct_series(
+    folder: Path,
+    hu: np.ndarray,
+    ipp: np.ndarray,
+    iop: Sequence[float],
+    pixel_spacing: tuple[float, float],
+    *,
+    slice_thickness: float,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    intercept: float = -1024.0,
+    slope: float = 1.0,
+    padding_mask: np.ndarray | None = None,
+    padding_value: int = -2000,
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    modality: str = "CT",
+    series_number: int = 2,
+    extra: dict | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write hu[k] ([slice, row, col], HU) as one CT Image Storage file per slice; return the paths.
+
+    ipp[k] is slice k's ImagePositionPatient (mm, LPS); pixel_spacing is (row, column) spacing.
+    Pixels under padding_mask get the raw padding_value and PixelPaddingValue is set.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = np.rint((np.asarray(hu, np.float64) - intercept) / slope)
+    stored = np.clip(stored, -32768, 32767).astype(np.int16)
+    if padding_mask is not None:
+        stored[np.broadcast_to(padding_mask, stored.shape)] = padding_value
+    ds = _base_dataset(
+        hu.shape[1:], iop, pixel_spacing, slice_thickness, patient_id, study_uid, series_uid,
+        intercept, slope, image_type, modality, series_number,
+    )
+    if padding_mask is not None:
+        ds.PixelPaddingValue = int(padding_value)
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    paths = []
+    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+    for k in range(hu.shape[0]):
+        sop = uid(series_uid, "instance", k)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPInstanceUID = sop
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [_ds(v) for v in ipp[k]]
+        ds.SliceLocation = _ds(float(np.dot(ipp[k], normal)))
+        ds.PixelData = stored[k].tobytes()
+        path = folder / (names[k] if names is not None else f"IM{k + 1:05d}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _ds(value: float) -> str:
+    """A DICOM decimal string (at most 16 characters)."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if len(text) <= 16 else f"{value:.8g}"
+
+
+def _base_dataset(
+    shape: tuple[int, int],
+    iop: Sequence[float],
+    pixel_spacing: tuple[float, float],
+    slice_thickness: float,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    intercept: float,
+    slope: float,
+    image_type: Sequence[str],
+    modality: str,
+    series_number: int,
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.ImageType = list(image_type)
+    ds.Modality = modality
+    ds.Manufacturer = "PRDiT synthetic phantom"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.PatientName = f"Synthetic^{patient_id}"  # synthetic; ingest must never copy it anywhere
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = uid(study_uid, "frame")
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "CHEST " + "/".join(image_type[2:3]).lower()
+    ds.PatientPosition = "HFS"
+    ds.KVP = "120"
+    ds.ConvolutionKernel = "STANDARD"
+    ds.ImageOrientationPatient = [_ds(v) for v in iop]
+    ds.PixelSpacing = [_ds(pixel_spacing[0]), _ds(pixel_spacing[1])]
+    ds.SliceThickness = _ds(slice_thickness)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = _ds(intercept)
+    ds.RescaleSlope = _ds(slope)
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "-600"
+    ds.WindowWidth = "1500"
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Anatomy
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grid:
+    """Voxel centres of one patient's series in a body frame: x left+, y posterior+, s caudal+ (mm)."""
+
+    nx: int
+    ny: int
+    nz: int
+    ps: float  # in-plane pixel spacing
+    dz: float  # slice spacing
+
+    @property
+    def x(self) -> np.ndarray:
+        return ((np.arange(self.nx) - (self.nx - 1) / 2) * self.ps).astype(np.float32)[None, None, :]
+
+    @property
+    def y(self) -> np.ndarray:
+        return ((np.arange(self.ny) - (self.ny - 1) / 2) * self.ps).astype(np.float32)[None, :, None]
+
+    @property
+    def s(self) -> np.ndarray:
+        return (np.arange(self.nz) * self.dz).astype(np.float32)[:, None, None]
+
+
+def _soft(signed_mm: np.ndarray, width: float) -> np.ndarray:
+    """Partial-volume fraction from a signed distance (positive inside) and an edge width."""
+    return np.clip(signed_mm / width + 0.5, 0.0, 1.0)
+
+
+def _paint(vol: np.ndarray, frac: np.ndarray, hu: float | np.ndarray, where: tuple = ()) -> None:
+    """Blend tissue `hu` into vol by the fraction (in place); `where` restricts to a sub-block."""
+    target = vol[where] if where else vol
+    target += frac * (hu - target)
+
+
+def _segment_fraction(g: Grid, p0: np.ndarray, p1: np.ndarray, r: float) -> tuple[tuple, np.ndarray] | None:
+    """Fraction of a capsule (segment p0-p1, radius r; points as (x, y, s) mm) inside its bounding box."""
+    lo = np.minimum(p0, p1) - r - g.ps
+    hi = np.maximum(p0, p1) + r + g.ps
+    ix = np.clip([np.floor(lo[0] / g.ps + (g.nx - 1) / 2), np.ceil(hi[0] / g.ps + (g.nx - 1) / 2) + 1], 0, g.nx).astype(int)
+    iy = np.clip([np.floor(lo[1] / g.ps + (g.ny - 1) / 2), np.ceil(hi[1] / g.ps + (g.ny - 1) / 2) + 1], 0, g.ny).astype(int)
+    iz = np.clip([np.floor(lo[2] / g.dz), np.ceil(hi[2] / g.dz) + 1], 0, g.nz).astype(int)
+    if ix[0] >= ix[1] or iy[0] >= iy[1] or iz[0] >= iz[1]:
+        return None
+    box = (slice(*iz), slice(*iy), slice(*ix))
+    px = g.x[..., ix[0]:ix[1]] - p0[0]
+    py = g.y[:, iy[0]:iy[1]] - p0[1]
+    pz = g.s[iz[0]:iz[1]] - p0[2]
+    v = p1 - p0
+    t = np.clip((px * v[0] + py * v[1] + pz * v[2]) / max(float(v @ v), 1e-9), 0.0, 1.0)
+    dist = np.sqrt((px - t * v[0]) ** 2 + (py - t * v[1]) ** 2 + (pz - t * v[2]) ** 2)
+    return box, _soft(r - dist, min(g.ps, g.dz))
+
+
+def _tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, length: float, radius: float,
+          generations: int, spread: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Segments (p0, p1, radius) of a random bifurcating tree."""
+    segments = []
+    stack = [(root, direction / np.linalg.norm(direction), length, radius, generations)]
+    while stack:
+        p0, d, ln, r, gen = stack.pop()
+        p1 = p0 + d * ln
+        segments.append((p0, p1, r))
+        if gen <= 1:
+            continue
+        normal = np.cross(d, rng.normal(size=3))
+        normal /= np.linalg.norm(normal) + 1e-9
+        for sign in (-1.0, 1.0):
+            ang = sign * spread * rng.uniform(0.6, 1.2)
+            child = d * math.cos(ang) + normal * math.sin(ang)
+            stack.append((p1, child / np.linalg.norm(child), ln * rng.uniform(0.65, 0.85), r * 0.72, gen - 1))
+    return segments
+
+
+def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
+    """HU volume [slice from the top, row (anterior->posterior), column (right->left)] of one chest."""
+    x, y, s = g.x, g.y, g.s
+    vol = np.full((g.nz, g.ny, g.nx), AIR, np.float32)
+    edge = min(g.ps, g.dz)
+
+    # Body outline (elliptic cylinder), subcutaneous fat, muscle wall, thoracic cavity.
+    a, b = rng.uniform(125, 160), rng.uniform(90, 115)
+    cx, cy = rng.normal(0, 4), rng.uniform(-8, 8)
+    fat = rng.uniform(6, 22)
+    wall = rng.uniform(10, 16)
+
+    def ellipse(sa: float, sb: float, ox: float = cx, oy: float = cy) -> np.ndarray:
+        rho = np.sqrt(((x - ox) / sa) ** 2 + ((y - oy) / sb) ** 2)
+        return (1.0 - rho) * min(sa, sb)
+
+    _paint(vol, _soft(ellipse(a, b), edge), -100.0)  # fat
+    _paint(vol, _soft(ellipse(a - fat, b - fat), edge), 45.0)  # muscle
+    ac, bc = a - fat - wall, b - fat - wall  # cavity
+    _paint(vol, _soft(ellipse(ac, bc), edge), 35.0)  # mediastinum / abdomen soft tissue
+
+    # Lungs: ellipses in-plane, an apical dome, a diaphragm dome, split by the mediastinum.
+    s_apex = rng.uniform(10, 35)
+    length = rng.uniform(190, 240)
+    lung_hu = rng.uniform(-880, -820)
+    lungs = np.zeros_like(vol)
+    for side in (-1.0, 1.0):  # patient right (x < 0), left
+        lx, ly = cx + side * 0.5 * ac, cy + 0.04 * bc
+        rx, ry = 0.47 * ac, 0.85 * bc
+        u = np.clip((s - s_apex) / length, 0.0, 1.0)
+        w = np.sqrt(np.clip(u / 0.3, 0.02, 1.0))
+        rho = np.sqrt(((x - lx) / rx) ** 2 + ((y - ly) / ry) ** 2) / w
+        base = s_apex + length - (10.0 if side < 0 else 0.0) - 35.0 * (1.0 - np.clip(rho, 0, 1) ** 2)
+        inside = np.minimum((1.0 - rho) * min(rx, ry) * w, np.minimum(base - s, s - s_apex))
+        medial = side * (x - cx) - rng.uniform(8, 14)
+        lungs = np.maximum(lungs, _soft(np.minimum(inside, medial), edge))
+
+    # Heart with pericardial fat, carved out of the left-anterior lung.
+    hx, hy = cx + ac * rng.uniform(0.08, 0.2), cy - bc * rng.uniform(0.15, 0.3)
+    hs = s_apex + length * rng.uniform(0.62, 0.72)
+    hr = np.array([rng.uniform(50, 65), rng.uniform(40, 52), rng.uniform(45, 60)])
+    hrho = np.sqrt(((x - hx) / hr[0]) ** 2 + ((y - hy) / hr[1]) ** 2 + ((s - hs) / hr[2]) ** 2)
+    above_diaphragm = _soft(s_apex + length - 30.0 - s, edge)
+    lungs *= 1.0 - _soft((1.0 - hrho) * hr.min() + 5.0, edge) * above_diaphragm
+    gradient = 40.0 * np.clip((y - cy) / bc, -1, 1)  # dependent (posterior) lung is denser
+    _paint(vol, lungs, lung_hu + gradient)
+    _paint(vol, _soft((1.0 - hrho) * hr.min() + 3.0, edge) * above_diaphragm, -90.0)
+    _paint(vol, _soft((1.0 - hrho) * hr.min(), edge) * above_diaphragm, 40.0)
+
+    def tube(p0, p1, r, hu, mask: np.ndarray | None = None) -> None:
+        hit = _segment_fraction(g, np.asarray(p0, float), np.asarray(p1, float), r)
+        if hit is not None:
+            box, frac = hit
+            if mask is not None:
+                frac = frac * mask[box]
+            _paint(vol, frac, hu, box)
+
+    # Pulmonary vessel trees from each hilum, then the airway tree (wall, then lumen).
+    s_hilum = s_apex + 0.42 * length
+    s_carina = s_apex + rng.uniform(0.28, 0.36) * length
+    ty = cy - 0.05 * bc
+    tube((cx, ty, -20.0), (cx, ty, s_carina), rng.uniform(7.5, 10.0), 35.0)
+    airway = [((cx, ty, -20.0), (cx, ty, s_carina), 8.5)]
+    for side in (-1.0, 1.0):
+        hilum = np.array([cx + side * 0.3 * ac, cy, s_hilum])
+        for d in ([side * 0.3, -0.1, -1.0], [side * 1.0, -0.5, -0.3], [side * 1.0, 0.4, 0.1],
+                  [side * 0.6, -0.4, 0.8], [side * 0.5, 0.6, 0.9], [side * 0.2, 0.8, 0.3]):
+            for p0, p1, r in _tree(rng, hilum, np.asarray(d) + rng.normal(0, 0.15, 3), 36.0, 3.6, 5, 0.5):
+                tube(p0, p1, r, 40.0, lungs)
+        bronchus = np.array([cx + side * 0.25 * ac, cy - 0.12 * bc, s_hilum - 8.0])
+        airway.append(((cx, ty, s_carina), tuple(bronchus), 6.0))
+        for d in ([side * 0.4, -0.2, -1.0], [side * 1.0, 0.0, 0.3], [side * 0.3, 0.4, 1.0]):
+            airway += _tree(rng, bronchus, np.asarray(d) + rng.normal(0, 0.15, 3), 30.0, 3.6, 3, 0.5)
+    for p0, p1, r in airway:
+        tube(p0, p1, r + 1.5, 30.0, lungs)
+    for p0, p1, r in airway:
+        tube(p0, p1, r, AIR)
+
+    # Aorta: ascending from the heart, arch, descending left of the spine.
+    yv_r = rng.uniform(15, 19)
+    yv = cy + bc - yv_r - 6.0
+    s_arch = s_carina - rng.uniform(15, 25)
+    asc = (hx - 25.0, hy - 5.0, hs - hr[2] * 0.6)
+    top = (cx - 5.0, cy - 0.2 * bc, s_arch)
+    desc0 = (cx + yv_r + 12.0, yv - yv_r - 5.0, s_arch + 10.0)
+    r_ao = rng.uniform(11, 15)
+    for p0, p1 in ((asc, top), (top, desc0), (desc0, (desc0[0], desc0[1], g.nz * g.dz + 20.0))):
+        tube(p0, p1, r_ao, 45.0)
+
+    # Spine: vertebral bodies with cortex and discs, canal and spinous processes.
+    level = rng.uniform(22, 28)
+    phase = rng.uniform(0, level)
+    in_disc = np.mod(s - phase, level) < 5.0
+    vr = np.sqrt((x - cx) ** 2 + (y - yv) ** 2)
+    _paint(vol, _soft(yv_r - vr, edge) * np.ones_like(s), np.where(in_disc, 90.0, 600.0))
+    _paint(vol, _soft(yv_r - 2.0 - vr, edge) * ~in_disc, 220.0)
+    cyc = yv + yv_r + 9.0
+    canal = np.sqrt((x - cx) ** 2 + (y - cyc) ** 2)
+    _paint(vol, _soft(12.0 - canal, edge) * ~in_disc, 450.0)
+    _paint(vol, _soft(7.0 - canal, edge) * np.ones_like(s), 15.0)
+    spinous = np.minimum(4.0 - np.abs(x - cx), np.minimum(y - cyc - 8.0, cyc + 26.0 - y))
+    _paint(vol, _soft(spinous, edge) * ~in_disc, 450.0)
+
+    # Ribs: follow the cavity wall, descending anteriorly; costal cartilage at the front.
+    ex, ey = (x - cx) / (ac + 4.0), (y - cy) / (bc + 4.0)
+    rho = np.sqrt(ex**2 + ey**2)[0]
+    theta = np.arccos(np.clip(ey[0] / np.maximum(rho, 1e-6), -1, 1))  # 0 posterior, pi anterior
+    radial = (rho - 1.0) * 0.5 * (ac + bc)
+    band = (np.abs(radial) < 6.0) & (theta > 0.12)
+    th, rad = theta[band], radial[band]
+    ribs = np.zeros((g.nz, th.size), np.float32)
+    cart = np.zeros_like(ribs)
+    drop = rng.uniform(110, 150)
+    s_rib0 = s_apex + rng.uniform(-5, 10)
+    for i in range(12):
+        s_i = s_rib0 + i * level + drop * (th / np.pi)
+        f = np.minimum(_soft(3.5 - np.abs(rad), edge), _soft(6.0 - np.abs(g.s[:, :, 0] - s_i), edge))
+        bone = th < 0.8 * np.pi
+        ribs = np.maximum(ribs, f * bone)
+        cart = np.maximum(cart, f * (~bone & (th < 0.92 * np.pi)))
+    flat = vol.reshape(g.nz, -1)
+    idx = np.flatnonzero(band.ravel())
+    flat[:, idx] += ribs * (550.0 - flat[:, idx]) + cart * (120.0 - flat[:, idx])
+
+    # Sternum: anterior midline plate down to the xiphoid.
+    sternum = np.minimum(15.0 - np.abs(x - cx), np.minimum(y - (cy - bc - 10.0), (cy - bc + 2.0) - y))
+    s_range = np.minimum(s - (s_apex - 5.0), s_apex + 0.7 * length - s)
+    _paint(vol, _soft(np.minimum(sternum, s_range), edge), 400.0)
+
+    # Liver under the right hemidiaphragm.
+    liver = np.minimum(-(x - cx) - 5.0, s - (s_apex + length - 30.0))
+    _paint(vol, _soft(liver, edge) * _soft(ellipse(ac, bc), edge) * (1.0 - lungs), 60.0)
+
+    # Nodules: solid or ground-glass spheres centred in the lungs.
+    centres = np.argwhere(lungs > 0.99)
+    for _ in range(int(rng.integers(1, 5)) if centres.size else 0):
+        k, j, i = centres[rng.integers(len(centres))]
+        c = np.array([x[0, 0, i], y[0, j, 0], s[k, 0, 0]], float)
+        hu = rng.uniform(-20, 80) if rng.random() < 0.75 else rng.uniform(-600, -400)
+        tube(c, c, rng.uniform(3, 10), hu)
+
+    # Scanner blur and correlated noise.
+    vol = ndimage.gaussian_filter(vol, sigma=(0.3, 0.6, 0.6), mode="nearest")
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, vol.shape).astype(np.float32), sigma=(0, 0.7, 0.7))
+    vol += noise * (rng.uniform(10, 25) / max(float(noise.std()), 1e-6))
+    return vol
+
+
+# --------------------------------------------------------------------------------------------
+# One patient, the dataset
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PatientSeries:
+    """What was written for one patient (for the manifest and the tests)."""
+
+    patient_id: str
+    folder: Path
+    pixel_spacing: float
+    slice_spacing: float
+    shape_zyx: tuple[int, int, int]
+    origin: tuple[float, float, float]  # IPP of the first (most cranial) slice
+
+
+def write_patient(root: Path, index: int, seed: int, matrix: int, fov_mm: Sequence[float],
+                  slice_mm: Sequence[float], z_extent_mm: float) -> PatientSeries:
+    """Generate and write one phantom patient (axial series + localizer) under root."""
+    rng = np.random.default_rng([seed, index])
+    patient_id = f"PHANTOM-{index + 1:04d}"
+    ps = round(rng.uniform(*fov_mm) / matrix, 4)
+    dz = round(rng.uniform(*slice_mm), 2)
+    nz = max(int(round(z_extent_mm / dz)), 2)
+    grid = Grid(matrix, matrix, nz, ps, dz)
+    hu = chest_anatomy(rng, grid)
+
+    table = rng.uniform(-15, 15)
+    z_top = round(rng.uniform(-200, -100), 2)
+    half = (matrix - 1) / 2 * ps
+    ipp = np.stack([np.full(nz, -half), np.full(nz, -half + table), z_top - np.arange(nz) * dz], 1)
+    radius = matrix / 2 * ps
+    circle = (grid.x[0] ** 2 + grid.y[0] ** 2) > radius**2  # outside the reconstruction circle
+    intercept = -1024.0 if rng.random() < 0.7 else 0.0
+
+    study = uid(seed, patient_id, "study")
+    series = uid(seed, patient_id, "series")
+    folder = root / patient_id / "study-1" / "series-2"
+    write_ct_series(
+        folder, hu, ipp, (1, 0, 0, 0, 1, 0), (ps, ps), slice_thickness=dz, patient_id=patient_id,
+        study_uid=study, series_uid=series, intercept=intercept, padding_mask=circle[None],
+    )
+    _write_localizer(root / patient_id / "study-1" / "series-1", hu, grid, ipp[0], patient_id, study, seed)
+    return PatientSeries(patient_id, folder, ps, dz, hu.shape, tuple(ipp[0]))
+
+
+def _write_localizer(folder: Path, hu: np.ndarray, g: Grid, first: np.ndarray, patient_id: str,
+                     study: str, seed: int) -> None:
+    """A coronal scout (mean attenuation along y), the kind of series discovery must skip."""
+    scout = hu.mean(axis=1)[None]  # [1, slice (head->feet), column]
+    write_ct_series(
+        folder, scout, np.array([[first[0], 0.0, first[2]]]), (1, 0, 0, 0, 0, -1), (g.dz, g.ps),
+        slice_thickness=g.ps, patient_id=patient_id, study_uid=study, series_uid=uid(seed, patient_id, "scout"),
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_number=1,
+    )
+
+
+def run_phantom(p, out: Path) -> None:
+    """`prdit phantom`: write p.phantom.patients synthetic DICOM patients to `out` (atomically)."""
+    from prdit import tracking
+
+    cfg = p.phantom
+    out = Path(out)
+    with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
+        with atomic_dir(out) as tmp:
+            written = [
+                write_patient(tmp, i, cfg.seed, cfg.matrix, cfg.fov_mm, cfg.slice_thickness_mm, cfg.z_extent_mm)
+                for i in progress(range(cfg.patients), desc="phantom patients", total=cfg.patients)
+            ]
+            _write_manifest(tmp, written)
+        run.log_metrics({"patients": len(written), "slices": sum(w.shape_zyx[0] for w in written)})
+    log.info("wrote %d phantom patients to %s", len(written), out)
+
+
+def _write_manifest(root: Path, written: list[PatientSeries]) -> None:
+    with atomic_path(root / "manifest.csv") as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["patient_id", "file", "sha256", "pixel_spacing_mm", "slice_spacing_mm"])
+        for w in written:
+            for f in sorted(w.folder.parent.parent.rglob("*.dcm")):
+                out.writerow([w.patient_id, f.relative_to(root).as_posix(), sha256_file(f),
+                              w.pixel_spacing, w.slice_spacing])

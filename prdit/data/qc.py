@@ -1,0 +1,124 @@
+"""Per-case work in a bounded process pool, and the QC table and montage every data stage writes."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from prdit.io import atomic_path
+from prdit.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+def _init_worker(itk_threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, itk_threads))
+
+
+def _guarded(fn: Callable[..., dict], job: dict) -> dict:
+    """Run one case; any exception becomes a rejected row with the reason, never a lost batch."""
+    start = time.perf_counter()
+    try:
+        row = fn(**job)
+    except Exception as exc:  # noqa: BLE001 - one bad case must never stop the others
+        log.debug("case %s failed:\n%s", job.get("case"), traceback.format_exc())
+        row = {"case": job.get("case"), "status": "rejected", "reason": f"{type(exc).__name__}: {exc}"}
+    row.setdefault("status", "ok")
+    row.setdefault("reason", "")
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def run_cases(fn: Callable[..., dict], jobs: Sequence[dict], threads: int, desc: str) -> list[dict]:
+    """Apply fn(**job) to every job, `threads` cases at a time; returns one row per job (input order).
+
+    With threads > 1 the cases run in separate processes (spawned, so no state leaks between stages),
+    at most `workers` in flight; a worker that dies (e.g. killed for memory) fails only its own case.
+    """
+    threads = max(1, int(threads))
+    workers = min(threads, len(jobs)) or 1
+    itk_threads = max(1, threads // workers)
+    if workers == 1:
+        _init_worker(itk_threads)
+        return [_guarded(fn, job) for job in progress(jobs, desc=desc, total=len(jobs))]
+
+    rows: dict[int, dict] = {}
+    crashes: dict[int, int] = {}
+    pending = list(enumerate(jobs))[::-1]
+    bar = iter(progress(range(len(jobs)), desc=desc, total=len(jobs)))
+    ctx = multiprocessing.get_context("spawn")
+    while pending:
+        inflight: dict[Future, int] = {}
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(itk_threads,)) as pool:
+            broken = False
+            while pending and not broken or inflight:
+                while pending and not broken and len(inflight) < workers:
+                    i, job = pending.pop()
+                    inflight[pool.submit(_guarded, fn, job)] = i
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = inflight.pop(fut)
+                    try:
+                        rows[i] = fut.result()
+                    except BrokenProcessPool:
+                        # Which in-flight case killed the worker is unknown: retry each once in a fresh pool.
+                        broken = True
+                        crashes[i] = crashes.get(i, 0) + 1
+                        if crashes[i] < 2:
+                            pending.append((i, jobs[i]))
+                            continue
+                        rows[i] = {"case": jobs[i].get("case"), "status": "rejected",
+                                   "reason": "worker process died twice (out of memory?)", "seconds": float("nan")}
+                    next(bar, None)
+    for _ in bar:
+        pass
+    return [rows[i] for i in range(len(jobs))]
+
+
+def write_table(rows: Sequence[dict], path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """Write rows as CSV (given columns first, then any extra), atomically; return the frame."""
+    frame = pd.DataFrame(list(rows))
+    for col in columns:
+        if col not in frame:
+            frame[col] = ""
+    frame = frame[list(columns) + [c for c in frame.columns if c not in columns]].convert_dtypes()
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def read_ok(qc_csv: Path) -> pd.DataFrame:
+    """The rows of a qc.csv whose status is ok (clear error when the file is missing)."""
+    if not qc_csv.is_file():
+        raise FileNotFoundError(f"{qc_csv}: not found; run the previous stage first")
+    frame = pd.read_csv(qc_csv, dtype={"case": str, "patient_id": str}, keep_default_na=False)
+    return frame[frame["status"] == "ok"]
+
+
+def percentiles(values: np.ndarray, qs: Sequence[float] = (1, 50, 99), prefix: str = "hu") -> dict[str, float]:
+    """Percentiles of a (sub-sampled) array as QC columns."""
+    flat = np.asarray(values).ravel()[:: max(1, values.size // 2_000_000)]
+    return {f"{prefix}_p{q:g}": round(float(v), 3) for q, v in zip(qs, np.percentile(flat, qs))}
+
+
+def quicklook(image: sitk.Image, size: int = 96, air: float = -1000.0) -> np.ndarray:
+    """An isotropic size^3 [z, y, x] view of an image (LPS, axis aligned) for QC montages."""
+    image = sitk.DICOMOrient(image, "LPS")
+    extent = [sz * sp for sz, sp in zip(image.GetSize(), image.GetSpacing())]
+    spacing = max(extent) / size
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    origin = [c - (size - 1) / 2 * spacing for c in centre]
+    out = sitk.Resample(image, [size] * 3, sitk.Transform(), sitk.sitkLinear, origin, [spacing] * 3,
+                        (1, 0, 0, 0, 1, 0, 0, 0, 1), air, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)

@@ -1,0 +1,63 @@
+"""`prdit split`: deterministic patient-level train/val/test split of the preprocessed cases.
+
+Patients are ranked by a seeded hash of their id, so the split depends only on the seed and the set
+of patients (not on file order), and adding patients moves few existing ones. All cases of one patient
+land in the same split. The first round(test_fraction * n) patients are test, the next val, the rest train;
+with at least three patients each non-zero fraction gets at least one patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from prdit.data.qc import read_ok
+from prdit.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def split_dir(dataset: str) -> Path:
+    return Path("data") / "splits" / dataset
+
+
+def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """patient -> 'train' | 'val' | 'test'."""
+    ranked = sorted(set(patients), key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest())
+    n = len(ranked)
+    n_test, n_val = round(test_fraction * n), round(val_fraction * n)
+    if n >= 3:
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+    while n_test + n_val >= n and (n_test or n_val):  # always keep a training patient
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return {pid: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, pid in enumerate(ranked)}
+
+
+def run_split(p, dataset: str) -> None:
+    """Write data/splits/<dataset>/{train,val,test}.txt (one case id per line) and summary.json."""
+    from prdit import tracking
+
+    cfg = p.split
+    with tracking.stage_run(p, stage="split", dataset=dataset, used=p.used("split", dataset)) as run:
+        cases = read_ok(Path("data") / "processed" / dataset / "qc.csv")
+        if cases.empty:
+            raise ValueError(f"data/processed/{dataset}/qc.csv: no preprocessed case to split")
+        patients = [pid or case for pid, case in zip(cases["patient_id"], cases["case"])]
+        which = assign(patients, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        members = {s: sorted(c for c, pid in zip(cases["case"], patients) if which[pid] == s) for s in SPLITS}
+        out = split_dir(dataset)
+        for name, ids in members.items():
+            with atomic_path(out / f"{name}.txt") as tmp:
+                tmp.write_text("".join(f"{c}\n" for c in ids))
+        counts = {f"{s}_cases": len(ids) for s, ids in members.items()}
+        counts.update({f"{s}_patients": sum(1 for v in which.values() if v == s) for s in SPLITS})
+        write_json(out / "summary.json", counts)
+        run.log_metrics(counts)
+    log.info("split %s: %s", dataset, ", ".join(f"{s} {len(ids)}" for s, ids in members.items()))

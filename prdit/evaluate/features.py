@@ -1,0 +1,134 @@
+"""Summarise volumes for the metrics, with real-set features cached per dataset and size.
+
+The cache (data/features/<dataset>/<size>/real.npz) holds, per real case, its features, a 32^3 thumbnail
+and a HU histogram, stamped with the file's size and mtime and with the extractor and window used; an
+evaluation re-extracts only cases that are new or changed, so a new set of samples costs only its own
+features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from prdit.evaluate.extractor import ExtractorInfo, extract_features
+from prdit.evaluate.volumes import Summary, hu_histogram, read_volume, thumbnail
+from prdit.io import atomic_path
+from prdit.progress import progress
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def cache_path(dataset: str, size: int, root: Path = Path("data/features")) -> Path:
+    return root / dataset / str(size) / "real.npz"
+
+
+def summarise(paths: Sequence[Path], ids: Sequence[str], kind: str, size: int, window: Sequence[float],
+              model: nn.Module, errors: list[str], batch_size: int = 4, desc: str = "features") -> Summary:
+    """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped."""
+    ok_ids, feats, thumbs, hists, batch = [], [], [], [], []
+
+    def flush() -> None:
+        feats.append(extract_features(model, batch, batch_size=len(batch)))
+        batch.clear()
+
+    for path, case in progress(list(zip(paths, ids)), desc=desc):
+        try:
+            x = read_volume(path, size, kind, window)
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the evaluation
+            msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            log.error("skipping a volume: %s", msg)
+            errors.append(msg)
+            continue
+        ok_ids.append(case)
+        thumbs.append(thumbnail(x))
+        hists.append(hu_histogram(x, window))
+        batch.append(x)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not ok_ids:
+        return Summary.concat([])
+    return Summary(ok_ids, np.concatenate(feats), np.stack(thumbs), np.stack(hists))
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["meta"])) != meta:
+                log.info("%s: made with another extractor/window/version; rebuilding", path)
+                return {}
+            return {str(i): (str(s), f, t, h) for i, s, f, t, h in
+                    zip(z["ids"], z["stamps"], z["features"], z["thumbs"], z["hists"])}
+    except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+        log.warning("%s: unreadable feature cache (%s); rebuilding", path, exc)
+        return {}
+
+
+def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.Module, info: ExtractorInfo,
+                   errors: list[str], processed_root: Path = Path("data/processed"),
+                   splits_root: Path = Path("data/splits"), cache_root: Path = Path("data/features")) -> dict[str, Summary]:
+    """Summaries of the real train/val/test cases, extracting only what the cache lacks."""
+    meta = {"version": CACHE_VERSION, "extractor": info.key, "window": [float(w) for w in window], "size": size}
+    ids_by_split: dict[str, list[str]] = {}
+    for split in SPLITS:
+        f = splits_root / dataset / f"{split}.txt"
+        ids_by_split[split] = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+    if not ids_by_split["train"]:
+        raise FileNotFoundError(f"{splits_root / dataset / 'train.txt'}: no training cases listed (run `prdit split`)")
+    cpath = cache_path(dataset, size, cache_root)
+    cached = _load_cache(cpath, meta)
+    folder = processed_root / dataset / str(size)
+    entries: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
+    todo_paths, todo_ids, todo_stamps = [], [], {}
+    for case in dict.fromkeys(c for s in SPLITS for c in ids_by_split[s]):
+        path = folder / f"{case}.nii.gz"
+        if not path.is_file():
+            log.error("skipping real case %s: %s not found", case, path)
+            errors.append(f"{path}: not found")
+            continue
+        stamp = _stamp(path)
+        if case in cached and cached[case][0] == stamp:
+            entries[case] = cached[case]
+        else:
+            todo_paths.append(path)
+            todo_ids.append(case)
+            todo_stamps[case] = stamp
+    log.info("real features for %s/%d: %d cached, %d to extract", dataset, size, len(entries), len(todo_ids))
+    if todo_ids:
+        new = summarise(todo_paths, todo_ids, "real", size, window, model, errors, desc=f"real features {dataset}/{size}")
+        for k, case in enumerate(new.ids):
+            entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k])
+        if new.ids:
+            _write_cache(cpath, meta, entries)
+    out = {}
+    for split in SPLITS:
+        ids = [c for c in ids_by_split[split] if c in entries]
+        out[split] = Summary.concat([]) if not ids else Summary(
+            ids, np.stack([entries[c][1] for c in ids]), np.stack([entries[c][2] for c in ids]),
+            np.stack([entries[c][3] for c in ids]))
+    return out
+
+
+def _write_cache(path: Path, meta: dict, entries: dict) -> None:
+    ids = sorted(entries)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta)), ids=np.array(ids), stamps=np.array([entries[i][0] for i in ids]),
+                 features=np.stack([entries[i][1] for i in ids]), thumbs=np.stack([entries[i][2] for i in ids]),
+                 hists=np.stack([entries[i][3] for i in ids]))

@@ -1,0 +1,184 @@
+"""The evaluation report: metric table with floors and intervals, montages, HU histograms, memorization.
+
+Writes report.md (PNG links), report.html (PNGs embedded, self-contained) and CSVs that DVC plots read
+(hu_histogram.csv, memorization.csv, metrics_table.csv) into one folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from prdit.viz import montage  # noqa: E402
+
+
+def _fmt(v: object, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)
+
+
+def _ci(ci: dict | None) -> str:
+    return "n/a" if not ci else f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]"
+
+
+def table_rows(m: dict) -> list[list[str]]:
+    """Metric | generated vs train | 95% CI | floor: held-out real vs train | 95% CI."""
+    rows = [("FID (raw, float64)", "fid", "fid_floor"), ("FID x10^3 (paper scale)", "fid_x1e3", "fid_floor_x1e3"),
+            ("MMD reference (paper definition, sqrt of V-statistic)", "mmd_reference", "mmd_reference_floor"),
+            ("MMD^2 unbiased (U-statistic, same bandwidth)", "mmd_unbiased", "mmd_unbiased_floor")]
+    out = [[label, _fmt(m.get(k)), _ci(m.get(k + "_ci95")), _fmt(m.get(f)), _ci(m.get(f + "_ci95"))]
+           for label, k, f in rows]
+    out.append(["FID at the floor's N (generated subsampled to the held-out count)", _fmt(m.get("fid_at_floor_n")),
+                "n/a", _fmt(m.get("fid_floor")), _ci(m.get("fid_floor_ci95"))])
+    out.append(["MS-SSIM between samples (diversity; floor = real train pairs)", _fmt(m.get("ms_ssim")),
+                f"sd {_fmt(m.get('ms_ssim_std'))}", _fmt(m.get("ms_ssim_floor")), f"sd {_fmt(m.get('ms_ssim_floor_std'))}"])
+    return out
+
+
+HEADER = ["metric", "generated vs train", "95% CI", "floor: held-out real vs train", "floor 95% CI"]
+
+
+def _hist_plot(edges: np.ndarray, real: np.ndarray, gen: np.ndarray, path: Path) -> None:
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.step(centres, real, where="mid", label="real (train)")
+    ax.step(centres, gen, where="mid", label="generated")
+    ax.set_yscale("log")
+    ax.set_xlabel("HU")
+    ax.set_ylabel("fraction of voxels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _memo_plot(memo: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3), dpi=100)
+    for ax, key, title in ((axes[0], "feature_dist", "feature space"), (axes[1], "voxel_rmse", "voxel RMSE (<=32^3)")):
+        for k, (name, rows) in enumerate((("held-out real", memo["heldout"]), ("generated", memo["generated"]))):
+            vals = [r[key] for r in rows]
+            ax.scatter(np.full(len(vals), k) + np.linspace(-0.1, 0.1, len(vals)), vals, s=14)
+        if key == "voxel_rmse" and memo.get("threshold_voxel_rmse") is not None:
+            ax.axhline(memo["threshold_voxel_rmse"], color="red", lw=1, ls="--", label="near-copy threshold")
+            ax.legend(fontsize=7)
+        ax.set_xticks([0, 1], ["held-out real", "generated"])
+        ax.set_title(f"distance to nearest train volume\n({title})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles: list[str], gen_vols: list[np.ndarray],
+                 gen_titles: list[str], edges: np.ndarray, real_hist: np.ndarray, gen_hist: np.ndarray, memo: dict,
+                 info_lines: list[str]) -> list[Path]:
+    """Write figures, CSVs, report.md and report.html into `folder`; returns the PNG paths."""
+    pngs = []
+    if real_vols:
+        pngs.append(montage(real_vols, folder / "montage_real.png", titles=real_titles))
+    if gen_vols:
+        pngs.append(montage(gen_vols, folder / "montage_generated.png", titles=gen_titles))
+    _hist_plot(edges, real_hist, gen_hist, folder / "hu_histogram.png")
+    pngs.append(folder / "hu_histogram.png")
+    if memo["generated"] or memo["heldout"]:
+        _memo_plot(memo, folder / "memorization.png")
+        pngs.append(folder / "memorization.png")
+    centres = (edges[:-1] + edges[1:]) / 2
+    _write_csv(folder / "hu_histogram.csv", ["hu", "real", "generated"],
+               [[float(c), float(r), float(g)] for c, r, g in zip(centres, real_hist, gen_hist)])
+    memo_rows = [[kind, r["id"], r["feature_nn"], r["feature_dist"], r["voxel_nn"], r["voxel_rmse"], r["voxel_ssim"],
+                  r.get("near_copy", "")] for kind, rows in (("generated", memo["generated"]), ("heldout", memo["heldout"]))
+                 for r in rows]
+    memo_header = ["set", "id", "feature_nn", "feature_dist", "voxel_nn", "voxel_rmse", "voxel_ssim", "near_copy"]
+    _write_csv(folder / "memorization.csv", memo_header, memo_rows)
+    rows = table_rows(m)
+    _write_csv(folder / "metrics_table.csv", HEADER, rows)
+
+    title = f"PRDiT evaluation: {m['dataset']} at {m['size']}^3"
+    md = [f"# {title}", ""] + [f"- {line}" for line in info_lines] + ["", "## Metrics", "",
+          "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "FID is shown raw and x10^3 (the paper's tables use x10^3). Lower FID/MMD is better; a score near its "
+           "floor is as close to the training set as unseen real scans are. Lower MS-SSIM means more diverse samples.",
+           ""]
+    if m["notes"]:
+        md += ["## Caveats", ""] + [f"- {n}" for n in m["notes"]] + [""]
+    md += ["## Real vs generated", "", "Axial, coronal and sagittal mid-slices, window "
+           f"{m['input']['window'][0]:g} to {m['input']['window'][1]:g} HU.", ""]
+    md += [f"![{p.stem}]({p.name})" for p in pngs if p.stem.startswith("montage")]
+    md += ["", "## HU histograms", "", "![hu_histogram](hu_histogram.png)", "", "## Memorization audit", ""]
+    mem = m["memorization"]
+    rule = f"SSIM to the nearest training volume >= {mem['near_copy_ssim']}"
+    if mem["threshold_voxel_rmse"] is not None:
+        rule += (f" and voxel RMSE below {mem['near_copy_ratio']} x the smallest held-out value "
+                 f"({_fmt(mem['threshold_voxel_rmse'])})")
+    md += [f"Near-copy rule: {rule}. Near-copies: **{len(mem['near_copies'])} of {m['n']['generated']}** "
+           f"({', '.join(mem['near_copies']) or 'none'}). Median nearest-train distance, generated / held-out: "
+           f"feature {_fmt(mem['median_ratio_feature'])}, voxel {_fmt(mem['median_ratio_voxel'])} "
+           "(well below 1 suggests copying). Voxel space: volumes average-pooled to at most 32^3.", ""]
+    if memo["generated"] or memo["heldout"]:
+        md += ["![memorization](memorization.png)", "", "| " + " | ".join(memo_header) + " |", "|" + "---|" * len(memo_header)]
+        md += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in memo_rows]
+    if m["skipped"]:
+        md += ["", "## Skipped inputs", ""] + [f"- {s}" for s in m["skipped"]]
+    (folder / "report.md").write_text("\n".join(md) + "\n")
+    (folder / "report.html").write_text(_html(title, md, folder))
+    return pngs
+
+
+def _html(title: str, md: list[str], folder: Path) -> str:
+    """A small, self-contained HTML rendering of the Markdown lines (images inlined as base64)."""
+    body, in_table, in_list = [], False, False
+    for line in md:
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not in_table:
+                body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
+                in_table = True
+            elif not set(line) <= set("|-"):
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            body.append(("" if in_list else "<ul>") + f"<li>{html.escape(line[2:])}</li>")
+            in_list = True
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("!["):
+            name = line[line.index("(") + 1 : -1]
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line:
+            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

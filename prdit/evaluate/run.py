@@ -1,0 +1,160 @@
+"""`prdit evaluate`: metrics/<dataset>/<size>.json and reports/<dataset>/<size>/ for one dataset and size."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prdit import tracking
+from prdit.evaluate.extractor import build_extractor
+from prdit.evaluate.fetch import DEFAULT_OUT, fetch_weights
+from prdit.evaluate.features import cache_path, real_summaries, summarise
+from prdit.evaluate.memorization import audit
+from prdit.evaluate.ms_ssim import pair_indices, ms_ssim, scales_for
+from prdit.evaluate.report import write_report
+from prdit.evaluate.scores import feature_scores
+from prdit.evaluate.volumes import Summary, hist_edges, read_volume, sample_paths
+from prdit.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+MONTAGE_ROWS = 4
+INPUT_NOTE = ("real (data/processed, [-1, 1]) and generated (samples, HU clipped to preprocess.window and mapped "
+              "linearly to [-1, 1]) volumes enter the extractor and MS-SSIM identically as [-1, 1] cubes, as in the "
+              "PRDiT reference evaluation; MS-SSIM maps them to [0, 1] with data_range 1")
+
+
+def _diversity(paths: list[Path], kind: str, size: int, window: Any, n_pairs: int, seed: int,
+               label: str, notes: list[str]) -> tuple[float | None, float | None, int]:
+    if len(paths) < 2 or n_pairs == 0:
+        if n_pairs:
+            notes.append(f"MS-SSIM ({label}): not computed (needs >= 2 volumes, has {len(paths)})")
+        return None, None, 0
+    vals = []
+    for i, j in pair_indices(len(paths), n_pairs, seed):
+        try:
+            vals.append(ms_ssim(read_volume(paths[i], size, kind, window), read_volume(paths[j], size, kind, window)))
+        except ValueError as exc:
+            notes.append(f"MS-SSIM ({label}): pair skipped ({exc})")
+    if not vals:
+        return None, None, 0
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str | None, sha256: str | None,
+             ms_ssim_pairs: int, n_boot: int, seed: int, num_samples: int | None = None,
+             samples_root: Path = Path("samples"), processed_root: Path = Path("data/processed"),
+             splits_root: Path = Path("data/splits"), features_root: Path = Path("data/features"),
+             metrics_root: Path = Path("metrics"), reports_root: Path = Path("reports")) -> tuple[dict, Path, Path]:
+    """Compute every number and write the metrics file and report; returns (metrics, json path, report dir)."""
+    t0 = time.monotonic()
+    gen_dir = samples_root / dataset / str(size)
+    gen_paths = sample_paths(gen_dir)[:num_samples]
+    if not gen_paths:
+        raise FileNotFoundError(f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)")
+    torch.manual_seed(seed)
+    model, info = build_extractor(weights, sha256)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    skipped: list[str] = []
+    real = real_summaries(dataset, size, window, model, info, skipped, processed_root, splits_root, features_root)
+    train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
+    if not train.ids:
+        raise ValueError(f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}")
+    gen_ids = [p.name.removesuffix(".nii.gz") for p in gen_paths]
+    generated = summarise(gen_paths, gen_ids, "generated", size, window, model, skipped, desc=f"sample features {dataset}/{size}")
+    if not generated.ids:
+        raise ValueError(f"{gen_dir}: none of the {len(gen_paths)} generated volumes could be read: {skipped[-1]}")
+    t_feat = time.monotonic() - t0
+
+    scores, notes = feature_scores(train, heldout, generated, n_boot, seed)
+    ok_gen = [p for p, i in zip(gen_paths, gen_ids) if i in set(generated.ids)]
+    train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
+    ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, ms_ssim_pairs, seed, "generated", notes)
+    msf, msf_sd, msf_n = _diversity(train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes)
+    memo = audit(generated, train, heldout)
+    if memo["threshold_voxel_rmse"] is None:
+        notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
+    m = {
+        "dataset": dataset, "size": size, **scores,
+        "ms_ssim": ms, "ms_ssim_std": ms_sd, "ms_ssim_floor": msf, "ms_ssim_floor_std": msf_sd,
+        "ms_ssim_scales": scales_for(size),
+        "memorization": {k: memo[k] for k in ("near_copy_ratio", "near_copy_ssim", "threshold_voxel_rmse", "near_copies",
+                                              "median_ratio_feature", "median_ratio_voxel")}
+                        | {"n_near_copies": len(memo["near_copies"])},
+        "n": {"real_train": len(train.ids), "real_heldout": len(heldout.ids), "generated": len(generated.ids),
+              "ms_ssim_pairs": ms_n, "ms_ssim_floor_pairs": msf_n, "bootstrap": n_boot},
+        "extractor": {"name": info.name, "pretrained": info.pretrained, "note": info.note, "sha256": info.sha256},
+        "input": {"window": list(window), "note": INPUT_NOTE},
+        "reference_set": "real train split; floors: real val + test vs the same train split",
+        "feature_cache": str(cache_path(dataset, size, features_root)),
+        "notes": notes, "skipped": skipped,
+    }
+    if len(generated.ids) < len(gen_paths):
+        notes.append(f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)")
+    metrics_path = metrics_root / dataset / f"{size}.json"
+    report_dir = reports_root / dataset / str(size)
+    edges = hist_edges(window)
+    real_vols = [read_volume(p, size, "real", window) for p in train_paths[:MONTAGE_ROWS]]
+    gen_vols = [read_volume(p, size, "generated", window) for p in ok_gen[:MONTAGE_ROWS]]
+    info_lines = [f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
+                  f"input: {INPUT_NOTE}", f"reference set: {m['reference_set']}",
+                  f"N: {len(train.ids)} real train, {len(heldout.ids)} real held-out, {len(generated.ids)} generated; "
+                  f"{n_boot} bootstrap replicates (95% percentile intervals)",
+                  f"real-set feature cache: {m['feature_cache']}"]
+    with atomic_dir(report_dir) as tmp:
+        write_report(tmp, m, real_vols, [f"real {c}" for c in train.ids[:MONTAGE_ROWS]], gen_vols,
+                     [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]], edges, train.hists.mean(0),
+                     generated.hists.mean(0), memo, info_lines)
+        write_json(tmp / "metrics.json", m)
+    write_json(metrics_path, m)
+    log.info("evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s; features %.1f s, total %.1f s",
+             dataset, size, m["fid"], m["fid_floor"], m["mmd_reference"], m["mmd_reference_floor"], m["ms_ssim"],
+             t_feat, time.monotonic() - t0)
+    return m, metrics_path, report_dir
+
+
+def numeric(m: dict, prefix: str = "") -> dict[str, float]:
+    """Flat numeric view of the metrics for MLflow (nested keys dotted; intervals keep low and high)."""
+    out: dict[str, float] = {}
+    for k, v in m.items():
+        if isinstance(v, bool) or v is None or (prefix.endswith("_ci95.") and k not in ("low", "high")):
+            continue
+        if isinstance(v, (int, float)):
+            out[prefix + k] = float(v)
+        elif isinstance(v, dict) and k not in ("extractor", "input"):
+            out.update(numeric(v, f"{prefix}{k}."))
+    return out
+
+
+def run_evaluate(p: Any, dataset: str, size: int) -> None:
+    """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures."""
+    ev = p.evaluate
+    used = {"evaluate": p.raw.get("evaluate", {}), "preprocess.window": list(p.preprocess.window)}
+    with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
+        m, metrics_path, report_dir = evaluate(
+            dataset, size, tuple(p.preprocess.window), ev.weights, ev.sha256, ev.ms_ssim_pairs, ev.bootstrap, ev.seed,
+            getattr(ev, "num_samples", None))
+        run.set_tags({"prdit.extractor": m["extractor"]["name"],
+                      "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower()})
+        run.log_metrics(numeric(m))
+        run.log_artifact(metrics_path, artifact_path="metrics")
+        for f in sorted(report_dir.iterdir()):
+            if f.suffix == ".png":
+                run.log_image(f, artifact_path="report")
+            else:
+                run.log_artifact(f, artifact_path="report")
+
+
+def run_fetch_weights(p: Any, out: Path | None = None) -> int:
+    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
+    ev = p.evaluate
+    target = Path(out or ev.weights or DEFAULT_OUT)
+    fetch_weights(getattr(ev, "url", None), target, ev.sha256)
+    if ev.weights is None or Path(ev.weights) != target:
+        log.info("set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target)
+    return 0

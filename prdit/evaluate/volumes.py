@@ -1,0 +1,98 @@
+"""Read real and generated volumes into the one input space every metric uses.
+
+Choice (documented in each report): both sets enter the extractor and MS-SSIM as [D, H, W] float32 in
+[-1, 1] under the preprocessing window (preprocess.window, default [-1000, 1000] HU), exactly as the
+PRDiT reference evaluation feeds its 3D ResNet (volumes stored in [0, 1], mapped by 2x - 1). Real volumes
+are read from data/processed (already in this space); generated ones are in HU and are clipped to the
+window and scaled by the same linear map the preprocessing uses. MedicalNet itself was trained on
+per-volume z-scored input; following the paper instead keeps our numbers comparable with its tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prdit.io import read_nifti
+
+THUMB_SIZE = 32  # voxel-space nearest-neighbour search runs on volumes average-pooled to at most 32^3
+HIST_BINS = 64
+
+
+def hu_to_unit(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """HU -> [-1, 1]: clip to the window, then the preprocessing's linear map."""
+    lo, hi = float(window[0]), float(window[1])
+    return (2 * (np.clip(hu, lo, hi) - lo) / (hi - lo) - 1).astype(np.float32)
+
+
+def unit_to_hu(x: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """[-1, 1] -> HU under the window (the inverse of hu_to_unit inside the window)."""
+    lo, hi = float(window[0]), float(window[1])
+    return ((np.asarray(x, np.float32) + 1) / 2 * (hi - lo) + lo).astype(np.float32)
+
+
+def read_volume(path: Path, size: int, kind: str, window: Sequence[float]) -> np.ndarray:
+    """A real (`kind='real'`, [-1, 1]) or generated (`kind='generated'`, HU) cube as [-1, 1] float32."""
+    arr, _ = read_nifti(path)
+    if arr.shape != (size, size, size):
+        raise ValueError(f"{path}: expected a {size}^3 volume, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: contains NaN or inf voxels")
+    if kind == "generated":
+        return hu_to_unit(arr, window)
+    return np.clip(arr, -1.0, 1.0).astype(np.float32)
+
+
+def thumbnail(x: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """Average-pool a cube to at most `size`^3 (the voxel space of the memorization audit)."""
+    factor = max(1, x.shape[0] // size)
+    if factor == 1:
+        return x.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+    return F.avg_pool3d(t, factor)[0, 0].numpy()
+
+
+def hu_histogram(x: np.ndarray, window: Sequence[float], bins: int = HIST_BINS) -> np.ndarray:
+    """Fraction of voxels per HU bin over the window (the volume given in [-1, 1])."""
+    counts, _ = np.histogram(unit_to_hu(x, window), bins=bins, range=(float(window[0]), float(window[1])))
+    return counts / max(counts.sum(), 1)
+
+
+def hist_edges(window: Sequence[float], bins: int = HIST_BINS) -> np.ndarray:
+    return np.linspace(float(window[0]), float(window[1]), bins + 1)
+
+
+def sample_paths(folder: Path) -> list[Path]:
+    """Generated volumes <i>.nii.gz in numeric order (other names sort after, by name)."""
+    def key(p: Path) -> tuple[int, int, str]:
+        m = re.fullmatch(r"(\d+)\.nii\.gz", p.name)
+        return (0, int(m.group(1)), "") if m else (1, 0, p.name)
+    return sorted(folder.glob("*.nii.gz"), key=key)
+
+
+@dataclass
+class Summary:
+    """What the metrics need of a set of volumes (full volumes are not kept in memory)."""
+
+    ids: list[str]
+    features: np.ndarray   # (N, 2048) float64
+    thumbs: np.ndarray     # (N, t, t, t) float32, [-1, 1]
+    hists: np.ndarray      # (N, HIST_BINS) voxel fractions
+
+    def take(self, idx: Sequence[int]) -> "Summary":
+        idx = list(idx)
+        return Summary([self.ids[i] for i in idx], self.features[idx], self.thumbs[idx], self.hists[idx])
+
+    @staticmethod
+    def concat(parts: Sequence["Summary"]) -> "Summary":
+        parts = [p for p in parts if p.ids]
+        if not parts:
+            return Summary([], np.zeros((0, 2048)), np.zeros((0, 1, 1, 1), np.float32), np.zeros((0, HIST_BINS)))
+        return Summary([i for p in parts for i in p.ids], np.concatenate([p.features for p in parts]),
+                       np.concatenate([p.thumbs for p in parts]), np.concatenate([p.hists for p in parts]))

@@ -1,0 +1,91 @@
+"""Model files: a plain dict (format prdit-model/1) that `load` rebuilds through the registry."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prdit.model.registry import create
+
+FORMAT = "prdit-model/1"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def to_file_dict(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The dict a model file holds (also usable inside a training checkpoint)."""
+    model = unwrap(model)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("model was not built by prdit.model.create(); cannot record how to rebuild it")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, **spec, "state_dict": state, "meta": dict(meta)}
+
+
+def from_file_dict(obj: dict[str, Any], source: str = "<dict>") -> nn.Module:
+    """Rebuild a model from `to_file_dict` output."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{source}: not a PRDiT model file (expected format {FORMAT!r})")
+    model = create(obj["name"], obj["input_size"], **obj.get("overrides", {}))
+    model.load_state_dict(obj["state_dict"])
+    model.meta = obj.get("meta", {})
+    return model
+
+
+def save(path: str | Path, model: nn.Module, *, meta: dict[str, Any]) -> None:
+    """Write a model file atomically."""
+    from prdit.io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = to_file_dict(model, meta)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored by `save` (weights_only loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path}: cannot read model file: {e}") from e
+    model = from_file_dict(obj, str(path))
+    return model.to(map_location)
+
+
+# parameter-name prefixes of the reference implementation (github Fredy-Zhang/PRDiT) -> ours
+REFERENCE_PREFIXES = (
+    ("t_embedder.mlp.", "t_embed.shared."),
+    ("t_embedder.coarse_head.", "t_embed.local_head."),
+    ("t_embedder.fine_head.", "t_embed.global_head."),
+    ("coarse.mlp_denoise.", "local."),
+    ("fine.patch_embedder.", "dit.patch_embed."),
+    ("fine.blocks.", "dit.blocks."),
+    ("fine.final_layer.", "dit.final_layer."),
+)
+
+
+def from_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a reference PRDiT state dict (its `model` or `ema` entry) to load into our PRDiT."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for old, new in REFERENCE_PREFIXES:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            raise KeyError(f"unexpected key {key!r} in a reference PRDiT state dict")
+    return out

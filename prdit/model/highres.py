@@ -1,0 +1,126 @@
+"""Stage 3: a frozen S^3 PRDiT reused at (2S)^3 through the bridge, plus a trainable residual branch."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prdit.model.bridge import bridge
+from prdit.model.dit import GlobalDiT
+from prdit.model.embed import TimestepEmbedder
+from prdit.model.local import LocalDenoiser
+from prdit.model.patches import check_geometry, extract_patches, unpatchify
+
+
+class ResidualBranch(nn.Module):
+    """Local MLP path + global DiT path on patch tokens of [x_t, prior] -> (eps, x0 - prior) per voxel."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        patch: int,
+        stride: int,
+        in_channels: int,
+        mlp_ratio: float = 4.0,
+        local_mlp_ratio: float = 1.0,
+        pos_max_freq: float = 7.6,
+        checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.pad = check_geometry(input_size, patch, stride)
+        self.patch, self.stride, self.grid = patch, stride, input_size // stride
+        self.out_channels = 2 * in_channels
+        token_dim = 2 * in_channels * patch**3  # noisy volume and prior, stacked as channels
+        out_dim = self.out_channels * stride**3
+        self.t_embed = TimestepEmbedder(hidden_size, hidden_size, hidden_size if depth else None)
+        self.local = LocalDenoiser(token_dim, hidden_size, out_dim, local_mlp_ratio, checkpointing)
+        self.dit = (
+            GlobalDiT(token_dim, hidden_size, depth, num_heads, self.grid, out_dim, mlp_ratio, pos_max_freq, checkpointing)
+            if depth
+            else None
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.local.zero_init()
+        if self.dit is not None:
+            self.dit.zero_init()
+
+    def forward(self, x_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tokens = extract_patches(torch.cat([x_t, prior.to(x_t.dtype)], dim=1), self.patch, self.stride, self.pad)
+        temb = self.t_embed(t)
+        out = self.local(tokens, self.t_embed.local_head(temb))
+        if self.dit is not None:
+            out = out + self.dit(tokens, self.t_embed.global_head(temb))
+        return unpatchify(out, self.out_channels, self.stride, self.grid)
+
+
+class HighResPRDiT(nn.Module):
+    """model(x_t, t) at 2S: eps-hat = branch eps, x0-hat = up(backbone x0-hat at b') + branch residual.
+
+    Only the branch has trainable parameters; the backbone runs under no_grad. Zero-initialised
+    branch heads make the fused x0-hat start as the upsampled prior.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        backbone: nn.Module | dict[str, Any],
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        patch: int = 12,
+        stride: int = 8,
+        timesteps: int = 1000,
+        mlp_ratio: float = 4.0,
+        local_mlp_ratio: float = 1.0,
+        pos_max_freq: float = 7.6,
+        checkpointing: bool = False,
+        upsample: str = "trilinear",
+    ):
+        super().__init__()
+        if isinstance(backbone, dict):
+            from prdit.model.registry import create
+
+            backbone = create(backbone["name"], backbone["input_size"], **backbone.get("overrides", {}))
+        backbone = getattr(backbone, "_orig_mod", backbone)
+        if not hasattr(backbone, "input_size") or 2 * backbone.input_size != input_size:
+            raise ValueError(
+                f"highres input_size {input_size} must be twice the backbone's "
+                f"({getattr(backbone, 'input_size', '?')})"
+            )
+        self.backbone = backbone.requires_grad_(False)
+        self.input_size, self.in_channels, self.timesteps = input_size, backbone.in_channels, timesteps
+        self.upsample = upsample
+        self.branch = ResidualBranch(
+            input_size, hidden_size, depth, num_heads, patch, stride, backbone.in_channels,
+            mlp_ratio, local_mlp_ratio, pos_max_freq, checkpointing,
+        )
+
+    def train(self, mode: bool = True) -> "HighResPRDiT":
+        super().train(mode)
+        self.backbone.eval()  # frozen: always inference behaviour
+        return self
+
+    @torch.no_grad()
+    def prior(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's x0-hat at the bridged level, upsampled to this model's size."""
+        x_low, t_low, _ = bridge(x_t, t, self.timesteps)
+        x0_low = self.backbone(x_low, t_low)[:, self.in_channels :]
+        mode = dict(mode=self.upsample, align_corners=False) if self.upsample != "nearest" else dict(mode="nearest")
+        return F.interpolate(x0_low, scale_factor=2, **mode)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x_t.shape[1:] != (self.in_channels,) + (self.input_size,) * 3:
+            raise ValueError(f"expected input [B, {self.in_channels}, {self.input_size}^3], got {tuple(x_t.shape)}")
+        prior = self.prior(x_t, t)
+        out = self.branch(x_t, prior, t)
+        c = self.in_channels
+        return torch.cat([out[:, :c], out[:, c:] + prior], dim=1)

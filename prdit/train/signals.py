@@ -1,0 +1,62 @@
+"""Graceful stop on the signals a scheduler sends before it kills a job, and the exit statuses.
+
+Exit statuses of `prdit train` (`run_train`'s return value):
+  0   EXIT_OK       training finished; model.pt and metrics.json are written.
+  75  EXIT_REQUEUE  stopped by SIGTERM or SIGUSR1 (SLURM time limit / preemption with
+                    `--signal=B:USR1@120` or `--signal=USR1@120`) after writing last.pt. Rerunning the
+                    same command resumes exactly (75 is EX_TEMPFAIL of sysexits.h: "try again later";
+                    requeue on it, e.g. Snakemake `--retries`, or `scontrol requeue` in a batch script).
+  130 EXIT_INTERRUPTED  stopped by Ctrl-C (SIGINT) after writing last.pt; a second Ctrl-C aborts at once.
+  1   any error (raised, reported by the CLI); last.pt holds the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REQUEUE = 75
+EXIT_INTERRUPTED = 130
+
+_STATUS = {signal.SIGTERM: EXIT_REQUEUE, signal.SIGUSR1: EXIT_REQUEUE, signal.SIGINT: EXIT_INTERRUPTED}
+
+
+class StopRequest:
+    """Records a stop signal for the training loop to act on between steps; a context manager."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_status(self) -> int:
+        return _STATUS.get(self.signum, EXIT_REQUEUE) if self.signum is not None else EXIT_OK
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        # no logging here: a handler can run inside a logging call and deadlock on its lock
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("not the main thread: stop signals are not handled")
+            return self
+        for sig in _STATUS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()

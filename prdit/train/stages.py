@@ -1,0 +1,85 @@
+"""What each training stage builds, inherits from its parent stage's model file, and trains.
+
+local   PRDiT-*/P/0 at `preprocess.size`, everything trains.
+global  PRDiT-*/P/depth at `preprocess.size`; the stage-1 path is copied from models/<ds>/local/model.pt
+        and frozen (no gradients are computed through it); only the DiT residual and its timestep head train.
+highres PRDiT-HR-* at `preprocess.highres_size` around the frozen models/<ds>/global/model.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from prdit.config import Params
+from prdit.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+PARENT = {"local": None, "global": "local", "highres": "global"}
+
+
+@dataclass
+class StageModel:
+    model: nn.Module
+    input_size: int
+    trained: list[str]                   # parameter names this stage optimises
+    parents: dict[str, str] = field(default_factory=dict)  # parent model file -> sha256
+
+
+def model_dir(dataset: str, stage: str) -> Path:
+    return Path("models") / dataset / stage
+
+
+def input_size(p: Params, stage: str) -> int:
+    if stage != "highres":
+        return p.preprocess.size
+    if not p.preprocess.highres_size:
+        raise ValueError("train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)")
+    return p.preprocess.highres_size
+
+
+def parent_path(dataset: str, stage: str) -> Path | None:
+    parent = PARENT[stage]
+    return None if parent is None else model_dir(dataset, parent) / "model.pt"
+
+
+def build(p: Params, dataset: str, stage: str) -> StageModel:
+    """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns."""
+    import prdit.model as models
+
+    cfg = p.train.stage(stage)
+    size = input_size(p, stage)
+    overrides = {"checkpointing": True} if cfg.checkpointing else {}
+    parent = parent_path(dataset, stage)
+    parents: dict[str, str] = {}
+    if parent is not None:
+        if not parent.exists():
+            raise FileNotFoundError(f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
+                                    f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)")
+        parents[str(parent)] = sha256_file(parent)
+        frozen = models.load(parent, map_location="cpu")
+        frozen.requires_grad_(False)
+    if stage == "local":
+        model = models.create(cfg.model, input_size=size, **overrides)
+    elif stage == "global":
+        model = models.create(cfg.model, input_size=size, **overrides)
+        if getattr(model, "depth", 1) == 0:
+            raise ValueError(f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)")
+        model.load_local(frozen)
+        model.freeze_local()
+    else:
+        model = models.create(cfg.model, input_size=size, backbone=frozen, **overrides)
+        inner = getattr(model, "backbone", None)
+        if isinstance(inner, nn.Module):
+            inner.requires_grad_(False)
+    trained = [n for n, q in model.named_parameters() if q.requires_grad]
+    if not trained:
+        raise ValueError(f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}")
+    n_all = sum(q.numel() for q in model.parameters())
+    n_tr = sum(q.numel() for n, q in model.named_parameters() if q.requires_grad)
+    log.info("stage %s: %s at %d^3, %.2fM parameters, %.2fM trained", stage, cfg.model, size, n_all / 1e6, n_tr / 1e6)
+    return StageModel(model, size, trained, parents)

@@ -1,0 +1,56 @@
+"""Validation loss on the val split (fixed noise per item, comparable across steps) and preview montages."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from prdit.train.distributed import DistEnv, all_sum
+
+log = logging.getLogger(__name__)
+
+# loss_fn(model, x0, positions, stream) -> (scalar loss, {name: 0-dim tensor}); the diffusion time and noise
+# of each sample are a function of (seed, stream, position) only: see data.draw
+LossFn = Callable[[nn.Module, torch.Tensor, list[int], int], tuple[torch.Tensor, dict]]
+VAL_STREAM = 1  # noise stream of validation items, distinct from the training stream (0)
+
+
+@torch.no_grad()
+def val_loss(
+    model: nn.Module, loader: DataLoader, loss_fn: LossFn, env: DistEnv, *,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> float:
+    """Mean loss over the whole val split (all ranks' shares); nan when the split is empty."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)
+    for x, idx in loader:
+        x = x.to(env.device, non_blocking=True)
+        with autocast():
+            loss, _ = loss_fn(model, x, idx.tolist(), VAL_STREAM)
+        total += torch.stack([loss.detach().double() * len(x), torch.tensor(float(len(x)), dtype=torch.float64,
+                                                                             device=env.device)])
+    model.train(was_training)
+    total = all_sum(env, total)
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+@torch.no_grad()
+def preview(model: nn.Module, size: int, path: Path, *, n: int, steps: int, k: int, device: torch.device,
+            title: str) -> Path:
+    """Sample `n` volumes (seeds 0..n-1) from `model` and write their mid-slice montage to `path`."""
+    from prdit.diffusion import sample
+    from prdit.viz import montage
+
+    was_training = model.training
+    model.eval()
+    vols = sample(model, (n, 1, size, size, size), steps=steps, k=k, seeds=list(range(n)), device=device)
+    model.train(was_training)
+    arrays = [v[0].float().cpu().numpy() for v in vols]
+    return montage(arrays, path, titles=[f"{title} seed {i}" for i in range(n)])

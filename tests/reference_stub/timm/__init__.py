@@ -1,0 +1,1 @@
+"""Test-only stand-in for the parts of timm the reference PRDiT imports."""

@@ -1,0 +1,133 @@
+"""The evaluate stage end to end on a tiny synthetic project: outputs, floors, audit, cache, determinism."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prdit.evaluate.run import evaluate, numeric, run_evaluate
+from prdit.evaluate.volumes import unit_to_hu
+from prdit.io import write_nifti
+
+WINDOW = (-1000.0, 1000.0)
+SIZE = 32
+SPLITS = {"train": ["c0", "c1", "c2", "c3"], "val": ["c4"], "test": ["c5"]}
+
+
+def _phantom(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A smooth body-like blob in [-1, 1]: air outside, soft tissue, two darker 'lungs'."""
+    z, y, x = np.mgrid[:size, :size, :size] / size - 0.5
+    r = 0.35 + 0.05 * rng.random()
+    body = (x**2 + y**2) < r**2
+    lung = ((np.abs(x) - 0.13 - 0.03 * rng.random()) ** 2 + y**2) < (0.09 + 0.02 * rng.random()) ** 2
+    v = np.where(body, 0.05, -1.0) - 0.75 * lung + 0.05 * rng.normal(size=body.shape)
+    return np.clip(v, -1, 1).astype(np.float32)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    spacing = (8.0, 8.0, 8.0)
+    real = {}
+    for split, ids in SPLITS.items():
+        Path("data/splits/toy").mkdir(parents=True, exist_ok=True)
+        Path(f"data/splits/toy/{split}.txt").write_text("\n".join(ids) + "\n")
+        for case in ids:
+            real[case] = _phantom(rng)
+            write_nifti(f"data/processed/toy/{SIZE}/{case}.nii.gz", real[case], spacing)
+    for i in range(5):
+        write_nifti(f"samples/toy/{SIZE}/{i}.nii.gz", unit_to_hu(_phantom(rng), WINDOW), spacing)
+    write_nifti(f"samples/toy/{SIZE}/5.nii.gz", unit_to_hu(real["c1"], WINDOW), spacing)  # a memorized copy
+    write_nifti(f"samples/toy/{SIZE}/6.nii.gz", np.zeros((16, 16, 16), np.float32), spacing)  # wrong size
+    return tmp_path
+
+
+def _run(**kw):
+    return evaluate("toy", SIZE, WINDOW, None, None, ms_ssim_pairs=4, n_boot=20, seed=0, **kw)
+
+
+def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
+    caplog.set_level(logging.INFO)
+    m, metrics_path, report = _run()
+    assert metrics_path == Path("metrics/toy/32.json")
+    on_disk = json.loads(metrics_path.read_text())
+    assert on_disk["fid"] == pytest.approx(m["fid"])
+    for key in ("fid", "fid_x1e3", "fid_floor", "fid_floor_x1e3", "mmd_reference", "mmd_reference_floor",
+                "mmd_unbiased", "mmd_unbiased_floor", "ms_ssim", "ms_ssim_floor", "fid_at_floor_n"):
+        assert isinstance(on_disk[key], float), key
+    assert on_disk["fid_x1e3"] == pytest.approx(on_disk["fid"] * 1e3)
+    assert on_disk["fid_ci95"]["low"] <= on_disk["fid_ci95"]["high"]
+    assert on_disk["mmd_reference_ci95"]["n"] <= 20 and on_disk["mmd_unbiased_ci95"] is not None
+    assert on_disk["fid_floor_ci95"] is None  # 2 held-out volumes: too few for an interval
+    assert any("intervals (held-out real)" in n for n in on_disk["notes"])
+    assert on_disk["n"] == {"real_train": 4, "real_heldout": 2, "generated": 6, "ms_ssim_pairs": 4,
+                            "ms_ssim_floor_pairs": 4, "bootstrap": 20}
+    assert on_disk["extractor"]["pretrained"] is False and on_disk["extractor"]["name"].endswith("untrained")
+    assert on_disk["memorization"]["near_copies"] == ["5"]
+    assert len(on_disk["skipped"]) == 1 and "6.nii.gz" in on_disk["skipped"][0] and "32^3" in on_disk["skipped"][0]
+    assert on_disk["ms_ssim_scales"] == 4
+    names = {p.name for p in report.iterdir()}
+    assert {"report.md", "report.html", "montage_real.png", "montage_generated.png", "hu_histogram.png",
+            "memorization.png", "hu_histogram.csv", "memorization.csv", "metrics_table.csv", "metrics.json"} <= names
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "x10^3" in html and "NOT comparable" in html
+    md = (report / "report.md").read_text()
+    assert "1 of 6" in md and "data/features/toy/32/real.npz" in md
+    hist = (report / "hu_histogram.csv").read_text().splitlines()
+    assert hist[0] == "hu,real,generated" and len(hist) == 65
+    assert "6 to extract" in caplog.text
+
+
+def test_evaluate_is_deterministic_and_reuses_cached_real_features(project, caplog):
+    _run()
+    first = Path("metrics/toy/32.json").read_bytes()
+    cache = Path("data/features/toy/32/real.npz")
+    stamp = cache.stat().st_mtime_ns
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    _run()
+    assert Path("metrics/toy/32.json").read_bytes() == first
+    assert "6 cached, 0 to extract" in caplog.text
+    assert cache.stat().st_mtime_ns == stamp
+    # A changed real case is re-extracted, and only that one.
+    write_nifti(f"data/processed/toy/{SIZE}/c2.nii.gz", _phantom(np.random.default_rng(9)), (8.0, 8.0, 8.0))
+    caplog.clear()
+    _run()
+    assert "5 cached, 1 to extract" in caplog.text
+
+
+def test_too_few_volumes_gives_nulls_with_reasons(project):
+    for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
+        if f.name != "0.nii.gz":
+            f.unlink()
+    m, _, _ = _run()
+    assert m["fid"] is None and m["ms_ssim"] is None and m["fid_ci95"] is None
+    assert m["mmd_reference"] is not None and m["mmd_unbiased"] is None
+    text = " ".join(m["notes"])
+    assert "FID (generated)" in text and "MS-SSIM (generated)" in text and "unbiased MMD (generated)" in text
+
+
+def test_missing_samples_is_a_clear_error(project):
+    for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="samples/toy/32: no generated volumes"):
+        _run()
+
+
+def test_run_evaluate_reads_params_and_flattens_metrics(project, monkeypatch):
+    from prdit import config
+
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    root = Path(__file__).resolve().parent.parent
+    p = config.load(root / "params.yaml", overrides={"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
+    run_evaluate(p, "toy", SIZE)
+    m = json.loads(Path("metrics/toy/32.json").read_text())
+    assert m["n"]["bootstrap"] == 5 and m["n"]["ms_ssim_pairs"] == 2
+    flat = numeric(m)
+    assert "fid" in flat and "fid_ci95.low" in flat and "n.generated" in flat and "memorization.n_near_copies" in flat
+    assert not any(k.startswith(("extractor", "input")) for k in flat)

@@ -1,0 +1,131 @@
+"""Stage 3: resolution bridge, frozen backbone, residual branch at twice the size."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import prdit.diffusion as D
+from prdit.model import create, load, save
+from prdit.model.bridge import bridge
+
+T, STD = 1000, 0.5
+
+
+@pytest.mark.parametrize("t", [1, 100, 400, 700, 950, 999])
+def test_bridge_puts_the_pooled_volume_on_the_backbone_marginal(t):
+    """Signal coefficient cos b' and noise std 0.5 sin b', within 4 standard errors."""
+    g = torch.Generator().manual_seed(t)
+    x0 = F.interpolate(torch.rand(2, 1, 32, 32, 32, generator=g) * 2 - 1, scale_factor=2)  # 2^3-blocky data
+    x0 = x0 + 0.2 * torch.randn(x0.shape, generator=g)  # plus fine detail the pooling averages away
+    eps = torch.randn(x0.shape, generator=g) * STD
+    tt = torch.full((2,), t)
+    x_low, t_low, b_low = bridge(D.q_sample(x0, tt, eps), tt, T)
+    b_low = b_low[0].item()
+    px0 = F.avg_pool3d(x0, 2)
+    noise = x_low - math.cos(b_low) * px0
+    n = px0.numel()
+    coef = ((x_low - x_low.mean()) * (px0 - px0.mean())).sum() / (px0 - px0.mean()).square().sum()
+    se_coef = STD * math.sin(b_low) / (math.sqrt(n) * px0.std().item())
+    assert abs(coef.item() - math.cos(b_low)) < 4 * se_coef + 1e-6
+    assert abs(noise.std().item() / (STD * math.sin(b_low)) - 1) < 4 / math.sqrt(2 * n)
+    assert abs(math.tan(b_low) - math.tan(math.pi / 2 * t / T) / math.sqrt(8)) < 1e-9 * max(1, math.tan(b_low))
+    assert t_low.tolist() == [round(b_low * 2 * T / math.pi)] * 2
+    assert abs(t_low[0].item() * math.pi / 2 / T - b_low) <= math.pi / (4 * T) + 1e-12
+
+
+def test_bridge_is_the_identity_on_clean_data():
+    x = torch.rand(1, 1, 8, 8, 8)
+    x_low, t_low, _ = bridge(x, torch.tensor([0]), T)
+    assert t_low.item() == 0 and torch.allclose(x_low, F.avg_pool3d(x, 2))
+
+
+def _backbone(seed=0, name="PRDiT-T/8/1", size=16):
+    model = create(name, size).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def test_highres_starts_as_the_upsampled_prior():
+    model = create("PRDiT-HR-T/10/1", 64, backbone=_backbone(name="PRDiT-T/10/1", size=32))  # the demo's variant
+    x, t = torch.randn(1, 1, 64, 64, 64) * 0.5, torch.tensor([600])
+    out = model(x, t)
+    assert out.shape == (1, 2, 64, 64, 64)
+    assert torch.count_nonzero(out[:, :1]) == 0
+    torch.testing.assert_close(out[:, 1:], model.prior(x, t))
+    x_low, t_low, _ = bridge(x, t, T)
+    want = F.interpolate(model.backbone(x_low, t_low)[:, 1:], scale_factor=2, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(model.prior(x, t), want)
+
+
+def test_highres_rejects_a_backbone_of_the_wrong_size():
+    with pytest.raises(ValueError, match="twice the backbone"):
+        create("PRDiT-HR-T/8/1", 48, backbone=_backbone())
+
+
+def _step(model, x0, seed=0):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    loss, _ = D.loss(model, x0, generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def test_only_the_branch_trains_and_the_backbone_gets_no_gradients():
+    backbone = _backbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = create("PRDiT-HR-T/8/1", 32, backbone=backbone)
+    seen = []
+    model.backbone.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    model.train()
+    _step(model, torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    assert seen == [False]
+    assert all(torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.branch.parameters())
+    assert model.branch.local.linear_final.weight.grad.abs().sum() > 0
+    assert not model.backbone.training
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = create("PRDiT-HR-T/8/1", 32, backbone=create("PRDiT-T/8/1", 16), checkpointing=ckpt)
+        with torch.no_grad():
+            for p in model.branch.parameters():
+                p.normal_(0, 0.02)
+        loss, _ = D.loss(model, torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)),
+                         generator=torch.Generator().manual_seed(2))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.branch.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_highres_model_file_roundtrip(tmp_path):
+    model = create("PRDiT-HR-T/8/1", 32, backbone=_backbone())
+    with torch.no_grad():
+        for p in model.branch.parameters():
+            p.normal_(0, 0.01)
+    save(tmp_path / "model.pt", model, meta={"stage": "highres"})
+    back = load(tmp_path / "model.pt")
+    x, t = torch.randn(1, 1, 32, 32, 32) * 0.5, torch.tensor([321])
+    assert torch.equal(model(x, t), back(x, t))
+    assert not any(p.requires_grad for p in back.backbone.parameters())
+
+
+def test_highres_sampling_calls_the_backbone_at_the_bridged_timesteps():
+    model = create("PRDiT-HR-T/8/1", 32, backbone=_backbone()).eval()
+    labels = []
+    model.backbone.register_forward_hook(lambda m, i, o: labels.append(i[1][0].item()))
+    y = D.sample(model, (1, 1, 32, 32, 32), steps=4, k=2, seeds=[0])
+    assert y.shape == (1, 1, 32, 32, 32) and torch.isfinite(y).all()
+    grid = [min(t, T - 1) for t in D.timestep_grid(4, T)[:-1]]
+    want = [round(math.atan(math.tan(math.pi / 2 * t / T) / math.sqrt(8)) * 2 * T / math.pi) for t in grid]
+    assert labels == want

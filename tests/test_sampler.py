@@ -1,0 +1,181 @@
+"""Sampler oracle tests: models that return the exact posterior (eps, x0) of a known data set."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import prdit.diffusion as D
+from prdit.model import create
+
+T, STD = 1000, 0.5
+
+
+def _angles(t: torch.Tensor, ndim: int):
+    b = (t.double() * math.pi / 2 / T).view(-1, *([1] * (ndim - 1)))
+    return torch.cos(b), torch.sin(b)
+
+
+class GaussianOracle:
+    """Data x0 ~ N(mu, sd^2) per voxel: E[x0 | x_t] and E[eps | x_t] in closed form."""
+
+    def __init__(self, mu: float, sd: float):
+        self.mu, self.sd = mu, sd
+
+    def __call__(self, x, t):
+        c, s = _angles(t, x.ndim)
+        v = c**2 * self.sd**2 + s**2 * STD**2
+        d = x.double() - c * self.mu
+        return torch.cat([s * STD**2 / v * d, self.mu + c * self.sd**2 / v * d], 1).float()
+
+
+class MixtureOracle:
+    """Data = a handful of fixed volumes, equally likely: posterior weights by Gaussian likelihood."""
+
+    def __init__(self, volumes):
+        self.v = volumes.double().flatten(1)
+
+    def __call__(self, x, t):
+        c, s = _angles(t, 2)
+        xf = x.double().flatten(1)
+        d2 = (xf[:, None, :] - c[:, :, None] * self.v[None]).square().sum(-1)
+        x0 = torch.softmax(-d2 / (2 * s**2 * STD**2), dim=1) @ self.v
+        eps = (xf - c * x0) / s
+        return torch.cat([eps.view_as(x), x0.view_as(x)], 1).float()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_generated_gaussian_matches_the_data_statistics(k):
+    """Mean within 0.01 (sampling error ~0.001); std within 1.5% x k (the Euler jump's error grows with k)."""
+    y = D.sample(GaussianOracle(0.3, 0.2), (8, 1, 16, 16, 16), steps=200, k=k, seeds=range(8))
+    assert abs(y.mean().item() - 0.3) < 0.01
+    assert abs(y.std().item() / 0.2 - 1) < 0.015 * k
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_sampler_recovers_the_data_volumes_in_their_proportions(k):
+    vols = torch.rand(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = D.sample(MixtureOracle(vols), (60, 1, 8, 8, 8), steps=25, k=k, seeds=range(60))
+    rms = (y[:, None] - vols[None]).square().flatten(2).mean(-1).sqrt()
+    nearest, which = rms.min(1)
+    assert nearest.max() < 0.01  # every sample is (almost exactly) one of the data volumes
+    counts = torch.bincount(which, minlength=3)
+    assert counts.min() >= 8, counts  # each of 3 equally likely volumes: 20 +- 3.7 expected of 60
+
+
+def test_corrector_lands_on_the_marginal_of_the_next_step():
+    # exact algebra for many angle pairs: signal cos b_{t-1}, noise variance sin^2 b_{t-1}
+    for bt, bj in [(0.3, 0.1), (1.2, 0.9), (1.55, 0.2), (0.01, 0.0)]:
+        g = D.corrector_gamma(bt, bj)
+        assert g * math.cos(bj) == pytest.approx(math.cos(bt), abs=1e-12)
+        assert g**2 * math.sin(bj) ** 2 + (1 - g**2) == pytest.approx(math.sin(bt) ** 2, abs=1e-12)
+    # and empirically, as the sampler applies it
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1 << 20, generator=gen) * 2 - 1
+    bt, bj = 0.8, 0.5
+    xj = math.cos(bj) * x0 + math.sin(bj) * STD * torch.randn(x0.shape, generator=gen)
+    g = D.corrector_gamma(bt, bj)
+    y = g * xj + math.sqrt(1 - g**2) * STD * torch.randn(x0.shape, generator=gen)
+    coef = (y * x0).mean() / x0.square().mean()
+    assert coef.item() == pytest.approx(math.cos(bt), abs=0.003)
+    assert (y - math.cos(bt) * x0).std().item() == pytest.approx(STD * math.sin(bt), rel=0.003)
+
+
+def test_sample_i_does_not_depend_on_the_batch():
+    oracle = GaussianOracle(0.0, 0.4)
+    batch = D.sample(oracle, (3, 1, 8, 8, 8), steps=10, k=2, seeds=[11, 12, 13])
+    alone = D.sample(oracle, (1, 1, 8, 8, 8), steps=10, k=2, seeds=[12])
+    assert torch.equal(batch[1:2], alone)
+    other = D.sample(oracle, (1, 1, 8, 8, 8), steps=10, k=2, seeds=[99])
+    assert not torch.equal(other, alone)
+
+
+def test_sample_i_does_not_depend_on_the_batch_with_a_network():
+    model = create("PRDiT-T/8/1", 16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    batch = D.sample(model, (3, 1, 16, 16, 16), steps=4, k=2, seeds=[1, 2, 3])
+    alone = D.sample(model, (1, 1, 16, 16, 16), steps=4, k=2, seeds=[3])
+    torch.testing.assert_close(batch[2:], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps,k", [(1, 1), (1, 3), (7, 2), (13, 5)])
+def test_any_step_count_and_jump(steps, k):
+    y = D.sample(MixtureOracle(torch.ones(1, 1, 4, 4, 4) * 0.5), (2, 1, 4, 4, 4), steps=steps, k=k, seeds=[0, 1])
+    assert y.shape == (2, 1, 4, 4, 4) and torch.isfinite(y).all()
+
+
+def test_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="k must be"):
+        D.sample(GaussianOracle(0, 1), (1, 1, 4, 4, 4), steps=5, k=0)
+    with pytest.raises(ValueError, match="seeds"):
+        D.sample(GaussianOracle(0, 1), (2, 1, 4, 4, 4), steps=5, seeds=[1])
+
+
+def test_trajectory_is_written_every_n_steps(tmp_path):
+    y = D.sample(GaussianOracle(0.0, 0.3), (2, 1, 8, 8, 8), steps=10, k=2, seeds=[0, 1],
+                 trajectory_dir=tmp_path, save_every=3)
+    files = sorted(tmp_path.glob("step_*.pt"))
+    assert [f.name for f in files] == ["step_00003.pt", "step_00006.pt", "step_00009.pt", "step_00010.pt"]
+    states = [torch.load(f, weights_only=True) for f in files]
+    assert [s["t"] for s in states] == [700, 400, 100, 0]
+    assert torch.equal(states[-1]["x_t"], y) and states[0]["x0_hat"].shape == y.shape
+
+
+_MEMORY_PROBE = textwrap.dedent(
+    """
+    import math, resource, sys, torch
+    import prdit.diffusion as D
+    def model(x, t):  # cheap voxel-wise stand-in for a network
+        return torch.cat([x * 0.5, x * 0.1], 1)
+    D.sample(model, (2, 1, 32, 32, 32), steps=int(sys.argv[1]), k=2, seeds=[0, 1])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+)
+
+
+def test_sampling_memory_does_not_grow_with_the_number_of_steps():
+    def peak_kib(steps):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(steps)], check=True, capture_output=True, text=True)
+        return int(out.stdout.split()[-1])
+
+    short, long = peak_kib(50), peak_kib(1000)
+    # one state is 256 KiB: keeping the trajectory would add ~250 MiB over 1000 steps
+    assert long - short < 16 * 1024, (short, long)
+
+
+def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkeypatch):
+    from prdit import config
+    from prdit.diffusion.generate import run_sample
+    from prdit.io import read_nifti
+    from prdit.model import save
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    model = create("PRDiT-T/8/1", 16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    save(tmp_path / "models/phantom/global/model.pt", model, meta={})
+    vols = {}
+    for bs in (1, 3):
+        p = config.load(root / "params.yaml", {"preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0},
+                                               "sample": {"n": 3, "batch_size": bs, "steps": 3, "k": 2}})
+        run_sample(p, "phantom", 16)
+        out = tmp_path / "samples/phantom/16"
+        assert sorted(f.name for f in out.iterdir()) == ["0.nii.gz", "1.nii.gz", "2.nii.gz", "montage.png"]
+        vols[bs] = [read_nifti(out / f"{i}.nii.gz") for i in range(3)]
+    for (a, spacing), (b, _) in zip(vols[1], vols[3]):
+        assert spacing == pytest.approx((16.0, 16.0, 16.0)) and a.shape == (16, 16, 16)
+        assert -1000 <= a.min() and a.max() <= 1000
+        assert abs(a - b).max() < 0.05  # HU; float noise of batched matmuls only
+    assert abs(vols[1][0][0] - vols[1][1][0]).max() > 1  # different seeds, different samples
+    with pytest.raises(ValueError, match="size 24"):
+        run_sample(p, "phantom", 24)

@@ -1,0 +1,260 @@
+"""Training engine: stage wiring and freezing, data stream, non-finite handling, checkpoints (CPU, in-process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prdit.model as models
+from prdit.config import load
+from prdit.diffusion import q_sample
+from prdit.train import checkpoint as ckpt
+from prdit.train import data, distributed, stages
+from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DS = "phantom"
+
+
+def volumes(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, size, size, size, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def per_sample_loss(job: Job):
+    """The IaN loss with the engine's per-sample (t, noise): a batch is the sum of its samples."""
+
+    def loss_fn(model, x0, positions, stream):
+        t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device,
+                             stream=stream)
+        eps = noise * job.noise_std
+        out = model(q_sample(x0, t, eps, job.timesteps), t)
+        loss_eps = (out[:, :1] - eps).square().mean()
+        loss_x0 = (out[:, 1:] - x0).square().mean()
+        return loss_eps + loss_x0, {"loss_eps": loss_eps.detach(), "loss_x0": loss_x0.detach()}
+
+    return loss_fn
+
+
+@pytest.fixture
+def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Demo params shrunk to 16^3 (stage 3 at 32^3), run in an empty project folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
+    return load(ROOT / "params.yaml", overrides={
+        "preprocess": {"size": 16, "highres_size": 32},
+        "train": {"common": common,
+                  "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
+                  "global": {"model": "PRDiT-T/8/1", "steps": 3, "batch_size": 2},
+                  "highres": {"model": "PRDiT-HR-T/8/1", "steps": 2, "batch_size": 1}},
+        "sample": {"steps": 2, "k": 1},
+    })
+
+
+def _train(p, stage: str, **job_changes) -> stages.StageModel:
+    sm = stages.build(p, DS, stage)
+    job = dataclasses.replace(job_from_params(p, DS, stage, sm.parents), **job_changes)
+    vols = volumes(4, sm.input_size)
+    assert fit(job, sm, vols, vols[:2]) == 0
+    return sm
+
+
+def _frozen(model: torch.nn.Module, trained: list[str]) -> dict[str, torch.Tensor]:
+    return {n: q.detach().clone() for n, q in model.named_parameters() if n not in set(trained)}
+
+
+def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(params) -> None:
+    _train(params, "local", preview_n=0)
+    local_file = Path("models", DS, "local", "model.pt")
+    local_sd = torch.load(local_file, weights_only=True)["state_dict"]
+    assert json.loads(Path("models", DS, "local", "metrics.json").read_text())["steps"] == 3
+
+    sm = stages.build(params, DS, "global")
+    before = _frozen(sm.model, sm.trained)
+    assert before and all(n.startswith(("t_embed.shared", "t_embed.local_head", "local.")) for n in before)
+    assert all(torch.equal(before[n], local_sd[n]) for n in before)  # the stage-1 weights came from its file
+    trained_before = {n: q.detach().clone() for n, q in sm.model.named_parameters() if n in sm.trained}
+    job = dataclasses.replace(job_from_params(params, DS, "global", sm.parents), preview_n=1, preview_steps=2)
+    vols = volumes(4, 16)
+    assert fit(job, sm, vols, vols[:2]) == 0
+    for n, q in sm.model.named_parameters():
+        if n in before:
+            assert torch.equal(q, before[n]), n
+            assert q.grad is None, f"{n} got a gradient"
+    assert any(not torch.equal(q, trained_before[n]) for n, q in sm.model.named_parameters() if n in sm.trained)
+    saved = models.load(Path("models", DS, "global", "model.pt"))
+    assert all(torch.equal(saved.state_dict()[n], local_sd[n]) for n in before)
+    assert saved.meta["stage"] == "global" and len(saved.meta["data_hash"]) == 16
+    assert str(local_file) in saved.meta["parents"]
+    assert Path("models", DS, "global", "previews", "step_0000003.png").exists()
+
+    hr = stages.build(params, DS, "highres")
+    assert hr.input_size == 32
+    backbone = _frozen(hr.model, hr.trained)
+    global_sd = saved.state_dict()
+    assert len(backbone) >= len(global_sd) and hr.trained
+    job = dataclasses.replace(job_from_params(params, DS, "highres", hr.parents), preview_n=0)
+    vols = volumes(2, 32)
+    assert fit(job, hr, vols, vols[:1]) == 0
+    for n, q in hr.model.named_parameters():
+        if n in backbone:
+            assert torch.equal(q, backbone[n]) and q.grad is None, n
+    assert models.load(Path("models", DS, "highres", "model.pt")).meta["stage"] == "highres"
+
+
+def test_missing_parent_is_a_clear_error(params) -> None:
+    with pytest.raises(FileNotFoundError, match="models/phantom/local/model.pt.*--stage local"):
+        stages.build(params, DS, "global")
+
+
+def test_grad_accumulation_matches_the_full_batch(tmp_path: Path) -> None:
+    def run(accum: int, out: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = models.create("PRDiT-T/8/0", 16)
+        sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
+        job = Job(stage="local", out_dir=tmp_path / out, steps=3, batch_size=4, grad_accum=accum, lr=1e-3,
+                  ema_decay=0.5, checkpoint_every=100, val_every=100, log_every=1, preview_n=0)
+        assert fit(job, sm, volumes(6, 16), None, loss_fn=per_sample_loss(job)) == 0
+        return model.state_dict()
+
+    one, two = run(1, "a"), run(2, "b")
+    # equal up to float rounding, which Adam's g / sqrt(v) can blow up to a few % of one step (lr)
+    # on near-zero gradients: bound the worst element by 5% of lr and the mean by 0.1% of lr
+    diffs = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    assert diffs.max() <= 0.05 * 1e-3 and diffs.mean() <= 1e-6
+
+
+def _nan_after(job: Job, bad: set[int]):
+    base = per_sample_loss(job)
+
+    def loss_fn(model, x0, positions, stream):
+        loss, parts = base(model, x0, positions, stream)
+        if stream == 0 and positions[0] // job.batch_size in bad:
+            loss = loss * float("nan")
+        return loss, parts
+
+    return loss_fn
+
+
+def _tiny_job(out: Path, **kw) -> tuple[Job, stages.StageModel]:
+    torch.manual_seed(0)
+    model = models.create("PRDiT-T/8/0", 16)
+    sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
+    job = Job(stage="local", out_dir=out, batch_size=2, lr=1e-3, log_every=1, preview_n=0, **kw)
+    return job, sm
+
+
+def test_nonfinite_losses_are_skipped_and_counted(tmp_path: Path) -> None:
+    job, sm = _tiny_job(tmp_path, steps=4, max_nonfinite=3, checkpoint_every=1, val_every=100)
+    assert fit(job, sm, volumes(4, 16), None, loss_fn=_nan_after(job, {1, 2})) == 0  # attempts 1, 2 fail
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["nonfinite_skipped"] == 2 and metrics["steps"] == 4
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["data_position"] == 6 * job.batch_size
+
+
+def test_nonfinite_run_aborts_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    job, sm = _tiny_job(tmp_path, steps=10, max_nonfinite=3, checkpoint_every=2, val_every=100)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row.*max_nonfinite=3"):
+        fit(job, sm, volumes(4, 16), None, loss_fn=_nan_after(job, set(range(3, 100))))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in state[part].values())
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_checkpoint_refuses_nonfinite_weights_and_keeps_the_previous(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    good = {"step": 1, "model": {"w": torch.ones(3)}, "ema": {"w": torch.ones(3)}}
+    ckpt.save(path, good)
+    with pytest.raises(ckpt.NonFiniteWeightsError, match="'w' is not finite at step 2"):
+        ckpt.save(path, {"step": 2, "model": {"w": torch.tensor([1.0, float("inf"), 0.0])}, "ema": good["ema"]})
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_foreign_checkpoint_is_moved_aside_not_resumed(tmp_path: Path) -> None:
+    job, sm = _tiny_job(tmp_path, steps=2, checkpoint_every=1, val_every=100, fingerprint={"lr": 1.0})
+    assert fit(job, sm, volumes(4, 16), None) == 0
+    job2, sm2 = _tiny_job(tmp_path, steps=1, checkpoint_every=1, val_every=100, fingerprint={"lr": 2.0})
+    assert fit(job2, sm2, volumes(4, 16), None) == 0
+    assert torch.load(tmp_path / "last.stale-0.pt", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1
+
+
+def test_finished_checkpoint_only_refinalizes(tmp_path: Path) -> None:
+    job, sm = _tiny_job(tmp_path, steps=2, checkpoint_every=100, val_every=100)
+    assert fit(job, sm, volumes(4, 16), None) == 0
+    first = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    (tmp_path / "model.pt").unlink()
+    job, sm = _tiny_job(tmp_path, steps=2, checkpoint_every=100, val_every=100)
+    assert fit(job, sm, volumes(4, 16), None) == 0
+    again = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps_this_run"] == 0
+
+
+def test_stream_splits_one_global_batch_over_ranks_and_micro_steps() -> None:
+    def step_positions(world: int, accum: int, start: int = 0) -> list[list[int]]:
+        per_rank = [iter(data.MicroBatches(start, 8, accum, r, world)) for r in range(world)]
+        steps = []
+        for _ in range(3):
+            pos = [p for _ in range(accum) for it in per_rank for p in next(it)]
+            steps.append(sorted(pos))
+        return steps
+
+    single = step_positions(1, 1)
+    assert single == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
+    assert step_positions(2, 1) == step_positions(4, 2) == step_positions(2, 4) == single
+    assert step_positions(2, 2, start=8) == single[1:] + [list(range(24, 32))]
+    with pytest.raises(ValueError, match="not divisible"):
+        data.MicroBatches(0, 6, 2, 0, 2)
+
+
+def test_stream_visits_every_item_once_per_epoch_in_a_seeded_order() -> None:
+    stream = data.SampleStream(list(range(5)), seed=3)
+    epochs = [[stream[n][0] for n in range(e * 5, e * 5 + 5)] for e in range(3)]
+    assert all(sorted(e) == list(range(5)) for e in epochs)
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
+    assert [data.SampleStream(list(range(5)), seed=3)[n][0] for n in range(15)] == sum(epochs, [])
+
+
+def test_noise_of_a_sample_does_not_depend_on_its_batch() -> None:
+    cpu = torch.device("cpu")
+    t4, n4 = data.draw([10, 11, 12, 13], (1, 4, 4, 4), seed=1, timesteps=1000, device=cpu)
+    t1, n1 = data.draw([12], (1, 4, 4, 4), seed=1, timesteps=1000, device=cpu)
+    assert torch.equal(t4[2:3], t1) and torch.equal(n4[2:3], n1)
+    _, other = data.draw([12], (1, 4, 4, 4), seed=1, timesteps=1000, device=cpu, stream=1)
+    assert not torch.equal(other, n1)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, (0, 1, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
+    ({"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8"}, (2, 8, 2)),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1, 0)),  # the batch script itself, not an srun step
+])
+def test_launcher_detection(env: dict[str, str], expected: tuple[int, int, int]) -> None:
+    assert distributed.detect(env) == expected
+
+
+def test_warmup_ramps_the_learning_rate(tmp_path: Path) -> None:
+    class Run:
+        lrs: list[float] = []
+
+        def log_metrics(self, metrics, step=None):
+            if "train/lr" in metrics:
+                self.lrs.append(metrics["train/lr"])
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    job, sm = _tiny_job(tmp_path, steps=5, warmup_steps=4, checkpoint_every=100, val_every=100)
+    run = Run()
+    assert fit(job, sm, volumes(2, 16), None, run=run) == 0
+    assert run.lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
