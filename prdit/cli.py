@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from prdit.config import STAGES, ConfigError, load
+from prdit.errors import PrditError
 
 
 def _common(sub: argparse.ArgumentParser, dataset: bool = True, size: bool = False, threads: bool = False) -> None:
@@ -114,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prdit: invalid parameters: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if type(exc).__name__ != "DownloadError":  # raised by prdit.data.fetch for whole-run problems
-            raise
-        print(f"prdit: download failed: {exc}", file=sys.stderr)
+    except PrditError as exc:
+        print(f"prdit {args.command}: {exc}", file=sys.stderr)
         return 1
     return int(status or 0)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from prdit.errors import PrditError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = ("local", "global", "highres")
@@ -35,7 +36,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(PrditError, ValueError):
     """A parameter file is invalid; the message names the file, the key and the reason."""
 
 
@@ -141,6 +142,7 @@ class Evaluate:
     bootstrap: int
     seed: int
     url: str | None = None
+    num_samples: int | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
+from pydicom.pixels import get_encoder
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from prdit.data.phantom import uid, write_ct_series
 
@@ -179,6 +180,9 @@ EXPECT: dict[str, tuple[str, str]] = {
     "padding": ("ok", ""),
     "overlapping": ("rejected", "same position"),
 }
+HAS_JPEG_LS_ENCODER = get_encoder(JPEGLSLossless).is_available  # pyjpegls (test-only dependency)
+if HAS_JPEG_LS_ENCODER:
+    EXPECT["jpeg-ls"] = ("ok", "")
 
 
 def build(root: Path) -> Path:
@@ -236,6 +240,8 @@ def build(root: Path) -> Path:
     compress(series("jpeg-lossless"), JPEGLosslessSV1)
     compress(series("rle"), RLELossless)
     compress(series("jpeg2000"), JPEG2000Lossless)
+    if HAS_JPEG_LS_ENCODER:
+        compress(series("jpeg-ls"), JPEGLSLossless)
 
     series("gantry-tilt", geometry=axial(tilt_deg=15.0), extra={"GantryDetectorTilt": "15"})
 

@@ -14,7 +14,7 @@ from prdit.evaluate.volumes import unit_to_hu
 from prdit.io import write_nifti
 
 WINDOW = (-1000.0, 1000.0)
-SIZE = 32
+SIZE = 16
 SPLITS = {"train": ["c0", "c1", "c2", "c3"], "val": ["c4"], "test": ["c5"]}
 
 
@@ -43,7 +43,7 @@ def project(tmp_path, monkeypatch) -> Path:
     for i in range(5):
         write_nifti(f"samples/toy/{SIZE}/{i}.nii.gz", unit_to_hu(_phantom(rng), WINDOW), spacing)
     write_nifti(f"samples/toy/{SIZE}/5.nii.gz", unit_to_hu(real["c1"], WINDOW), spacing)  # a memorized copy
-    write_nifti(f"samples/toy/{SIZE}/6.nii.gz", np.zeros((16, 16, 16), np.float32), spacing)  # wrong size
+    write_nifti(f"samples/toy/{SIZE}/6.nii.gz", np.zeros((8, 8, 8), np.float32), spacing)  # wrong size
     return tmp_path
 
 
@@ -54,7 +54,7 @@ def _run(**kw):
 def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
     caplog.set_level(logging.INFO)
     m, metrics_path, report = _run()
-    assert metrics_path == Path("metrics/toy/32.json")
+    assert metrics_path == Path(f"metrics/toy/{SIZE}.json")
     on_disk = json.loads(metrics_path.read_text())
     assert on_disk["fid"] == pytest.approx(m["fid"])
     for key in ("fid", "fid_x1e3", "fid_floor", "fid_floor_x1e3", "mmd_reference", "mmd_reference_floor",
@@ -69,15 +69,15 @@ def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
                             "ms_ssim_floor_pairs": 4, "bootstrap": 20}
     assert on_disk["extractor"]["pretrained"] is False and on_disk["extractor"]["name"].endswith("untrained")
     assert on_disk["memorization"]["near_copies"] == ["5"]
-    assert len(on_disk["skipped"]) == 1 and "6.nii.gz" in on_disk["skipped"][0] and "32^3" in on_disk["skipped"][0]
-    assert on_disk["ms_ssim_scales"] == 4
+    assert len(on_disk["skipped"]) == 1 and "6.nii.gz" in on_disk["skipped"][0] and "16^3" in on_disk["skipped"][0]
+    assert on_disk["ms_ssim_scales"] == 3
     names = {p.name for p in report.iterdir()}
     assert {"report.md", "report.html", "montage_real.png", "montage_generated.png", "hu_histogram.png",
             "memorization.png", "hu_histogram.csv", "memorization.csv", "metrics_table.csv", "metrics.json"} <= names
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "x10^3" in html and "NOT comparable" in html
     md = (report / "report.md").read_text()
-    assert "1 of 6" in md and "data/features/toy/32/real.npz" in md
+    assert "1 of 6" in md and f"data/features/toy/{SIZE}/real.npz" in md
     hist = (report / "hu_histogram.csv").read_text().splitlines()
     assert hist[0] == "hu,real,generated" and len(hist) == 65
     assert "6 to extract" in caplog.text
@@ -85,15 +85,18 @@ def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
 
 def test_evaluate_is_deterministic_and_reuses_cached_real_features(project, caplog):
     _run()
-    first = Path("metrics/toy/32.json").read_bytes()
-    cache = Path("data/features/toy/32/real.npz")
+    first = Path(f"metrics/toy/{SIZE}.json").read_bytes()
+    cache = Path(f"data/features/toy/{SIZE}/real.npz")
     stamp = cache.stat().st_mtime_ns
     caplog.clear()
     caplog.set_level(logging.INFO)
     _run()
-    assert Path("metrics/toy/32.json").read_bytes() == first
+    assert Path(f"metrics/toy/{SIZE}.json").read_bytes() == first
     assert "6 cached, 0 to extract" in caplog.text
     assert cache.stat().st_mtime_ns == stamp
+    cache.unlink()  # a fresh extraction gives the same bytes too
+    _run()
+    assert Path(f"metrics/toy/{SIZE}.json").read_bytes() == first
     # A changed real case is re-extracted, and only that one.
     write_nifti(f"data/processed/toy/{SIZE}/c2.nii.gz", _phantom(np.random.default_rng(9)), (8.0, 8.0, 8.0))
     caplog.clear()
@@ -115,7 +118,7 @@ def test_too_few_volumes_gives_nulls_with_reasons(project):
 def test_missing_samples_is_a_clear_error(project):
     for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
         f.unlink()
-    with pytest.raises(FileNotFoundError, match="samples/toy/32: no generated volumes"):
+    with pytest.raises(FileNotFoundError, match=f"samples/toy/{SIZE}: no generated volumes"):
         _run()
 
 
@@ -126,7 +129,7 @@ def test_run_evaluate_reads_params_and_flattens_metrics(project, monkeypatch):
     root = Path(__file__).resolve().parent.parent
     p = config.load(root / "params.yaml", overrides={"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
     run_evaluate(p, "toy", SIZE)
-    m = json.loads(Path("metrics/toy/32.json").read_text())
+    m = json.loads(Path(f"metrics/toy/{SIZE}.json").read_text())
     assert m["n"]["bootstrap"] == 5 and m["n"]["ms_ssim_pairs"] == 2
     flat = numeric(m)
     assert "fid" in flat and "fid_ci95.low" in flat and "n.generated" in flat and "memorization.n_near_copies" in flat

@@ -78,6 +78,9 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
 
     assert planned_rules(project) == set()  # a second run does no work
 
+    run(["snakemake", "--report", "report.html"], project)  # the self-contained Snakemake report
+    assert (project / "report.html").stat().st_size > 10_000
+
     p["sample"]["steps"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     assert planned_rules(project) == {"sample_base", "sample_highres", "evaluate_base", "evaluate_highres"}

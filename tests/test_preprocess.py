@@ -176,3 +176,24 @@ def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
     qc = pd.read_csv(tmp_path / "data" / "processed" / "t" / "qc.csv", keep_default_na=False).set_index("case")
     assert qc.loc["a", "status"] == "ok" and qc.loc["b", "status"] == "rejected"
     assert qc.loc["b", "reason"]
+
+
+def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    monkeypatch.chdir(tmp_path)
+    ct = np.full((160, 150, 150), -1000, np.int16)  # smaller than the 256^3 crop: padded with air
+    ct[10:150, 10:140, 10:140] = 40
+    ct[60:80, 60:80, 60:80] = 1000  # bright outlier block above the 0.995 quantile
+    (tmp_path / "raw").mkdir()
+    np.savez_compressed(tmp_path / "raw" / "trn00001.npz", ct=ct)
+    over = {"sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
+            "preprocess": {"mode": "reference", "size": 64, "highres_size": 128}}
+    p = load(ROOT / "params.yaml", overrides=over)
+    assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0
+    out = tmp_path / "data" / "processed" / "rad"
+    img = sitk.ReadImage(str(out / "128" / "trn00001.nii.gz"))
+    assert img.GetSpacing() == pytest.approx((1.6,) * 3)  # 256 voxels at the native 0.8 mm, pooled 2x
+    v = np.load(out / "128" / "trn00001.npy").astype(np.float32)
+    assert v.min() == pytest.approx(-1, abs=1e-3)
+    # soft tissue (40 HU) is the 0.995 quantile: clipped there, it becomes the top of the min-max range
+    assert float(np.median(v[50:60, 50:60, 50:60])) == pytest.approx(1.0, abs=1e-3)

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prdit.io import atomic_dir
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(PrditError, ValueError):
     """An archive would write outside its target; the message names the archive and the entry."""
 
 

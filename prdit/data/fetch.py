@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 import urllib3
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "prdit-download (python-requests)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PrditError, RuntimeError):
     """One file or series could not be fetched; the message names it and says why."""
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 from scipy import ndimage
 
@@ -77,8 +80,9 @@ def write_ct_series(
         ds.PixelPaddingValue = int(padding_value)
     for key, value in (extra or {}).items():
         setattr(ds, key, value)
-    paths = []
     normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+    paths = []
+    writer = None
     for k in range(hu.shape[0]):
         sop = uid(series_uid, "instance", k)
         ds.file_meta.MediaStorageSOPInstanceUID = sop
@@ -87,10 +91,53 @@ def write_ct_series(
         ds.ImagePositionPatient = [_ds(v) for v in ipp[k]]
         ds.SliceLocation = _ds(float(np.dot(ipp[k], normal)))
         ds.PixelData = stored[k].tobytes()
+        writer = writer or _SliceWriter(ds)
         path = folder / (names[k] if names is not None else f"IM{k + 1:05d}.dcm")
-        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(writer.encode(ds))
         paths.append(path)
     return paths
+
+
+class _SliceWriter:
+    """Encodes the slices of one series fast: the constant elements are encoded once, per slice only
+    the file meta and the elements that change (explicit VR little endian, as pydicom would write)."""
+
+    VARYING = (Tag("SOPInstanceUID"), Tag("InstanceNumber"), Tag("ImagePositionPatient"),
+               Tag("SliceLocation"), Tag("PixelData"))
+
+    def __init__(self, ds: Dataset) -> None:
+        correct_ambiguous_vr(ds, True)  # e.g. PixelPaddingValue is US or SS depending on PixelRepresentation
+        self.chunks: list[bytes] = []
+        current: list = []
+        for elem in ds:
+            if elem.tag in self.VARYING:
+                self.chunks.append(self._encode(current))
+                current = []
+            else:
+                current.append(elem)
+        self.chunks.append(self._encode(current))
+
+    @staticmethod
+    def _fp() -> DicomBytesIO:
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = False
+        return fp
+
+    def _encode(self, elems) -> bytes:
+        fp = self._fp()
+        for elem in elems:
+            write_data_element(fp, elem)
+        return fp.getvalue()
+
+    def encode(self, ds: Dataset) -> bytes:
+        fp = self._fp()
+        fp.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        parts = [fp.getvalue(), self.chunks[0]]
+        for tag, chunk in zip(self.VARYING, self.chunks[1:]):
+            parts += [self._encode([ds[tag]]), chunk]
+        return b"".join(parts)
 
 
 def _ds(value: float) -> str:

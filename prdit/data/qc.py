@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,36 +53,42 @@ def run_cases(fn: Callable[..., dict], jobs: Sequence[dict], threads: int, desc:
         return [_guarded(fn, job) for job in progress(jobs, desc=desc, total=len(jobs))]
 
     rows: dict[int, dict] = {}
-    crashes: dict[int, int] = {}
-    pending = list(enumerate(jobs))[::-1]
     bar = iter(progress(range(len(jobs)), desc=desc, total=len(jobs)))
-    ctx = multiprocessing.get_context("spawn")
+    pending = list(enumerate(jobs))
     while pending:
-        inflight: dict[Future, int] = {}
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(itk_threads,)) as pool:
-            broken = False
-            while pending and not broken or inflight:
-                while pending and not broken and len(inflight) < workers:
-                    i, job = pending.pop()
-                    inflight[pool.submit(_guarded, fn, job)] = i
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i = inflight.pop(fut)
-                    try:
-                        rows[i] = fut.result()
-                    except BrokenProcessPool:
-                        # Which in-flight case killed the worker is unknown: retry each once in a fresh pool.
-                        broken = True
-                        crashes[i] = crashes.get(i, 0) + 1
-                        if crashes[i] < 2:
-                            pending.append((i, jobs[i]))
-                            continue
-                        rows[i] = {"case": jobs[i].get("case"), "status": "rejected",
-                                   "reason": "worker process died twice (out of memory?)", "seconds": float("nan")}
-                    next(bar, None)
+        pending, crashed = _pool(fn, pending, workers, itk_threads, rows, bar)
+        for i, job in crashed:  # which in-flight case killed the pool is unknown: rerun each alone
+            _, again = _pool(fn, [(i, job)], 1, itk_threads, rows, bar)
+            if again:
+                rows[i] = {"case": job.get("case"), "status": "rejected", "seconds": float("nan"),
+                           "reason": "worker process died (killed, e.g. out of memory)"}
+                next(bar, None)
     for _ in bar:
         pass
     return [rows[i] for i in range(len(jobs))]
+
+
+def _pool(fn: Callable[..., dict], items: list[tuple[int, dict]], workers: int, itk_threads: int,
+          rows: dict[int, dict], bar: Iterator) -> tuple[list[tuple[int, dict]], list[tuple[int, dict]]]:
+    """Run items with at most `workers` in flight; on a dead worker return (not started, in flight)."""
+    todo = items[::-1]
+    inflight: dict[Future, tuple[int, dict]] = {}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(itk_threads,)) as pool:
+        while todo or inflight:
+            while todo and len(inflight) < workers:
+                item = todo.pop()
+                inflight[pool.submit(_guarded, fn, item[1])] = item
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, job = inflight.pop(fut)
+                try:
+                    rows[i] = fut.result()
+                except BrokenProcessPool:
+                    crashed = [(i, job)] + list(inflight.values())
+                    return todo[::-1], crashed
+                next(bar, None)
+    return [], []
 
 
 def write_table(rows: Sequence[dict], path: Path, columns: Sequence[str]) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from torch import nn
 
 from prdit.evaluate.resnet3d import FEATURE_DIM, MedicalNetResNet50
 from prdit.io import sha256_file
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ExtractorInfo:
         return f"{self.name}:{self.sha256 or 'untrained-seed%d' % FALLBACK_SEED}"
 
 
-class WeightsError(ValueError):
+class WeightsError(PrditError, ValueError):
     """A weights file is missing, corrupt, has the wrong checksum or does not fit the network."""
 
 

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from prdit.io import atomic_path, sha256_file
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ DEFAULT_URL = "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50/reso
 DEFAULT_OUT = Path("models/medicalnet/resnet_50.pth")
 
 
-class FetchError(RuntimeError):
+class FetchError(PrditError, RuntimeError):
     """The download failed or its checksum is not the expected one."""
 
 

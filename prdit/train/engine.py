@@ -37,11 +37,12 @@ from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PrditError, RuntimeError):
     """Too many non-finite losses in a row: the run diverged."""
 
 

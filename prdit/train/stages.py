@@ -72,6 +72,8 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         model.load_local(frozen)
         model.freeze_local()
     else:
+        if p.diffusion.timesteps != 1000:  # the bridge maps timesteps between resolutions
+            overrides["timesteps"] = p.diffusion.timesteps
         model = models.create(cfg.model, input_size=size, backbone=frozen, **overrides)
         inner = getattr(model, "backbone", None)
         if isinstance(inner, nn.Module):

@@ -29,14 +29,15 @@ def val_loss(
     """Mean loss over the whole val split (all ranks' shares); nan when the split is empty."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=env.device)
+    loss_sum, count = torch.zeros((), dtype=torch.float64, device=env.device), 0
     for x, idx in loader:
         x = x.to(env.device, non_blocking=True)
         with autocast():
             loss, _ = loss_fn(model, x, idx.tolist(), VAL_STREAM)
-        total += torch.stack([loss.detach().double() * len(x), torch.tensor(float(len(x)), dtype=torch.float64,
-                                                                             device=env.device)])
+        loss_sum += loss.detach().double() * len(x)
+        count += len(x)
     model.train(was_training)
+    total = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=env.device)])
     total = all_sum(env, total)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 

@@ -88,6 +88,7 @@ AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
 AccountingStorageEnforce=associations
 JobCompType=jobcomp/none
+AccountingStoreFlags=job_comment
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=300

@@ -20,6 +20,7 @@ PARAMS_ARG = " ".join(f"--params {f}" for f in PARAM_FILES)
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
 CONDA_ENV = "../../envs/prdit.yaml"
+EXTRACTOR_WEIGHTS = [PARAMS.evaluate.weights] if PARAMS.evaluate.weights else []
 
 
 wildcard_constraints:

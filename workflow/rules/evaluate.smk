@@ -1,14 +1,25 @@
-# Metrics against the real held-out volumes, with the real-vs-real floor beside them.
+# Metrics of generated volumes against the real training set, beside the real-vs-real floor (held-out vs train).
+# Outputs marked report() make up `snakemake --report report.html`.
 
 
 rule evaluate_base:
     input:
         samples=f"samples/{{dataset}}/{SIZE}",
         data="data/processed/{dataset}",
+        weights=EXTRACTOR_WEIGHTS,
         splits=rules.split.output,
     output:
-        metrics=f"metrics/{{dataset}}/{SIZE}.json",
-        report=directory(f"reports/{{dataset}}/{SIZE}"),
+        metrics=report(
+            f"metrics/{{dataset}}/{SIZE}.json",
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        report=report(
+            directory(f"reports/{{dataset}}/{SIZE}"),
+            htmlindex="report.html",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+        ),
     log:
         f"logs/evaluate/{{dataset}}.{SIZE}.log",
     benchmark:
@@ -32,10 +43,20 @@ rule evaluate_highres:
     input:
         samples=f"samples/{{dataset}}/{HIGHRES}",
         data="data/processed/{dataset}",
+        weights=EXTRACTOR_WEIGHTS,
         splits=rules.split.output,
     output:
-        metrics=f"metrics/{{dataset}}/{HIGHRES}.json",
-        report=directory(f"reports/{{dataset}}/{HIGHRES}"),
+        metrics=report(
+            f"metrics/{{dataset}}/{HIGHRES}.json",
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        report=report(
+            directory(f"reports/{{dataset}}/{HIGHRES}"),
+            htmlindex="report.html",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+        ),
     log:
         f"logs/evaluate/{{dataset}}.{HIGHRES}.log",
     benchmark:

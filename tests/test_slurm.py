@@ -1,0 +1,289 @@
+"""SLURM for real: a single-node cluster (tests/slurm/start-cluster.sh) runs the demo DAG through
+`snakemake --profile profiles/slurm all`, and a training job that hits its time limit resumes.
+
+The cluster's node declares the GPUs, CPUs and memory the profile asks for (as GRES backed by
+placeholder devices), so the profile runs unchanged; the only overrides are faster status polling
+here and, in the preemption test, two GPUs for one rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from prdit.config import deep_merge
+from tests.conftest import ROOT, make_project, tool_env
+
+
+START = ROOT / "tests" / "slurm" / "start-cluster.sh"
+STOP = ROOT / "tests" / "slurm" / "stop-cluster.sh"
+PROFILE = "profiles/slurm"
+# A real cluster wants the plugin's defaults (first status check after 40 s); here jobs take seconds.
+FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+STAGES = {"download", "ingest", "preprocess", "split", "train-local", "train-global", "train-highres", "sample",
+          "evaluate"}
+
+
+def sh(cmd: list[str], cwd: Path | None = None, **env: str) -> str:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env(**env), timeout=1200)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}"
+    return res.stdout + res.stderr
+
+
+def fail_with_logs(msg: str, project: Path, output: str) -> None:
+    logs = [*sorted((project / "logs").rglob("*.log")), *sorted((project / ".snakemake/slurm_logs").rglob("*.log"))]
+    pytest.fail(msg + "\n" + output[-6000:] + "".join(f"\n== {p}\n{p.read_text()[-2500:]}" for p in logs))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slurm_jobs(run_id: str) -> list[dict[str, str]]:
+    """One record per SLURM job of a Snakemake run (job name = run id), from the accounting database."""
+    fields = ["JobIDRaw", "State", "Comment", "Partition", "Account", "AllocTRES", "ExitCode"]
+    out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "--starttime", "now-1days", "--name", run_id,
+                          "-o", ",".join(fields)], capture_output=True, text=True, check=True).stdout
+    jobs = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+    for job in jobs:  # the plugin's comment: rule_<rule>[_wildcards_<values>]
+        job["rule"] = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+    return sorted(jobs, key=lambda j: int(j["JobIDRaw"]))
+
+
+def run_id_of(output: str) -> str:
+    m = re.search(r"SLURM run ID: (\S+)", output)
+    assert m, output[-3000:]
+    return m.group(1)
+
+
+def mlflow_runs(db: Path) -> list[tuple[str, str, str]]:
+    """(stage, status, prdit.exit tag or '') of every run in an MLflow sqlite store."""
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "select t.value, r.status, coalesce(e.value, '') from runs r "
+            "join tags t on t.run_uuid = r.run_uuid and t.key = 'prdit.stage' "
+            "left join tags e on e.run_uuid = r.run_uuid and e.key = 'prdit.exit'").fetchall()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """The test cluster, started here and stopped afterwards unless it was already up."""
+    was_up = subprocess.run(["bash", "-c", "sinfo -h >/dev/null 2>&1"]).returncode == 0
+    res = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900)
+    if res.returncode == 3:
+        pytest.skip(f"SLURM cannot be installed on this machine: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, f"start-cluster.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`mlflow server` as on a login node (here: the one node, on loopback); yields (uri, its sqlite db)."""
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination",
+           str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with open(d / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield f"http://127.0.0.1:{port}", d / "mlflow.db"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def wait_for_server(uri: str, log: Path, timeout: float = 180.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server did not come up:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster: None, mlflow_server: tuple[str, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """The demo DAG (tests/configs/tiny.yaml) run by `snakemake --profile profiles/slurm all`, with
+    MLFLOW_TRACKING_URI pointing at the server; returns (project, snakemake output, SLURM run id)."""
+    uri, _ = mlflow_server
+    project = make_project(tmp_path_factory.mktemp("slurm") / "project")
+    wait_for_server(uri, mlflow_server[1].parent / "server.log")
+    cmd = ["snakemake", "--profile", PROFILE, "all", *FAST_POLL]
+    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=1500,
+                         env=tool_env(MLFLOW_TRACKING_URI=uri))
+    output = res.stdout + res.stderr
+    if res.returncode != 0:
+        fail_with_logs(f"{' '.join(cmd)} failed ({res.returncode})", project, output)
+    return project, output, run_id_of(output)
+
+
+@pytest.mark.parametrize("profile", ["profiles/slurm", "profiles/local"])
+def test_profiles_parse_and_name_real_rules(profile: str) -> None:
+    """Both profiles load (plugin settings included) and every rule they configure exists."""
+    config = yaml.safe_load((ROOT / profile / "config.yaml").read_text())
+    rules = set(sh(["snakemake", "--profile", profile, "--list-rules"], cwd=ROOT).split())
+    configured = set(config.get("set-resources", {})) | set(config.get("set-threads", {}))
+    assert configured <= rules, configured - rules
+    if profile == "profiles/slurm":
+        gpu_rules = {r for r, res in config["set-resources"].items() if res.get("slurm_partition") == "gpu"}
+        assert {r for r in rules if r.startswith(("train_", "sample_", "evaluate_"))} == gpu_rules
+        trains = {r for r in rules if r.startswith("train_")}
+        assert all("--signal=TERM@" in config["set-resources"][r]["slurm_extra"] for r in trains)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_profile_runs_the_demo_dag_through_slurm(slurm_run: tuple[Path, str, str],
+                                                 mlflow_server: tuple[str, Path]) -> None:
+    project, output, run_id = slurm_run
+    profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())
+
+    # every non-local job of the run went through sbatch and completed in SLURM's records
+    submitted = re.findall(r"^rule (\w+):", output, re.M)
+    local = set(re.findall(r"^localrule (\w+):", output, re.M))
+    jobs = slurm_jobs(run_id)
+    assert sorted(j["rule"] for j in jobs) == sorted(submitted)
+    assert {"ingest", "preprocess", "split", "train_local", "train_global", "train_highres", "sample_base",
+            "sample_highres", "evaluate_base", "evaluate_highres"} <= set(submitted)
+    assert local <= {"all", "download"}  # download stays on the submit host (compute nodes may lack internet)
+    assert all(j["State"] == "COMPLETED" for j in jobs), jobs
+
+    # resources reached SLURM as the profile and rules say: partition, account, GPUs (GRES)
+    gpu_rules = {r for r, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"}
+    for job in jobs:
+        assert job["Account"] == profile["default-resources"]["slurm_account"], job
+        if job["rule"] in gpu_rules:
+            assert job["Partition"] == "gpu" and "gres/gpu=1" in job["AllocTRES"], job
+        else:
+            assert job["Partition"] == "cpu" and "gres/gpu" not in job["AllocTRES"], job
+
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    for size in (p["preprocess"]["size"], p["preprocess"]["highres_size"]):
+        metrics = json.loads((project / f"metrics/phantom/{size}.json").read_text())
+        assert np.isfinite(metrics["fid"])
+        assert len(list((project / f"samples/phantom/{size}").glob("*.nii.gz"))) == p["sample"]["n"]
+    for stage in ("local", "global", "highres"):
+        assert json.loads((project / f"models/phantom/{stage}/metrics.json").read_text())["steps"] == \
+            p["train"][stage]["steps"]
+
+    # the jobs logged to the MLflow server on the submit host, none had to spool
+    runs = mlflow_runs(mlflow_server[1])
+    assert {stage for stage, _, _ in runs} == STAGES
+    assert all(status == "FINISHED" for _, status, _ in runs), runs
+    assert not list((project / ".prdit").glob("tracking-spool/*.jsonl"))
+
+    # outputs made on the cluster are up to date for the next run
+    again = sh(["snakemake", "--profile", PROFILE, "-n", "all"], cwd=project)
+    assert not re.findall(r"^rule \w+:", again, re.M), again
+
+
+def training_pids(job_id: str) -> list[int]:
+    """PIDs of the `prdit train` processes (launcher and workers) inside a SLURM job."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train" in cmd and any(part.endswith(b"prdit") for part in cmd):
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_training_hits_its_time_limit_and_resumes(slurm_run: tuple[Path, str, str],
+                                                  mlflow_server: tuple[str, Path], tmp_path: Path) -> None:
+    """train_local on 2 GPUs (torchrun) hits its SLURM time limit after a checkpoint; Snakemake's retry
+    resumes from last.pt and ends at the configured step count. MLflow is unreachable from the jobs:
+    the runs are spooled and replayed afterwards with `prdit tracking-import`."""
+    project, _, _ = slurm_run
+    steps = 8
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = deep_merge(params, {"train": {"common": {"checkpoint_every": 2}, "local": {"steps": steps}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model_dir = project / "models/phantom/local"
+    for f in model_dir.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    for spool in (project / ".prdit").glob("tracking-spool/*.jsonl"):
+        spool.unlink()
+
+    # the profile as shipped, plus two GPUs for this rule (a CLI --set-resources would replace them all)
+    profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())
+    profile = deep_merge(profile, {"set-resources": {"train_local": {"gpu": 2}}})
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+
+    out_path = tmp_path / "snakemake.out"
+    cmd = ["snakemake", "--profile", str(tmp_path / "profile"), "models/phantom/local/model.pt", *FAST_POLL]
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
+                                env=tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"))
+    try:
+        # after the first checkpoint, freeze the training processes and cut the job's time limit to
+        # one minute: SLURM's time-limit SIGCONT + SIGTERM then reach a job that is surely mid-run
+        deadline = time.monotonic() + 600
+        while not (model_dir / "last.pt").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                fail_with_logs("training never wrote last.pt", project, out_path.read_text())
+            time.sleep(0.3)
+        run_id = run_id_of(out_path.read_text())
+        job_id = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+        pids = training_pids(job_id)
+        assert len(pids) == 3, pids  # torchrun + two workers
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        sh(["scontrol", "update", f"JobId={job_id}", "TimeLimit=1"])
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
+    output = out_path.read_text()
+    if rc != 0:
+        fail_with_logs(f"{' '.join(cmd)} failed ({rc})", project, output)
+
+    jobs = slurm_jobs(run_id)
+    assert [(j["rule"], j["State"]) for j in jobs] == [("train_local", "TIMEOUT"), ("train_local", "COMPLETED")]
+    assert all("gres/gpu=2" in j["AllocTRES"] for j in jobs), jobs
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["steps"] == steps  # the step count of an uninterrupted run
+    assert 0 < steps - metrics["steps_this_run"] < steps  # ... reached by resuming from last.pt
+
+    # compute nodes could not reach MLflow: replay the spooled runs into the server afterwards
+    uri, db = mlflow_server
+    spools = sorted((project / ".prdit").glob("tracking-spool/*.jsonl"))
+    assert len(spools) == 2, spools  # one per attempt
+    for spool in spools:
+        sh(["prdit", "tracking-import", str(spool)], cwd=project, MLFLOW_TRACKING_URI=uri)
+    train_runs = [(status, exit_tag) for stage, status, exit_tag in mlflow_runs(db) if stage == "train-local"]
+    assert ("FINISHED", "requeue") in train_runs or ("KILLED", "requeue") in train_runs, train_runs
+    assert sum(1 for status, exit_tag in train_runs if status == "FINISHED" and exit_tag != "requeue") >= 2
