@@ -26,7 +26,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "phantom": ("phantom",),
     "download": ("sources.{dataset}", "phantom", "download"),  # narrowed per source kind by Params.used
     "ingest": ("sources.{dataset}", "ingest"),
-    "preprocess": ("preprocess",),
+    "preprocess": ("sources.{dataset}", "preprocess"),
     "split": ("split",),
     "train-local": ("train.common", "train.local", "diffusion", "preprocess.size"),
     "train-global": ("train.common", "train.global", "diffusion", "preprocess.size"),

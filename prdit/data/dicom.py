@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 from prdit.errors import PrditError
 
@@ -318,7 +319,7 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
             continue
         _check_consistent(ds, ref, f)
         try:
-            stored = ds.pixel_array
+            stored = _pixels(ds)
         except Exception as exc:  # noqa: BLE001 - truncated pixel data, missing decoder, ...
             report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
             continue
@@ -384,6 +385,19 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
     image.SetOrigin(tuple(float(v) for v in slices[0].position))
     image.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
     return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
+
+
+def _pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """Stored pixel values: native 16-bit little-endian frames directly, anything else via pydicom's plugins."""
+    native = ds.file_meta.get("TransferSyntaxUID") in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    if (native and ds.get("BitsAllocated") == 16 and ds.get("BitsStored") == 16 and ds.get("SamplesPerPixel", 1) == 1
+            and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "PixelData" in ds):
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        data = ds.PixelData
+        if len(data) < rows * cols * 2:
+            raise ValueError(f"pixel data has {len(data)} bytes, expected {rows * cols * 2} (truncated file)")
+        return np.frombuffer(data, "<i2" if ds.get("PixelRepresentation", 0) else "<u2", rows * cols).reshape(rows, cols)
+    return ds.pixel_array
 
 
 def _check_consistent(ds: pydicom.Dataset, ref: dict, f: Path) -> None:

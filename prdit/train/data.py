@@ -54,7 +54,8 @@ class MicroBatches(Sampler[list[int]]):
     def __init__(self, start: int, global_batch: int, accum: int, rank: int, world_size: int) -> None:
         if global_batch % (accum * world_size):
             raise ValueError(
-                f"batch size {global_batch} is not divisible by grad_accum ({accum}) x processes ({world_size})"
+                f"the global batch (train.<stage>.batch_size = {global_batch}) is not divisible by "
+                f"train.common.grad_accum ({accum}) x processes ({world_size})"
             )
         self.start, self.global_batch, self.accum = start, global_batch, accum
         self.rank, self.world = rank, world_size
