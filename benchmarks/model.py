@@ -36,7 +36,21 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
+    """Peak RSS since the last `reset_peak()` (VmHWM), else since the start."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Start peak-RSS accounting afresh (Linux >= 4.0), so building the model does not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -69,6 +83,7 @@ def worker_speed(impl: str, name: str, size: int, reps: int, ref_dir: str | None
     x0 = torch.rand(1, 1, size, size, size) * 2 - 1
     gen = torch.Generator().manual_seed(0)
     base = rss_mib()
+    reset_peak()
 
     def step():
         loss, _ = D.loss(model, x0, generator=gen)
@@ -144,6 +159,7 @@ def worker_sampling(name: str, size: int, steps: int) -> dict:
         for p in model.parameters():
             p.normal_(0, 0.02)
     base = rss_mib()
+    reset_peak()
     t0 = time.perf_counter()
     D.sample(model, (2, 1, size, size, size), steps=steps, k=2, seeds=[0, 1])
     return {"steps": steps, "seconds": time.perf_counter() - t0, "rss_after_build_mib": base, "peak_mib": peak_mib()}
@@ -161,11 +177,13 @@ def worker_highres(size: int, checkpointing: bool, name: str) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x0 = torch.rand(1, 1, size, size, size) * 2 - 1
     base = rss_mib()
+    reset_peak()
     t0 = time.perf_counter()
     loss, _ = D.loss(model, x0, t=torch.tensor([500]))
     loss.backward()
     opt.step()
-    return {"size": size, "seconds": time.perf_counter() - t0, "rss_before_step_mib": base, "peak_mib": peak_mib()}
+    return {"size": size, "seconds": time.perf_counter() - t0, "rss_before_step_mib": base, "peak_mib": peak_mib(),
+            "ckpt": checkpointing}
 
 
 # ------------------------------------------------------------------------------------ analytic memory
@@ -207,7 +225,8 @@ def highres_step_bytes(size: int, hidden: int = 768, depth: int = 4, patch: int 
     math_attention = 4 * depth * (hidden // 64) * n * n  # what explicit softmax(QK^T) would keep
     return {"tokens": n, "branch_params": branch_params, "activations_gib": act / 2**30,
             "volumes_gib": volumes / 2**30, "param_states_gib": states / 2**30,
-            "total_gib": total / 2**30, "math_attention_would_add_gib": math_attention / 2**30}
+            "total_gib": total / 2**30, "without_ema_gib": (total - 4 * branch_params) / 2**30,
+            "math_attention_would_add_gib": math_attention / 2**30}
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -287,13 +306,14 @@ def main() -> None:
             print(f"sampling PRDiT-T/8/1 32^3 b2, {steps:4d} steps: peak RSS {r['peak_mib']:.0f} MiB "
                   f"(after build {r['rss_after_build_mib']:.0f}), {r['seconds']:.1f} s")
     if a.highres_memory:
-        for size in (64, 96):
-            r = run_worker("highres", str(size), "0", "PRDiT-HR-B/12/4")
-            est = highres_step_bytes(size)
-            r["analytic_total_gib"] = est["total_gib"]
-            results[f"highres {size}"] = r
-            print(f"highres B/12/4 branch {size}^3 fp32 CPU step: peak RSS {r['peak_mib'] / 1024:.2f} GiB measured, "
-                  f"{est['total_gib']:.2f} GiB analytic (+ ~0.3 GiB torch runtime in RSS)")
+        for size, ckpt in ((64, False), (128, False), (128, True)):
+            r = run_worker("highres", str(size), str(int(ckpt)), "PRDiT-HR-B/12/4")
+            est = highres_step_bytes(size, checkpointing=ckpt)
+            r["analytic_without_ema_gib"] = est["without_ema_gib"]
+            results[f"highres {size} ckpt={ckpt}"] = r
+            print(f"highres B/12/4 branch {size}^3 fp32 CPU step, checkpointing={ckpt!s:5s}: peak RSS "
+                  f"{r['peak_mib'] / 1024:.2f} GiB measured, {est['without_ema_gib']:.2f} GiB analytic (no EMA in "
+                  f"this probe; RSS also holds ~0.3 GiB of torch runtime), {r['seconds']:.0f} s")
         for ckpt in (False, True):
             for ab, label in ((4, "fp32"), (2, "bf16 autocast")):
                 est = highres_step_bytes(256, act_bytes=ab, checkpointing=ckpt)

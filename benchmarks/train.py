@@ -4,7 +4,8 @@ Builds a synthetic float16 training cache at the params' sizes in a temporary pr
 `--project` with real preprocessed data), then trains the stage chain local -> global -> highres with
 the real engine (`fit`: VolumeDataset loader, AdamW, EMA, clipping, the IaN loss) for `--steps` steps
 each. Reports medians over the steps after `--warmup` (and the fastest step, robust to other load on a
-shared machine): step time, the part of it spent waiting for data, volumes/s and peak memory. Checkpoints, validation and previews are off (they are not per step).
+shared machine): step time, the part of it spent waiting for data, volumes/s and peak memory.
+Checkpoints, validation and previews are off (they are not per step).
 
     python benchmarks/train.py [--params params.yaml] [--steps 20] [--warmup 3] [--workers N]
                                [--stages local global highres] [--batch B] [--json out.json]
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -109,7 +111,19 @@ def main() -> None:
     workdir = args.project or Path(tempfile.mkdtemp(prefix="prdit-bench-train-"))
     if args.project is None:
         make_cache(workdir, p.sizes())
+    cwd = Path.cwd()
     os.chdir(workdir)
+    try:
+        results = run_all(p, args)
+    finally:
+        os.chdir(cwd)
+        if args.project is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run_all(p, args: argparse.Namespace) -> list[dict[str, float]]:
     env = distributed.setup()
     results = []
     print(f"{'stage':8} {'model':16} {'size':>4} {'batch':>5} {'step s':>8} {'min s':>8} {'wait s':>8} {'wait %':>6} "
@@ -117,11 +131,11 @@ def main() -> None:
     for stage in args.stages:
         r = bench_stage(p, stage, args, env)
         results.append(r)
-        print(f"{r['stage']:8} {r['model']:16} {r['size']:>4} {r['batch']:>5} {r['step_time_s']:8.4f} {r['min_step_time_s']:8.4f} "
+        print(f"{r['stage']:8} {r['model']:16} {r['size']:>4} {r['batch']:>5} {r['step_time_s']:8.4f} "
+              f"{r['min_step_time_s']:8.4f} "
               f"{r['data_wait_s']:8.4f} {r['data_wait_pct']:6.1f} {r['volumes_per_s']:7.2f} {r['peak_memory_gb']:7.2f}",
               flush=True)
-    if json_out:
-        json_out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

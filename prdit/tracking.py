@@ -114,6 +114,7 @@ class StageRun:
         self._lock = threading.Lock()
         self._inflight: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
+        self.status = "FINISHED"  # a stage that stops early to be resumed sets "KILLED"
         if enabled:
             self._put({"kind": "start", "experiment": experiment, "run_name": run_name, "tags": tags})
             self._thread = threading.Thread(target=self._work, name="prdit-tracking", daemon=True)
@@ -166,8 +167,10 @@ class StageRun:
             for event in events:
                 fh.write(json.dumps(event) + "\n")
 
-    def close(self, status: str = "FINISHED", timeout: float = FLUSH_TIMEOUT_S) -> None:
-        """Finish the run; waits at most `timeout` s for the sender, then spools what is left."""
+    def close(self, status: str | None = None, timeout: float | None = None) -> None:
+        """Finish the run (status: `self.status` unless given); waits at most `timeout` s, then spools the rest."""
+        status = status or self.status
+        timeout = FLUSH_TIMEOUT_S if timeout is None else timeout
         if not self.enabled or self._thread is None:
             return
         self._put({"kind": "end", "status": status})
@@ -216,7 +219,7 @@ def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | N
     except BaseException as exc:
         run.close("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
-    run.close("FINISHED")
+    run.close()
 
 
 def import_spool(path: str | Path, uri: str | None = None) -> int:

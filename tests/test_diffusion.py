@@ -78,3 +78,13 @@ def test_respacing_rejects_impossible_step_counts():
     for steps in (0, 1001):
         with pytest.raises(ValueError, match="steps"):
             D.timestep_grid(steps, 1000)
+
+
+def test_loss_uses_given_noise_as_the_eps_target():
+    x0 = torch.rand(2, 1, 8, 8, 8) * 2 - 1
+    eps = torch.randn(x0.shape) * 0.5
+    t = torch.tensor([10, 900])
+    oracle = lambda x, tt: torch.cat([eps, x0], 1)  # noqa: E731
+    assert D.loss(oracle, x0, t=t, noise=eps)[0].item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="noise shape"):
+        D.loss(oracle, x0, t=t, noise=eps[:1])

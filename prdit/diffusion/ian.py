@@ -38,20 +38,28 @@ def loss(
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     *,
+    noise: torch.Tensor | None = None,
     timesteps: int = TIMESTEPS,
     noise_std: float = NOISE_STD,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """IaN training loss: mean|x0_hat - x0|^2 + mean|eps_hat - eps|^2 at t ~ U{0..T-1}.
 
-    Returns the scalar loss (float32, differentiable) and detached parts {"loss_x0", "loss_eps"}
-    (0-dim tensors: call .item() only when logging, to avoid a device sync every step).
+    t and eps (std `noise_std`) are drawn from `generator` unless given; a given `noise` is used
+    as eps as it is (it must already carry the std). Returns the scalar loss (float32,
+    differentiable) and detached parts {"loss_x0", "loss_eps"} (0-dim tensors: call .item() only
+    when logging, to avoid a device sync every step).
     """
     b = x0.shape[0]
     if t is None:
         dev = generator.device if generator is not None else x0.device
         t = torch.randint(0, timesteps, (b,), generator=generator, device=dev)
     t = t.to(x0.device)
-    eps = randn_like(x0, generator) * noise_std
+    if noise is None:
+        eps = randn_like(x0, generator) * noise_std
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
+    else:
+        eps = noise.to(x0.device, x0.dtype)
     out = model(q_sample(x0, t, eps, timesteps), t)
     c = x0.shape[1]
     if out.shape != (b, 2 * c) + x0.shape[2:]:

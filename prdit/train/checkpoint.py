@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prdit.errors import PrditError
 from prdit.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 FORMAT = "prdit-train/1"
 
 
-class NonFiniteWeightsError(RuntimeError):
+class NonFiniteWeightsError(PrditError, RuntimeError):
     """Weights went NaN/inf: refusing to write them over a good checkpoint."""
 
 

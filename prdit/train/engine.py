@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+from prdit.errors import PrditError
 from prdit.io import write_json
 from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, stages
@@ -44,7 +45,6 @@ from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
-from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,7 @@ class _Loop:
                         log.warning("stop signal %s at step %d: checkpoint in %s, exit status %d",
                                     stop.signum, self.step, self.last_path, stop.exit_status)
                         run.set_tags({"prdit.exit": "requeue", "prdit.stopped_at_step": self.step})
+                        run.status = "KILLED"
                     return stop.exit_status
         finally:
             del batches  # shuts the loader's workers down

@@ -15,11 +15,20 @@ from pathlib import Path
 from torch import nn
 
 from prdit.config import Params
+from prdit.errors import PrditError
 from prdit.io import sha256_file
 
 log = logging.getLogger(__name__)
 
 PARENT = {"local": None, "global": "local", "highres": "global"}
+
+
+class StageSetupError(PrditError, ValueError):
+    """The stage cannot be built from these parameters."""
+
+
+class MissingParentError(PrditError, FileNotFoundError):
+    """The model file of the stage this one builds on is not there."""
 
 
 @dataclass
@@ -38,7 +47,7 @@ def input_size(p: Params, stage: str) -> int:
     if stage != "highres":
         return p.preprocess.size
     if not p.preprocess.highres_size:
-        raise ValueError("train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)")
+        raise StageSetupError("train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)")
     return p.preprocess.highres_size
 
 
@@ -58,7 +67,7 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
     parents: dict[str, str] = {}
     if parent is not None:
         if not parent.exists():
-            raise FileNotFoundError(f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
+            raise MissingParentError(f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
                                     f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)")
         parents[str(parent)] = sha256_file(parent)
         frozen = models.load(parent, map_location="cpu")
@@ -68,7 +77,7 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
     elif stage == "global":
         model = models.create(cfg.model, input_size=size, **overrides)
         if getattr(model, "depth", 1) == 0:
-            raise ValueError(f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)")
+            raise StageSetupError(f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)")
         model.load_local(frozen)
         model.freeze_local()
     else:
@@ -80,7 +89,7 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
             inner.requires_grad_(False)
     trained = [n for n, q in model.named_parameters() if q.requires_grad]
     if not trained:
-        raise ValueError(f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}")
+        raise StageSetupError(f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}")
     n_all = sum(q.numel() for q in model.parameters())
     n_tr = sum(q.numel() for n, q in model.named_parameters() if q.requires_grad)
     log.info("stage %s: %s at %d^3, %.2fM parameters, %.2fM trained", stage, cfg.model, size, n_all / 1e6, n_tr / 1e6)

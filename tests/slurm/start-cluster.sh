@@ -2,7 +2,7 @@
 # Start a real single-node SLURM cluster on this host for the end-to-end tests:
 # munged, MariaDB + slurmdbd (so sacct answers like on a real cluster), slurmctld, slurmd.
 #
-# The node is a "GPU node" on paper: 64 CPUs, 500 GB and 8 GPUs declared as GRES backed by
+# The node is a "GPU node" on paper: 64 CPUs, 500 GB and 8 GPUs (type "test") declared as GRES backed by
 # placeholder device files (SlurmdParameters=config_overrides), so the slurm profile's real
 # requests (--gpus, --cpus-per-gpu, --mem) go through sbatch/srun unchanged and SLURM schedules
 # and accounts them; the jobs themselves run on the CPU. Nothing is enforced (no cgroups).
@@ -24,6 +24,7 @@ DBDCONF=/etc/slurm/slurmdbd.conf
 DBPASS=prdit-test-only
 HOST=$(hostname -s)
 NGPU=8
+GPUTYPE=test                  # GRES type: gpu_model: "test" in a profile asks for it
 
 mkdir -p "$DIR"
 log() { printf '[start-cluster] %s\n' "$*" >&2; }
@@ -50,18 +51,18 @@ if ((${#need[@]})); then
     apt-get update -qq >"$DIR/apt.log" 2>&1 || ok=0
     ((ok)) && { apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$DIR/apt.log" 2>&1 || ok=0; }
     ((policy_added)) && rm -f /usr/sbin/policy-rc.d
-    ((ok)) || cannot "apt-get failed (see $DIR.apt.log)"
+    ((ok)) || cannot "apt-get failed (see $DIR/apt.log)"
 fi
 [[ $(id -u) == 0 ]] || cannot "the test cluster's daemons run as root"
 
 mkdir -p "$DIR"/{log,run,ctld,spool,dev}
 # Placeholder GPUs: null devices (c 1:3) named like GPUs, so slurmd binds them and sets
 # CUDA_VISIBLE_DEVICES as on a real node; where mknod is not allowed, GPUs are only counted.
-gres_line="NodeName=$HOST Name=gpu File=$DIR/dev/gpu[0-$((NGPU - 1))]"
+gres_line="NodeName=$HOST Name=gpu Type=$GPUTYPE File=$DIR/dev/gpu[0-$((NGPU - 1))]"
 for i in $(seq 0 $((NGPU - 1))); do
     [[ -c $DIR/dev/gpu$i ]] && continue
     rm -f "$DIR/dev/gpu$i"
-    mknod -m 666 "$DIR/dev/gpu$i" c 1 3 2>/dev/null || { gres_line="NodeName=$HOST Name=gpu Count=$NGPU"; break; }
+    mknod -m 666 "$DIR/dev/gpu$i" c 1 3 2>/dev/null || { gres_line="NodeName=$HOST Name=gpu Type=$GPUTYPE Count=$NGPU"; break; }
 done
 
 # --- configuration -------------------------------------------------------------------------
@@ -76,7 +77,9 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-# no cgroups and no systemd on the test host
+# No cgroups and no systemd on the test host. pgid rather than linuxproc: like cgroup on a real
+# cluster, it kills a step's leftover processes (orphans included) as soon as the step ends, so a
+# training process whose wrappers exit before its checkpoint is written fails here as it would there.
 ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -85,7 +88,7 @@ SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/gpu:$GPUTYPE
 AccountingStorageEnforce=associations
 JobCompType=jobcomp/none
 AccountingStoreFlags=job_comment
@@ -100,7 +103,7 @@ SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=64 RealMemory=512000 Gres=gpu:$NGPU State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=64 RealMemory=512000 Gres=gpu:$GPUTYPE:$NGPU State=UNKNOWN
 PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
 EOF

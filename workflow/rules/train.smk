@@ -1,5 +1,7 @@
 # The three training stages. model.pt holds EMA weights + config + provenance; last.pt beside it is the
 # resumable checkpoint that survives a killed or preempted job (Snakemake deletes only model.pt).
+# `prdit train` exits 75 after a SIGTERM/SIGUSR1 checkpoint; `retries` re-runs it and it resumes from last.pt.
+# Logs are appended so the attempts before a preemption stay readable.
 
 
 rule train_local:
@@ -25,7 +27,7 @@ rule train_local:
         args=PARAMS_ARG,
         used=used("train-local"),
     shell:
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage local > {log} 2>&1"
+        "prdit train {params.args} --dataset {wildcards.dataset} --stage local >> {log} 2>&1"
 
 
 rule train_global:
@@ -52,7 +54,7 @@ rule train_global:
         args=PARAMS_ARG,
         used=used("train-global"),
     shell:
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage global > {log} 2>&1"
+        "prdit train {params.args} --dataset {wildcards.dataset} --stage global >> {log} 2>&1"
 
 
 rule train_highres:
@@ -79,4 +81,4 @@ rule train_highres:
         args=PARAMS_ARG,
         used=used("train-highres"),
     shell:
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage highres > {log} 2>&1"
+        "prdit train {params.args} --dataset {wildcards.dataset} --stage highres >> {log} 2>&1"
