@@ -2,10 +2,10 @@
 # Start a real single-node SLURM cluster on this host for the end-to-end tests:
 # munged, MariaDB + slurmdbd (so sacct answers like on a real cluster), slurmctld, slurmd.
 #
-# The node is a "GPU node" on paper: 64 CPUs, 500 GB and 8 GPUs (type "test") declared as GRES backed by
-# placeholder device files (SlurmdParameters=config_overrides), so the slurm profile's real
-# requests (--gpus, --cpus-per-gpu, --mem) go through sbatch/srun unchanged and SLURM schedules
-# and accounts them; the jobs themselves run on the CPU. Nothing is enforced (no cgroups).
+# The node is a GPU node on paper (SlurmdParameters=config_overrides): 64 CPUs, 500 GB and 8 GPUs
+# of type "test" declared as GRES on placeholder devices, so the slurm profile's real requests
+# (--gpus, --cpus-per-task, --mem, partitions, account) go through sbatch/srun unchanged and SLURM
+# schedules and accounts them; the jobs themselves run on the CPU. Nothing is enforced (no cgroups).
 #
 # Idempotent: packages are installed only when missing, daemons started only when not running.
 # Exit status: 0 cluster up and the node idle; 3 SLURM cannot be installed here (not root,
