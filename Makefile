@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 
 # The whole DAG on the built-in synthetic DICOM dataset (CPU, minutes). Re-running does no work.
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) all
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all
 
 # The full test suite, end-to-end runs of snakemake, dvc and a local SLURM cluster included.
 test: setup

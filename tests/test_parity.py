@@ -17,6 +17,7 @@ IGNORED_OPTIONS = {"--params", "--threads"}  # files Snakemake merged; pool size
 def _normalise(cmd: str) -> tuple[str, ...]:
     """The prdit command and its arguments, without log redirection and per-runner options."""
     words = shlex.split(cmd.split(">")[0])
+    words = words[words.index("prdit"):]  # launchers before it (exec torchrun ...) are how, not what
     out, skip = [], False
     for word in words:
         if skip:

@@ -130,8 +130,9 @@ def test_trajectory_is_written_every_n_steps(tmp_path):
 
 _MEMORY_PROBE = textwrap.dedent(
     """
-    import math, resource, sys, torch
+    import resource, sys, torch
     import prdit.diffusion as D
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
     def model(x, t):  # cheap voxel-wise stand-in for a network
         return torch.cat([x * 0.5, x * 0.1], 1)
     D.sample(model, (2, 1, 32, 32, 32), steps=int(sys.argv[1]), k=2, seeds=[0, 1])

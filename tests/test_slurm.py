@@ -106,7 +106,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         loopback = False
     host = host if loopback else "127.0.0.1"
     cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination",
-           str(d / "artifacts"), "--host", host, "--port", str(port), "--workers", "1"]
+           str(d / "artifacts"), "--host", host, "--port", str(port), "--allowed-hosts", f"{host}:{port}",
+           "--workers", "1"]
     env = tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with open(d / "server.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -210,8 +211,8 @@ def test_profile_runs_the_demo_dag_through_slurm(slurm_run: tuple[Path, str, str
 
 
 def training_pids(job_id: str) -> list[int]:
-    """PIDs of the `prdit train` processes (torchrun and its workers) in a SLURM job: the job's
-    processes and their descendants (torchrun starts each worker in a session of its own)."""
+    """PIDs of the `prdit train` processes (torchrun's workers, not torchrun) in a SLURM job: among
+    the job's processes and their descendants (torchrun starts each worker in a session of its own)."""
     out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
     tracked = {int(line.split()[0]) for line in out.splitlines()[1:] if line.split()}
     children: dict[int, list[int]] = {}
@@ -233,18 +234,28 @@ def training_pids(job_id: str) -> list[int]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"train" in cmd and any(part.endswith(b"prdit") for part in cmd):
+        if b"train" in cmd and any(part.endswith(b"/prdit") for part in cmd[:2]):
             pids.append(pid)
     return pids
 
 
+def term_pending(pid: int) -> bool:
+    """Whether a (stopped) process has a SIGTERM waiting for it."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & 1 << (signal.SIGTERM - 1):
+                return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_training_hits_its_time_limit_and_resumes(slurm_run: tuple[Path, str, str],
+def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, str],
                                                   mlflow_server: tuple[str, Path], tmp_path: Path) -> None:
-    """train_local on 2 GPUs (torchrun) hits its SLURM time limit after a checkpoint; Snakemake's retry
-    resumes from last.pt and ends at the configured step count. MLflow is unreachable from the jobs:
-    the runs are spooled and replayed afterwards with `prdit tracking-import`."""
+    """train_local on 2 GPUs (torchrun) gets a time limit that is about to end after its first
+    checkpoint: SLURM's warning signal makes it save and stop, Snakemake's retry resumes from last.pt
+    and ends at the configured step count. MLflow is unreachable from the jobs: the runs are spooled
+    and replayed afterwards with `prdit tracking-import`."""
     project, _, _ = slurm_run
     steps = 8
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -271,8 +282,10 @@ def test_training_hits_its_time_limit_and_resumes(slurm_run: tuple[Path, str, st
         proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
                                 env=tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"))
     try:
-        # after the first checkpoint, freeze the training processes and cut the job's time limit to
-        # one minute: SLURM's time-limit SIGCONT + SIGTERM then reach a job that is surely mid-run
+        # After the first checkpoint, freeze training and cut the job's time limit to what leaves
+        # less than the profile's warning margin (--signal=TERM@300): at its next periodic check
+        # SLURM sends SIGTERM, which reaches the frozen, surely mid-run training (directly, or
+        # through torchrun); then let it go on. The hard limit is still minutes away.
         deadline = time.monotonic() + 600
         while not (model_dir / "last.pt").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -282,18 +295,19 @@ def test_training_hits_its_time_limit_and_resumes(slurm_run: tuple[Path, str, st
         job_id = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True,
                                 check=True).stdout.split()[0]
         pids = training_pids(job_id)
-        assert pids
+        assert len(pids) == 2, pids  # two GPUs: two workers
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
-        sh(["scontrol", "update", f"JobId={job_id}", "TimeLimit=1"])
-        # SLURM wakes the processes it tracks (SIGCONT + SIGTERM); a cgroup would hold torchrun's
-        # workers too, this cluster's process groups do not, so wake those when the limit strikes
-        while subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                             text=True).stdout.strip() == "RUNNING":
+        elapsed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%M"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        seconds = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.replace("-", ":").split(":"))))
+        sh(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={(seconds + 290) // 60}"])
+        deadline = time.monotonic() + 120
+        while not all(term_pending(pid) for pid in pids):
+            assert time.monotonic() < deadline, "no SIGTERM from SLURM within 2 minutes"
             time.sleep(0.3)
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         rc = proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
@@ -304,7 +318,7 @@ def test_training_hits_its_time_limit_and_resumes(slurm_run: tuple[Path, str, st
         fail_with_logs(f"{' '.join(cmd)} failed ({rc})", project, output)
 
     jobs = slurm_jobs(run_id)
-    assert [(j["rule"], j["State"]) for j in jobs] == [("train_local", "TIMEOUT"), ("train_local", "COMPLETED")]
+    assert [(j["rule"], j["State"]) for j in jobs] == [("train_local", "FAILED"), ("train_local", "COMPLETED")]
     assert all("cpu=4," in j["AllocTRES"] and "gres/gpu:test=2" in j["AllocTRES"] for j in jobs), jobs
     logs = project / ".snakemake/slurm_logs/rule_train_local/phantom"
     assert [p.name for p in logs.glob("*.log")] == [f"{jobs[0]['JobIDRaw']}.log"]  # kept for the failed job only

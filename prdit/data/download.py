@@ -96,9 +96,10 @@ def run_download(p: Any, dataset: str, *, patients: Sequence[str] | None = None,
         write_manifest(Path("data/raw") / dataset / MANIFEST, inventory(out))
         return 0
     if src.download == "phantom":
-        from prdit.data.phantom import run_phantom
+        from prdit.data.phantom import write_phantom
 
-        run_phantom(p, out)
+        with tracking.stage_run(p, stage="download", dataset=dataset, used=p.used("download", dataset)) as run:
+            run.log_metrics(write_phantom(p, out))
         return 0
     client = CLIENTS[src.download]
     cfg = p.download[src.download]

@@ -487,21 +487,26 @@ def _write_localizer(folder: Path, hu: np.ndarray, g: Grid, first: np.ndarray, p
     )
 
 
-def run_phantom(p, out: Path) -> None:
-    """`prdit phantom`: write p.phantom.patients synthetic DICOM patients to `out` (atomically)."""
-    from prdit import tracking
-
+def write_phantom(p, out: Path) -> dict[str, int]:
+    """Write p.phantom.patients synthetic DICOM patients to `out` (atomically); return counts for tracking."""
     cfg = p.phantom
     out = Path(out)
-    with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
-        with atomic_dir(out) as tmp:
-            written = [
-                write_patient(tmp, i, cfg.seed, cfg.matrix, cfg.fov_mm, cfg.slice_thickness_mm, cfg.z_extent_mm)
-                for i in progress(range(cfg.patients), desc="phantom patients", total=cfg.patients)
-            ]
-            _write_manifest(tmp, written)
-        run.log_metrics({"patients": len(written), "slices": sum(w.shape_zyx[0] for w in written)})
+    with atomic_dir(out) as tmp:
+        written = [
+            write_patient(tmp, i, cfg.seed, cfg.matrix, cfg.fov_mm, cfg.slice_thickness_mm, cfg.z_extent_mm)
+            for i in progress(range(cfg.patients), desc="phantom patients", total=cfg.patients)
+        ]
+        _write_manifest(tmp, written)
     log.info("wrote %d phantom patients to %s", len(written), out)
+    return {"patients": len(written), "slices": sum(w.shape_zyx[0] for w in written)}
+
+
+def run_phantom(p, out: Path) -> None:
+    """`prdit phantom`: the synthetic dataset as a stage of its own (one MLflow run)."""
+    from prdit import tracking
+
+    with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
+        run.log_metrics(write_phantom(p, out))
 
 
 def _write_manifest(root: Path, written: list[PatientSeries]) -> None:

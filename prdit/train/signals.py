@@ -2,8 +2,9 @@
 
 Exit statuses of `prdit train` (`run_train`'s return value):
   0   EXIT_OK       training finished; model.pt and metrics.json are written.
-  75  EXIT_REQUEUE  stopped by SIGTERM or SIGUSR1 (SLURM time limit / preemption with
-                    `--signal=B:USR1@120` or `--signal=USR1@120`) after writing last.pt. Rerunning the
+  75  EXIT_REQUEUE  stopped by SIGTERM or SIGUSR1 (SLURM time limit / preemption; the slurm profile asks for
+                    `--signal=TERM@300`, which reaches every task, not `B:` which reaches only the batch
+                    shell) after writing last.pt. Rerunning the
                     same command resumes exactly (75 is EX_TEMPFAIL of sysexits.h: "try again later";
                     requeue on it, e.g. Snakemake `--retries`, or `scontrol requeue` in a batch script).
   130 EXIT_INTERRUPTED  stopped by Ctrl-C (SIGINT) after writing last.pt; a second Ctrl-C aborts at once.

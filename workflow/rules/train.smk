@@ -1,7 +1,9 @@
 # The three training stages. model.pt holds EMA weights + config + provenance; last.pt beside it is the
 # resumable checkpoint that survives a killed or preempted job (Snakemake deletes only model.pt).
-# `prdit train` exits 75 after a SIGTERM/SIGUSR1 checkpoint; `retries` re-runs it and it resumes from last.pt.
-# Logs are appended so the attempts before a preemption stay readable.
+# `prdit train` exits 75 after a SIGTERM/SIGUSR1 checkpoint; the profiles' `retries` resubmit the job and it
+# resumes from last.pt (a rule-level `retries:` would also restart inside a SLURM allocation about to end).
+# torchrun starts one process per GPU the rule asks for (resources.gpu; raise it in the profile). `exec` lets
+# SLURM's warning signal reach the trainer instead of killing the shell. Logs are appended across attempts.
 
 
 rule train_local:
@@ -15,7 +17,6 @@ rule train_local:
         "logs/train/{dataset}.local.log",
     benchmark:
         "logs/benchmarks/train/{dataset}.local.tsv"
-    retries: 3
     conda:
         CONDA_ENV
     threads: 8
@@ -27,6 +28,7 @@ rule train_local:
         args=PARAMS_ARG,
         used=used("train-local"),
     shell:
+        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
         "prdit train {params.args} --dataset {wildcards.dataset} --stage local >> {log} 2>&1"
 
 
@@ -42,7 +44,6 @@ rule train_global:
         "logs/train/{dataset}.global.log",
     benchmark:
         "logs/benchmarks/train/{dataset}.global.tsv"
-    retries: 3
     conda:
         CONDA_ENV
     threads: 8
@@ -54,6 +55,7 @@ rule train_global:
         args=PARAMS_ARG,
         used=used("train-global"),
     shell:
+        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
         "prdit train {params.args} --dataset {wildcards.dataset} --stage global >> {log} 2>&1"
 
 
@@ -69,7 +71,6 @@ rule train_highres:
         "logs/train/{dataset}.highres.log",
     benchmark:
         "logs/benchmarks/train/{dataset}.highres.tsv"
-    retries: 3
     conda:
         CONDA_ENV
     threads: 8
@@ -81,4 +82,5 @@ rule train_highres:
         args=PARAMS_ARG,
         used=used("train-highres"),
     shell:
+        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
         "prdit train {params.args} --dataset {wildcards.dataset} --stage highres >> {log} 2>&1"
