@@ -21,7 +21,7 @@ def project_files() -> list[str]:
     """Tracked and not-ignored files of the checkout (what a clean clone would hold)."""
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+    return [f for f in out.split("\0") if f and ((ROOT / f).is_file() or (ROOT / f).is_symlink())]
 
 
 def tool_env(**extra: str) -> dict[str, str]:
@@ -38,7 +38,10 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     for rel in project_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
+        if (ROOT / rel).is_symlink():  # e.g. the `slurm` profile link at the root
+            target.symlink_to(os.readlink(ROOT / rel))
+        else:
+            shutil.copy2(ROOT / rel, target)
     params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(TINY.read_text()))
     params = deep_merge(params, overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

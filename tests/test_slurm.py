@@ -30,7 +30,7 @@ from tests.conftest import ROOT, make_project, tool_env
 
 START = ROOT / "tests" / "slurm" / "start-cluster.sh"
 STOP = ROOT / "tests" / "slurm" / "stop-cluster.sh"
-PROFILE = "profiles/slurm"
+PROFILE = "slurm"  # the root link to profiles/slurm: what users type
 # A real cluster wants the plugin's defaults (first status check after 40 s); here jobs take seconds.
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 STAGES = {"ingest", "preprocess", "split", "train-local", "train-global", "train-highres", "sample", "evaluate"}
