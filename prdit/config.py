@@ -255,9 +255,12 @@ def _check(raw: dict[str, Any], origin: str) -> None:
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
-    local_p = _patch(raw["train"]["local"]["model"])
-    if local_p is not None and _patch(raw["train"]["global"]["model"]) not in (None, local_p):
+    local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
+    if local and glob and local[1] != glob[1]:
         fail("train.global.model", "must use the same patch size as train.local.model (stage 2 reuses stage 1's tokens)")
+    if local and glob and local[0] != glob[0]:
+        fail("train.global.model", f"must use the same size letter as train.local.model ({local[0]}): the two "
+             "stages share the timestep embedding")
     for name, src in raw["sources"].items():
         if src["download"] != "none" and Path(src["path"]) != Path("data/raw") / name:
             fail(f"sources.{name}.path", f"a dataset that prdit downloads or generates lives in data/raw/{name}; "
@@ -266,9 +269,10 @@ def _check(raw: dict[str, Any], origin: str) -> None:
             fail(f"sources.{name}.download", f"no 'download.{src['download']}' section to take its settings from")
 
 
-def _patch(model: str) -> int | None:
-    parts = model.split("/")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+def _variant(model: str) -> tuple[str, str, str] | None:
+    """('B', '12', '4') for 'PRDiT-B/12/4'; None for names of another shape (the registry judges those)."""
+    parts = model.removeprefix("PRDiT-").split("/")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
 
 def _get(raw: dict[str, Any], dotted: str) -> Any:

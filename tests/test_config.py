@@ -35,6 +35,7 @@ def test_defaults_validate_and_describe_the_demo() -> None:
         ({"sources": {"phantom": {"format": "jpeg"}}}, "sources.phantom.format"),
         ({"sources": {"phantom": {"path": "/elsewhere"}}}, "sources.phantom.path"),
         ({"train": {"global": {"model": "PRDiT-T/12/2"}}}, "train.global.model"),
+        ({"train": {"global": {"model": "PRDiT-B/10/2"}}}, "train.global.model"),
     ],
 )
 def test_bad_values_name_their_key(override: dict, key: str) -> None:
