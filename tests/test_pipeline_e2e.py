@@ -47,11 +47,29 @@ def mlflow_runs(db: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on which `snakemake --cores 2 all` has run."""
-    project = make_project(tmp_path_factory.mktemp("e2e") / "sm")
-    run(["snakemake", "--cores", "2", "all"], project)
-    return project
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two copies of the project: one built by `snakemake --cores 2 all`, one by `dvc repro`.
+
+    The two builds run at the same time: the DAG is mostly a chain of short processes, so this halves
+    the wall time of the suite without changing what either tool does.
+    """
+    root = tmp_path_factory.mktemp("e2e")
+    sm, dvc = make_project(root / "sm"), make_project(root / "dvc")
+    dvc_log = root / "dvc-repro.log"
+    with open(dvc_log, "w") as fh:
+        dvc_proc = subprocess.Popen(["dvc", "repro"], cwd=dvc, stdout=fh, stderr=subprocess.STDOUT, env=tool_env())
+        try:
+            run(["snakemake", "--cores", "2", "all"], sm)
+        finally:
+            dvc_status = dvc_proc.wait(timeout=1800)
+    if dvc_status != 0:
+        pytest.fail(f"dvc repro failed ({dvc_status}):\n{dvc_log.read_text()[-6000:]}")
+    return sm, dvc
+
+
+@pytest.fixture(scope="module")
+def built(builds: tuple[Path, Path]) -> Path:
+    return builds[0]
 
 
 def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None:
@@ -79,7 +97,8 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
     assert planned_rules(project) == set()  # a second run does no work
 
     run(["snakemake", "--report", "report.html"], project)  # the self-contained Snakemake report
-    assert (project / "report.html").stat().st_size > 10_000
+    html = (project / "report.html").read_text(errors="replace")
+    assert "report.html" in html and "32.json" in html
 
     p["sample"]["steps"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -93,10 +112,8 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def test_dvc_repro_builds_the_same_outputs_and_then_nothing(built: Path, tmp_path: Path) -> None:
-    sm = built
-    dvc = make_project(tmp_path / "dvc")
-    run(["dvc", "repro"], dvc)
+def test_dvc_repro_builds_the_same_outputs_and_then_nothing(builds: tuple[Path, Path]) -> None:
+    sm, dvc = builds
     assert outputs(dvc) == outputs(sm)
     for sample in sorted((sm / "samples").rglob("*.nii.gz")):
         a, _ = read_nifti(sample)

@@ -1,5 +1,6 @@
 # Metrics of generated volumes against the real training set, beside the real-vs-real floor (held-out vs train).
-# Outputs marked report() make up `snakemake --report report.html`.
+# Outputs marked report() make up `snakemake --report report.html`; the reports/ folder also holds report.md,
+# montages and the CSVs behind them (evaluate replaces the folder as a whole).
 
 
 rule evaluate_base:
@@ -14,12 +15,12 @@ rule evaluate_base:
             caption="../report/metrics.rst",
             category="Metrics",
         ),
-        report=report(
-            directory(f"reports/{{dataset}}/{SIZE}"),
-            htmlindex="report.html",
+        html=report(
+            f"reports/{{dataset}}/{SIZE}/report.html",
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
+        histogram=f"reports/{{dataset}}/{SIZE}/hu_histogram.csv",
     log:
         f"logs/evaluate/{{dataset}}.{SIZE}.log",
     benchmark:
@@ -51,12 +52,12 @@ rule evaluate_highres:
             caption="../report/metrics.rst",
             category="Metrics",
         ),
-        report=report(
-            directory(f"reports/{{dataset}}/{HIGHRES}"),
-            htmlindex="report.html",
+        html=report(
+            f"reports/{{dataset}}/{HIGHRES}/report.html",
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
+        histogram=f"reports/{{dataset}}/{HIGHRES}/hu_histogram.csv",
     log:
         f"logs/evaluate/{{dataset}}.{HIGHRES}.log",
     benchmark:
