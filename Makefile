@@ -20,12 +20,13 @@ demo: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all
 
 # The full test suite, end-to-end runs of snakemake, dvc and a local SLURM cluster included.
+# Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Unit tests only (seconds to minutes).
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
