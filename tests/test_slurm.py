@@ -17,8 +17,10 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ STOP = ROOT / "tests" / "slurm" / "stop-cluster.sh"
 PROFILE = "slurm"  # the root link to profiles/slurm: what users type
 # A real cluster wants the plugin's defaults (first status check after 40 s); here jobs take seconds.
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+T = TypeVar("T")
 STAGES = {"ingest", "preprocess", "split", "train-local", "train-global", "train-highres", "sample", "evaluate"}
 
 
@@ -248,6 +251,76 @@ def term_pending(pid: int) -> bool:
     return False
 
 
+def reset_training(project: Path, steps: int) -> Path:
+    """Set train.local to `steps` steps with a checkpoint every 2, empty its model folder and the
+    tracking spool; returns the model folder."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = deep_merge(params, {"train": {"common": {"checkpoint_every": 2}, "local": {"steps": steps}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model_dir = project / "models/phantom/local"
+    for f in model_dir.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    for spool in (project / ".prdit").glob("tracking-spool/*.jsonl"):
+        spool.unlink()
+    return model_dir
+
+
+def freeze_after_checkpoint(proc: subprocess.Popen, project: Path, out_path: Path) -> tuple[str, str, list[int]]:
+    """Wait for train_local's first last.pt, then SIGSTOP its training processes so that whatever
+    SLURM does next surely lands mid-run; returns (SLURM run id, job id, frozen pids)."""
+    deadline = time.monotonic() + 600
+    while not (project / "models/phantom/local/last.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            fail_with_logs("training never wrote last.pt", project, out_path.read_text())
+        time.sleep(0.3)
+    run_id = run_id_of(out_path.read_text())
+    job_id = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    pids = training_pids(job_id)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return run_id, job_id, pids
+
+
+def thaw_after_sigterm(pids: list[int]) -> None:
+    """Wait until SLURM's SIGTERM is pending in every frozen training process, then let them run."""
+    deadline = time.monotonic() + 120
+    while not all(term_pending(pid) for pid in pids):
+        assert time.monotonic() < deadline, "no SIGTERM from SLURM within 2 minutes"
+        time.sleep(0.3)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def run_while(cmd: list[str], project: Path, out_path: Path, uri: str,
+              act: Callable[[subprocess.Popen], T]) -> tuple[str, T]:
+    """Run Snakemake in the background, do `act` to it (and its SLURM jobs) meanwhile, and return its
+    output once it succeeded, and what `act` returned. A failed test stops Snakemake (which cancels
+    its SLURM jobs)."""
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
+                                env=tool_env(MLFLOW_TRACKING_URI=uri))
+    try:
+        acted = act(proc)
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
+    output = out_path.read_text()
+    if rc != 0:
+        fail_with_logs(f"{' '.join(cmd)} failed ({rc})", project, output)
+    return output, acted
+
+
+def assert_resumed(model_dir: Path, steps: int, world_size: int) -> None:
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == world_size
+    assert metrics["steps"] == steps  # the step count of an uninterrupted run
+    assert 0 < steps - metrics["steps_this_run"] < steps  # ... reached by resuming from last.pt
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, str],
@@ -258,15 +331,7 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
     and replayed afterwards with `prdit tracking-import`."""
     project, _, _ = slurm_run
     steps = 8
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params = deep_merge(params, {"train": {"common": {"checkpoint_every": 2}, "local": {"steps": steps}}})
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    model_dir = project / "models/phantom/local"
-    for f in model_dir.rglob("*"):
-        if f.is_file():
-            f.unlink()
-    for spool in (project / ".prdit").glob("tracking-spool/*.jsonl"):
-        spool.unlink()
+    model_dir = reset_training(project, steps)
 
     # the profile as shipped, plus 2 GPUs of a type and 4 CPUs for this rule, as docs/slurm.md shows
     # (a --set-resources on the command line would replace the profile's whole mapping)
@@ -276,56 +341,30 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
 
-    out_path = tmp_path / "snakemake.out"
-    cmd = ["snakemake", "--profile", str(tmp_path / "profile"), "models/phantom/local/model.pt", *FAST_POLL]
-    with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                env=tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"))
-    try:
-        # After the first checkpoint, freeze training and cut the job's time limit to what leaves
+    def cut_time_limit(proc: subprocess.Popen) -> str:
+        # With training frozen after its first checkpoint, cut the job's time limit to what leaves
         # less than the profile's warning margin (--signal=TERM@300): at its next periodic check
         # SLURM sends SIGTERM, which reaches the frozen, surely mid-run training (directly, or
         # through torchrun); then let it go on. The hard limit is still minutes away.
-        deadline = time.monotonic() + 600
-        while not (model_dir / "last.pt").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                fail_with_logs("training never wrote last.pt", project, out_path.read_text())
-            time.sleep(0.3)
-        run_id = run_id_of(out_path.read_text())
-        job_id = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True,
-                                check=True).stdout.split()[0]
-        pids = training_pids(job_id)
+        run_id, job_id, pids = freeze_after_checkpoint(proc, project, tmp_path / "snakemake.out")
         assert len(pids) == 2, pids  # two GPUs: two workers
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
         elapsed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%M"], capture_output=True, text=True,
                                  check=True).stdout.strip()
         seconds = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.replace("-", ":").split(":"))))
         sh(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={(seconds + 290) // 60}"])
-        deadline = time.monotonic() + 120
-        while not all(term_pending(pid) for pid in pids):
-            assert time.monotonic() < deadline, "no SIGTERM from SLURM within 2 minutes"
-            time.sleep(0.3)
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-        rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=120)
-    output = out_path.read_text()
-    if rc != 0:
-        fail_with_logs(f"{' '.join(cmd)} failed ({rc})", project, output)
+        thaw_after_sigterm(pids)
+        return run_id
+
+    cmd = ["snakemake", "--profile", str(tmp_path / "profile"), "models/phantom/local/model.pt", *FAST_POLL]
+    _, run_id = run_while(cmd, project, tmp_path / "snakemake.out", f"http://127.0.0.1:{free_port()}",
+                          cut_time_limit)
 
     jobs = slurm_jobs(run_id)
     assert [(j["rule"], j["State"]) for j in jobs] == [("train_local", "FAILED"), ("train_local", "COMPLETED")]
     assert all("cpu=4," in j["AllocTRES"] and "gres/gpu:test=2" in j["AllocTRES"] for j in jobs), jobs
     logs = project / ".snakemake/slurm_logs/rule_train_local/phantom"
     assert [p.name for p in logs.glob("*.log")] == [f"{jobs[0]['JobIDRaw']}.log"]  # kept for the failed job only
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    assert metrics["steps"] == steps  # the step count of an uninterrupted run
-    assert 0 < steps - metrics["steps_this_run"] < steps  # ... reached by resuming from last.pt
+    assert_resumed(model_dir, steps, world_size=2)
 
     # compute nodes could not reach MLflow: replay the spooled runs into the server afterwards
     uri, db = mlflow_server
@@ -340,3 +379,45 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
     assert sorted((stage, exit_tag) for stage, _, exit_tag in replayed) == [("train-local", ""),
                                                                             ("train-local", "requeue")], replayed
     assert [status for _, status, exit_tag in replayed if not exit_tag] == ["FINISHED"], replayed
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_requeued_training_job_resumes_as_the_same_job(slurm_run: tuple[Path, str, str],
+                                                       mlflow_server: tuple[str, Path], tmp_path: Path) -> None:
+    """Preemption as on a cluster with PreemptMode=REQUEUE: `scontrol requeue` of the running
+    train_local job (submitted with --requeue by the profile). SLURM's SIGTERM makes training save
+    last.pt; the job goes back to the queue as the same job, Snakemake waits for it without a retry
+    of its own, and the second start resumes to the configured step count."""
+    project, _, _ = slurm_run
+    steps = 8
+    model_dir = reset_training(project, steps)
+    uri, db = mlflow_server
+    before = mlflow_runs(db)
+    def requeue(proc: subprocess.Popen) -> tuple[str, str]:
+        run_id, job_id, pids = freeze_after_checkpoint(proc, project, tmp_path / "snakemake.out")
+        assert len(pids) == 1, pids
+        sh(["scontrol", "requeue", job_id])
+        thaw_after_sigterm(pids)
+        # SLURM holds a requeued job for about two minutes (its credential lifetime) before it may
+        # start again; a test need not wait that long, so once it is pending, make it eligible now.
+        deadline = time.monotonic() + 180
+        while subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                             text=True).stdout.strip() != "PENDING":
+            assert proc.poll() is None, "Snakemake ended while its job was requeued"
+            assert time.monotonic() < deadline, "the requeued job never became pending"
+            time.sleep(0.5)
+        sh(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+        return run_id, job_id
+
+    cmd = ["snakemake", "--profile", PROFILE, "models/phantom/local/model.pt", *FAST_POLL]
+    output, (run_id, job_id) = run_while(cmd, project, tmp_path / "snakemake.out", uri, requeue)
+    assert len(re.findall(r"^rule train_local:", output, re.M)) == 1, output  # one submission, no retry
+    assert [(j["JobIDRaw"], j["State"]) for j in slurm_jobs(run_id)] == [(job_id, "COMPLETED")]
+    starts = subprocess.run(["sacct", "-D", "-X", "--parsable2", "--noheader", "-j", job_id, "-o", "State"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert starts == ["REQUEUED", "COMPLETED"], starts  # the same job ran twice
+    assert_resumed(model_dir, steps, world_size=1)
+    runs = [run for run_id, run in mlflow_runs(db).items() if run_id not in before]
+    assert sorted((stage, exit_tag) for stage, _, exit_tag in runs) == [("train-local", ""),
+                                                                        ("train-local", "requeue")], runs

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from prdit.data import dicom, inputs
-from prdit.data.qc import percentiles, quicklook, run_cases, write_table
+from prdit.data.qc import batch_exit, percentiles, quicklook, run_cases, write_table
 from prdit.io import write_image
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,4 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False) -> int:
         run.log_artifact(out_dir / "series.csv")
     log.info("ingest %s: %d/%d cases ok, %d skipped series/files (details in %s)", dataset, len(ok), len(table),
              len(skipped), out_dir / "qc.csv")
-    if not len(ok):
-        log.error("ingest %s: no case succeeded", dataset)
-        return 1
-    if strict and len(ok) < len(table):
-        log.error("ingest %s: %d case(s) rejected and --strict is set", dataset, len(table) - len(ok))
-        return 1
-    return 0
+    return batch_exit("ingest", dataset, len(ok), len(table), strict)

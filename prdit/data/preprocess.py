@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from prdit.data.dicom import AIR_HU
-from prdit.data.qc import percentiles, read_ok, run_cases, write_table
+from prdit.data.qc import batch_exit, percentiles, read_ok, run_cases, write_table
 from prdit.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -268,10 +268,4 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False) -> i
         run.log_metrics(counts)
         run.log_artifact(out_root / "qc.csv")
     log.info("preprocess %s: %d/%d cases ok at sizes %s", dataset, len(ok), len(table), sizes)
-    if not len(ok):
-        log.error("preprocess %s: no case succeeded", dataset)
-        return 1
-    if strict and len(ok) < len(table):
-        log.error("preprocess %s: %d case(s) failed and --strict is set", dataset, len(table) - len(ok))
-        return 1
-    return 0
+    return batch_exit("preprocess", dataset, len(ok), len(table), strict)

@@ -103,6 +103,17 @@ def write_table(rows: Sequence[dict], path: Path, columns: Sequence[str]) -> pd.
     return frame
 
 
+def batch_exit(stage: str, dataset: str, ok: int, total: int, strict: bool) -> int:
+    """Exit status of a batch stage: 1 when no case succeeded, or any failed under --strict."""
+    if not ok:
+        log.error("%s %s: no case succeeded", stage, dataset)
+        return 1
+    if strict and ok < total:
+        log.error("%s %s: %d case(s) rejected and --strict is set", stage, dataset, total - ok)
+        return 1
+    return 0
+
+
 def read_ok(qc_csv: Path) -> pd.DataFrame:
     """The rows of a qc.csv whose status is ok (clear error when the file is missing)."""
     if not qc_csv.is_file():
