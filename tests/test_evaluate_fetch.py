@@ -93,3 +93,34 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
     assert main(["fetch-weights", "--params", str(root / "params.yaml"), "--params", str(override)]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err  # a clear one-line error, no traceback
     assert not (tmp_path / "w.pth").exists()
+
+
+def test_snakemake_fetches_configured_weights_once_and_protects_them(server, tmp_path):
+    """With evaluate.weights set and absent, the DAG downloads it (rule fetch_weights, a local rule)
+    before evaluation; the file is write-protected and a second run leaves it alone."""
+    import os
+    import stat
+    import subprocess
+
+    from tests.conftest import make_project, tool_env
+
+    weights = "models/medicalnet/w.pth"
+    project = make_project(tmp_path / "project", {"evaluate": {
+        "weights": weights, "url": f"{server}/resnet_50.pth", "sha256": SHA}})
+
+    def snakemake(*args: str) -> str:
+        res = subprocess.run(["snakemake", "--cores", "1", *args], cwd=project, capture_output=True, text=True,
+                             env=tool_env(PRDIT_TRACKING="off"))
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    plan = snakemake("-n", "all")
+    assert "rule fetch_weights:" in plan  # the evaluations depend on it
+    out = snakemake(weights)
+    assert "localrule fetch_weights:" in out  # on the submit host, like download
+    path = project / weights
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA
+    assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)  # protected
+    hits = _Handler.hits
+    assert "Nothing to be done" in snakemake(weights)
+    assert _Handler.hits == hits and "rule fetch_weights:" not in snakemake("-n", "all")

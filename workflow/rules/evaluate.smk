@@ -3,6 +3,33 @@
 # montages and the CSVs behind them (evaluate replaces the folder as a whole).
 
 
+if EXTRACTOR_WEIGHTS:
+
+    localrules:
+        fetch_weights,
+
+    # evaluate.weights set but absent: download it (evaluate.url, default MedicalNet) on the submit host,
+    # sha256-checked. protected(): a later run never deletes or overwrites the file; one you already
+    # have at that path is used as it is.
+    rule fetch_weights:
+        output:
+            protected(EXTRACTOR_WEIGHTS[0]),
+        log:
+            "logs/fetch_weights.log",
+        benchmark:
+            "logs/benchmarks/fetch_weights.tsv"
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=60,
+        params:
+            args=PARAMS_ARG,
+        shell:
+            "prdit fetch-weights {params.args} > {log} 2>&1"
+
+
 rule evaluate_base:
     input:
         samples=f"samples/{{dataset}}/{SIZE}",
