@@ -102,7 +102,9 @@ def test_sample_i_does_not_depend_on_the_batch_with_a_network():
             p.normal_(0, 0.02)
     batch = D.sample(model, (3, 1, 16, 16, 16), steps=4, k=2, seeds=[1, 2, 3])
     alone = D.sample(model, (1, 1, 16, 16, 16), steps=4, k=2, seeds=[3])
-    torch.testing.assert_close(batch[2:], alone, rtol=1e-5, atol=1e-5)
+    # batched and single matmuls sum in another order in each of the ~10 layers of 4 steps: a few hundred
+    # float32 ulps (2^-24 ~ 6e-8) of values of order 1, not a machine's luck
+    torch.testing.assert_close(batch[2:], alone, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("steps,k", [(1, 1), (1, 3), (7, 2), (13, 5)])
@@ -176,7 +178,7 @@ def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkey
     for (a, spacing), (b, _) in zip(vols[1], vols[3]):
         assert spacing == pytest.approx((16.0, 16.0, 16.0)) and a.shape == (16, 16, 16)
         assert -1000 <= a.min() and a.max() <= 1000
-        assert abs(a - b).max() < 0.05  # HU; float noise of batched matmuls only
+        assert abs(a - b).max() < 0.1  # HU = 1e-4 in model space: float rounding of batched matmuls only (as above)
     assert abs(vols[1][0][0] - vols[1][1][0]).max() > 1  # different seeds, different samples
     with pytest.raises(ValueError, match="size 24"):
         run_sample(p, "phantom", 24)

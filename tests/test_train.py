@@ -15,6 +15,7 @@ from prdit.diffusion import q_sample
 from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, stages
 from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
+from tests.training_checks import assert_same_adam_weights, assert_same_sgd_updates, flat_update, sgd_instead_of_adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
@@ -112,7 +113,10 @@ def test_missing_parent_is_a_clear_error(params) -> None:
         stages.build(params, DS, "global")
 
 
-def test_grad_accumulation_matches_the_full_batch(tmp_path: Path) -> None:
+def test_grad_accumulation_matches_the_full_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    start = models.create("PRDiT-T/8/0", 16).state_dict()
+
     def run(accum: int, out: str) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = models.create("PRDiT-T/8/0", 16)
@@ -122,11 +126,9 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path: Path) -> None:
         assert fit(job, sm, volumes(6, 16), None, loss_fn=per_sample_loss(job)) == 0
         return model.state_dict()
 
-    one, two = run(1, "a"), run(2, "b")
-    # equal up to float rounding, which Adam's g / sqrt(v) can blow up to a few % of one step (lr)
-    # on near-zero gradients: bound the worst element by 5% of lr and the mean by 0.1% of lr
-    diffs = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
-    assert diffs.max() <= 0.05 * 1e-3 and diffs.mean() <= 1e-6
+    assert_same_adam_weights(run(1, "a"), run(2, "b"), lr=1e-3, steps=3)
+    monkeypatch.setattr(torch.optim, "AdamW", sgd_instead_of_adamw)
+    assert_same_sgd_updates(flat_update(run(1, "c"), start), flat_update(run(2, "d"), start))
 
 
 def _nan_after(job: Job, bad: set[int]):

@@ -1,6 +1,11 @@
 """DDP over 2 CPU processes (gloo, launched by the real torchrun) equals 1 process with the whole batch.
 
-Run as a script, this file is the training child: `python tests/test_train_ddp.py OUT GLOBAL_BATCH ACCUM`.
+Run as a script, this file is the training child: `python tests/test_train_ddp.py OUT GLOBAL_BATCH ACCUM [broken]`.
+The child trains twice, into OUT/adam (the engine as it is) and OUT/sgd (plain SGD swapped in for AdamW).
+With `broken`, every rank skips the gradient all-reduce: the tests check that the comparison catches it.
+
+Why two optimizers: see tests/training_checks.py (rounding differs with the all-reduce order and between
+machines; SGD keeps it at rounding size, Adam does not).
 """
 
 from __future__ import annotations
@@ -13,38 +18,72 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training_checks import (
+    assert_same_adam_weights,
+    assert_same_sgd_updates,
+    flat_update,
+    sgd_instead_of_adamw,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
+STEPS = 4
+LR = 1e-3
 
 
-def _child(out: Path, global_batch: int, accum: int) -> int:
+class _NoSyncDDP(torch.nn.Module):
+    """A DDP stand-in that never all-reduces gradients: each rank trains on its own half-batch."""
+
+    def __init__(self, module: torch.nn.Module, **_: object) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.module(*args, **kwargs)
+
+    def no_sync(self):  # noqa: ANN201
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
     torch.set_num_threads(1)
     import prdit.model as models
     from prdit.diffusion import q_sample
-    from prdit.train import data, distributed
+    from prdit.train import data, distributed, engine
     from prdit.train.engine import Job, fit
     from prdit.train.stages import StageModel
 
+    if broken:
+        engine.DDP = _NoSyncDDP
+    adamw = torch.optim.AdamW
     env = distributed.setup(prefer_cuda=False)
     g = torch.Generator().manual_seed(5)
     volumes = [torch.rand(1, SIZE, SIZE, SIZE, generator=g) * 2 - 1 for _ in range(7)]
-    torch.manual_seed(0)
-    model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
-    sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
-    job = Job(stage="local", out_dir=out, steps=4, batch_size=global_batch, grad_accum=accum, lr=1e-3, seed=3,
-              ema_decay=0.5, checkpoint_every=2, val_every=2, log_every=2, preview_n=0)
-
-    def loss_fn(net, x0, positions, stream):  # IaN loss with the engine's per-sample time and noise
-        t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device,
-                             stream=stream)
-        eps = noise * job.noise_std
-        out = net(q_sample(x0, t, eps, job.timesteps), t)
-        loss = (out[:, :1] - eps).square().mean() + (out[:, 1:] - x0).square().mean()
-        return loss, {}
-
     try:
-        return fit(job, sm, volumes, volumes[:3], env=env, loss_fn=loss_fn)
+        for name in ("adam", "sgd"):
+            torch.optim.AdamW = adamw if name == "adam" else sgd_instead_of_adamw
+            torch.manual_seed(0)
+            model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
+            sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
+            job = Job(stage="local", out_dir=out / name, steps=STEPS, batch_size=global_batch, grad_accum=accum,
+                      lr=LR, seed=3, ema_decay=0.5, checkpoint_every=2, val_every=2, log_every=2, preview_n=0)
+
+            def loss_fn(net, x0, positions, stream, job=job):  # IaN loss with the engine's per-sample t and noise
+                t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps,
+                                     device=x0.device, stream=stream)
+                eps = noise * job.noise_std
+                pred = net(q_sample(x0, t, eps, job.timesteps), t)
+                loss = (pred[:, :1] - eps).square().mean() + (pred[:, 1:] - x0).square().mean()
+                return loss, {}
+
+            status = fit(job, sm, volumes, volumes[:3], env=env, loss_fn=loss_fn)
+            if status:
+                return status
+        return 0
     finally:
+        torch.optim.AdamW = adamw
         distributed.teardown()
 
 
@@ -55,19 +94,22 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def assert_same_training(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor], lr: float) -> None:
-    """Equal up to float rounding, which Adam's g / sqrt(v) can blow up to a few % of one step (lr)
-    on near-zero gradients: bound the worst element by 5% of lr and the mean by 0.1% of lr."""
-    diffs = [(two[k] - one[k]).abs().flatten() for k in one]
-    worst = max(d.max().item() for d in diffs)
-    mean = torch.cat(diffs).mean().item()
-    assert worst <= 0.05 * lr and mean <= 1e-3 * lr, (worst, mean)
+def _torchrun(out: Path, accum: int, broken: bool = False) -> None:
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+          str(out), "4", str(accum), *(["broken"] if broken else [])])
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
+    """EMA weights (model.pt) and raw weights (last.pt) of the trained parameters."""
     final = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     raw = torch.load(out / "last.pt", weights_only=True)["model"]
     return {**{f"ema.{k}": v for k, v in final.items()}, **{f"raw.{k}": v for k, v in raw.items()}}
+
+
+def _compare(one: Path, two: Path, init: Path) -> None:
+    start = _weights(init)
+    assert_same_sgd_updates(flat_update(_weights(one / "sgd"), start), flat_update(_weights(two / "sgd"), start))
+    assert_same_adam_weights(_weights(one / "adam"), _weights(two / "adam"), LR, STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +119,51 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The common initial weights, as a zero-step run writes them (same seed as every run)."""
+    out = tmp_path_factory.mktemp("init")
+    _run([sys.executable, "-c", _INIT, str(out), str(SIZE)])
+    return out
+
+
+_INIT = """
+import sys
+from pathlib import Path
+import torch
+import prdit.model as models
+out, size = Path(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
+model = models.create("PRDiT-T/8/1", size, freeze_local=False)
+models.save(out / "model.pt", model, meta={})
+torch.save({"model": model.state_dict()}, out / "last.pt")
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2])
-def test_two_gloo_processes_match_one_process_with_the_whole_batch(single: Path, tmp_path: Path, accum: int) -> None:
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-          str(tmp_path), "4", str(accum)])
-    one, two = _weights(single), _weights(tmp_path)
-    assert one.keys() == two.keys()
-    assert_same_training(one, two, lr=1e-3)
-    metrics_one = (single / "metrics.json").read_text()
-    metrics_two = (tmp_path / "metrics.json").read_text()
+def test_two_gloo_processes_match_one_process_with_the_whole_batch(
+    single: Path, init: Path, tmp_path: Path, accum: int
+) -> None:
+    _torchrun(tmp_path, accum)
+    _compare(single, tmp_path, init)
+    metrics_one = (single / "adam" / "metrics.json").read_text()
+    metrics_two = (tmp_path / "adam" / "metrics.json").read_text()
     assert '"world_size": 1' in metrics_one and '"world_size": 2' in metrics_two
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "metrics.json", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "adam").iterdir()) == ["last.pt", "metrics.json", "model.pt"]
+
+
+@pytest.mark.slow
+def test_the_comparison_catches_ranks_that_skip_the_gradient_all_reduce(
+    single: Path, init: Path, tmp_path: Path
+) -> None:
+    _torchrun(tmp_path, 1, broken=True)
+    start = _weights(init)
+    with pytest.raises(AssertionError):
+        assert_same_sgd_updates(flat_update(_weights(single / "sgd"), start), flat_update(_weights(tmp_path / "sgd"), start))
+    with pytest.raises(AssertionError):
+        assert_same_adam_weights(_weights(single / "adam"), _weights(tmp_path / "adam"), LR, STEPS)
 
 
 if __name__ == "__main__":
-    sys.exit(_child(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(_child(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "broken" in sys.argv[4:]))

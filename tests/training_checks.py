@@ -1,0 +1,50 @@
+"""Comparing two trainings that should be the same up to float rounding (DDP vs one process, accumulation).
+
+Rounding differs with the order of a reduction (all-reduce order, micro-batch split, the machine's kernels),
+so neither check may depend on one machine's rounding:
+- plain SGD keeps the difference at rounding size: compare the weight updates tightly, by norm;
+- Adam's g / sqrt(v) can turn a rounding-size difference in a near-zero gradient into up to a whole step
+  per element: bound each element by what Adam can move it, and compare tightly only on average.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Worst-case relative rounding of a float32 sum of n terms is n * 2^-24 of the sum of |terms| (~1e-3 for
+# the ~1e4-term gradient sums of these tiny models; typically sqrt(n) * 2^-24 ~ 1e-5). A broken all-reduce
+# or micro-batch split changes each update by tens of percent.
+SGD_REL = 1e-3
+# Rounding flips only elements whose gradient is within rounding of zero: on average far below 1% of lr.
+ADAM_MEAN_OF_LR = 1e-2
+
+
+def flat_update(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All weights' change from `before`, as one float64 vector (keys of `after`, sorted)."""
+    return torch.cat([(after[k].double() - before[k].double()).flatten() for k in sorted(after)])
+
+
+def assert_same_sgd_updates(one: torch.Tensor, two: torch.Tensor) -> None:
+    """Two SGD runs' weight updates (flat_update) agree to SGD_REL of their norm."""
+    rel = ((two - one).norm() / one.norm()).item()
+    assert one.norm() > 0 and rel <= SGD_REL, rel
+
+
+def assert_same_adam_weights(
+    one: dict[str, torch.Tensor], two: dict[str, torch.Tensor], lr: float, steps: int
+) -> None:
+    """Adam (betas 0.9, 0.999): each element within 2 * lr * steps, the mean within ADAM_MEAN_OF_LR * lr.
+
+    For the first steps the bias correction keeps |m_hat| <= sqrt(v_hat), so one step moves an element by
+    at most lr and two runs cannot differ by more than 2 * lr * steps, whatever rounding does (EMA weights
+    are averages of raw ones and obey the same bound).
+    """
+    assert one.keys() == two.keys()
+    diffs = torch.cat([(two[k].double() - one[k].double()).abs().flatten() for k in one])
+    assert diffs.max().item() <= 2 * lr * steps * (1 + 1e-6), diffs.max().item()
+    assert diffs.mean().item() <= ADAM_MEAN_OF_LR * lr, diffs.mean().item()
+
+
+def sgd_instead_of_adamw(params, lr: float, **_: object) -> torch.optim.Optimizer:  # noqa: ANN001
+    """Stands in for torch.optim.AdamW (same call) to train with plain SGD."""
+    return torch.optim.SGD(params, lr=lr)
