@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import prdit.diffusion as D
 from prdit.model import create, load, save
 from prdit.model.bridge import bridge
+from tests.test_sampler import MixtureOracle
 
 T, STD = 1000, 0.5
 
@@ -51,16 +52,91 @@ def _backbone(seed=0, name="PRDiT-T/8/1", size=16):
     return model
 
 
-def test_highres_starts_as_the_upsampled_prior():
+U = 2.0**-24  # float32 unit roundoff
+
+
+@pytest.mark.parametrize("t", [50, 200, 500, 800, 999])
+def test_highres_starts_as_the_upsampled_backbone_pair(t):
+    """Fresh branch: x0-hat = up(backbone x0-hat at the bridged level); eps-hat satisfies the IaN relation."""
     model = create("PRDiT-HR-T/10/1", 64, backbone=_backbone(name="PRDiT-T/10/1", size=32))  # the demo's variant
-    x, t = torch.randn(1, 1, 64, 64, 64) * 0.5, torch.tensor([600])
-    out = model(x, t)
-    assert out.shape == (1, 2, 64, 64, 64)
-    assert torch.count_nonzero(out[:, :1]) == 0
-    torch.testing.assert_close(out[:, 1:], model.prior(x, t))
-    x_low, t_low, _ = bridge(x, t, T)
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.rand(2, 1, 64, 64, 64, generator=g) * 2 - 1
+    tt = torch.tensor([t, t // 2])
+    x = D.q_sample(x0, tt, torch.randn(x0.shape, generator=g) * STD)
+    out = model(x, tt)
+    assert out.shape == (2, 2, 64, 64, 64)
+    x_low, t_low, _ = bridge(x, tt, T)
     want = F.interpolate(model.backbone(x_low, t_low)[:, 1:], scale_factor=2, mode="trilinear", align_corners=False)
-    torch.testing.assert_close(model.prior(x, t), want)
+    assert torch.equal(out[:, 1:], want)  # the branch's zero heads add exactly 0
+    beta = (tt.double() * math.pi / 2 / T).view(-1, 1, 1, 1, 1)
+    again = torch.cos(beta) * out[:, 1:].double() + torch.sin(beta) * out[:, :1].double()
+    # eps-hat = (x - cos b x0-hat) / sin b and back: a few roundings of values of order max(|x|, |x0-hat|)
+    bound = 16 * U * (x.abs().max() + out[:, 1:].abs().max()).item()
+    assert (again - x.double()).abs().max().item() <= bound
+    assert out[:, :1].std() > 0.1  # a real noise estimate, not the zero head
+
+
+@pytest.mark.parametrize("t", [0, 1, 5, 12])
+def test_near_t0_eps_hat_is_the_relation_shrunk_never_amplified_beyond_the_guard(t):
+    """Below sin b = EPS_GUARD_SIN: eps-hat = (x - cos b x0-hat) sin b / guard^2 (0 at t = 0), so an
+    x0-hat error is amplified by at most 1 / guard instead of 1 / sin b."""
+    from prdit.model.highres import EPS_GUARD_SIN
+
+    beta = t * math.pi / 2 / T
+    assert math.sin(beta) < EPS_GUARD_SIN
+    model = create("PRDiT-HR-T/8/1", 32, backbone=_backbone())
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    out = model(x, torch.tensor([t]))
+    assert torch.isfinite(out).all()
+    resid = x.double() - math.cos(beta) * out[:, 1:].double()
+    eps = out[:, :1].double()
+    scale = math.sin(beta) / EPS_GUARD_SIN**2
+    # float32 rounding of cos b * x0-hat and of the difference, times scale, plus the final product's
+    atol = 4 * U * scale * (x.abs().max() + out[:, 1:].abs().max()).item()
+    torch.testing.assert_close(eps, resid * scale, rtol=4 * U, atol=atol)
+    assert eps.abs().max() <= resid.abs().max() / EPS_GUARD_SIN * (1 + 8 * U)
+    if t == 0:
+        assert torch.count_nonzero(eps) == 0
+
+
+def _texture(v: torch.Tensor) -> float:
+    """Mean |second difference| over the three spatial axes."""
+    return sum(v.diff(n=2, dim=d).abs().mean().item() for d in (-3, -2, -1)) / 3
+
+
+class _OracleBackbone(torch.nn.Module):
+    """A backbone that knows its data exactly (posterior mean over a few volumes): consistent eps and x0."""
+
+    in_channels = 1
+    spec = {"name": "oracle"}  # what create() records of a backbone; never saved here
+
+    def __init__(self, volumes: torch.Tensor) -> None:
+        super().__init__()
+        self.input_size = volumes.shape[-1]
+        self.oracle = MixtureOracle(volumes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.oracle(x, t)
+
+
+def test_an_untrained_branch_samples_at_the_upsampled_backbone_quality():
+    """Sampling at 2x with a fresh branch leaves no noise in: its texture is that of the trilinearly
+    upsampled backbone samples (same seeds), where a branch that ignored its backbone leaves noise
+    (texture several times higher)."""
+    g = torch.Generator().manual_seed(0)
+    data = F.interpolate(torch.rand(4, 1, 4, 4, 4, generator=g) * 2 - 1, scale_factor=4, mode="trilinear")
+    data = (data + 0.1 * torch.rand(4, 1, 16, 16, 16, generator=g)).clamp(-1, 1)  # shapes plus fine detail
+    backbone = _OracleBackbone(data)
+    hr = create("PRDiT-HR-T/8/1", 32, backbone=backbone).eval()
+    seeds = [0, 1, 2]
+    low = D.sample(backbone, (3, 1, 16, 16, 16), steps=25, k=2, seeds=seeds)
+    up = F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)
+    high = D.sample(hr, (3, 1, 32, 32, 32), steps=25, k=2, seeds=seeds)
+    ratio = _texture(high) / _texture(up)
+    assert 0.7 <= ratio <= 1.3, ratio
+    noise = D.sample(lambda x, t: torch.cat([torch.zeros_like(x), hr.prior(x, t)], 1), (3, 1, 32, 32, 32),
+                     steps=25, k=2, seeds=seeds)  # the old start: eps-hat = 0 beside the same x0-hat
+    assert _texture(noise) / _texture(up) > 2 * ratio
 
 
 def test_highres_rejects_a_backbone_of_the_wrong_size():

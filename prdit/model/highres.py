@@ -1,5 +1,20 @@
-"""Stage 3: a frozen S^3 PRDiT reused at (2S)^3 through the bridge, plus a trainable residual branch."""
+"""Stage 3: a frozen S^3 PRDiT reused at (2S)^3 through the bridge, plus a trainable residual branch.
+
+The model starts exactly at its backbone: with the branch at its (zero-headed) initialisation,
+x0-hat is the upsampled backbone x0-hat and eps-hat is what x_t and that x0-hat imply under the IaN
+relation x_t = cos b x0 + sin b eps, so an untrained branch already samples at the upsampled S^3
+quality and training only adds detail. The branch's two heads are residuals on top of that pair.
+
+Numerical safety near t = 0: eps = (x_t - cos b x0) / sin b divides by sin b, which is 0 at t = 0 and
+turns any x0-hat error into a cot b times larger eps error. Below sin b = EPS_GUARD_SIN the division is
+replaced by a multiplication with sin b / EPS_GUARD_SIN^2: continuous at the threshold, exactly 0 at
+t = 0 (where eps is independent of x_t, so 0 is its best estimate), and never amplifying an error by
+more than 1 / EPS_GUARD_SIN. The threshold lies below t = 13 of T = 1000; samplers with fewer than
+about 75 steps never evaluate the model there.
+"""
 from __future__ import annotations
+
+import math
 
 from typing import Any
 
@@ -12,6 +27,18 @@ from prdit.model.dit import GlobalDiT
 from prdit.model.embed import TimestepEmbedder
 from prdit.model.local import LocalDenoiser
 from prdit.model.patches import check_geometry, extract_patches, unpatchify
+
+EPS_GUARD_SIN = 0.02  # below this sin(b), eps-hat is shrunk towards 0 instead of divided by sin(b)
+
+
+def implied_eps(x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """eps with x_t = cos b x0_hat + sin b eps, guarded as sin b -> 0 (see the module docstring)."""
+    beta = t.double() * (math.pi / 2 / timesteps)
+    sin, cos = torch.sin(beta), torch.cos(beta)
+    scale = sin / torch.clamp(sin.square(), min=EPS_GUARD_SIN**2)  # 1 / sin b above the threshold
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    cos, scale = cos.to(x_t.dtype).view(shape), scale.to(x_t.dtype).view(shape)
+    return (x_t - cos * x0_hat) * scale
 
 
 class ResidualBranch(nn.Module):
@@ -63,10 +90,11 @@ class ResidualBranch(nn.Module):
 
 
 class HighResPRDiT(nn.Module):
-    """model(x_t, t) at 2S: eps-hat = branch eps, x0-hat = up(backbone x0-hat at b') + branch residual.
+    """model(x_t, t) at 2S: x0-hat = up(backbone x0-hat at b') + branch residual,
+    eps-hat = implied_eps(x_t, x0-hat) + branch eps residual.
 
     Only the branch has trainable parameters; the backbone runs under no_grad. Zero-initialised
-    branch heads make the fused x0-hat start as the upsampled prior.
+    branch heads make the pair start as the one the upsampled backbone implies.
     """
 
     def __init__(
@@ -123,4 +151,6 @@ class HighResPRDiT(nn.Module):
         prior = self.prior(x_t, t)
         out = self.branch(x_t, prior, t)
         c = self.in_channels
-        return torch.cat([out[:, :c], out[:, c:] + prior], dim=1)
+        x0_hat = out[:, c:] + prior
+        eps_hat = out[:, :c] + implied_eps(x_t, x0_hat, t, self.timesteps)
+        return torch.cat([eps_hat, x0_hat], dim=1)
