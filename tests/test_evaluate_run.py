@@ -134,3 +134,45 @@ def test_run_evaluate_reads_params_and_flattens_metrics(project, monkeypatch):
     flat = numeric(m)
     assert "fid" in flat and "fid_ci95.low" in flat and "n.generated" in flat and "memorization.n_near_copies" in flat
     assert not any(k.startswith(("extractor", "input")) for k in flat)
+
+
+def test_seam_and_texture_diagnostics_reach_metrics_report_and_mlflow_view(project):
+    m, metrics_path, report = _run()
+    on_disk = json.loads(metrics_path.read_text())
+    for key in ("seam_ratio", "seam_ratio_real", "seam_ratio_heldout", "texture_ratio", "texture_ratio_floor",
+                "texture_generated", "texture_real", "texture_heldout"):
+        assert isinstance(on_disk[key], float), key
+    assert on_disk["seam_stride"] == 8
+    # generated and real toy volumes are the same kind of blob (centred, so the 16^3 cube's one boundary, at its
+    # centre, sees less than the average edge): the same seam ratio, similar texture
+    assert on_disk["seam_ratio"] == pytest.approx(on_disk["seam_ratio_real"], rel=0.15)
+    assert on_disk["texture_ratio"] == pytest.approx(on_disk["texture_generated"] / on_disk["texture_real"])
+    assert 0.7 < on_disk["texture_ratio"] < 1.3 and 0.7 < on_disk["texture_ratio_floor"] < 1.3
+    # the real set is the FID reference set (the train split), read in [-1, 1]
+    from prdit.evaluate.texture import diagnostics
+    from prdit.evaluate.volumes import read_volume
+    train = [read_volume(Path(f"data/processed/toy/{SIZE}/{c}.nii.gz"), SIZE, "real", WINDOW) for c in SPLITS["train"]]
+    assert on_disk["seam_ratio_real"] == pytest.approx(diagnostics(train)["seam_ratio"])
+    assert on_disk["texture_real"] == pytest.approx(diagnostics(train)["texture"])
+    html = (report / "report.html").read_text()
+    assert "Tiling and texture" in html and "Seam ratio at the 8-voxel token grid" in html
+    assert "Texture ratio vs real train" in html
+    from prdit.evaluate.report import _fmt
+    for key in ("seam_ratio", "seam_ratio_real", "texture_ratio", "texture_generated", "texture_real"):
+        assert f"<td>{_fmt(on_disk[key])}</td>" in html, key
+    assert (report / "diagnostics_table.csv").read_text().startswith("diagnostic,generated,real train")
+    flat = numeric(on_disk)
+    assert {"seam_ratio", "seam_ratio_real", "texture_ratio", "texture_ratio_floor", "texture_generated",
+            "texture_real"} <= set(flat)
+
+
+def test_tiled_samples_have_a_seam_ratio_above_the_real_one(project):
+    rng = np.random.default_rng(3)
+    cells = np.kron(rng.normal(0, 0.15, (2, 2, 2)), np.ones((8, 8, 8)))  # one constant per 8^3 token cell
+    for i in range(5):
+        write_nifti(f"samples/toy/{SIZE}/{i}.nii.gz", unit_to_hu(np.clip(_phantom(rng) + cells, -1, 1), WINDOW),
+                    (8.0, 8.0, 8.0))
+    m, _, _ = _run()
+    assert m["seam_ratio"] > 1.3 * m["seam_ratio_real"]
+    cache = np.load(f"data/features/toy/{SIZE}/real.npz")
+    assert cache["stats"].shape == (6, 3)  # the real stats are cached with the features

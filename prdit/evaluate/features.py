@@ -1,7 +1,7 @@
 """Summarise volumes for the metrics, with real-set features cached per dataset and size.
 
-The cache (data/features/<dataset>/<size>/real.npz) holds, per real case, its features, a 32^3 thumbnail
-and a HU histogram, stamped with the file's size and mtime and with the extractor and window used; an
+The cache (data/features/<dataset>/<size>/real.npz) holds, per real case, its features, a 32^3 thumbnail,
+a HU histogram and its seam/texture stats (prdit.evaluate.texture), stamped with the file's size and mtime and with the extractor and window used; an
 evaluation re-extracts only cases that are new or changed, so a new set of samples costs only its own
 features.
 """
@@ -17,13 +17,14 @@ import numpy as np
 from torch import nn
 
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
+from prdit.evaluate.texture import STRIDE, volume_stats
 from prdit.evaluate.volumes import Summary, hu_histogram, read_volume, thumbnail
 from prdit.io import atomic_path
 from prdit.progress import progress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-case seam/texture stats
 SPLITS = ("train", "val", "test")
 
 
@@ -34,7 +35,7 @@ def cache_path(dataset: str, size: int, root: Path = Path("data/features")) -> P
 def summarise(paths: Sequence[Path], ids: Sequence[str], kind: str, size: int, window: Sequence[float],
               model: nn.Module, errors: list[str], batch_size: int = 4, desc: str = "features") -> Summary:
     """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped."""
-    ok_ids, feats, thumbs, hists, batch = [], [], [], [], []
+    ok_ids, feats, thumbs, hists, stats, batch = [], [], [], [], [], []
 
     def flush() -> None:
         feats.append(extract_features(model, batch, batch_size=len(batch)))
@@ -51,6 +52,7 @@ def summarise(paths: Sequence[Path], ids: Sequence[str], kind: str, size: int, w
         ok_ids.append(case)
         thumbs.append(thumbnail(x))
         hists.append(hu_histogram(x, window))
+        stats.append(volume_stats(x, STRIDE) if min(x.shape) > STRIDE else np.full(3, np.nan))
         batch.append(x)
         if len(batch) == batch_size:
             flush()
@@ -58,7 +60,7 @@ def summarise(paths: Sequence[Path], ids: Sequence[str], kind: str, size: int, w
         flush()
     if not ok_ids:
         return Summary.concat([])
-    return Summary(ok_ids, np.concatenate(feats), np.stack(thumbs), np.stack(hists))
+    return Summary(ok_ids, np.concatenate(feats), np.stack(thumbs), np.stack(hists), np.stack(stats))
 
 
 def _stamp(path: Path) -> str:
@@ -66,7 +68,7 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     if not path.is_file():
         return {}
     try:
@@ -74,8 +76,8 @@ def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.n
             if json.loads(str(z["meta"])) != meta:
                 log.info("%s: made with another extractor/window/version; rebuilding", path)
                 return {}
-            return {str(i): (str(s), f, t, h) for i, s, f, t, h in
-                    zip(z["ids"], z["stamps"], z["features"], z["thumbs"], z["hists"])}
+            return {str(i): (str(s), f, t, h, st) for i, s, f, t, h, st in
+                    zip(z["ids"], z["stamps"], z["features"], z["thumbs"], z["hists"], z["stats"])}
     except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         log.warning("%s: unreadable feature cache (%s); rebuilding", path, exc)
         return {}
@@ -85,7 +87,8 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
                    errors: list[str], processed_root: Path = Path("data/processed"),
                    splits_root: Path = Path("data/splits"), cache_root: Path = Path("data/features")) -> dict[str, Summary]:
     """Summaries of the real train/val/test cases, extracting only what the cache lacks."""
-    meta = {"version": CACHE_VERSION, "extractor": info.key, "window": [float(w) for w in window], "size": size}
+    meta = {"version": CACHE_VERSION, "extractor": info.key, "window": [float(w) for w in window], "size": size,
+            "seam_stride": STRIDE}
     ids_by_split: dict[str, list[str]] = {}
     for split in SPLITS:
         f = splits_root / dataset / f"{split}.txt"
@@ -95,7 +98,7 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
     cpath = cache_path(dataset, size, cache_root)
     cached = _load_cache(cpath, meta)
     folder = processed_root / dataset / str(size)
-    entries: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
+    entries: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     todo_paths, todo_ids, todo_stamps = [], [], {}
     for case in dict.fromkeys(c for s in SPLITS for c in ids_by_split[s]):
         path = folder / f"{case}.nii.gz"
@@ -114,7 +117,7 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
     if todo_ids:
         new = summarise(todo_paths, todo_ids, "real", size, window, model, errors, desc=f"real features {dataset}/{size}")
         for k, case in enumerate(new.ids):
-            entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k])
+            entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k], new.stats[k])
         if new.ids:
             _write_cache(cpath, meta, entries)
     out = {}
@@ -122,7 +125,7 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
         ids = [c for c in ids_by_split[split] if c in entries]
         out[split] = Summary.concat([]) if not ids else Summary(
             ids, np.stack([entries[c][1] for c in ids]), np.stack([entries[c][2] for c in ids]),
-            np.stack([entries[c][3] for c in ids]))
+            np.stack([entries[c][3] for c in ids]), np.stack([entries[c][4] for c in ids]))
     return out
 
 
@@ -131,4 +134,4 @@ def _write_cache(path: Path, meta: dict, entries: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, meta=np.array(json.dumps(meta)), ids=np.array(ids), stamps=np.array([entries[i][0] for i in ids]),
                  features=np.stack([entries[i][1] for i in ids]), thumbs=np.stack([entries[i][2] for i in ids]),
-                 hists=np.stack([entries[i][3] for i in ids]))
+                 hists=np.stack([entries[i][3] for i in ids]), stats=np.stack([entries[i][4] for i in ids]))

@@ -1,7 +1,7 @@
 """The evaluation report: metric table with floors and intervals, montages, HU histograms, memorization.
 
 Writes report.md (PNG links), report.html (PNGs embedded, self-contained) and CSVs that DVC plots read
-(hu_histogram.csv, memorization.csv, metrics_table.csv) into one folder.
+(hu_histogram.csv, memorization.csv, metrics_table.csv, diagnostics_table.csv) into one folder.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def table_rows(m: dict) -> list[list[str]]:
 
 
 HEADER = ["metric", "generated vs train", "95% CI", "floor: held-out real vs train", "floor 95% CI"]
+DIAG_HEADER = ["diagnostic", "generated", "real train (FID reference set)", "real held-out"]
+
+
+def diagnostic_rows(m: dict) -> list[list[str]]:
+    """Seam ratio and texture of each set (the metrics file's seam_* and texture_* keys)."""
+    stride = m.get("seam_stride", 8)
+    return [[f"Seam ratio at the {stride}-voxel token grid (1 = no tiling)", _fmt(m.get("seam_ratio")),
+             _fmt(m.get("seam_ratio_real")), _fmt(m.get("seam_ratio_heldout"))],
+            ["Texture: mean abs second difference", _fmt(m.get("texture_generated")), _fmt(m.get("texture_real")),
+             _fmt(m.get("texture_heldout"))],
+            ["Texture ratio vs real train (above 1: noise, below 1: over-smoothing)", _fmt(m.get("texture_ratio")),
+             _fmt(1.0 if m.get("texture_real") else None), _fmt(m.get("texture_ratio_floor"))]]
 
 
 def _hist_plot(edges: np.ndarray, real: np.ndarray, gen: np.ndarray, path: Path) -> None:
@@ -110,6 +122,8 @@ def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles
     _write_csv(folder / "memorization.csv", memo_header, memo_rows)
     rows = table_rows(m)
     _write_csv(folder / "metrics_table.csv", HEADER, rows)
+    diag = diagnostic_rows(m)
+    _write_csv(folder / "diagnostics_table.csv", DIAG_HEADER, diag)
 
     title = f"PRDiT evaluation: {m['dataset']} at {m['size']}^3"
     md = [f"# {title}", ""] + [f"- {line}" for line in info_lines] + ["", "## Metrics", "",
@@ -117,7 +131,12 @@ def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["", "FID is shown raw and x10^3 (the paper's tables use x10^3). Lower FID/MMD is better; a score near its "
            "floor is as close to the training set as unseen real scans are. Lower MS-SSIM means more diverse samples.",
-           ""]
+           "", "## Tiling and texture", "", "| " + " | ".join(DIAG_HEADER) + " |", "|" + "---|" * len(DIAG_HEADER)]
+    md += ["| " + " | ".join(r) + " |" for r in diag]
+    md += ["", "Seam ratio: mean absolute voxel step across the model's patch-token boundaries (every "
+           f"{m.get('seam_stride', 8)} voxels, where un-patchified cells meet) over the mean step elsewhere, along all "
+           "three axes on [-1, 1] volumes; a generated value above the real one means visible tiling. Texture ratio: "
+           "mean absolute second difference of a set over the real train set's; held-out real gives the floor.", ""]
     if m["notes"]:
         md += ["## Caveats", ""] + [f"- {n}" for n in m["notes"]] + [""]
     md += ["## Real vs generated", "", "Axial, coronal and sagittal mid-slices, window "

@@ -18,6 +18,7 @@ from prdit.evaluate.memorization import audit
 from prdit.evaluate.ms_ssim import pair_indices, ms_ssim, scales_for
 from prdit.evaluate.report import write_report
 from prdit.evaluate.scores import feature_scores
+from prdit.evaluate.texture import compare as texture_compare
 from prdit.evaluate.volumes import Summary, hist_edges, read_volume, sample_paths
 from prdit.io import atomic_dir, write_json
 
@@ -27,6 +28,11 @@ MONTAGE_ROWS = 4
 INPUT_NOTE = ("real (data/processed, [-1, 1]) and generated (samples, HU clipped to preprocess.window and mapped "
               "linearly to [-1, 1]) volumes enter the extractor and MS-SSIM identically as [-1, 1] cubes, as in the "
               "PRDiT reference evaluation; MS-SSIM maps them to [0, 1] with data_range 1")
+DIAG_NOTE = ("seam_ratio: mean |step| across the model's token boundaries (every seam_stride voxels, where "
+             "un-patchified cells meet) over the mean |step| elsewhere, all three axes, on [-1, 1] volumes; 1 = no "
+             "tiling; seam_ratio_real: the same on the real train split (the FID reference set). texture_*: mean "
+             "|second difference|; texture_ratio = generated / real train (above 1: noise, below 1: over-smoothing), "
+             "texture_ratio_floor = held-out real / real train")
 
 
 def _diversity(paths: list[Path], kind: str, size: int, window: Any, n_pairs: int, seed: int,
@@ -77,12 +83,15 @@ def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str 
     ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, ms_ssim_pairs, seed, "generated", notes)
     msf, msf_sd, msf_n = _diversity(train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes)
     memo = audit(generated, train, heldout)
+    diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
+    if diag["seam_ratio"] is None:
+        notes.append(f"seam ratio: not computed (needs volumes larger than the {diag['seam_stride']}-voxel token grid)")
     if memo["threshold_voxel_rmse"] is None:
         notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
     m = {
         "dataset": dataset, "size": size, **scores,
         "ms_ssim": ms, "ms_ssim_std": ms_sd, "ms_ssim_floor": msf, "ms_ssim_floor_std": msf_sd,
-        "ms_ssim_scales": scales_for(size),
+        "ms_ssim_scales": scales_for(size), **diag,
         "memorization": {k: memo[k] for k in ("near_copy_ratio", "near_copy_ssim", "threshold_voxel_rmse", "near_copies",
                                               "median_ratio_feature", "median_ratio_voxel")}
                         | {"n_near_copies": len(memo["near_copies"])},
@@ -91,6 +100,7 @@ def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str 
         "extractor": {"name": info.name, "pretrained": info.pretrained, "note": info.note, "sha256": info.sha256},
         "input": {"window": list(window), "note": INPUT_NOTE},
         "reference_set": "real train split; floors: real val + test vs the same train split",
+        "diagnostics_note": DIAG_NOTE,
         "feature_cache": str(cache_path(dataset, size, features_root)),
         "notes": notes, "skipped": skipped,
     }
@@ -112,8 +122,10 @@ def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str 
                      generated.hists.mean(0), memo, info_lines)
         write_json(tmp / "metrics.json", m)
     write_json(metrics_path, m)
-    log.info("evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s; features %.1f s, total %.1f s",
+    log.info("evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
+             "texture ratio %s (floor %s); features %.1f s, total %.1f s",
              dataset, size, m["fid"], m["fid_floor"], m["mmd_reference"], m["mmd_reference_floor"], m["ms_ssim"],
+             m["seam_ratio"], m["seam_ratio_real"], m["texture_ratio"], m["texture_ratio_floor"],
              t_feat, time.monotonic() - t0)
     return m, metrics_path, report_dir
 

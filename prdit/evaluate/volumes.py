@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prdit.evaluate.texture import STATS
 from prdit.io import read_nifti
 
+N_STATS = len(STATS)
 THUMB_SIZE = 32  # voxel-space nearest-neighbour search runs on volumes average-pooled to at most 32^3
 HIST_BINS = 64
 
@@ -84,15 +86,23 @@ class Summary:
     features: np.ndarray   # (N, 2048) float64
     thumbs: np.ndarray     # (N, t, t, t) float32, [-1, 1]
     hists: np.ndarray      # (N, HIST_BINS) voxel fractions
+    stats: np.ndarray | None = None  # (N, 3) seam/texture stats (prdit.evaluate.texture.STATS); NaN if unknown
+
+    def __post_init__(self) -> None:
+        if self.stats is None:
+            self.stats = np.full((len(self.ids), N_STATS), np.nan)
 
     def take(self, idx: Sequence[int]) -> "Summary":
         idx = list(idx)
-        return Summary([self.ids[i] for i in idx], self.features[idx], self.thumbs[idx], self.hists[idx])
+        return Summary([self.ids[i] for i in idx], self.features[idx], self.thumbs[idx], self.hists[idx],
+                       self.stats[idx])
 
     @staticmethod
     def concat(parts: Sequence["Summary"]) -> "Summary":
         parts = [p for p in parts if p.ids]
         if not parts:
-            return Summary([], np.zeros((0, 2048)), np.zeros((0, 1, 1, 1), np.float32), np.zeros((0, HIST_BINS)))
+            return Summary([], np.zeros((0, 2048)), np.zeros((0, 1, 1, 1), np.float32), np.zeros((0, HIST_BINS)),
+                           np.zeros((0, N_STATS)))
         return Summary([i for p in parts for i in p.ids], np.concatenate([p.features for p in parts]),
-                       np.concatenate([p.thumbs for p in parts]), np.concatenate([p.hists for p in parts]))
+                       np.concatenate([p.thumbs for p in parts]), np.concatenate([p.hists for p in parts]),
+                       np.concatenate([p.stats for p in parts]))
