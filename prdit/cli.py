@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("sample", help="generate volumes with the predictor-corrector sampler")
     _common(p, size=True)
+    p.add_argument("--shard", type=int, default=None, metavar="K",
+                   help="draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)")
+    p = subs.add_parser("merge-samples", help="join the shards of `prdit sample --shard` into samples/D/S")
+    _common(p, size=True)
     p = subs.add_parser("evaluate", help="FID, MMD and MS-SSIM of generated volumes, with floors and a report")
     _common(p, size=True)
 
@@ -90,7 +94,10 @@ def _run(args: argparse.Namespace) -> int | None:
         return run_train(params, args.dataset, args.stage)
     if cmd == "sample":
         from prdit.diffusion.generate import run_sample
-        return run_sample(params, args.dataset, args.size)
+        return run_sample(params, args.dataset, args.size, shard=args.shard)
+    if cmd == "merge-samples":
+        from prdit.diffusion.generate import merge_samples
+        return merge_samples(params, args.dataset, args.size)
     if cmd == "evaluate":
         from prdit.evaluate.run import run_evaluate
         return run_evaluate(params, args.dataset, args.size)

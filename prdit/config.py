@@ -132,6 +132,7 @@ class Sample:
     k: int
     batch_size: int
     seed: int
+    shards: int = 1  # independent sampling jobs (whole batches each); their union is the unsharded output
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,11 @@ def _check(raw: dict[str, Any], origin: str) -> None:
         fail("sample.k", f"the corrector jump k={raw['sample']['k']} exceeds sample.steps={raw['sample']['steps']}")
     if raw["sample"]["steps"] > raw["diffusion"]["timesteps"]:
         fail("sample.steps", f"cannot exceed diffusion.timesteps={raw['diffusion']['timesteps']}")
+    smp = raw["sample"]
+    batches = -(-smp["n"] // max(1, smp["batch_size"]))
+    if smp.get("shards", 1) > batches:
+        fail("sample.shards", f"{smp['shards']} shards but only {batches} batches to share (a shard gets whole "
+             f"batches: ceil(sample.n / sample.batch_size) = ceil({smp['n']} / {smp['batch_size']}))")
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")

@@ -123,3 +123,35 @@ def test_dvc_repro_builds_the_same_outputs_and_then_nothing(builds: tuple[Path, 
     assert "didn't change, skipping" in again
     assert not re.search(r"^Running stage", again, re.M)
     assert "up to date" in run(["dvc", "status"], dvc).lower()
+
+
+def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_every_shard(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "shards", {"preprocess": {"highres_size": None},
+                                                 "sample": {"n": 5, "batch_size": 2}})  # 3 batches
+    run(["snakemake", "--cores", "2", "samples/phantom/16"], project)
+    def files(folder: Path) -> dict[str, bytes]:  # without Snakemake's .snakemake_timestamp
+        return {f.name: f.read_bytes() for f in folder.iterdir() if not f.name.startswith(".")}
+
+    one = files(project / "samples/phantom/16")
+    assert len(one) == 6  # 5 volumes + montage.png
+
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["sample"]["shards"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert planned_rules(project) == {"sample_base", "merge_samples", "evaluate_base"}  # no retraining
+    dag = run(["snakemake", "all", "--dag"], project)
+    nodes = dict(re.findall(r"^\s*(\d+)\[label = \"(\w+)", dag, re.M))
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.M)
+    merge = [n for n, rule in nodes.items() if rule == "merge_samples"]
+    evaluate = [n for n, rule in nodes.items() if rule == "evaluate_base"]
+    shards = [n for n, rule in nodes.items() if rule == "sample_base"]
+    assert len(merge) == 1 and len(evaluate) == 1 and len(shards) == 3
+    assert {(s, merge[0]) for s in shards} <= set(edges) and (merge[0], evaluate[0]) in edges
+
+    run(["snakemake", "--cores", "2", "all"], project)
+    assert files(project / "samples/phantom/16") == one
+    assert not (project / "samples/phantom/16.shards").exists() or not any((project / "samples/phantom/16.shards").iterdir())
+    assert sorted(f.name for f in (project / "logs/sample").iterdir()) == [
+        "phantom.16.log", "phantom.16.merge.log", "phantom.16.shard0.log", "phantom.16.shard1.log", "phantom.16.shard2.log"]
+    assert np.isfinite(json.loads((project / "metrics/phantom/16.json").read_text())["fid"])
+    assert planned_rules(project) == set()

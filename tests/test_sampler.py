@@ -182,3 +182,59 @@ def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkey
     assert abs(vols[1][0][0] - vols[1][1][0]).max() > 1  # different seeds, different samples
     with pytest.raises(ValueError, match="size 24"):
         run_sample(p, "phantom", 24)
+
+
+def test_shard_batches_split_whole_batches():
+    from prdit.diffusion.generate import shard_batches
+
+    assert shard_batches(5, 2) == [[0, 1], [2, 3], [4]]
+    assert [shard_batches(5, 2, 3, k) for k in range(3)] == [[[0, 1]], [[2, 3]], [[4]]]
+    parts = [shard_batches(9, 2, 2, k) for k in range(2)]
+    assert parts == [[[0, 1], [2, 3]], [[4, 5], [6, 7], [8]]]
+    with pytest.raises(ValueError, match="shard 3"):
+        shard_batches(5, 2, 3, 3)
+    with pytest.raises(ValueError, match="exceeds"):
+        shard_batches(4, 2, 3, 0)
+
+
+def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, monkeypatch):
+    from prdit import config
+    from prdit.diffusion.generate import merge_samples, run_sample
+    from prdit.errors import PrditError
+    from prdit.model import save
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    model = create("PRDiT-T/8/1", 16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    save(tmp_path / "models/phantom/global/model.pt", model, meta={})
+    sample = {"n": 5, "batch_size": 2, "steps": 3, "k": 2}
+    base = {"preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0}}
+    one = config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 1}})
+    run_sample(one, "phantom", 16)
+    out = tmp_path / "samples/phantom/16"
+    ref = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert sorted(ref) == ["0.nii.gz", "1.nii.gz", "2.nii.gz", "3.nii.gz", "4.nii.gz", "montage.png"]
+
+    three = config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 3}})
+    for k in (2, 0, 1):
+        run_sample(three, "phantom", 16, shard=k)
+    shard_files = {k: sorted(f.name for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()) for k in range(3)}
+    assert shard_files == {0: ["0.nii.gz", "1.nii.gz"], 1: ["2.nii.gz", "3.nii.gz"], 2: ["4.nii.gz"]}
+    union = {f.name: f.read_bytes() for k in range(3) for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()}
+    assert union == {name: data for name, data in ref.items() if name != "montage.png"}
+
+    import shutil
+    shutil.rmtree(out)
+    merge_samples(three, "phantom", 16)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == ref  # montage included
+
+    (tmp_path / "samples/phantom/16.shards/1/3.nii.gz").unlink()
+    with pytest.raises(PrditError, match="shard 1/3"):
+        merge_samples(three, "phantom", 16)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == ref  # a failed merge leaves the old folder
+    with pytest.raises(config.ConfigError, match="sample.shards"):
+        config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 4}})

@@ -32,30 +32,73 @@ def model_path(p: Any, dataset: str, size: int) -> Path:
     return Path("models") / dataset / stage / "model.pt"
 
 
-def run_sample(p: Any, dataset: str, size: int) -> None:
+def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = None) -> list[list[int]]:
+    """The batches of sample indices one job draws: all of them, or shard `shard` of `shards`.
+
+    A shard gets whole, contiguous batches of the unsharded run (never a re-batched subset), so every
+    sample goes through the network in the same batch as in one job and the files are bit-identical on
+    a CPU. Shard sizes differ by at most one batch.
+    """
+    bs = max(1, batch_size)
+    batches = [list(range(s, min(n, s + bs))) for s in range(0, n, bs)]
+    if shard is None:
+        return batches
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1} (sample.shards = {shards})")
+    if shards > len(batches):
+        raise ValueError(f"sample.shards = {shards} exceeds the {len(batches)} batches of sample.n / sample.batch_size")
+    return batches[shard * len(batches) // shards:(shard + 1) * len(batches) // shards]
+
+
+def from_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU on the preprocessing window -> model space [-1, 1] (for montages made from written files)."""
+    lo, hi = window
+    return ((hu.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+
+
+def out_dir(dataset: str, size: int, shard: int | None = None) -> Path:
+    """samples/<dataset>/<size>, or for one shard samples/<dataset>/<size>.shards/<shard>."""
+    base = Path("samples") / dataset
+    return base / str(size) if shard is None else base / f"{size}.shards" / str(shard)
+
+
+MONTAGE_ROWS = 4
+
+
+def _montage(previews: list[np.ndarray], path: Path) -> None:
+    from prdit import viz
+
+    viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
+
+
+def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> None:
     """Write p.sample.n volumes to samples/<dataset>/<size>/<i>.nii.gz (HU, spacing fov/size mm).
 
     The folder is replaced atomically and also holds montage.png (mid-slices of the first samples).
+    With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn, into
+    samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
     """
-    from prdit import io, tracking, viz
+    from prdit import io, tracking
     from prdit.model import load
 
     path = model_path(p, dataset, size)
+    s, n = p.sample, p.sample.n
+    batches = shard_batches(n, s.batch_size, s.shards, shard)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load(path, map_location=device).eval()
     if model.input_size != size:
         raise ValueError(f"{path}: model works at {model.input_size}^3, asked for {size}^3")
-    s, n, bs = p.sample, p.sample.n, max(1, p.sample.batch_size)
     seeds = sample_seeds(s.seed, n)
     spacing = (p.preprocess.fov_mm / size,) * 3
     amp = torch.bfloat16 if device.type == "cuda" else None
-    out_dir = Path("samples") / dataset / str(size)
+    dest = out_dir(dataset, size, shard)
     with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
-        run.log_params({"model_file": str(path), "model": getattr(model, "spec", {}).get("name", "?"), "device": device.type})
+        run.log_params({"model_file": str(path), "model": getattr(model, "spec", {}).get("name", "?"), "device": device.type,
+                        "shard": "all" if shard is None else f"{shard}/{s.shards}"})
         previews: list[np.ndarray] = []
-        with io.atomic_dir(out_dir) as tmp:
-            for start in range(0, n, bs):
-                idx = list(range(start, min(n, start + bs)))
+        written = 0
+        with io.atomic_dir(dest) as tmp:
+            for idx in batches:
                 x = sample(
                     model, (len(idx), model.in_channels, size, size, size), steps=s.steps, k=s.k,
                     seeds=[seeds[i] for i in idx], device=device, timesteps=p.diffusion.timesteps,
@@ -63,10 +106,50 @@ def run_sample(p: Any, dataset: str, size: int) -> None:
                     progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
                 )
                 for i, vol in zip(idx, x[:, 0].cpu().numpy()):
-                    io.write_nifti(tmp / f"{i}.nii.gz", to_hu(vol, p.preprocess.window), spacing)
-                    if len(previews) < 4:
-                        previews.append(np.clip(vol, -1, 1))
-                run.log_metrics({"samples_written": idx[-1] + 1}, step=idx[-1] + 1)
-            viz.montage(previews, tmp / "montage.png", titles=[f"sample {i}" for i in range(len(previews))])
-        log.info("wrote %d samples to %s", n, out_dir)
-        run.log_image(out_dir / "montage.png", artifact_path="montages")
+                    hu = to_hu(vol, p.preprocess.window)
+                    io.write_nifti(tmp / f"{i}.nii.gz", hu, spacing)
+                    if shard is None and len(previews) < MONTAGE_ROWS:
+                        previews.append(from_hu(hu, p.preprocess.window))  # as merge_samples sees the files
+                written += len(idx)
+                run.log_metrics({"samples_written": written}, step=written)
+            if shard is None:
+                _montage(previews, tmp / "montage.png")
+        log.info("wrote %d samples to %s", written, dest)
+        if shard is None:
+            run.log_image(dest / "montage.png", artifact_path="montages")
+
+
+def merge_samples(p: Any, dataset: str, size: int) -> None:
+    """Join samples/<dataset>/<size>.shards/{0..shards-1}/ into samples/<dataset>/<size>/ (atomically).
+
+    Every sample index must come from exactly the shard that owns it; files are hard-linked (copied
+    across filesystems), and montage.png is drawn from the written files, so the folder is byte for
+    byte what one unsharded `prdit sample` writes.
+    """
+    import shutil
+
+    from prdit import io, tracking
+    from prdit.errors import PrditError
+
+    s = p.sample
+    dest = out_dir(dataset, size)
+    with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
+        run.log_params({"shard": f"merge of {s.shards}"})
+        with io.atomic_dir(dest) as tmp:
+            for k in range(s.shards):
+                src = out_dir(dataset, size, k)
+                want = {f"{i}.nii.gz" for b in shard_batches(s.n, s.batch_size, s.shards, k) for i in b}
+                have = {f.name for f in src.glob("*.nii.gz")} if src.is_dir() else set()
+                if have != want:
+                    raise PrditError(f"{src}: shard {k}/{s.shards} holds {sorted(have) or 'nothing'}, expected "
+                                     f"{sorted(want, key=lambda f: int(f.split('.')[0]))} (re-run its sampling job)")
+                for name in sorted(want):
+                    try:
+                        (tmp / name).hardlink_to(src / name)
+                    except OSError:
+                        shutil.copy2(src / name, tmp / name)
+            previews = [from_hu(io.read_nifti(tmp / f"{i}.nii.gz")[0], p.preprocess.window)
+                        for i in range(min(MONTAGE_ROWS, s.n))]
+            _montage(previews, tmp / "montage.png")
+        log.info("merged %d shards (%d samples) into %s", s.shards, s.n, dest)
+        run.log_image(dest / "montage.png", artifact_path="montages")
