@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import prdit.diffusion as D
 from prdit.model import create, load, save
-from prdit.model.bridge import bridge
+from prdit.model.bridge import bridge, lift
+from prdit.model.highres import consistent_x0
 from tests.test_sampler import MixtureOracle
 
 T, STD = 1000, 0.5
@@ -66,14 +67,41 @@ def test_highres_starts_as_the_upsampled_backbone_pair(t):
     out = model(x, tt)
     assert out.shape == (2, 2, 64, 64, 64)
     x_low, t_low, _ = bridge(x, tt, T)
-    want = F.interpolate(model.backbone(x_low, t_low)[:, 1:], scale_factor=2, mode="trilinear", align_corners=False)
-    assert torch.equal(out[:, 1:], want)  # the branch's zero heads add exactly 0
+    x0_low = consistent_x0(x_low, model.backbone(x_low, t_low), t_low, T)
+    assert torch.equal(out[:, 1:], lift(x0_low))  # the branch's zero heads add exactly 0
+    # pooling gives the backbone's estimate back: rounding of a few additions of values of order 1
+    assert (F.avg_pool3d(out[:, 1:], 2) - x0_low).abs().max().item() <= 64 * U * x0_low.abs().max().item()
     beta = (tt.double() * math.pi / 2 / T).view(-1, 1, 1, 1, 1)
     again = torch.cos(beta) * out[:, 1:].double() + torch.sin(beta) * out[:, :1].double()
     # eps-hat = (x - cos b x0-hat) / sin b and back: a few roundings of values of order max(|x|, |x0-hat|)
     bound = 16 * U * (x.abs().max() + out[:, 1:].abs().max()).item()
     assert (again - x.double()).abs().max().item() <= bound
     assert out[:, :1].std() > 0.1  # a real noise estimate, not the zero head
+
+
+def test_consistent_x0_satisfies_the_relation_and_keeps_the_sampler_direction():
+    g = torch.Generator().manual_seed(7)
+    x, out = torch.randn(3, 1, 8, 8, 8, generator=g), torch.randn(3, 2, 8, 8, 8, generator=g)
+    t = torch.tensor([0, 400, 999])
+    x0 = consistent_x0(x, out, t, T).double()
+    b = (t.double() * math.pi / 2 / T).view(-1, 1, 1, 1, 1)
+    c, s = torch.cos(b), torch.sin(b)
+    eps = out[:, :1].double() + s * (x.double() - c * out[:, 1:].double() - s * out[:, :1].double())
+    bound = 16 * U * (x.abs().max() + out.abs().max()).item()
+    assert (c * x0 + s * eps - x.double()).abs().max().item() <= bound
+    g_net = s * out[:, 1:].double() - c * out[:, :1].double()
+    assert (s * x0 - c * eps - g_net).abs().max().item() <= bound
+
+
+def test_lift_is_smooth_and_pools_back_exactly():
+    v = torch.rand(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    u = lift(v)
+    assert u.shape == (2, 1, 16, 16, 16)
+    assert (F.avg_pool3d(u, 2) - v).abs().max().item() <= 16 * U
+    tri = F.interpolate(v, scale_factor=2, mode="trilinear", align_corners=False)
+    assert (F.avg_pool3d(tri, 2) - v).abs().max().item() > 0.05  # what lift fixes
+    near = F.interpolate(v, scale_factor=2, mode="nearest")
+    assert _texture(u) < _texture(near)  # smoother than the blocky exact upsampling
 
 
 @pytest.mark.parametrize("t", [0, 1, 5, 12])
@@ -120,9 +148,10 @@ class _OracleBackbone(torch.nn.Module):
 
 
 def test_an_untrained_branch_samples_at_the_upsampled_backbone_quality():
-    """Sampling at 2x with a fresh branch leaves no noise in: its texture is that of the trilinearly
-    upsampled backbone samples (same seeds), where a branch that ignored its backbone leaves noise
-    (texture several times higher)."""
+    """Sampling at 2x with a fresh branch leaves no noise in: its texture is that of the upsampled
+    backbone samples (same seeds; upsampled by `lift`, the model's own upsampling: trilinear would
+    blur away the fine detail both keep), where eps-hat = 0 beside the same x0-hat (the old start)
+    leaves noise in (texture many times higher)."""
     g = torch.Generator().manual_seed(0)
     data = F.interpolate(torch.rand(4, 1, 4, 4, 4, generator=g) * 2 - 1, scale_factor=4, mode="trilinear")
     data = (data + 0.1 * torch.rand(4, 1, 16, 16, 16, generator=g)).clamp(-1, 1)  # shapes plus fine detail
@@ -130,7 +159,7 @@ def test_an_untrained_branch_samples_at_the_upsampled_backbone_quality():
     hr = create("PRDiT-HR-T/8/1", 32, backbone=backbone).eval()
     seeds = [0, 1, 2]
     low = D.sample(backbone, (3, 1, 16, 16, 16), steps=25, k=2, seeds=seeds)
-    up = F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)
+    up = lift(low)
     high = D.sample(hr, (3, 1, 32, 32, 32), steps=25, k=2, seeds=seeds)
     ratio = _texture(high) / _texture(up)
     assert 0.7 <= ratio <= 1.3, ratio

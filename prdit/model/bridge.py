@@ -32,3 +32,21 @@ def bridge(x_t: torch.Tensor, t: torch.Tensor, timesteps: int) -> tuple[torch.Te
     x_low = F.avg_pool3d(x_t, 2) * scale.view(-1, 1, 1, 1, 1)
     t_low = torch.round(beta_low * (2 * timesteps / math.pi)).clamp_(0, timesteps - 1).long()
     return x_low, t_low, beta_low
+
+
+def lift(v: torch.Tensor, refinements: int = 2) -> torch.Tensor:
+    """Smooth 2x upsampling whose 2x average pool gives `v` back exactly (up to float rounding).
+
+    Plain trilinear upsampling blurs: its pooled version is a smoothed v, so a 2S trajectory pulled
+    towards up(x0-hat) would be pulled towards a blurred backbone estimate at every step. Two
+    back-projection refinements (u += up(v - pool(u))) remove most of that blur smoothly; a final
+    nearest-neighbour correction removes the rest, so pool(lift(v)) = v and the pooled trajectory
+    sees the backbone's own estimate.
+    """
+    def up(a: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(a, scale_factor=2, mode="trilinear", align_corners=False)
+
+    u = up(v)
+    for _ in range(refinements):
+        u = u + up(v - F.avg_pool3d(u, 2))
+    return u + F.interpolate(v - F.avg_pool3d(u, 2), scale_factor=2, mode="nearest")

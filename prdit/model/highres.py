@@ -5,6 +5,15 @@ x0-hat is the upsampled backbone x0-hat and eps-hat is what x_t and that x0-hat 
 relation x_t = cos b x0 + sin b eps, so an untrained branch already samples at the upsampled S^3
 quality and training only adds detail. The branch's two heads are residuals on top of that pair.
 
+Two details make "the upsampled backbone x0-hat" carry the backbone's quality:
+- the backbone's two heads are first made consistent at its own level (`consistent_x0`): a trained
+  network's eps head and x0 head disagree, and sampling with eps implied by the x0 head alone is
+  visibly worse than the backbone's own sampler; projecting the pair onto x = cos b x0 + sin b eps
+  leaves the sampler's direction sin b x0 - cos b eps unchanged, so the 2S model inherits exactly the
+  backbone's sampling dynamics;
+- the upsampling is `bridge.lift` (pool(lift(v)) = v), not plain trilinear, whose blur would be
+  applied again at every sampler step.
+
 Numerical safety near t = 0: eps = (x_t - cos b x0) / sin b divides by sin b, which is 0 at t = 0 and
 turns any x0-hat error into a cot b times larger eps error. Below sin b = EPS_GUARD_SIN the division is
 replaced by a multiplication with sin b / EPS_GUARD_SIN^2: continuous at the threshold, exactly 0 at
@@ -22,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prdit.model.bridge import bridge
+from prdit.model.bridge import bridge, lift
 from prdit.model.dit import GlobalDiT
 from prdit.model.embed import TimestepEmbedder
 from prdit.model.local import LocalDenoiser
@@ -39,6 +48,20 @@ def implied_eps(x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, timest
     shape = (-1,) + (1,) * (x_t.ndim - 1)
     cos, scale = cos.to(x_t.dtype).view(shape), scale.to(x_t.dtype).view(shape)
     return (x_t - cos * x0_hat) * scale
+
+
+def consistent_x0(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """x0 of the pair nearest to the network's (eps-hat, x0-hat) that satisfies x = cos b x0 + sin b eps.
+
+    With r = x - cos b x0-hat - sin b eps-hat, the pair (x0-hat + cos b r, eps-hat + sin b r) is that
+    projection; its sampler direction sin b x0 - cos b eps equals the network's own.
+    """
+    c = x.shape[1]
+    beta = t.double() * (math.pi / 2 / timesteps)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    cos, sin = torch.cos(beta).to(x.dtype).view(shape), torch.sin(beta).to(x.dtype).view(shape)
+    eps_hat, x0_hat = out[:, :c].to(x.dtype), out[:, c:].to(x.dtype)
+    return x0_hat + cos * (x - cos * x0_hat - sin * eps_hat)
 
 
 class ResidualBranch(nn.Module):
@@ -111,7 +134,7 @@ class HighResPRDiT(nn.Module):
         local_mlp_ratio: float = 1.0,
         pos_max_freq: float = 7.6,
         checkpointing: bool = False,
-        upsample: str = "trilinear",
+        upsample: str = "lift",
     ):
         super().__init__()
         if isinstance(backbone, dict):
@@ -126,6 +149,8 @@ class HighResPRDiT(nn.Module):
             )
         self.backbone = backbone.requires_grad_(False)
         self.input_size, self.in_channels, self.timesteps = input_size, backbone.in_channels, timesteps
+        if upsample not in ("lift", "trilinear", "nearest"):
+            raise ValueError(f"upsample must be lift, trilinear or nearest, got {upsample!r}")
         self.upsample = upsample
         self.branch = ResidualBranch(
             input_size, hidden_size, depth, num_heads, patch, stride, backbone.in_channels,
@@ -139,9 +164,11 @@ class HighResPRDiT(nn.Module):
 
     @torch.no_grad()
     def prior(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The frozen backbone's x0-hat at the bridged level, upsampled to this model's size."""
+        """The frozen backbone's (consistent) x0-hat at the bridged level, upsampled to this model's size."""
         x_low, t_low, _ = bridge(x_t, t, self.timesteps)
-        x0_low = self.backbone(x_low, t_low)[:, self.in_channels :]
+        x0_low = consistent_x0(x_low, self.backbone(x_low, t_low), t_low, self.timesteps)
+        if self.upsample == "lift":
+            return lift(x0_low)
         mode = dict(mode=self.upsample, align_corners=False) if self.upsample != "nearest" else dict(mode="nearest")
         return F.interpolate(x0_low, scale_factor=2, **mode)
 
