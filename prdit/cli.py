@@ -40,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("ingest", help="DICOM series / npz / NIfTI -> HU NIfTI volumes + qc.csv")
     _common(p, threads=True)
+    p.add_argument("--shard", type=int, default=None, metavar="K",
+                   help="compute only shard K of ingest.shards into the per-case cache (then run without it)")
+    p.add_argument("--plan", type=Path, default=None, help="the cases as found by --write-plan (no new discovery)")
+    p.add_argument("--write-plan", type=Path, default=None, metavar="JSON", help="only discover the cases, into JSON")
     p = subs.add_parser("preprocess", help="window, resample, crop and resize to every working size")
     _common(p, threads=True)
+    p.add_argument("--shard", type=int, default=None, metavar="K",
+                   help="compute only shard K of preprocess.shards into the per-case cache (then run without it)")
     p = subs.add_parser("split", help="patient-level train/val/test split")
     _common(p)
 
@@ -81,11 +87,14 @@ def _run(args: argparse.Namespace) -> int | None:
         from prdit.data.download import run_download
         return run_download(params, args.dataset, patients=args.patients, limit=args.limit, threads=args.threads)
     if cmd == "ingest":
-        from prdit.data.ingest import run_ingest
-        return run_ingest(params, args.dataset, threads=args.threads, strict=args.strict)
+        from prdit.data.ingest import run_ingest, write_plan
+        if args.write_plan:
+            return write_plan(params, args.dataset, args.write_plan, threads=args.threads)
+        return run_ingest(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard,
+                          plan_file=args.plan)
     if cmd == "preprocess":
         from prdit.data.preprocess import run_preprocess
-        return run_preprocess(params, args.dataset, threads=args.threads, strict=args.strict)
+        return run_preprocess(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard)
     if cmd == "split":
         from prdit.data.splits import run_split
         return run_split(params, args.dataset)

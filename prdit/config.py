@@ -61,6 +61,7 @@ class Phantom:
 class Ingest:
     min_slices: int
     max_gap_factor: float
+    shards: int = 1  # Snakemake jobs the cases are spread over (scheduling only; outputs do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Preprocess:
     fov_mm: float
     size: int
     highres_size: int | None
+    shards: int = 1  # Snakemake jobs the cases are spread over (scheduling only; outputs do not depend on it)
 
 
 @dataclass(frozen=True)

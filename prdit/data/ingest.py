@@ -3,10 +3,13 @@
 Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.csv (one row per
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
 qc.png (mid-slices of a sample of cases). The raw input is only read, never modified or deleted.
+Each case is computed once per (raw files, ingest params) and kept in the per-case cache
+(prdit.data.cache); the output folder is assembled from it, so re-runs compute only what changed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -15,8 +18,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from prdit.data import dicom, inputs
+from prdit.data.cache import CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params
 from prdit.data.qc import batch_exit, percentiles, quicklook, run_cases, write_table
-from prdit.io import write_image
+from prdit.errors import PrditError
+from prdit.io import write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,10 @@ def _describe(case: str, patient_id: str, source: str, image: sitk.Image, out: s
     }
 
 
-def plan(p, dataset: str, out_dir: Path, threads: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
-    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series)."""
+def plan(p, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series).
+
+    A job names its output relative to the case's cache entry (prdit.data.cache)."""
     src = p.sources[dataset]
     root = Path(src.path)
     if not root.is_dir():
@@ -89,14 +96,14 @@ def plan(p, dataset: str, out_dir: Path, threads: int = 1) -> tuple[list[dict], 
                 continue
             jobs.append(dict(case=case, patient_id=patient, files=[str(f) for f in series.files],
                              source=_rel(series.folder, root), series_uid=series.uid,
-                             out=str(out_dir / f"{case}.nii.gz"), max_gap_factor=p.ingest.max_gap_factor,
+                             out=f"{case}.nii.gz", max_gap_factor=p.ingest.max_gap_factor,
                              min_slices=p.ingest.min_slices))
     elif src.format in ("npz", "nifti"):
         used = set()
         for f in inputs.find_files(root, src.format):
             case = _unique(safe_case_id(inputs.case_name(f)), used)
             jobs.append(dict(case=case, patient_id=case, path=str(f), fmt=src.format, source=_rel(f, root),
-                             out=str(out_dir / f"{case}.nii.gz")))
+                             out=f"{case}.nii.gz"))
     else:
         raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped
@@ -118,18 +125,71 @@ def _unique(case: str, used: set[str]) -> str:
     return name
 
 
-def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False) -> int:
-    """`prdit ingest`: every case of the dataset to data/interim/<dataset>/; exit status 0 if any case succeeded."""
+def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
+    """What decides one case's output: ingest params, the job, and its raw files (relative path, content)."""
+    root = Path(p.sources[dataset].path)
+    files = job.get("files") or [job["path"]]
+    desc = {k: v for k, v in job.items() if k not in ("files", "path", "out")}
+    inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
+    return digest({"stage": "ingest", "version": CACHE_VERSION, "params": stage_params(p.used("ingest", dataset)),
+                   "job": desc, "inputs": inputs})
+
+
+def shards_dir(dataset: str) -> Path:
+    """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs) and the shared plan."""
+    return Path("data") / "interim" / f"{dataset}.shards"
+
+
+def write_plan(p, dataset: str, path: Path, threads: int = 1) -> int:
+    """`prdit ingest --write-plan`: discover the cases once, for the shard jobs and the final assembly."""
+    jobs, rejected, skipped = plan(p, dataset, threads)
+    write_json(path, {"dataset": dataset, "jobs": jobs, "rejected": rejected, "skipped": skipped})
+    log.info("ingest %s: plan of %d case(s) (%d rejected before reading) in %s", dataset, len(jobs) + len(rejected),
+             len(rejected), path)
+    return 0
+
+
+def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    data = json.loads(Path(path).read_text())
+    if data.get("dataset") != dataset:
+        raise PrditError(f"{path}: a plan of dataset {data.get('dataset')!r}, not {dataset!r}")
+    return data["jobs"], data["rejected"], data["skipped"]
+
+
+def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None,
+               plan_file: Path | None = None) -> int:
+    """`prdit ingest`: every case of the dataset to data/interim/<dataset>/; exit status 0 if any case succeeded.
+
+    Cases come from the per-case cache when their raw files and the ingest params are unchanged, so a
+    re-run computes only new, changed or unfinished cases. With `shard` (K of ingest.shards) only that
+    shard's cases are computed, into the cache, and their rows written to <dataset>.shards/<K>.csv;
+    the run without `shard` then assembles the output folder. `plan_file` (from --write-plan) saves
+    discovering the cases again.
+    """
     from prdit import tracking
     from prdit.viz import montage
 
     out_dir = interim_dir(dataset)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = CaseCache("ingest", dataset)
+    shards = p.ingest.shards
     with tracking.stage_run(p, stage="ingest", dataset=dataset, used=p.used("ingest", dataset)) as run:
-        jobs, rejected, skipped = plan(p, dataset, out_dir, threads)
+        jobs, rejected, skipped = read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
         fmt = p.sources[dataset].format
         fn = ingest_dicom if fmt == "dicom" else ingest_file
-        rows = run_cases(fn, jobs, threads, desc=f"ingest {dataset}") + rejected
+        jobs = shard_of(jobs, shard, shards)
+        keys = [case_key(p, dataset, job, cache) for job in jobs]
+        label = f"ingest {dataset}" + (f" shard {shard}/{shards}" if shard is not None else "")
+        rows, computed = run_cached(fn, jobs, keys, cache, threads, desc=label)
+        if shard is not None:
+            write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
+            run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
+            log.info("%s: %d case(s), %d computed, %d reused from the cache", label, len(rows), computed,
+                     len(rows) - computed)
+            return 0
+        out_dir.mkdir(parents=True, exist_ok=True)
+        assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_dir)
+        cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
+        rows = rows + rejected
         rows.sort(key=lambda r: str(r["case"]))
         for r in rows:
             if r["status"] != "ok":
@@ -138,7 +198,8 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False) -> int:
         write_table(skipped, out_dir / "series.csv", ["patient_id", "series_uid", "path", "reason"])
         ok = table[table["status"] == "ok"]
         counts = {"cases_total": len(table), "cases_ok": len(ok), "cases_rejected": len(table) - len(ok),
-                  "series_or_files_skipped": len(skipped)}
+                  "series_or_files_skipped": len(skipped), "cases_computed": computed,
+                  "cases_cached": len(jobs) - computed}
         if len(ok):
             counts["seconds_per_case"] = float(ok["seconds"].mean())
             sample = list(ok["case"][:MONTAGE_CASES])
@@ -149,4 +210,5 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False) -> int:
         run.log_artifact(out_dir / "series.csv")
     log.info("ingest %s: %d/%d cases ok, %d skipped series/files (details in %s)", dataset, len(ok), len(table),
              len(skipped), out_dir / "qc.csv")
+    log.info("ingest %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed)
     return batch_exit("ingest", dataset, len(ok), len(table), strict)

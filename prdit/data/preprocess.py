@@ -15,11 +15,14 @@ quantile, min-max per volume. Smaller sizes are 2^k average pools of the 256^3 c
 Outputs in data/processed/<dataset>/<size>/: <case>.nii.gz (values in [-1, 1] read as float by any reader,
 stored as int16 with scl_slope 1/1000; true spacing and orientation)
 and <case>.npy (float16, the training cache); data/processed/<dataset>/qc.csv and qc.png.
+Each case is computed once per (interim volume content, preprocess params) and kept in the per-case
+cache (prdit.data.cache); the output folder is assembled from it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from prdit.data.cache import CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params
 from prdit.data.dicom import AIR_HU
 from prdit.data.qc import batch_exit, percentiles, read_ok, run_cases, write_table
 from prdit.io import atomic_path
@@ -237,8 +241,26 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
     return 1.0 - frac
 
 
-def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False) -> int:
-    """`prdit preprocess`: every ingested case to data/processed/<dataset>/<size>/; 0 if any case succeeded."""
+def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
+    """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
+    desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
+    return digest({"stage": "preprocess", "version": CACHE_VERSION,
+                   "params": stage_params(p.used("preprocess", dataset)), "job": desc,
+                   "input": cache.content_hashes(job["case"], [job["path"]])[0]})
+
+
+def shards_dir(dataset: str) -> Path:
+    """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs)."""
+    return Path("data") / "processed" / f"{dataset}.shards"
+
+
+def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None) -> int:
+    """`prdit preprocess`: every ingested case to data/processed/<dataset>/<size>/; 0 if any case succeeded.
+
+    Cases come from the per-case cache when their interim volume and the preprocess params are
+    unchanged. With `shard` (K of preprocess.shards) only that shard's cases are computed, into the
+    cache, and their rows written to <dataset>.shards/<K>.csv; the run without `shard` assembles.
+    """
     from prdit import tracking
     from prdit.viz import montage
 
@@ -247,18 +269,32 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False) -> i
     src_dir = Path("data") / "interim" / dataset
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
+    cache = CaseCache("preprocess", dataset)
     with tracking.stage_run(p, stage="preprocess", dataset=dataset, used=p.used("preprocess", dataset)) as run:
         cases = read_ok(src_dir / "qc.csv")
-        jobs = [dict(case=r.case, patient_id=r.patient_id, path=str(src_dir / f"{r.case}.nii.gz"), out_root=str(out_root),
+        jobs = [dict(case=r.case, patient_id=r.patient_id, path=str(src_dir / f"{r.case}.nii.gz"), out_root=".",
                      sizes=sizes, mode=pp.mode, fmt=fmt, fov_mm=pp.fov_mm, window=tuple(pp.window))
                 for r in cases.itertuples()]
-        rows = run_cases(preprocess_case, jobs, threads, desc=f"preprocess {dataset}")
+        jobs = shard_of(jobs, shard, pp.shards)
+        keys = [_key_or_missing(p, dataset, job, cache) for job in jobs]
+        label = f"preprocess {dataset}" + (f" shard {shard}/{pp.shards}" if shard is not None else "")
+        rows, computed = run_cached(preprocess_case, jobs, keys, cache, threads, desc=label)
+        if shard is not None:
+            write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
+            run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
+            log.info("%s: %d case(s), %d computed, %d reused from the cache", label, len(rows), computed,
+                     len(rows) - computed)
+            return 0
+        out_root.mkdir(parents=True, exist_ok=True)
+        assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_root)
+        cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
         for r in rows:
             if r["status"] != "ok":
                 log.warning("case %s rejected: %s", r["case"], r["reason"])
         table = write_table(rows, out_root / "qc.csv", QC_COLUMNS)
         ok = table[table["status"] == "ok"]
-        counts = {"cases_total": len(table), "cases_ok": len(ok), "cases_rejected": len(table) - len(ok)}
+        counts = {"cases_total": len(table), "cases_ok": len(ok), "cases_rejected": len(table) - len(ok),
+                  "cases_computed": computed, "cases_cached": len(jobs) - computed}
         if len(ok):
             counts["seconds_per_case"] = float(ok["seconds"].mean())
             top = max(sizes)
@@ -268,4 +304,13 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False) -> i
         run.log_metrics(counts)
         run.log_artifact(out_root / "qc.csv")
     log.info("preprocess %s: %d/%d cases ok at sizes %s", dataset, len(ok), len(table), sizes)
+    log.info("preprocess %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed)
     return batch_exit("preprocess", dataset, len(ok), len(table), strict)
+
+
+def _key_or_missing(p, dataset: str, job: dict, cache: CaseCache) -> str:
+    """The case's key; for an unreadable input a key that is never cached twice (the case fails anyway)."""
+    try:
+        return case_key(p, dataset, job, cache)
+    except OSError:
+        return "missing-" + digest([job["case"], time.time_ns()])

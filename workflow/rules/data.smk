@@ -22,9 +22,40 @@ rule download:
         "prdit download {params.args} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
+# Ingest and preprocess compute each case once per (inputs, params) into the per-case cache
+# .prdit/cache/ (prdit/data/cache.py) and assemble their output folder from it: a new or changed case,
+# or a re-run after a kill, computes only the cases not in the cache. With ingest.shards /
+# preprocess.shards = N > 1 the cases are spread over N jobs (rules ingest_shard / preprocess_shard,
+# every N-th case each; under SLURM N sbatch jobs, e.g. 20 for ~1,000 series), which fill the cache;
+# rule ingest / preprocess then assembles the folder (and qc.csv of every case) from the cache.
+# ingest_plan discovers the DICOM series once for all of them. N = 1 (the default) is one job.
+INGEST_SHARDS = PARAMS.ingest.shards
+PREPROCESS_SHARDS = PARAMS.preprocess.shards
+
+
+def ingest_shards(wildcards):
+    if INGEST_SHARDS == 1:
+        return []
+    shards = expand("data/interim/{dataset}.shards/{shard}.csv", dataset=wildcards.dataset, shard=range(INGEST_SHARDS))
+    return [f"data/interim/{wildcards.dataset}.shards/plan.json", *shards]
+
+
+def ingest_plan_arg(wildcards):
+    return f"--plan data/interim/{wildcards.dataset}.shards/plan.json" if INGEST_SHARDS > 1 else ""
+
+
+def preprocess_shards(wildcards):
+    if PREPROCESS_SHARDS == 1:
+        return []
+    return expand(
+        "data/processed/{dataset}.shards/{shard}.csv", dataset=wildcards.dataset, shard=range(PREPROCESS_SHARDS)
+    )
+
+
 rule ingest:
     input:
         "data/raw/{dataset}/manifest.csv",
+        ingest_shards,
     output:
         directory("data/interim/{dataset}"),
     log:
@@ -39,14 +70,16 @@ rule ingest:
         runtime=6 * 60,
     params:
         args=PARAMS_ARG,
+        plan=ingest_plan_arg,
         used=used("ingest"),
     shell:
-        "prdit ingest {params.args} --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+        "prdit ingest {params.args} --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
 
 
 rule preprocess:
     input:
         "data/interim/{dataset}",
+        preprocess_shards,
     output:
         directory("data/processed/{dataset}"),
     log:
@@ -64,6 +97,83 @@ rule preprocess:
         used=used("preprocess"),
     shell:
         "prdit preprocess {params.args} --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+
+
+if INGEST_SHARDS > 1:
+
+    # Discovery (DICOM headers of every file) once, for every shard and the assembly.
+    rule ingest_plan:
+        input:
+            "data/raw/{dataset}/manifest.csv",
+        output:
+            temp("data/interim/{dataset}.shards/plan.json"),
+        log:
+            "logs/ingest/{dataset}.plan.log",
+        benchmark:
+            "logs/benchmarks/ingest/{dataset}.plan.tsv"
+        conda:
+            CONDA_ENV
+        threads: 8
+        resources:
+            mem_mb=8000,
+            runtime=2 * 60,
+        params:
+            args=PARAMS_ARG,
+            used=used("ingest"),
+        shell:
+            "prdit ingest {params.args} --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
+            "> {log} 2>&1"
+
+    rule ingest_shard:
+        input:
+            plan="data/interim/{dataset}.shards/plan.json",
+        output:
+            temp("data/interim/{dataset}.shards/{shard}.csv"),
+        log:
+            "logs/ingest/{dataset}.shard{shard}.log",
+        benchmark:
+            "logs/benchmarks/ingest/{dataset}.shard{shard}.tsv"
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            CONDA_ENV
+        threads: 8
+        resources:
+            mem_mb=16000,
+            runtime=6 * 60,
+        params:
+            args=PARAMS_ARG,
+            used=used("ingest"),
+        shell:
+            "prdit ingest {params.args} --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
+            "--threads {threads} > {log} 2>&1"
+
+
+if PREPROCESS_SHARDS > 1:
+
+    rule preprocess_shard:
+        input:
+            "data/interim/{dataset}",
+        output:
+            temp("data/processed/{dataset}.shards/{shard}.csv"),
+        log:
+            "logs/preprocess/{dataset}.shard{shard}.log",
+        benchmark:
+            "logs/benchmarks/preprocess/{dataset}.shard{shard}.tsv"
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            CONDA_ENV
+        threads: 8
+        resources:
+            mem_mb=16000,
+            runtime=6 * 60,
+        params:
+            args=PARAMS_ARG,
+            used=used("preprocess"),
+        shell:
+            "prdit preprocess {params.args} --dataset {wildcards.dataset} --shard {wildcards.shard} "
+            "--threads {threads} > {log} 2>&1"
 
 
 rule split:
