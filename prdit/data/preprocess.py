@@ -282,8 +282,7 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
         if shard is not None:
             write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
             run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
-            log.info("%s: %d case(s), %d computed, %d reused from the cache", label, len(rows), computed,
-                     len(rows) - computed)
+            log.info("%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed)
             return 0
         out_root.mkdir(parents=True, exist_ok=True)
         assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_root)
