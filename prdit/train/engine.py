@@ -304,7 +304,7 @@ class _Loop:
             try:
                 png = preview(self.ema.module, self.sm.input_size, job.out_dir / "previews" / f"step_{step:07d}.png",
                               n=job.preview_n, steps=job.preview_steps, k=job.preview_k, device=self.env.device,
-                              title=f"{job.stage} step {step}")
+                              title=f"{job.stage} step {step}", timesteps=job.timesteps, noise_std=job.noise_std)
                 self.tracker.log_image(png, artifact_path="previews")
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run
                 log.warning("preview at step %d failed: %s", step, exc)

@@ -42,16 +42,30 @@ def val_loss(
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
 
+PREVIEW_SEED = 0  # preview volume i always starts from sampler seed PREVIEW_SEED + i
+
+
 @torch.no_grad()
 def preview(model: nn.Module, size: int, path: Path, *, n: int, steps: int, k: int, device: torch.device,
-            title: str) -> Path:
-    """Sample `n` volumes (seeds 0..n-1) from `model` and write their mid-slice montage to `path`."""
+            title: str, timesteps: int = 1000, noise_std: float = 0.5) -> Path:
+    """Sample `n` volumes from `model` and write their mid-slice montage to `path`.
+
+    Every preview of a run is comparable with the others: volume i always starts from the same noise
+    and draws the same corrector noise (seed PREVIEW_SEED + i, its own generator: independent of the
+    global RNG, of `n` and of the batch), in fp32, with the same sampler settings; the montage shows the
+    same axial/coronal/sagittal mid-slices in the same layout and fixed grey scale ([-1, 1]). So a run's
+    previews differ only by the weights, and anatomy can be watched appearing step by step.
+    """
     from prdit.diffusion import sample
     from prdit.viz import montage
 
     was_training = model.training
     model.eval()
-    vols = sample(model, (n, 1, size, size, size), steps=steps, k=k, seeds=list(range(n)), device=device)
-    model.train(was_training)
+    try:
+        seeds = [PREVIEW_SEED + i for i in range(n)]
+        vols = sample(model, (n, 1, size, size, size), steps=steps, k=k, seeds=seeds, device=device,
+                      timesteps=timesteps, noise_std=noise_std)
+    finally:
+        model.train(was_training)
     arrays = [v[0].float().cpu().numpy() for v in vols]
-    return montage(arrays, path, titles=[f"{title} seed {i}" for i in range(n)])
+    return montage(arrays, path, titles=[f"{title} seed {s}" for s in seeds], vmin=-1.0, vmax=1.0)
