@@ -73,7 +73,13 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
                 "evaluate_base", "fetch_weights", "all"}
     if p.preprocess.highres_size:
         expected |= {"train_highres", "sample_highres", "evaluate_highres"}
+    if p.ingest.shards > 1:  # the cases spread over jobs (workflow/rules/data.smk)
+        expected |= {"ingest_plan", "ingest_shard"}
+    if p.preprocess.shards > 1:
+        expected |= {"preprocess_shard"}
     assert planned == expected
+    for rule, shards in (("ingest_shard", p.ingest.shards), ("preprocess_shard", p.preprocess.shards)):
+        assert len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M)) == len(p.datasets) * (shards > 1) * shards
     for dataset in p.datasets:
         assert f"metrics/{dataset}/{p.preprocess.size}.json" in res.stdout
 
