@@ -100,7 +100,6 @@ def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str 
         "extractor": {"name": info.name, "pretrained": info.pretrained, "note": info.note, "sha256": info.sha256},
         "input": {"window": list(window), "note": INPUT_NOTE},
         "reference_set": "real train split; floors: real val + test vs the same train split",
-        "diagnostics_note": DIAG_NOTE,
         "feature_cache": str(cache_path(dataset, size, features_root)),
         "notes": notes, "skipped": skipped,
     }
@@ -113,6 +112,7 @@ def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str 
     gen_vols = [read_volume(p, size, "generated", window) for p in ok_gen[:MONTAGE_ROWS]]
     info_lines = [f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
                   f"input: {INPUT_NOTE}", f"reference set: {m['reference_set']}",
+                  f"tiling and texture: {DIAG_NOTE}",
                   f"N: {len(train.ids)} real train, {len(heldout.ids)} real held-out, {len(generated.ids)} generated; "
                   f"{n_boot} bootstrap replicates (95% percentile intervals)",
                   f"real-set feature cache: {m['feature_cache']}"]
