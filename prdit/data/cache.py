@@ -99,9 +99,13 @@ class CaseCache:
             out.append(sha)
         if fresh != memo:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_name(f".{HASHES}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(fresh))
-            os.replace(tmp, memo_path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{HASHES}.", suffix=".tmp", dir=memo_path.parent)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps(fresh))
+                os.replace(tmp, memo_path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         return out
 
     def prune(self, keep: dict[str, str]) -> int:
@@ -216,6 +220,11 @@ def assemble(cache: CaseCache, cases: dict[str, str], out_dir: Path) -> None:
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
+
+
+def unique_key(case: str) -> str:
+    """A key never cached twice: for a case whose inputs cannot be read (it then fails with the reason)."""
+    return "unreadable-" + digest([case, time.time_ns(), os.getpid()])
 
 
 def shard_of(items: list, shard: int | None, shards: int) -> list:

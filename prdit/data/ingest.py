@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from prdit.data import dicom, inputs
-from prdit.data.cache import CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params
+from prdit.data.cache import (CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params,
+                              unique_key)
 from prdit.data.qc import batch_exit, percentiles, quicklook, run_cases, write_table
 from prdit.errors import PrditError
 from prdit.io import write_image, write_json
@@ -135,6 +136,13 @@ def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
                    "job": desc, "inputs": inputs})
 
 
+def _key_or_unique(p, dataset: str, job: dict, cache: CaseCache) -> str:
+    try:
+        return case_key(p, dataset, job, cache)
+    except OSError:  # a raw file gone since discovery: the case fails in the pool, with the reason
+        return unique_key(job["case"])
+
+
 def shards_dir(dataset: str) -> Path:
     """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs) and the shared plan."""
     return Path("data") / "interim" / f"{dataset}.shards"
@@ -177,7 +185,7 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: i
         fmt = p.sources[dataset].format
         fn = ingest_dicom if fmt == "dicom" else ingest_file
         jobs = shard_of(jobs, shard, shards)
-        keys = [case_key(p, dataset, job, cache) for job in jobs]
+        keys = [_key_or_unique(p, dataset, job, cache) for job in jobs]
         label = f"ingest {dataset}" + (f" shard {shard}/{shards}" if shard is not None else "")
         rows, computed = run_cached(fn, jobs, keys, cache, threads, desc=label)
         if shard is not None:

@@ -22,7 +22,6 @@ cache (prdit.data.cache); the output folder is assembled from it.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -30,7 +29,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit.data.cache import CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params
+from prdit.data.cache import (CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params,
+                              unique_key)
 from prdit.data.dicom import AIR_HU
 from prdit.data.qc import batch_exit, percentiles, read_ok, run_cases, write_table
 from prdit.io import atomic_path
@@ -312,4 +312,4 @@ def _key_or_missing(p, dataset: str, job: dict, cache: CaseCache) -> str:
     try:
         return case_key(p, dataset, job, cache)
     except OSError:
-        return "missing-" + digest([job["case"], time.time_ns()])
+        return unique_key(job["case"])
