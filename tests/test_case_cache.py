@@ -8,6 +8,7 @@ line every run logs: "<n> case(s) computed, <m> reused from the cache".
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import signal
@@ -125,8 +126,17 @@ def test_new_case_changed_params_and_cache_hits(phantoms: Path, tmp_path: Path) 
     assert run_stages(work, args) == ((1, 4), (1, 4))
 
 
-def cached_cases(work: Path) -> int:
-    return len(list((work / ".prdit/cache/ingest/t").glob("*/*/row.json")))
+def cached_cases(work: Path, stage: str = "ingest") -> int:
+    """Cases with a complete cache entry (temporary folders come and go while we look)."""
+    n = 0
+    cache = work / ".prdit/cache" / stage / "t"
+    for case in (cache.iterdir() if cache.is_dir() else []):
+        if case.is_dir() and not case.name.startswith("."):
+            try:
+                n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
+            except FileNotFoundError:
+                pass
+    return n
 
 
 def test_killed_ingest_resumes_with_the_rest_and_ends_identical(phantoms: Path, tmp_path: Path) -> None:
@@ -170,7 +180,7 @@ def test_killed_preprocess_resumes(phantoms: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(["prdit", "preprocess", *args, "--dataset", "t", "--threads", "1"], cwd=work,
                             env=tool_env(PRDIT_TRACKING="off"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    entries = lambda: len(list((work / ".prdit/cache/preprocess/t").glob("*/*/row.json")))  # noqa: E731
+    entries = lambda: cached_cases(work, "preprocess")  # noqa: E731
     deadline = time.monotonic() + 300
     while entries() < 2:
         assert proc.poll() is None and time.monotonic() < deadline
@@ -216,3 +226,21 @@ def test_snakemake_shards_compute_only_the_new_case(tmp_path: Path) -> None:
         qc = pd.read_csv(project / "data" / stage / "phantom" / "qc.csv", keep_default_na=False)
         assert len(qc) == 6
     assert not (project / "data/interim/phantom.shards").exists()
+
+
+def test_header_memo_reads_only_new_files_and_finds_the_same(phantoms: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from prdit.data import dicom
+
+    plain = dicom.discover(phantoms, 16)
+    memo: dict = {}
+    first = dicom.discover(phantoms, 16, memo=memo)
+    read: list[int] = []
+    real = dicom._read_headers
+    monkeypatch.setattr(dicom, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads))
+    again = dicom.discover(phantoms, 16, memo=json.loads(json.dumps(memo)))  # as saved to and read from disk
+    assert read == [0]
+    for result in (first, again):
+        assert {k: (v.uid, v.files) if v else None for k, v in result[0].items()} == \
+               {k: (v.uid, v.files) if v else None for k, v in plain[0].items()}
+        assert result[1] == plain[1]

@@ -91,13 +91,18 @@ class Skipped:
     patient_id: str = ""
 
 
-def scan(root: str | Path, threads: int = 1) -> tuple[list[Series], list[Skipped]]:
-    """Read the headers of every file under root (recursively) and group them by SeriesInstanceUID."""
+def scan(root: str | Path, threads: int = 1, memo: dict | None = None) -> tuple[list[Series], list[Skipped]]:
+    """Read the headers of every file under root (recursively) and group them by SeriesInstanceUID.
+
+    `memo` (path -> [size, mtime_ns, inode, header fields]) saves re-reading unchanged files; it is
+    updated in place to hold exactly the files seen now.
+    """
     root = Path(root)
     paths = sorted(p for p in root.rglob("*") if p.is_file())
+    infos = _read_headers(paths, threads) if memo is None else _memo_headers(paths, threads, memo)
     series: dict[str, Series] = {}
     skipped: list[Skipped] = []
-    for path, info in zip(paths, _read_headers(paths, threads)):
+    for path, info in zip(paths, infos):
         if isinstance(info, str):
             skipped.append(Skipped(str(path), info))
             continue
@@ -107,6 +112,28 @@ def scan(root: str | Path, threads: int = 1) -> tuple[list[Series], list[Skipped
             s = series[info["uid"]] = Series(**info)
         s.files.append(path)
     return list(series.values()), skipped
+
+
+def _memo_headers(paths: list[Path], threads: int, memo: dict) -> list[dict | str]:
+    stats = {}
+    for p in paths:
+        st = p.stat()
+        stats[str(p)] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    todo = [p for p in paths if (memo.get(str(p)) or [None])[:3] != stats[str(p)]]
+    fresh = dict(zip(map(str, todo), _read_headers(todo, threads)))
+    out = []
+    for p in paths:
+        key = str(p)
+        info = fresh[key] if key in fresh else memo[key][3]
+        if key in fresh:
+            memo[key] = [*stats[key], info]
+        if isinstance(info, dict):  # JSON keeps tuples as lists
+            info = dict(info, image_type=tuple(info["image_type"]),
+                        normal=tuple(info["normal"]) if info["normal"] is not None else None)
+        out.append(info)
+    for key in set(memo) - set(stats):
+        del memo[key]
+    return out
 
 
 def _read_headers(paths: list[Path], threads: int) -> list[dict | str]:
@@ -213,9 +240,12 @@ def select(candidates: Sequence[Series]) -> Series:
     )
 
 
-def discover(root: str | Path, min_slices: int, threads: int = 1) -> tuple[dict[str, Series | None], list[Skipped]]:
-    """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason."""
-    all_series, skipped = scan(root, threads)
+def discover(root: str | Path, min_slices: int, threads: int = 1,
+             memo: dict | None = None) -> tuple[dict[str, Series | None], list[Skipped]]:
+    """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason.
+
+    `memo`: see scan."""
+    all_series, skipped = scan(root, threads, memo)
     by_patient: dict[str, list[Series]] = defaultdict(list)
     for s in all_series:
         by_patient[s.patient_id].append(s)

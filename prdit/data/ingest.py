@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ QC_COLUMNS = ["case", "patient_id", "status", "reason", "source", "series_uid", 
               "spacing_x", "spacing_y", "spacing_z", "shape_zyx", "orientation", "source_iop", "tilt_deg",
               "hu_p1", "hu_p50", "hu_p99", "notes", "seconds"]
 MONTAGE_CASES = 8
+HEADERS = "dicom-headers.json"  # in the ingest cache folder of a dataset, beside the case folders
 
 
 def interim_dir(dataset: str) -> Path:
@@ -84,7 +87,9 @@ def plan(p, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], lis
         raise FileNotFoundError(f"sources.{dataset}.path: {root} is not a folder (download or phantom first?)")
     jobs, rejected, skipped = [], [], []
     if src.format == "dicom":
-        chosen, skips = dicom.discover(root, p.ingest.min_slices, threads)
+        memo = header_memo(dataset)
+        chosen, skips = dicom.discover(root, p.ingest.min_slices, threads, memo=memo)
+        save_header_memo(dataset, memo)
         skipped = [{"path": _rel(s.path, root), "series_uid": s.series_uid, "patient_id": s.patient_id,
                     "reason": s.reason} for s in skips]
         used: set[str] = set()
@@ -108,6 +113,31 @@ def plan(p, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], lis
     else:
         raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped
+
+
+def _header_memo_path(dataset: str) -> Path:
+    return CaseCache("ingest", dataset).dir / HEADERS
+
+
+def header_memo(dataset: str) -> dict:
+    """The DICOM header fields of every raw file seen last time, by path (with size, mtime, inode): a
+    re-run reads only new or changed files' headers."""
+    try:
+        return json.loads(_header_memo_path(dataset).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_header_memo(dataset: str, memo: dict) -> None:
+    path = _header_memo_path(dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{HEADERS}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(memo, fh)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _rel(path, root: Path) -> str:
