@@ -109,6 +109,18 @@ def write_json(path: str | Path, obj: object) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def write_torch(path: str | Path, obj: object) -> None:
+    """torch.save `obj` atomically, byte-deterministic: the same content always gives the same file.
+
+    torch.save to a path names the archive's top folder after the (random) temporary file; through a
+    file object the folder is always "archive", so the bytes depend on the content only.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def _json_default(obj: object) -> object:
     if isinstance(obj, np.generic):
         return obj.item()

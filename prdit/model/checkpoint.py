@@ -27,7 +27,8 @@ def to_file_dict(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ValueError("model was not built by prdit.model.create(); cannot record how to rebuild it")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # own, compact storages: the file holds exactly these tensors, however the model was built or wrapped
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     return {"format": FORMAT, **spec, "state_dict": state, "meta": dict(meta)}
 
 
@@ -42,14 +43,39 @@ def from_file_dict(obj: dict[str, Any], source: str = "<dict>") -> nn.Module:
 
 
 def save(path: str | Path, model: nn.Module, *, meta: dict[str, Any]) -> None:
-    """Write a model file atomically."""
-    from prdit.io import atomic_path
+    """Write a model file atomically; its bytes depend only on the weights, the spec and `meta`.
+
+    `meta` must hold nothing time- or path-random (a child stage's resume check and DVC hash model files).
+    """
+    from prdit.io import write_torch
+
+    write_torch(path, to_file_dict(model, meta))
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of what a model file means to the stages built on it: format, architecture and weights.
+
+    `meta` (provenance: git commit, params, data hash) is left out, so a parent re-saved with the same
+    weights under another commit still matches the checkpoints of the stages that build on it.
+    """
+    import hashlib
+    import json
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = to_file_dict(model, meta)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read model file: {e}") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a PRDiT model file (expected format {FORMAT!r})")
+    digest = hashlib.sha256()
+    spec = {k: v for k, v in obj.items() if k not in ("state_dict", "meta")}
+    digest.update(json.dumps(spec, sort_keys=True, default=repr).encode())
+    for name in sorted(obj["state_dict"]):
+        t = obj["state_dict"][name]
+        digest.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        digest.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from prdit.errors import PrditError
-from prdit.io import atomic_path
+from prdit.io import write_torch
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def save(path: Path, state: dict[str, Any]) -> None:
         if bad is not None:
             raise NonFiniteWeightsError(f"{key} weight {bad!r} is not finite at step {state['step']}; "
                                         f"{path} keeps the previous checkpoint")
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    write_torch(path, {"format": FORMAT, **state})  # same state, same bytes
 
 
 def load(path: Path, fingerprint: dict[str, Any], map_location: str | torch.device = "cpu"

@@ -16,7 +16,6 @@ from torch import nn
 
 from prdit.config import Params
 from prdit.errors import PrditError
-from prdit.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class StageModel:
     model: nn.Module
     input_size: int
     trained: list[str]                   # parameter names this stage optimises
-    parents: dict[str, str] = field(default_factory=dict)  # parent model file -> sha256
+    parents: dict[str, str] = field(default_factory=dict)  # parent model file -> its content_hash
 
 
 def model_dir(dataset: str, stage: str) -> Path:
@@ -69,7 +68,9 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         if not parent.exists():
             raise MissingParentError(f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
                                     f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)")
-        parents[str(parent)] = sha256_file(parent)
+        # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
+        # child's last.pt look stale
+        parents[str(parent)] = models.content_hash(parent)
         frozen = models.load(parent, map_location="cpu")
         frozen.requires_grad_(False)
     if stage == "local":

@@ -16,7 +16,12 @@ if load(PARAM_FILES).raw != PARAMS.raw:
         "prdit rules read their parameters from files: put overrides in a YAML file and pass it with "
         "--configfile, not --config"
     )
-PARAMS_ARG = " ".join(f"--params {f}" for f in PARAM_FILES)
+# Those files as `prdit` options. Rules put them straight in their shell command, `prdit <command>
+# {PRDIT_PARAMS:q} ...` (each word shell-quoted), never under `params:`: Snakemake re-runs a job whose params
+# changed, and which files the values came from is no reason to. What a rule reads is its `params.used`
+# (the values, wherever they were set), so an override file re-runs exactly the rules that read what it
+# changes. Under a cluster executor each job re-reads the Snakefile with the same --configfiles.
+PRDIT_PARAMS = [word for f in PARAM_FILES for word in ("--params", f)]
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
 CONDA_ENV = "../../envs/prdit.yaml"
@@ -27,6 +32,16 @@ wildcard_constraints:
     dataset="|".join(PARAMS.datasets),
 
 
+def _canonical(value):
+    """Dicts with sorted keys, all the way down: Snakemake compares params by repr, and an override file
+    that repeats a value must not re-run anything because merging put its key first."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def used(stage):
-    """The params a stage reads (prdit.config.STAGE_PARAMS): a change to them re-runs the rule."""
-    return lambda wildcards: PARAMS.used(stage, wildcards.get("dataset"))
+    """The params a stage reads (prdit.config.STAGE_PARAMS): a change to them, and only that, re-runs the rule."""
+    return lambda wildcards: _canonical(PARAMS.used(stage, wildcards.get("dataset")))

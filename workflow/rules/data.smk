@@ -16,10 +16,9 @@ rule download:
         mem_mb=2000,
         runtime=24 * 60,
     params:
-        args=PARAMS_ARG,
         used=used("download"),
     shell:
-        "prdit download {params.args} --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit download {PRDIT_PARAMS:q} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 # Ingest and preprocess compute each case once per (inputs, params) into the per-case cache
@@ -69,11 +68,10 @@ rule ingest:
         mem_mb=16000,
         runtime=6 * 60,
     params:
-        args=PARAMS_ARG,
         plan=ingest_plan_arg,
         used=used("ingest"),
     shell:
-        "prdit ingest {params.args} --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
+        "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
 
 
 rule preprocess:
@@ -93,10 +91,9 @@ rule preprocess:
         mem_mb=16000,
         runtime=6 * 60,
     params:
-        args=PARAMS_ARG,
         used=used("preprocess"),
     shell:
-        "prdit preprocess {params.args} --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+        "prdit preprocess {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
 
 
 if INGEST_SHARDS > 1:
@@ -118,10 +115,9 @@ if INGEST_SHARDS > 1:
             mem_mb=8000,
             runtime=2 * 60,
         params:
-            args=PARAMS_ARG,
             used=used("ingest"),
         shell:
-            "prdit ingest {params.args} --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
+            "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
             "> {log} 2>&1"
 
     rule ingest_shard:
@@ -142,10 +138,9 @@ if INGEST_SHARDS > 1:
             mem_mb=16000,
             runtime=6 * 60,
         params:
-            args=PARAMS_ARG,
             used=used("ingest"),
         shell:
-            "prdit ingest {params.args} --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
+            "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
             "--threads {threads} > {log} 2>&1"
 
 
@@ -169,10 +164,9 @@ if PREPROCESS_SHARDS > 1:
             mem_mb=16000,
             runtime=6 * 60,
         params:
-            args=PARAMS_ARG,
             used=used("preprocess"),
         shell:
-            "prdit preprocess {params.args} --dataset {wildcards.dataset} --shard {wildcards.shard} "
+            "prdit preprocess {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --shard {wildcards.shard} "
             "--threads {threads} > {log} 2>&1"
 
 
@@ -192,7 +186,6 @@ rule split:
         mem_mb=1000,
         runtime=10,
     params:
-        args=PARAMS_ARG,
         used=used("split"),
     shell:
-        "prdit split {params.args} --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit split {PRDIT_PARAMS:q} --dataset {wildcards.dataset} > {log} 2>&1"

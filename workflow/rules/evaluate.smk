@@ -24,10 +24,8 @@ if EXTRACTOR_WEIGHTS:
         resources:
             mem_mb=1000,
             runtime=60,
-        params:
-            args=PARAMS_ARG,
         shell:
-            "prdit fetch-weights {params.args} > {log} 2>&1"
+            "prdit fetch-weights {PRDIT_PARAMS:q} > {log} 2>&1"
 
 
 rule evaluate_base:
@@ -60,11 +58,10 @@ rule evaluate_base:
         runtime=6 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         size=SIZE,
         used=used("evaluate"),
     shell:
-        "prdit evaluate {params.args} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"
+        "prdit evaluate {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"
 
 
 rule evaluate_highres:
@@ -97,8 +94,7 @@ rule evaluate_highres:
         runtime=6 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         size=HIGHRES,
         used=used("evaluate"),
     shell:
-        "prdit evaluate {params.args} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"
+        "prdit evaluate {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"

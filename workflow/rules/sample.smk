@@ -42,12 +42,11 @@ rule sample_base:
         runtime=12 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         size=SIZE,
         shard=shard_arg,
         used=used("sample"),
     shell:
-        "prdit sample {params.args} --dataset {wildcards.dataset} --size {params.size} {params.shard} > {log} 2>&1"
+        "prdit sample {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} {params.shard} > {log} 2>&1"
 
 
 rule sample_highres:
@@ -69,12 +68,11 @@ rule sample_highres:
         runtime=24 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         size=HIGHRES,
         shard=shard_arg,
         used=used("sample"),
     shell:
-        "prdit sample {params.args} --dataset {wildcards.dataset} --size {params.size} {params.shard} > {log} 2>&1"
+        "prdit sample {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} {params.shard} > {log} 2>&1"
 
 
 if SHARDS > 1:
@@ -104,7 +102,6 @@ if SHARDS > 1:
             mem_mb=4000,
             runtime=30,
         params:
-            args=PARAMS_ARG,
             used=used("sample"),
         shell:
-            "prdit merge-samples {params.args} --dataset {wildcards.dataset} --size {wildcards.size} > {log} 2>&1"
+            "prdit merge-samples {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {wildcards.size} > {log} 2>&1"

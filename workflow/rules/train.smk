@@ -25,11 +25,10 @@ rule train_local:
         runtime=72 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         used=used("train-local"),
     shell:
         "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage local >> {log} 2>&1"
+        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage local >> {log} 2>&1"
 
 
 rule train_global:
@@ -52,11 +51,10 @@ rule train_global:
         runtime=72 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         used=used("train-global"),
     shell:
         "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage global >> {log} 2>&1"
+        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage global >> {log} 2>&1"
 
 
 rule train_highres:
@@ -79,8 +77,7 @@ rule train_highres:
         runtime=72 * 60,
         gpu=1,
     params:
-        args=PARAMS_ARG,
         used=used("train-highres"),
     shell:
         "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {params.args} --dataset {wildcards.dataset} --stage highres >> {log} 2>&1"
+        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage highres >> {log} 2>&1"
