@@ -20,3 +20,23 @@ rule all:
             dataset=PARAMS.datasets,
             size=PARAMS.sizes(),
         ),
+
+
+# One MLflow pipeline run per invocation that has work to do: the stage runs nest under it (PRDIT_PIPELINE_RUN,
+# inherited by the jobs). Never in the way: with tracking off or MLflow unreachable the stages run unnested.
+onstart:
+    from prdit import tracking
+
+    tracking.start_pipeline_run(PARAMS, PARAM_FILES, command="snakemake")
+
+
+onsuccess:
+    from prdit import tracking
+
+    tracking.end_pipeline_run(PARAMS, "FINISHED")
+
+
+onerror:
+    from prdit import tracking
+
+    tracking.end_pipeline_run(PARAMS, "FAILED")

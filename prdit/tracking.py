@@ -4,6 +4,13 @@ All calls are queued and sent by a background thread, so a training step never w
 If the tracking store cannot be reached, the stage goes on, warns once, and the events are kept in a
 spool file (JSON lines) that `prdit tracking-import FILE` replays into MLflow once it is back.
 Set PRDIT_TRACKING=off to disable tracking entirely.
+
+What the MLflow UI shows: the experiment prdit creates is marked as model development (it opens on the
+training runs); training and sampling runs carry system metrics (`system/*`: CPU, memory, disk, network,
+GPU when nvidia-ml-py is installed) sampled every PRDIT_SYSTEM_METRICS_INTERVAL s (default 10;
+PRDIT_SYSTEM_METRICS=off disables them); training runs hold their model under `model/`; runs list the data
+they read as dataset inputs; and the stage runs of one `snakemake`/`dvc repro` invocation are nested under
+its pipeline run (PRDIT_PIPELINE_RUN, see `python -m prdit.tracking pipeline-start`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQ
     os.environ.setdefault(_key, _value)
 
 SPOOL_DIR = Path(".prdit") / "tracking-spool"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens the training view
+PIPELINE_RUN_ENV = "PRDIT_PIPELINE_RUN"
 FLUSH_TIMEOUT_S = 60.0
 
 
@@ -48,6 +57,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _flag(name: str, default: str = "on") -> bool:
+    return os.environ.get(name, default).lower() not in ("off", "0", "false", "no", "")
+
+
+def tracking_enabled() -> bool:
+    return _flag("PRDIT_TRACKING")
+
+
+def system_metrics_interval() -> float:
+    try:
+        return max(1.0, float(os.environ.get("PRDIT_SYSTEM_METRICS_INTERVAL", "10")))
+    except ValueError:
+        return 10.0
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested params to dotted keys with string values (MLflow params are flat strings)."""
     out: dict[str, str] = {}
@@ -63,11 +87,14 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class _Sender:
     """Sends events to one MLflow run; raises on any failure so the caller can spool."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, system_metrics: bool = True) -> None:
         from mlflow.tracking import MlflowClient
 
+        self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
+        self.system_metrics = system_metrics  # False when replaying a spool: the machine is not the run's
+        self._monitor: Any = None
 
     def send(self, event: dict[str, Any]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -78,6 +105,8 @@ class _Sender:
             exp_id = exp.experiment_id if exp else self._create_experiment(event["experiment"])
             run = self.client.create_run(exp_id, run_name=event["run_name"], tags=event["tags"], start_time=event["ts"])
             self.run_id = run.info.run_id
+            if self.system_metrics and event.get("system_metrics"):
+                self._start_monitor(float(event["system_metrics"]))
         elif kind == "metrics":
             metrics = [Metric(k, float(v), event["ts"], event["step"] or 0) for k, v in event["metrics"].items()]
             self.client.log_batch(self.run_id, metrics=metrics)
@@ -89,12 +118,39 @@ class _Sender:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in event["tags"].items()])
         elif kind == "artifact":
             self.client.log_artifact(self.run_id, event["path"], event.get("artifact_path"))
+        elif kind == "dataset":
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            ds = Dataset(name=event["name"], digest=event["digest"], source_type="local",
+                         source=json.dumps({"uri": event["source"]}), profile=json.dumps(event.get("profile") or {}))
+            tags = [InputTag("mlflow.data.context", event["context"])] if event.get("context") else []
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)])
         elif kind == "end":
+            self._stop_monitor()
             self.client.set_terminated(self.run_id, status=event["status"], end_time=event["ts"])
 
-    def _create_experiment(self, name: str) -> str:
+    def _start_monitor(self, interval: float) -> None:
         try:
-            return self.client.create_experiment(name)
+            import psutil  # noqa: F401 - MLflow's CPU/memory monitor needs it
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as exc:  # noqa: BLE001 - system metrics are a nicety
+            log.info("no system metrics for this run (%s)", exc)
+            self._monitor = None
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            try:
+                monitor.finish()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _create_experiment(self, name: str) -> str:
+        try:  # only an experiment prdit creates is marked; one the user made stays as it is
+            return self.client.create_experiment(name, tags=EXPERIMENT_KIND)
         except Exception:  # another stage created it concurrently
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -105,7 +161,8 @@ class _Sender:
 class StageRun:
     """Queue-backed handle of one MLflow run; every method returns at once and never raises."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True) -> None:
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True,
+                 system_metrics: float | None = None) -> None:
         self.uri = uri
         self.enabled = enabled
         self.spool_path = SPOOL_DIR.resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
@@ -116,7 +173,8 @@ class StageRun:
         self._thread: threading.Thread | None = None
         self.status = "FINISHED"  # a stage that stops early to be resumed sets "KILLED"
         if enabled:
-            self._put({"kind": "start", "experiment": experiment, "run_name": run_name, "tags": tags})
+            self._put({"kind": "start", "experiment": experiment, "run_name": run_name, "tags": tags,
+                       "system_metrics": system_metrics})
             self._thread = threading.Thread(target=self._work, name="prdit-tracking", daemon=True)
             self._thread.start()
 
@@ -132,6 +190,27 @@ class StageRun:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_model_file(self, path: str | Path, artifact_path: str = "model") -> None:
+        """The stage's trained weights (model.pt) under `model/` of the run: reachable from the run page."""
+        self.log_artifact(path, artifact_path)
+
+    def log_dataset(self, name: str, files: list[str | Path] | str | Path, context: str,
+                    params: Mapping[str, Any] | None = None) -> None:
+        """Record the data the run read as an MLflow dataset input (Dataset column / run page Inputs).
+
+        The digest hashes the files' contents (split lists, manifests) with `params` (e.g. the preprocessing
+        parameters), so two runs on the same data show the same digest.
+        """
+        if not self.enabled:
+            return
+        try:
+            paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+            digest, profile = dataset_digest(paths, params)
+            self._put({"kind": "dataset", "name": name, "digest": digest, "context": context,
+                       "source": ",".join(str(p.resolve()) for p in paths), "profile": profile})
+        except Exception as exc:  # noqa: BLE001 - tracking never stops a stage
+            log.debug("dataset input not logged: %s", exc)
 
     def log_image(self, png_path: str | Path, artifact_path: str = "montages") -> None:
         self.log_artifact(png_path, artifact_path)
@@ -184,6 +263,37 @@ class StageRun:
             self._spool(left)
 
 
+def dataset_digest(paths: list[Path], params: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(12-hex digest, profile) of files (directories: their file names and sizes) and params."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(params or {}, sort_keys=True, default=str).encode())
+    n_files = 0
+    for path in paths:
+        h.update(path.name.encode())
+        if path.is_dir():
+            for f in sorted(q for q in path.rglob("*") if q.is_file()):
+                h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+                n_files += 1
+        elif path.is_file():
+            h.update(path.read_bytes())
+            n_files += 1
+    return h.hexdigest()[:12], {"files": n_files, **({"params": flatten(params)} if params else {})}
+
+
+def log_split(run: StageRun, params: Any, dataset: str, size: int | None, split: str, context: str,
+              root: str | Path = ".") -> None:
+    """Log data/splits/<dataset>/<split>.txt with the preprocessing params as the run's dataset input."""
+    if not run.enabled:
+        return
+    try:
+        prep = params.used("preprocess", dataset)
+    except Exception:  # noqa: BLE001 - a params object without the preprocess section
+        prep = {}
+    name = "/".join(str(x) for x in (dataset, size, split) if x is not None)
+    run.log_dataset(name, Path(root) / "data" / "splits" / dataset / f"{split}.txt", context, prep)
+
+
 def _drain(q: queue.Queue) -> list[dict[str, Any]]:
     items = []
     while True:
@@ -197,11 +307,13 @@ def _drain(q: queue.Queue) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | None = None,
-              used: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+              used: Mapping[str, Any] | None = None, system_metrics: bool | None = None) -> Iterator[StageRun]:
     """One MLflow run for one stage invocation, tagged for grouping and provenance.
 
     `used` maps dotted param keys (e.g. 'train.local') to what the stage read; they are logged as
-    params and hashed into the `params_hash` tag.
+    params and hashed into the `params_hash` tag. `system_metrics` (default: training and sampling
+    stages) samples CPU/memory/GPU into `system/*` metrics unless PRDIT_SYSTEM_METRICS=off. Inside a
+    pipeline invocation (PRDIT_PIPELINE_RUN set) the run is nested under that pipeline run.
     """
     import hashlib
 
@@ -211,8 +323,13 @@ def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | N
     tags = {"prdit.stage": stage, "prdit.dataset": str(dataset or ""), "prdit.size": str(size or ""),
             "prdit.params_hash": digest, "mlflow.source.git.commit": git_commit(),
             "prdit.pipeline": os.environ.get("PRDIT_PIPELINE_ID", params.experiment)}
-    enabled = os.environ.get("PRDIT_TRACKING", "on").lower() not in ("off", "0", "false", "no")
-    run = StageRun(tracking_uri(params.tracking_uri), params.experiment, name, tags, enabled=enabled)
+    if parent := os.environ.get(PIPELINE_RUN_ENV):
+        tags["mlflow.parentRunId"] = parent
+    if system_metrics is None:
+        system_metrics = stage.startswith(("train", "sample"))
+    interval = system_metrics_interval() if system_metrics and _flag("PRDIT_SYSTEM_METRICS") else None
+    run = StageRun(tracking_uri(params.tracking_uri), params.experiment, name, tags, enabled=tracking_enabled(),
+                   system_metrics=interval)
     run.log_params(used)
     try:
         yield run
@@ -224,7 +341,7 @@ def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | N
 
 def import_spool(path: str | Path, uri: str | None = None) -> int:
     """Replay a spool file into MLflow (a new run per 'start' event); returns the number of events sent."""
-    sender = _Sender(tracking_uri(uri))
+    sender = _Sender(tracking_uri(uri), system_metrics=False)
     count = 0
     with open(path) as fh:
         for line in fh:
@@ -232,3 +349,89 @@ def import_spool(path: str | Path, uri: str | None = None) -> int:
                 sender.send(json.loads(line))
                 count += 1
     return count
+
+
+# One pipeline invocation = one parent run --------------------------------------------------------------
+PIPELINE_START_TIMEOUT_S = 15.0
+
+
+def start_pipeline_run(params: Any, param_files: list[str | Path], command: str = "snakemake",
+                       timeout: float = PIPELINE_START_TIMEOUT_S) -> str | None:
+    """Create the parent run of one pipeline invocation and export its id in PRDIT_PIPELINE_RUN.
+
+    The run carries the parameter files (as params and as artifacts under `params/`) and the git commit;
+    the stage runs of the invocation nest under it. Returns the run id, or None when tracking is off, a
+    pipeline run is already set (a nested invocation), or MLflow does not answer within `timeout` s
+    (then the stages run unnested, as without this).
+    """
+    if not tracking_enabled() or os.environ.get(PIPELINE_RUN_ENV):
+        return os.environ.get(PIPELINE_RUN_ENV) if tracking_enabled() else None
+    result: dict[str, str] = {}
+
+    def work() -> None:
+        try:
+            sender = _Sender(tracking_uri(params.tracking_uri), system_metrics=False)
+            tags = {"prdit.stage": "pipeline", "prdit.command": command, "mlflow.source.git.commit": git_commit(),
+                    "prdit.param_files": ",".join(str(f) for f in param_files)}
+            sender.send({"kind": "start", "experiment": params.experiment, "ts": int(time.time() * 1000),
+                         "run_name": f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "tags": tags})
+            result["run_id"] = sender.run_id or ""
+            sender.send({"kind": "params", "params": flatten(params.raw)})
+            for f in param_files:
+                if Path(f).is_file():
+                    sender.send({"kind": "artifact", "path": str(Path(f).resolve()), "artifact_path": "params"})
+        except Exception as exc:  # noqa: BLE001 - tracking never stops the pipeline
+            log.warning("no pipeline run in MLflow (%s); stage runs will not be nested", type(exc).__name__)
+
+    thread = threading.Thread(target=work, name="prdit-pipeline-run", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    run_id = result.get("run_id") or None
+    if run_id:
+        os.environ[PIPELINE_RUN_ENV] = run_id
+    return run_id
+
+
+def end_pipeline_run(params: Any, status: str = "FINISHED", run_id: str | None = None,
+                     timeout: float = PIPELINE_START_TIMEOUT_S) -> None:
+    """Mark the pipeline run (PRDIT_PIPELINE_RUN unless given) FINISHED or FAILED; never raises."""
+    run_id = run_id or os.environ.get(PIPELINE_RUN_ENV)
+    if not run_id or not tracking_enabled():
+        return
+
+    def work() -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri(params.tracking_uri)).set_terminated(run_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("pipeline run %s not closed (%s)", run_id, type(exc).__name__)
+
+    thread = threading.Thread(target=work, name="prdit-pipeline-run", daemon=True)
+    thread.start()
+    thread.join(timeout)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m prdit.tracking pipeline-start|pipeline-end` for shells (e.g. around `dvc repro`)."""
+    import argparse
+
+    from prdit.config import load
+
+    ap = argparse.ArgumentParser(prog="python -m prdit.tracking")
+    ap.add_argument("action", choices=["pipeline-start", "pipeline-end"])
+    ap.add_argument("--params", action="append", default=None, help="parameter file(s); default params.yaml")
+    ap.add_argument("--command", default="dvc repro", help="what the pipeline run is for (a tag)")
+    ap.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"])
+    args = ap.parse_args(argv)
+    files = args.params or ["params.yaml"]
+    p = load(files)
+    if args.action == "pipeline-start":
+        print(start_pipeline_run(p, files, command=args.command) or "")
+    else:
+        end_pipeline_run(p, args.status)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

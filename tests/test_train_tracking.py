@@ -60,6 +60,10 @@ def test_run_train_logs_losses_throughput_and_previews_to_mlflow(project, tmp_pa
         assert key in run.data.metrics, key
     assert [a.path for a in client.list_artifacts(run.info.run_id, "previews")] == [
         "previews/step_0000002.png", "previews/step_0000004.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+    inputs = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+              for d in run.inputs.dataset_inputs}
+    assert inputs == {("phantom/16/train", "training"), ("phantom/16/val", "validation")}
 
     out = Path("models", DS, "local")
     assert {p.name for p in out.iterdir()} >= {"model.pt", "last.pt", "metrics.json", "previews"}

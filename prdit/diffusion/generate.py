@@ -93,6 +93,7 @@ def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> Non
     amp = torch.bfloat16 if device.type == "cuda" else None
     dest = out_dir(dataset, size, shard)
     with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
+        tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
         run.log_params({"model_file": str(path), "model": getattr(model, "spec", {}).get("name", "?"), "device": device.type,
                         "shard": "all" if shard is None else f"{shard}/{s.shards}"})
         previews: list[np.ndarray] = []
@@ -134,6 +135,7 @@ def merge_samples(p: Any, dataset: str, size: int) -> None:
     s = p.sample
     dest = out_dir(dataset, size)
     with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
+        tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
         run.log_params({"shard": f"merge of {s.shards}"})
         with io.atomic_dir(dest) as tmp:
             for k in range(s.shards):

@@ -148,6 +148,9 @@ def run_evaluate(p: Any, dataset: str, size: int) -> None:
     ev = p.evaluate
     used = {"evaluate": p.raw.get("evaluate", {}), "preprocess.window": list(p.preprocess.window)}
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
+        for split in ("train", "val", "test"):  # the real reference and floor sets
+            tracking.log_split(run, p, dataset, size, split, "evaluation")
+        run.log_dataset(f"samples/{dataset}/{size}", Path("samples") / dataset / str(size), "samples")
         m, metrics_path, report_dir = evaluate(
             dataset, size, tuple(p.preprocess.window), ev.weights, ev.sha256, ev.ms_ssim_pairs, ev.bootstrap, ev.seed,
             getattr(ev, "num_samples", None))

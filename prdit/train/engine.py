@@ -330,6 +330,7 @@ def _finalize(job: Job, ema_model: nn.Module, meter: _Meter, last_val: dict[str,
     run.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                     step=job.steps)
     run.log_artifact(job.out_dir / "metrics.json")
+    run.log_model_file(job.out_dir / "model.pt")  # the stage's weights, reachable from its run under model/
     log.info("%s done: %s", job.stage, ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 
@@ -457,6 +458,8 @@ def run_train(p: Any, dataset: str, stage: str) -> int:
                     if env.is_main else contextlib.nullcontext(NullRun()))
             with runs as run:
                 run.set_tags({"prdit.data_hash": job.meta["data_hash"]})
+                tracking.log_split(run, p, dataset, size, "train", "training")
+                tracking.log_split(run, p, dataset, size, "val", "validation")
                 return fit(job, sm, train_set, val_set, env=env, run=run, stop=stop)
     finally:
         distributed.teardown()
