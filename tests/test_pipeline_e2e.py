@@ -155,3 +155,40 @@ def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_ev
         "phantom.16.log", "phantom.16.merge.log", "phantom.16.shard0.log", "phantom.16.shard1.log", "phantom.16.shard2.log"]
     assert np.isfinite(json.loads((project / "metrics/phantom/16.json").read_text())["fid"])
     assert planned_rules(project) == set()
+
+
+def planned_jobs(cwd: Path, *extra: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run of `all` plans (its job stats table), with extra arguments."""
+    text = run(["snakemake", "-n", "all", *extra], cwd)
+    table = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
+    jobs = dict((rule, int(n)) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
+    jobs.pop("all", None)
+    jobs.pop("total", None)
+    return jobs
+
+
+def test_an_override_file_re_runs_only_the_rules_that_read_what_it_changes(built: Path) -> None:
+    """The parameter files reach `prdit` without being a rerun trigger: only the values a rule reads are."""
+    project = built
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    assert planned_jobs(project) == {}
+
+    sampling = project / "over rides" / "sample steps.yaml"  # spaces: the file names reach prdit quoted
+    sampling.parent.mkdir()
+    sampling.write_text(yaml.safe_dump({"sample": {"steps": p["sample"]["steps"] + 1}}))
+    assert planned_jobs(project, "--configfile", str(sampling)) == {
+        "sample_base": 1, "sample_highres": 1, "evaluate_base": 1, "evaluate_highres": 1}
+    shell = run(["snakemake", "-n", "-p", "all", "--configfile", str(sampling)], project)
+    assert f"--params params.yaml --params '{sampling}'" in shell
+
+    highres = project / "highres.yaml"
+    highres.write_text(yaml.safe_dump({"train": {"highres": {"lr": p["train"]["highres"]["lr"] * 2}}}))
+    assert planned_jobs(project, "--configfile", str(highres)) == {
+        "train_highres": 1, "sample_highres": 1, "evaluate_highres": 1}
+
+    same = project / "same.yaml"  # values equal to params.yaml's, in another key order
+    same.write_text(yaml.safe_dump({"sample": {"steps": p["sample"]["steps"], "n": p["sample"]["n"]},
+                                    "train": {"highres": {"lr": p["train"]["highres"]["lr"]}}}))
+    assert planned_jobs(project, "--configfile", str(same)) == {}
+    assert planned_jobs(project, "--configfile", str(same), str(sampling)) == {
+        "sample_base": 1, "sample_highres": 1, "evaluate_base": 1, "evaluate_highres": 1}
