@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -181,19 +182,22 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
         files = get_json(f"{base}/api/2.0/mlflow/artifacts/list?run_id={eval_id}&path=report")["files"]
         assert [f["path"] for f in files] == ["report/montage.png"]
 
-        # The browser: the experiment page lists the pipeline run; the evaluation run page renders.
-        def dom(url: str) -> str:
+        # The browser (the JS app rendered by headless Chromium): the experiment opens on "Training runs"
+        # with one top-level row, the pipeline run, whose stage runs are folded under it.
+        def text(url: str) -> str:
             out = subprocess.run(
                 [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--virtual-time-budget=20000", "--dump-dom", url],
                 capture_output=True, text=True, timeout=90)
-            return out.stdout
+            return " ".join(re.sub(r"<[^>]*>", " ", out.stdout).split())
 
-        page = dom(f"{base}/#/experiments/{exp['experiment_id']}/runs")
-        assert "pipeline " in page, "the pipeline run is listed on the experiment page"
-        assert "train-local/phantom/16" in page or "Training runs" in page or "Runs" in page
-        page = dom(f"{base}/#/experiments/{exp['experiment_id']}/runs/{eval_id}/artifacts/report/montage.png")
-        assert "montage.png" in page
+        page = text(f"{base}/#/experiments/{exp['experiment_id']}/runs")
+        assert "Model training" in page and "Training runs" in page, page[:2000]
+        assert re.search(r"\bpipeline \d{4}-\d\d-\d\d", page) and "3 matching runs" in page, page[:2000]
+        assert "train-local/phantom/16" not in page, "stage runs are nested under the pipeline run"
+        # the evaluation run's artifacts list its montage
+        page = text(f"{base}/#/experiments/{exp['experiment_id']}/runs/{eval_id}/artifacts/report/montage.png")
+        assert "evaluate/phantom/16" in page and "report/montage.png" in page, page[:2000]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
