@@ -31,7 +31,8 @@ def params():
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     for var in ("PRDIT_TRACKING", "PRDIT_PIPELINE_RUN", "PRDIT_SYSTEM_METRICS", "PRDIT_SYSTEM_METRICS_INTERVAL"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so what a test's start_pipeline_run exports is undone after it
+        monkeypatch.delenv(var)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
 
