@@ -398,7 +398,8 @@ def start_pipeline_run(params: Any, param_files: list[str | Path], command: str 
     def work() -> None:
         try:
             sender = _Sender(tracking_uri(params.tracking_uri), system_metrics=False)
-            tags = {"prdit.stage": "pipeline", "prdit.command": command, "mlflow.source.git.commit": git_commit(),
+            tags = {"prdit.kind": "pipeline", "prdit.command": command,  # no prdit.stage: not a stage run
+                    "mlflow.source.git.commit": git_commit(),
                     "prdit.param_files": ",".join(str(f) for f in param_files)}
             sender.send({"kind": "start", "experiment": params.experiment, "ts": int(time.time() * 1000),
                          "run_name": f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "tags": tags})
