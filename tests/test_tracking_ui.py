@@ -59,7 +59,15 @@ def test_an_experiment_prdit_creates_opens_on_training_but_a_users_own_is_left_a
 def test_training_runs_carry_system_metrics_unless_disabled(params, monkeypatch) -> None:
     monkeypatch.setenv("PRDIT_SYSTEM_METRICS_INTERVAL", "1")
     with tracking.stage_run(params, "train-local", "phantom", 16):
-        time.sleep(2.6)
+        # the monitor samples every second on its own thread: wait for its first values (a busy machine
+        # may delay them), then one more interval
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _, _, runs = client_runs()
+            if any(k.startswith("system/") for r in runs for k in r.data.metrics):
+                break
+            time.sleep(0.5)
+        time.sleep(1.5)
     monkeypatch.setenv("PRDIT_SYSTEM_METRICS", "off")
     with tracking.stage_run(params, "train-global", "phantom", 16):
         time.sleep(1.5)
