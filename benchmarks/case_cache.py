@@ -51,7 +51,7 @@ def stages(cwd: Path, params: list[str], threads: int) -> dict:
     out = {}
     for stage in ("ingest", "preprocess"):
         seconds, log = prdit(cwd, stage, *params, "--dataset", "bench", "--threads", str(threads))
-        (_, _, computed, reused), = COUNTS.findall(log)[-1:]
+        ((_, _, computed, reused),) = COUNTS.findall(log)[-1:]
         out[stage] = {"seconds": round(seconds, 2), "computed": int(computed), "reused": int(reused)}
     out["total_s"] = round(out["ingest"]["seconds"] + out["preprocess"]["seconds"], 2)
     return out
@@ -65,14 +65,17 @@ def project(work: Path, raw: Path) -> list[str]:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in (".gz", ".npy")}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".gz", ".npy")
+    }
 
 
 def finished(cache: Path) -> int:
     """Cases with a complete cache entry (temporary folders come and go while we look)."""
     n = 0
-    for case in (cache.iterdir() if cache.is_dir() else []):
+    for case in cache.iterdir() if cache.is_dir() else []:
         if case.is_dir() and not case.name.startswith("."):
             try:
                 n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
@@ -86,18 +89,28 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--matrix", type=int, default=64, help="in-plane pixels of the phantom slices")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="default: a temporary folder, removed afterwards"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     base = args.workdir or Path(tempfile.mkdtemp(prefix="prdit-cache-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    results: dict = {"patients": args.patients, "matrix": args.matrix, "threads": args.threads,
-                     "cpus": os.cpu_count()}
+    results: dict = {
+        "patients": args.patients,
+        "matrix": args.matrix,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+    }
     try:
         gen = base / "gen"
         gen.mkdir(exist_ok=True)
-        (gen / "o.yaml").write_text(json.dumps({"phantom": {"patients": args.patients, "matrix": args.matrix}}))
-        seconds, _ = prdit(gen, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw")
+        (gen / "o.yaml").write_text(
+            json.dumps({"phantom": {"patients": args.patients, "matrix": args.matrix}})
+        )
+        seconds, _ = prdit(
+            gen, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw"
+        )
         everyone = sorted(p for p in (gen / "raw").iterdir() if p.is_dir())
         results["phantom_s"] = round(seconds, 1)
         print(f"{len(everyone)} phantom patients in {seconds:.1f} s", flush=True)
@@ -119,9 +132,14 @@ def main() -> None:
         params = project(base / "b", raw)
         cache = base / "b" / ".prdit/cache/ingest/bench"
         start = time.perf_counter()
-        proc = subprocess.Popen(["prdit", "ingest", *params, "--dataset", "bench", "--threads", str(args.threads)],
-                                cwd=base / "b", env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["prdit", "ingest", *params, "--dataset", "bench", "--threads", str(args.threads)],
+            cwd=base / "b",
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         while finished(cache) < args.patients // 2:
             if proc.poll() is not None:
                 sys.exit("ingest ended before half of the cases")
@@ -129,10 +147,15 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         killed_after = time.perf_counter() - start
-        results["resume"] = {"killed_after_s": round(killed_after, 2), "finished_before_kill": finished(cache),
-                             **stages(base / "b", params, args.threads)}
-        same = all(digests(base / "a" / "data" / s / "bench") == digests(base / "b" / "data" / s / "bench")
-                   for s in ("interim", "processed"))
+        results["resume"] = {
+            "killed_after_s": round(killed_after, 2),
+            "finished_before_kill": finished(cache),
+            **stages(base / "b", params, args.threads),
+        }
+        same = all(
+            digests(base / "a" / "data" / s / "bench") == digests(base / "b" / "data" / s / "bench")
+            for s in ("interim", "processed")
+        )
         results["resume"]["outputs_identical_to_full_run"] = same
         print("resume", results["resume"], flush=True)
     finally:

@@ -39,17 +39,26 @@ def main() -> int:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
         env = {**os.environ, "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(work)}
         t0 = time.perf_counter()
-        subprocess.run([str(venv / "snakemake"), "--profile", "profiles/local", "--cores", str(args.cores), "all"],
-                       cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(venv / "snakemake"), "--profile", "profiles/local", "--cores", str(args.cores), "all"],
+            cwd=work,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         dag_s = time.perf_counter() - t0
         ok = dag_s <= DAG_GOAL_S
-        print(f"DAG wall time: {dag_s / 60:.2f} min on {args.cores} cores (goal <= {DAG_GOAL_S / 60:.0f} min): "
-              f"{'PASS' if ok else 'MISS'}")
+        print(
+            f"DAG wall time: {dag_s / 60:.2f} min on {args.cores} cores (goal <= {DAG_GOAL_S / 60:.0f} min): "
+            f"{'PASS' if ok else 'MISS'}"
+        )
         for tsv in sorted((work / "logs" / "benchmarks").rglob("*.tsv")):
             seconds = tsv.read_text().splitlines()[1].split("\t")[0]
             print(f"  {tsv.relative_to(work / 'logs' / 'benchmarks')}: {float(seconds):.0f} s")
-        quality = subprocess.run([str(venv / "python"), str(ROOT / "benchmarks" / "sample_quality.py"),
-                                  "--project", str(work)], env=env)
+        quality = subprocess.run(
+            [str(venv / "python"), str(ROOT / "benchmarks" / "sample_quality.py"), "--project", str(work)],
+            env=env,
+        )
         return 0 if ok and quality.returncode == 0 else 1
     finally:
         if args.keep is None:

@@ -7,6 +7,7 @@
 
 Every measurement runs in a fresh subprocess so peak RSS (ru_maxrss) belongs to it alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,9 @@ def _build(impl: str, name: str, size: int, ref_dir: str | None):
     sys.modules["util"] = util
     from models import PRDiT_models
 
-    return PRDiT_models[name](input_size=size, in_channels=1, num_classes=1, learn_sigma=True, flash_attn=False)
+    return PRDiT_models[name](
+        input_size=size, in_channels=1, num_classes=1, learn_sigma=True, flash_attn=False
+    )
 
 
 def worker_speed(impl: str, name: str, size: int, reps: int, ref_dir: str | None) -> dict:
@@ -182,8 +185,15 @@ def worker_gpu(name: str, size: int, batch: int, reps: int) -> dict:
     dt = (time.perf_counter() - t0) / reps
     gpu = torch.cuda.get_device_name()
     peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in gpu), float("nan"))
-    return {"gpu": gpu, "batch": batch, "train_s": dt, "samples_per_s": batch / dt, "tflops": flops / dt / 1e12,
-            "mfu": flops / dt / 1e12 / peak, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "gpu": gpu,
+        "batch": batch,
+        "train_s": dt,
+        "samples_per_s": batch / dt,
+        "tflops": flops / dt / 1e12,
+        "mfu": flops / dt / 1e12 / peak,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def worker_sampling(name: str, size: int, steps: int) -> dict:
@@ -200,7 +210,12 @@ def worker_sampling(name: str, size: int, steps: int) -> dict:
     reset_peak()
     t0 = time.perf_counter()
     D.sample(model, (2, 1, size, size, size), steps=steps, k=2, seeds=[0, 1])
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "rss_after_build_mib": base, "peak_mib": peak_mib()}
+    return {
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+        "rss_after_build_mib": base,
+        "peak_mib": peak_mib(),
+    }
 
 
 def worker_highres(size: int, checkpointing: bool, name: str) -> dict:
@@ -226,14 +241,27 @@ def worker_highres(size: int, checkpointing: bool, name: str) -> dict:
     reset_peak()
     t0 = time.perf_counter()
     step()
-    return {"size": size, "seconds": time.perf_counter() - t0, "rss_before_step_mib": base, "peak_mib": peak_mib(),
-            "ckpt": checkpointing}
+    return {
+        "size": size,
+        "seconds": time.perf_counter() - t0,
+        "rss_before_step_mib": base,
+        "peak_mib": peak_mib(),
+        "ckpt": checkpointing,
+    }
 
 
 # ------------------------------------------------------------------------------------ analytic memory
-def highres_step_bytes(size: int, hidden: int = 768, depth: int = 4, patch: int = 12, stride: int = 8,
-                       act_bytes: int = 4, checkpointing: bool = False, local_ratio: float = 1.0,
-                       backbone_params: int = 93_228_992) -> dict:
+def highres_step_bytes(
+    size: int,
+    hidden: int = 768,
+    depth: int = 4,
+    patch: int = 12,
+    stride: int = 8,
+    act_bytes: int = 4,
+    checkpointing: bool = False,
+    local_ratio: float = 1.0,
+    backbone_params: int = 93_228_992,
+) -> dict:
     """Peak bytes of one training step (batch 1) of the highres branch with AdamW + an EMA copy.
 
     Counts what autograd keeps for backward per token (widths below), plus parameters, gradients,
@@ -252,7 +280,9 @@ def highres_step_bytes(size: int, hidden: int = 768, depth: int = 4, patch: int 
     size_key = {96: "T", 192: "XS", 384: "S", 768: "B", 1024: "L", 1152: "XL"}[hidden]
     with torch.device("meta"):  # exact parameter count, no memory
         backbone = create(f"PRDiT-{size_key}/{patch}/1", size // 2)
-        branch = create(f"PRDiT-HR-{size_key}/{patch}/{depth}", size, backbone=backbone, local_mlp_ratio=local_ratio).branch
+        branch = create(
+            f"PRDiT-HR-{size_key}/{patch}/{depth}", size, backbone=backbone, local_mlp_ratio=local_ratio
+        ).branch
     branch_params = sum(p.numel() for p in branch.parameters())
     per_token = {
         "tokens": w,
@@ -267,26 +297,45 @@ def highres_step_bytes(size: int, hidden: int = 768, depth: int = 4, patch: int 
     states = 4 * branch_params * 5  # weights, grads, Adam m and v, EMA
     total = act + volumes + states + 4 * backbone_params
     math_attention = 4 * depth * (hidden // 64) * n * n  # what explicit softmax(QK^T) would keep
-    return {"tokens": n, "branch_params": branch_params, "activations_gib": act / 2**30,
-            "volumes_gib": volumes / 2**30, "param_states_gib": states / 2**30,
-            "total_gib": total / 2**30, "without_ema_gib": (total - 4 * branch_params) / 2**30,
-            "math_attention_would_add_gib": math_attention / 2**30}
+    return {
+        "tokens": n,
+        "branch_params": branch_params,
+        "activations_gib": act / 2**30,
+        "volumes_gib": volumes / 2**30,
+        "param_states_gib": states / 2**30,
+        "total_gib": total / 2**30,
+        "without_ema_gib": (total - 4 * branch_params) / 2**30,
+        "math_attention_would_add_gib": math_attention / 2**30,
+    }
 
 
 # ------------------------------------------------------------------------------------ driver
 def run_worker(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], check=True, capture_output=True, text=True,
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def extract_reference(dest: Path) -> str:
-    files = subprocess.run(["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     (dest / "models").mkdir()
     for f in files:
-        (dest / f).write_bytes(subprocess.run(["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"],
-                                              check=True, capture_output=True).stdout)
+        (dest / f).write_bytes(
+            subprocess.run(
+                ["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True
+            ).stdout
+        )
     return str(dest)
 
 
@@ -295,7 +344,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["PRDiT-B/12/4", "PRDiT-B/12/0"])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--reference", action="store_true", help="also time the reference implementation (naive attention)")
+    ap.add_argument(
+        "--reference", action="store_true", help="also time the reference implementation (naive attention)"
+    )
     ap.add_argument("--sampling-memory", action="store_true")
     ap.add_argument("--highres-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
@@ -308,7 +359,9 @@ def main() -> None:
         if kind == "race":
             res = worker_race(rest[0], int(rest[1]), int(rest[2]), rest[3])
         elif kind == "speed":
-            res = worker_speed(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4] if len(rest) > 4 else None)
+            res = worker_speed(
+                rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4] if len(rest) > 4 else None
+            )
         elif kind == "gpu":
             res = worker_gpu(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
         elif kind == "sampling":
@@ -321,55 +374,74 @@ def main() -> None:
     import torch
 
     results: dict = {"cpu_threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+    )
     if not a.skip_speed:
         with tempfile.TemporaryDirectory() as tmp:
             ref_dir = extract_reference(Path(tmp)) if a.reference else None
             for name in a.variants:
                 impls = ["ours"] + (["reference"] if a.reference else [])
                 for impl in impls:  # alone in a process: peak memory, and times when there is no reference
-                    r = run_worker("speed", impl, name, str(a.size), str(a.reps), *([ref_dir] if ref_dir else []))
+                    r = run_worker(
+                        "speed", impl, name, str(a.size), str(a.reps), *([ref_dir] if ref_dir else [])
+                    )
                     results[f"{impl} {name}"] = r
                     tr, fw = min(r["train_s"]), min(r["forward_s"])
-                    print(f"{impl:9s} {name:13s} {a.size}^3 b1 fp32 CPU: {tr:7.2f} s/train step  {fw:6.2f} s/forward  "
-                          f"peak RSS {r['peak_mib']:7.0f} MiB (after build {r['rss_after_build_mib']:.0f})  [alone, best of {a.reps}]")
+                    print(
+                        f"{impl:9s} {name:13s} {a.size}^3 b1 fp32 CPU: {tr:7.2f} s/train step  {fw:6.2f} s/forward  "
+                        f"peak RSS {r['peak_mib']:7.0f} MiB (after build {r['rss_after_build_mib']:.0f})  [alone, best of {a.reps}]"
+                    )
                 if a.reference:  # the fair comparison: both in one process, alternating
                     r = run_worker("race", name, str(a.size), str(a.reps), ref_dir)
                     results[f"race {name}"] = r
                     o, rf = r["ours"], r["reference"]
-                    rt, rfw = min(o["train_s"]) / min(rf["train_s"]), min(o["forward_s"]) / min(rf["forward_s"])
+                    rt, rfw = (
+                        min(o["train_s"]) / min(rf["train_s"]),
+                        min(o["forward_s"]) / min(rf["forward_s"]),
+                    )
                     results[f"ratio {name}"] = {"train": rt, "forward": rfw}
-                    print(f"  alternating, best of {a.reps}: ours {min(o['train_s']):.2f} / {min(o['forward_s']):.2f} s, "
-                          f"reference {min(rf['train_s']):.2f} / {min(rf['forward_s']):.2f} s (train step / forward) "
-                          f"-> ours/reference: train {rt:.2f}x, forward {rfw:.2f}x")
+                    print(
+                        f"  alternating, best of {a.reps}: ours {min(o['train_s']):.2f} / {min(o['forward_s']):.2f} s, "
+                        f"reference {min(rf['train_s']):.2f} / {min(rf['forward_s']):.2f} s (train step / forward) "
+                        f"-> ours/reference: train {rt:.2f}x, forward {rfw:.2f}x"
+                    )
         if torch.cuda.is_available():
             for name in a.variants:
                 r = run_worker("gpu", name, str(a.size), "8", "10")
                 results[f"gpu {name}"] = r
-                print(f"GPU {r['gpu']} {name} bf16 b8: {r['samples_per_s']:.2f} samples/s, {r['tflops']:.0f} TFLOP/s, "
-                      f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB")
+                print(
+                    f"GPU {r['gpu']} {name} bf16 b8: {r['samples_per_s']:.2f} samples/s, {r['tflops']:.0f} TFLOP/s, "
+                    f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_gib']:.1f} GiB"
+                )
     if a.sampling_memory:
         for steps in (50, 1000):
             r = run_worker("sampling", "PRDiT-T/8/1", "32", str(steps))
             results[f"sampling {steps}"] = r
-            print(f"sampling PRDiT-T/8/1 32^3 b2, {steps:4d} steps: peak RSS {r['peak_mib']:.0f} MiB "
-                  f"(after build {r['rss_after_build_mib']:.0f}), {r['seconds']:.1f} s")
+            print(
+                f"sampling PRDiT-T/8/1 32^3 b2, {steps:4d} steps: peak RSS {r['peak_mib']:.0f} MiB "
+                f"(after build {r['rss_after_build_mib']:.0f}), {r['seconds']:.1f} s"
+            )
     if a.highres_memory:
         for size, ckpt in ((64, False), (128, False), (128, True)):
             r = run_worker("highres", str(size), str(int(ckpt)), "PRDiT-HR-B/12/4")
             est = highres_step_bytes(size, checkpointing=ckpt)
             r["analytic_without_ema_gib"] = est["without_ema_gib"]
             results[f"highres {size} ckpt={ckpt}"] = r
-            print(f"highres B/12/4 branch {size}^3 fp32 CPU step, checkpointing={ckpt!s:5s}: peak RSS "
-                  f"{r['peak_mib'] / 1024:.2f} GiB measured ({r['rss_before_step_mib'] / 1024:.2f} before the step), "
-                  f"{est['without_ema_gib']:.2f} GiB analytic (no EMA in this probe), {r['seconds']:.0f} s")
+            print(
+                f"highres B/12/4 branch {size}^3 fp32 CPU step, checkpointing={ckpt!s:5s}: peak RSS "
+                f"{r['peak_mib'] / 1024:.2f} GiB measured ({r['rss_before_step_mib'] / 1024:.2f} before the step), "
+                f"{est['without_ema_gib']:.2f} GiB analytic (no EMA in this probe), {r['seconds']:.0f} s"
+            )
         for ckpt in (False, True):
             for ab, label in ((4, "fp32"), (2, "bf16 autocast")):
                 est = highres_step_bytes(256, act_bytes=ab, checkpointing=ckpt)
                 results[f"highres 256 {label} ckpt={ckpt}"] = est
-                print(f"highres B/12/4 branch 256^3 {label:13s} checkpointing={ckpt!s:5s}: {est['total_gib']:5.1f} GiB "
-                      f"(activations {est['activations_gib']:.1f}, params/grads/Adam/EMA {est['param_states_gib']:.1f}); "
-                      f"explicit attention would add {est['math_attention_would_add_gib']:.0f} GiB")
+                print(
+                    f"highres B/12/4 branch 256^3 {label:13s} checkpointing={ckpt!s:5s}: {est['total_gib']:5.1f} GiB "
+                    f"(activations {est['activations_gib']:.1f}, params/grads/Adam/EMA {est['param_states_gib']:.1f}); "
+                    f"explicit attention would add {est['math_attention_would_add_gib']:.0f} GiB"
+                )
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))
 

@@ -133,25 +133,47 @@ def main() -> None:
         methods = ["ours", "case"] + ([] if args.skip_baseline else ["scipy"])
         for method in methods:
             repeat = 1 if method == "scipy" else args.repeat
-            cmd = [sys.executable, __file__, "--child", method, str(src), "--threads", str(args.threads),
-                   "--repeat", str(repeat)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                str(src),
+                "--threads",
+                str(args.threads),
+                "--repeat",
+                str(repeat),
+            ]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             results[method] = json.loads(out.strip().splitlines()[-1])
             r = results[method]
-            print(f"{method:6s} best {min(r['seconds']):7.2f} s  (runs {', '.join(f'{s:.2f}' for s in r['seconds'])})"
-                  f"  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{method:6s} best {min(r['seconds']):7.2f} s  (runs {', '.join(f'{s:.2f}' for s in r['seconds'])})"
+                f"  peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         if "scipy" in results:
             ours, naive = np.load(Path(tmp) / "ours-256.npy"), np.load(Path(tmp) / "scipy-256.npy")
             speedup = min(results["scipy"]["seconds"]) / min(results["ours"]["seconds"])
             diff = np.abs(ours - naive)
             results["speedup"] = round(speedup, 1)
             results["mean_abs_diff_hu"] = round(float(diff.mean()) * 1000, 2)
-            print(f"speed-up ours vs scipy zoom(order=3): {speedup:.1f}x; mean |difference| "
-                  f"{results['mean_abs_diff_hu']:.1f} HU")
-    results.update(input_shape_zyx=SHAPE, spacing_xyz=SPACING, sizes=SIZES, threads=args.threads,
-                   cpu_count=os.cpu_count(), load_average=os.getloadavg())
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows both)")
+            print(
+                f"speed-up ours vs scipy zoom(order=3): {speedup:.1f}x; mean |difference| "
+                f"{results['mean_abs_diff_hu']:.1f} HU"
+            )
+    results.update(
+        input_shape_zyx=SHAPE,
+        spacing_xyz=SPACING,
+        sizes=SIZES,
+        threads=args.threads,
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+    )
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows both)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

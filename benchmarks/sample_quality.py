@@ -43,17 +43,30 @@ def _from_files(project: Path, dataset: str, size: int, window: list[float]) -> 
     """The diagnostics from the volumes themselves (for a metrics file that predates them)."""
     from prdit.evaluate.volumes import read_volume, sample_paths
 
-    train = [ln.strip() for ln in (project / "data/splits" / dataset / "train.txt").read_text().splitlines() if ln.strip()]
-    real = [read_volume(project / "data/processed" / dataset / str(size) / f"{c}.nii.gz", size, "real", window)
-            for c in train]
-    gen = [read_volume(p, size, "generated", window) for p in sample_paths(project / "samples" / dataset / str(size))]
+    train = [
+        ln.strip()
+        for ln in (project / "data/splits" / dataset / "train.txt").read_text().splitlines()
+        if ln.strip()
+    ]
+    real = [
+        read_volume(project / "data/processed" / dataset / str(size) / f"{c}.nii.gz", size, "real", window)
+        for c in train
+    ]
+    gen = [
+        read_volume(p, size, "generated", window)
+        for p in sample_paths(project / "samples" / dataset / str(size))
+    ]
     return compare(gen, real)
 
 
 def check(project: Path, dataset: str, size: int, window: list[float]) -> dict:
     path = project / "metrics" / dataset / f"{size}.json"
     if not path.is_file():
-        return {"dataset": dataset, "size": size, "error": f"{path}: not found (run the pipeline's evaluate stage)"}
+        return {
+            "dataset": dataset,
+            "size": size,
+            "error": f"{path}: not found (run the pipeline's evaluate stage)",
+        }
     m = json.loads(path.read_text())
     source = str(path)
     if any(k not in m for k in KEYS):
@@ -61,23 +74,38 @@ def check(project: Path, dataset: str, size: int, window: list[float]) -> dict:
         source += " (seam/texture computed from samples/ and data/processed: the file predates them)"
     tr, seam, seam_real = m.get("texture_ratio"), m.get("seam_ratio"), m.get("seam_ratio_real")
     goals = {
-        f"texture ratio within {TEXTURE_RANGE[0]}-{TEXTURE_RANGE[1]}":
-            tr is not None and TEXTURE_RANGE[0] <= tr <= TEXTURE_RANGE[1],
-        f"seam ratio <= {SEAM_FACTOR} x real":
-            seam is not None and seam_real is not None and seam <= SEAM_FACTOR * seam_real,
+        f"texture ratio within {TEXTURE_RANGE[0]}-{TEXTURE_RANGE[1]}": tr is not None
+        and TEXTURE_RANGE[0] <= tr <= TEXTURE_RANGE[1],
+        f"seam ratio <= {SEAM_FACTOR} x real": seam is not None
+        and seam_real is not None
+        and seam <= SEAM_FACTOR * seam_real,
     }
-    return {"dataset": dataset, "size": size, "source": source, "texture_ratio": tr,
-            "texture_ratio_floor": m.get("texture_ratio_floor"), "texture_generated": m.get("texture_generated"),
-            "texture_real": m.get("texture_real"), "seam_ratio": seam, "seam_ratio_real": seam_real,
-            "fid": m.get("fid"), "fid_floor": m.get("fid_floor"), "n_generated": m.get("n", {}).get("generated"),
-            "goals": goals}
+    return {
+        "dataset": dataset,
+        "size": size,
+        "source": source,
+        "texture_ratio": tr,
+        "texture_ratio_floor": m.get("texture_ratio_floor"),
+        "texture_generated": m.get("texture_generated"),
+        "texture_real": m.get("texture_real"),
+        "seam_ratio": seam,
+        "seam_ratio_real": seam_real,
+        "fid": m.get("fid"),
+        "fid_floor": m.get("fid_floor"),
+        "n_generated": m.get("n", {}).get("generated"),
+        "goals": goals,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--project", type=Path, default=Path("."), help="project folder with params.yaml and metrics/")
+    ap.add_argument(
+        "--project", type=Path, default=Path("."), help="project folder with params.yaml and metrics/"
+    )
     ap.add_argument("--dataset", help="default: every dataset in params.yaml")
-    ap.add_argument("--sizes", type=int, nargs="+", help="default: preprocess.size and preprocess.highres_size")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", help="default: preprocess.size and preprocess.highres_size"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     a = ap.parse_args(argv)
     params = yaml.safe_load((a.project / "params.yaml").read_text())
@@ -96,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                 status = max(status, 2)
                 continue
             print(f"   from {r['source']}; {r['n_generated']} generated volumes")
-            print(f"   texture ratio  {_fmt(r['texture_ratio'])}  (generated {_fmt(r['texture_generated'])}, "
-                  f"real {_fmt(r['texture_real'])}; held-out/real floor {_fmt(r['texture_ratio_floor'])})")
+            print(
+                f"   texture ratio  {_fmt(r['texture_ratio'])}  (generated {_fmt(r['texture_generated'])}, "
+                f"real {_fmt(r['texture_real'])}; held-out/real floor {_fmt(r['texture_ratio_floor'])})"
+            )
             print(f"   seam ratio     generated {_fmt(r['seam_ratio'])}, real {_fmt(r['seam_ratio_real'])}")
             print(f"   FID            {_fmt(r['fid'])}  (floor {_fmt(r['fid_floor'])})")
             for goal, ok in r["goals"].items():

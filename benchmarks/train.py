@@ -72,23 +72,39 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
     sm = stages.build(p, DS, stage)
     job = job_from_params(p, DS, stage, sm.parents)
     steps = args.warmup + args.steps
-    job = dataclasses.replace(job, steps=steps, checkpoint_every=10**9, val_every=10**9, log_every=1, preview_n=0,
-                              batch_size=args.batch or job.batch_size,
-                              num_workers=job.num_workers if args.workers is None else args.workers)
+    job = dataclasses.replace(
+        job,
+        steps=steps,
+        checkpoint_every=10**9,
+        val_every=10**9,
+        log_every=1,
+        preview_n=0,
+        batch_size=args.batch or job.batch_size,
+        num_workers=job.num_workers if args.workers is None else args.workers,
+    )
     rec = Recorder()
     start = time.perf_counter()
     fit(job, sm, VolumeDataset(DS, sm.input_size, "train"), None, env=env, run=rec)
     wall = time.perf_counter() - start
-    rows = rec.rows[args.warmup:]
+    rows = rec.rows[args.warmup :]
     step = statistics.median(r["perf/step_time_s"] for r in rows)
     fastest = min(r["perf/step_time_s"] for r in rows)  # robust to other load on a shared machine
     wait = statistics.median(r["perf/data_wait_s"] for r in rows)
     return {
-        "stage": stage, "model": p.train.stage(stage).model, "size": sm.input_size, "batch": job.batch_size,
-        "workers": job.num_workers, "device": str(env.device),
-        "trained_params_M": sum(q.numel() for n, q in sm.model.named_parameters() if n in set(sm.trained)) / 1e6,
-        "step_time_s": step, "min_step_time_s": fastest, "data_wait_s": wait, "data_wait_pct": 100 * wait / step,
-        "volumes_per_s": job.batch_size / step, "peak_memory_gb": rows[-1]["perf/peak_memory_gb"],
+        "stage": stage,
+        "model": p.train.stage(stage).model,
+        "size": sm.input_size,
+        "batch": job.batch_size,
+        "workers": job.num_workers,
+        "device": str(env.device),
+        "trained_params_M": sum(q.numel() for n, q in sm.model.named_parameters() if n in set(sm.trained))
+        / 1e6,
+        "step_time_s": step,
+        "min_step_time_s": fastest,
+        "data_wait_s": wait,
+        "data_wait_pct": 100 * wait / step,
+        "volumes_per_s": job.batch_size / step,
+        "peak_memory_gb": rows[-1]["perf/peak_memory_gb"],
         "wall_s": wall,
     }
 
@@ -96,7 +112,9 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--project", type=Path, default=None, help="use this project's data/ (dataset name 'bench')")
+    ap.add_argument(
+        "--project", type=Path, default=None, help="use this project's data/ (dataset name 'bench')"
+    )
     ap.add_argument("--stages", nargs="+", default=["local", "global", "highres"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -126,15 +144,19 @@ def main() -> None:
 def run_all(p, args: argparse.Namespace) -> list[dict[str, float]]:
     env = distributed.setup()
     results = []
-    print(f"{'stage':8} {'model':16} {'size':>4} {'batch':>5} {'step s':>8} {'min s':>8} {'wait s':>8} {'wait %':>6} "
-          f"{'vol/s':>7} {'peak GB':>7}  ({env.device}, torch threads {torch.get_num_threads()})")
+    print(
+        f"{'stage':8} {'model':16} {'size':>4} {'batch':>5} {'step s':>8} {'min s':>8} {'wait s':>8} {'wait %':>6} "
+        f"{'vol/s':>7} {'peak GB':>7}  ({env.device}, torch threads {torch.get_num_threads()})"
+    )
     for stage in args.stages:
         r = bench_stage(p, stage, args, env)
         results.append(r)
-        print(f"{r['stage']:8} {r['model']:16} {r['size']:>4} {r['batch']:>5} {r['step_time_s']:8.4f} "
-              f"{r['min_step_time_s']:8.4f} "
-              f"{r['data_wait_s']:8.4f} {r['data_wait_pct']:6.1f} {r['volumes_per_s']:7.2f} {r['peak_memory_gb']:7.2f}",
-              flush=True)
+        print(
+            f"{r['stage']:8} {r['model']:16} {r['size']:>4} {r['batch']:>5} {r['step_time_s']:8.4f} "
+            f"{r['min_step_time_s']:8.4f} "
+            f"{r['data_wait_s']:8.4f} {r['data_wait_pct']:6.1f} {r['volumes_per_s']:7.2f} {r['peak_memory_gb']:7.2f}",
+            flush=True,
+        )
     return results
 
 

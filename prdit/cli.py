@@ -11,20 +11,30 @@ from prdit.config import STAGES, ConfigError, load
 from prdit.errors import PrditError
 
 
-def _common(sub: argparse.ArgumentParser, dataset: bool = True, size: bool = False, threads: bool = False) -> None:
-    sub.add_argument("--params", action="append", metavar="YAML",
-                     help="parameter file(s), later ones override earlier ones (default: params.yaml)")
+def _common(
+    sub: argparse.ArgumentParser, dataset: bool = True, size: bool = False, threads: bool = False
+) -> None:
+    sub.add_argument(
+        "--params",
+        action="append",
+        metavar="YAML",
+        help="parameter file(s), later ones override earlier ones (default: params.yaml)",
+    )
     if dataset:
         sub.add_argument("--dataset", required=True, help="dataset name from params.yaml `datasets`")
     if size:
         sub.add_argument("--size", type=int, required=True, help="working size (edge length in voxels)")
     if threads:
         sub.add_argument("--threads", type=int, default=1, help="worker processes for the per-case pool")
-        sub.add_argument("--strict", action="store_true", help="exit non-zero if any case fails, not only if all do")
+        sub.add_argument(
+            "--strict", action="store_true", help="exit non-zero if any case fails, not only if all do"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prdit", description="PRDiT pipeline: raw chest CT to generated volumes and metrics.")
+    parser = argparse.ArgumentParser(
+        prog="prdit", description="PRDiT pipeline: raw chest CT to generated volumes and metrics."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -32,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, dataset=False)
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per patient)")
 
-    p = subs.add_parser("download", help="download a public dataset (lidc-idri, rad-chestct) into its sources path")
+    p = subs.add_parser(
+        "download", help="download a public dataset (lidc-idri, rad-chestct) into its sources path"
+    )
     _common(p)
     p.add_argument("--patients", nargs="*", default=None, help="only these patient ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many series/files")
@@ -40,14 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("ingest", help="DICOM series / npz / NIfTI -> HU NIfTI volumes + qc.csv")
     _common(p, threads=True)
-    p.add_argument("--shard", type=int, default=None, metavar="K",
-                   help="compute only shard K of ingest.shards into the per-case cache (then run without it)")
-    p.add_argument("--plan", type=Path, default=None, help="the cases as found by --write-plan (no new discovery)")
-    p.add_argument("--write-plan", type=Path, default=None, metavar="JSON", help="only discover the cases, into JSON")
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compute only shard K of ingest.shards into the per-case cache (then run without it)",
+    )
+    p.add_argument(
+        "--plan", type=Path, default=None, help="the cases as found by --write-plan (no new discovery)"
+    )
+    p.add_argument(
+        "--write-plan", type=Path, default=None, metavar="JSON", help="only discover the cases, into JSON"
+    )
     p = subs.add_parser("preprocess", help="window, resample, crop and resize to every working size")
     _common(p, threads=True)
-    p.add_argument("--shard", type=int, default=None, metavar="K",
-                   help="compute only shard K of preprocess.shards into the per-case cache (then run without it)")
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compute only shard K of preprocess.shards into the per-case cache (then run without it)",
+    )
     p = subs.add_parser("split", help="patient-level train/val/test split")
     _common(p)
 
@@ -57,11 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("sample", help="generate volumes with the predictor-corrector sampler")
     _common(p, size=True)
-    p.add_argument("--shard", type=int, default=None, metavar="K",
-                   help="draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)")
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)",
+    )
     p = subs.add_parser("merge-samples", help="join the shards of `prdit sample --shard` into samples/D/S")
     _common(p, size=True)
-    p = subs.add_parser("evaluate", help="FID, MMD and MS-SSIM of generated volumes, with floors and a report")
+    p = subs.add_parser(
+        "evaluate", help="FID, MMD and MS-SSIM of generated volumes, with floors and a report"
+    )
     _common(p, size=True)
 
     p = subs.add_parser("fetch-weights", help="download the MedicalNet ResNet-50 weights (checksum verified)")
@@ -82,39 +115,60 @@ def _run(args: argparse.Namespace) -> int | None:
         raise ConfigError(f"--dataset {dataset!r}: not under 'sources' (known: {', '.join(params.sources)})")
     if cmd == "phantom":
         from prdit.data.phantom import run_phantom
+
         return run_phantom(params, args.out)
     if cmd == "download":
         from prdit.data.download import run_download
-        return run_download(params, args.dataset, patients=args.patients, limit=args.limit, threads=args.threads)
+
+        return run_download(
+            params, args.dataset, patients=args.patients, limit=args.limit, threads=args.threads
+        )
     if cmd == "ingest":
         from prdit.data.ingest import run_ingest, write_plan
+
         if args.write_plan:
             return write_plan(params, args.dataset, args.write_plan, threads=args.threads)
-        return run_ingest(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard,
-                          plan_file=args.plan)
+        return run_ingest(
+            params,
+            args.dataset,
+            threads=args.threads,
+            strict=args.strict,
+            shard=args.shard,
+            plan_file=args.plan,
+        )
     if cmd == "preprocess":
         from prdit.data.preprocess import run_preprocess
-        return run_preprocess(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard)
+
+        return run_preprocess(
+            params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard
+        )
     if cmd == "split":
         from prdit.data.splits import run_split
+
         return run_split(params, args.dataset)
     if cmd == "train":
         from prdit.train.engine import run_train
+
         return run_train(params, args.dataset, args.stage)
     if cmd == "sample":
         from prdit.diffusion.generate import run_sample
+
         return run_sample(params, args.dataset, args.size, shard=args.shard)
     if cmd == "merge-samples":
         from prdit.diffusion.generate import merge_samples
+
         return merge_samples(params, args.dataset, args.size)
     if cmd == "evaluate":
         from prdit.evaluate.run import run_evaluate
+
         return run_evaluate(params, args.dataset, args.size)
     if cmd == "fetch-weights":
         from prdit.evaluate.run import run_fetch_weights
+
         return run_fetch_weights(params, args.out)
     if cmd == "tracking-import":
         from prdit.tracking import import_spool
+
         print(f"replayed {import_spool(args.spool, params.tracking_uri)} events from {args.spool}")
         return 0
     raise AssertionError(cmd)
@@ -122,8 +176,11 @@ def _run(args: argparse.Namespace) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+
 from prdit.errors import PrditError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
@@ -30,7 +31,13 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "split": ("split",),
     "train-local": ("train.common", "train.local", "diffusion", "preprocess.size"),
     "train-global": ("train.common", "train.global", "diffusion", "preprocess.size"),
-    "train-highres": ("train.common", "train.highres", "diffusion", "preprocess.size", "preprocess.highres_size"),
+    "train-highres": (
+        "train.common",
+        "train.highres",
+        "diffusion",
+        "preprocess.size",
+        "preprocess.highres_size",
+    ),
     "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm"),
     "evaluate": ("evaluate", "preprocess.window"),
 }
@@ -195,7 +202,11 @@ class Params:
         if stage == "download":  # a LIDC download does not depend on the phantom's settings, and so on
             kind = self.sources[dataset].download
             keys = [k for k in keys if k != "phantom" or kind == "phantom"]
-            keys = [f"download.{kind}" if k == "download" else k for k in keys if k != "download" or kind in self.download]
+            keys = [
+                f"download.{kind}" if k == "download" else k
+                for k in keys
+                if k != "download" or kind in self.download
+            ]
         return {k: self.section(k) for k in keys}
 
     def section_hash(self, *dotted: str) -> str:
@@ -224,7 +235,9 @@ def validate_dict(raw: dict[str, Any], origin: str = "params") -> None:
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
     validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         key, why = _describe(errors[0])
         raise ConfigError(f"{origin}: key '{key}': {why}")
@@ -237,7 +250,10 @@ def _check(raw: dict[str, Any], origin: str) -> None:
 
     for name in raw["datasets"]:
         if name not in raw["sources"]:
-            fail(f"sources.{name}", f"dataset {name!r} is listed in 'datasets' but has no entry under 'sources'")
+            fail(
+                f"sources.{name}",
+                f"dataset {name!r} is listed in 'datasets' but has no entry under 'sources'",
+            )
     for key in ("phantom.fov_mm", "phantom.slice_thickness_mm"):
         lo, hi = _get(raw, key)
         if not 0 < lo <= hi:
@@ -247,34 +263,55 @@ def _check(raw: dict[str, Any], origin: str) -> None:
         fail("preprocess.window", f"low ({lo}) must be below high ({hi})")
     size, hr = raw["preprocess"]["size"], raw["preprocess"]["highres_size"]
     if hr is not None and hr != 2 * size:
-        fail("preprocess.highres_size", f"must be 2 x preprocess.size = {2 * size} (stage 3 doubles the backbone size), got {hr}")
+        fail(
+            "preprocess.highres_size",
+            f"must be 2 x preprocess.size = {2 * size} (stage 3 doubles the backbone size), got {hr}",
+        )
     split = raw["split"]
     if split["val_fraction"] + split["test_fraction"] >= 1:
         fail("split", "val_fraction + test_fraction must leave cases for training (sum < 1)")
     if raw["sample"]["k"] > raw["sample"]["steps"]:
-        fail("sample.k", f"the corrector jump k={raw['sample']['k']} exceeds sample.steps={raw['sample']['steps']}")
+        fail(
+            "sample.k",
+            f"the corrector jump k={raw['sample']['k']} exceeds sample.steps={raw['sample']['steps']}",
+        )
     if raw["sample"]["steps"] > raw["diffusion"]["timesteps"]:
         fail("sample.steps", f"cannot exceed diffusion.timesteps={raw['diffusion']['timesteps']}")
     smp = raw["sample"]
     batches = -(-smp["n"] // max(1, smp["batch_size"]))
     if smp.get("shards", 1) > batches:
-        fail("sample.shards", f"{smp['shards']} shards but only {batches} batches to share (a shard gets whole "
-             f"batches: ceil(sample.n / sample.batch_size) = ceil({smp['n']} / {smp['batch_size']}))")
+        fail(
+            "sample.shards",
+            f"{smp['shards']} shards but only {batches} batches to share (a shard gets whole "
+            f"batches: ceil(sample.n / sample.batch_size) = ceil({smp['n']} / {smp['batch_size']}))",
+        )
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
     local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
     if local and glob and local[1] != glob[1]:
-        fail("train.global.model", "must use the same patch size as train.local.model (stage 2 reuses stage 1's tokens)")
+        fail(
+            "train.global.model",
+            "must use the same patch size as train.local.model (stage 2 reuses stage 1's tokens)",
+        )
     if local and glob and local[0] != glob[0]:
-        fail("train.global.model", f"must use the same size letter as train.local.model ({local[0]}): the two "
-             "stages share the timestep embedding")
+        fail(
+            "train.global.model",
+            f"must use the same size letter as train.local.model ({local[0]}): the two "
+            "stages share the timestep embedding",
+        )
     for name, src in raw["sources"].items():
         if src["download"] != "none" and Path(src["path"]) != Path("data/raw") / name:
-            fail(f"sources.{name}.path", f"a dataset that prdit downloads or generates lives in data/raw/{name}; "
-                 "set download: none to use data you already have elsewhere")
+            fail(
+                f"sources.{name}.path",
+                f"a dataset that prdit downloads or generates lives in data/raw/{name}; "
+                "set download: none to use data you already have elsewhere",
+            )
         if src["download"] in ("lidc-idri", "rad-chestct") and src["download"] not in raw.get("download", {}):
-            fail(f"sources.{name}.download", f"no 'download.{src['download']}' section to take its settings from")
+            fail(
+                f"sources.{name}.download",
+                f"no 'download.{src['download']}' section to take its settings from",
+            )
 
 
 def _variant(model: str) -> tuple[str, str, str] | None:
@@ -313,7 +350,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load(path: str | Path | list[str | Path] = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load(
+    path: str | Path | list[str | Path] = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Read, merge (later files win), validate and type one or more parameter files."""
     paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
     raw: dict[str, Any] = {}
@@ -334,16 +373,28 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
         tracking_uri=raw.get("tracking_uri"),
         datasets=tuple(raw["datasets"]),
         sources={k: Source(**v) for k, v in raw["sources"].items()},
-        phantom=Phantom(**{**raw["phantom"], "fov_mm": tuple(raw["phantom"]["fov_mm"]),
-                           "slice_thickness_mm": tuple(raw["phantom"]["slice_thickness_mm"])}),
+        phantom=Phantom(
+            **{
+                **raw["phantom"],
+                "fov_mm": tuple(raw["phantom"]["fov_mm"]),
+                "slice_thickness_mm": tuple(raw["phantom"]["slice_thickness_mm"]),
+            }
+        ),
         ingest=Ingest(**raw["ingest"]),
         preprocess=Preprocess(**{**raw["preprocess"], "window": tuple(raw["preprocess"]["window"])}),
         split=Split(**raw["split"]),
         diffusion=Diffusion(**raw["diffusion"]),
-        train=Train(common=TrainCommon(**tr["common"]), local=stage(tr["local"]), global_=stage(tr["global"]),
-                    highres=stage(tr["highres"])),
+        train=Train(
+            common=TrainCommon(**tr["common"]),
+            local=stage(tr["local"]),
+            global_=stage(tr["global"]),
+            highres=stage(tr["highres"]),
+        ),
         sample=Sample(**raw["sample"]),
         evaluate=Evaluate(**raw["evaluate"]),
-        download={k: Downloader(**{**v, "patients": tuple(v.get("patients", ()))}) for k, v in raw.get("download", {}).items()},
+        download={
+            k: Downloader(**{**v, "patients": tuple(v.get("patients", ()))})
+            for k, v in raw.get("download", {}).items()
+        },
         raw=copy.deepcopy(raw),
     )

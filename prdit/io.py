@@ -25,7 +25,9 @@ def _umask() -> int:
 
 
 def _temp_name(final: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes), dir=final.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes), dir=final.parent
+    )
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     os.close(fd)
     return Path(name)

@@ -14,7 +14,9 @@ T = TypeVar("T")
 log = logging.getLogger("prdit.progress")
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, every_s: float = 10.0) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, every_s: float = 10.0
+) -> Iterator[T]:
     """Iterate with a tqdm bar when stderr is a TTY, else log `desc i/total` at most every `every_s`."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
@@ -29,4 +31,6 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, every_s
         if now - last >= every_s:
             last = now
             log.info("%s: %d/%s (%.0f s)", desc, i, total if total is not None else "?", now - start)
-    log.info("%s: %d/%s done in %.1f s", desc, i, total if total is not None else "?", time.monotonic() - start)
+    log.info(
+        "%s: %d/%s done in %.1f s", desc, i, total if total is not None else "?", time.monotonic() - start
+    )

@@ -31,8 +31,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # MLflow's HTTP client retries for minutes by default; a background logger should fail fast and spool.
-for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
-                     ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
+for _key, _value in (
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+):
     os.environ.setdefault(_key, _value)
 
 SPOOL_DIR = Path(".prdit") / "tracking-spool"
@@ -50,8 +53,15 @@ def tracking_uri(configured: str | None = None) -> str:
 def git_commit() -> str:
     """The checkout's commit (with '-dirty' if modified), or 'unknown' outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -104,13 +114,17 @@ class _Sender:
         if kind == "start":
             exp = self.client.get_experiment_by_name(event["experiment"])
             exp_id = exp.experiment_id if exp else self._create_experiment(event["experiment"])
-            run = self.client.create_run(exp_id, run_name=event["run_name"], tags=event["tags"], start_time=event["ts"])
+            run = self.client.create_run(
+                exp_id, run_name=event["run_name"], tags=event["tags"], start_time=event["ts"]
+            )
             self.run_id = run.info.run_id
             self.artifact_uri = run.info.artifact_uri
             if self.system_metrics and event.get("system_metrics"):
                 self._start_monitor(float(event["system_metrics"]))
         elif kind == "metrics":
-            metrics = [Metric(k, float(v), event["ts"], event["step"] or 0) for k, v in event["metrics"].items()]
+            metrics = [
+                Metric(k, float(v), event["ts"], event["step"] or 0) for k, v in event["metrics"].items()
+            ]
             self.client.log_batch(self.run_id, metrics=metrics)
         elif kind == "params":
             params = [Param(k, v[:6000]) for k, v in event["params"].items()]
@@ -124,8 +138,13 @@ class _Sender:
         elif kind == "dataset":
             from mlflow.entities import Dataset, DatasetInput, InputTag
 
-            ds = Dataset(name=event["name"], digest=event["digest"], source_type="local",
-                         source=json.dumps({"uri": event["source"]}), profile=json.dumps(event.get("profile") or {}))
+            ds = Dataset(
+                name=event["name"],
+                digest=event["digest"],
+                source_type="local",
+                source=json.dumps({"uri": event["source"]}),
+                profile=json.dumps(event.get("profile") or {}),
+            )
             tags = [InputTag("mlflow.data.context", event["context"])] if event.get("context") else []
             self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)])
         elif kind == "end":
@@ -138,8 +157,8 @@ class _Sender:
         model.pt files are written atomically (a new file replaces the old), so the run keeps its version.
         """
         try:
-            from mlflow.utils.uri import is_local_uri
             from mlflow.utils.file_utils import local_file_uri_to_path
+            from mlflow.utils.uri import is_local_uri
 
             if not self.artifact_uri or not is_local_uri(self.artifact_uri):
                 return False
@@ -156,7 +175,9 @@ class _Sender:
             import psutil  # noqa: F401 - MLflow's CPU/memory monitor needs it
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, tracking_uri=self.uri)
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=interval, tracking_uri=self.uri
+            )
             self._monitor.start()
         except Exception as exc:  # noqa: BLE001 - system metrics are a nicety
             log.info("no system metrics for this run (%s)", exc)
@@ -183,11 +204,20 @@ class _Sender:
 class StageRun:
     """Queue-backed handle of one MLflow run; every method returns at once and never raises."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True,
-                 system_metrics: float | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, str],
+        enabled: bool = True,
+        system_metrics: float | None = None,
+    ) -> None:
         self.uri = uri
         self.enabled = enabled
-        self.spool_path = SPOOL_DIR.resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.spool_path = (
+            SPOOL_DIR.resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+        )
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._spooled = False
         self._lock = threading.Lock()
@@ -195,8 +225,15 @@ class StageRun:
         self._thread: threading.Thread | None = None
         self.status = "FINISHED"  # a stage that stops early to be resumed sets "KILLED"
         if enabled:
-            self._put({"kind": "start", "experiment": experiment, "run_name": run_name, "tags": tags,
-                       "system_metrics": system_metrics})
+            self._put(
+                {
+                    "kind": "start",
+                    "experiment": experiment,
+                    "run_name": run_name,
+                    "tags": tags,
+                    "system_metrics": system_metrics,
+                }
+            )
             self._thread = threading.Thread(target=self._work, name="prdit-tracking", daemon=True)
             self._thread.start()
 
@@ -219,11 +256,22 @@ class StageRun:
         With a local artifact store on the same filesystem the file is hard-linked, not copied (the demo's
         three models are ~280 MB); a server store gets an upload.
         """
-        self._put({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path,
-                   "link": True})
+        self._put(
+            {
+                "kind": "artifact",
+                "path": str(Path(path).resolve()),
+                "artifact_path": artifact_path,
+                "link": True,
+            }
+        )
 
-    def log_dataset(self, name: str, files: list[str | Path] | str | Path, context: str,
-                    params: Mapping[str, Any] | None = None) -> None:
+    def log_dataset(
+        self,
+        name: str,
+        files: list[str | Path] | str | Path,
+        context: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record the data the run read as an MLflow dataset input (Dataset column / run page Inputs).
 
         The digest hashes the files' contents (split lists, manifests) with `params` (e.g. the preprocessing
@@ -234,8 +282,16 @@ class StageRun:
         try:
             paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
             digest, profile = dataset_digest(paths, params)
-            self._put({"kind": "dataset", "name": name, "digest": digest, "context": context,
-                       "source": ",".join(str(p.resolve()) for p in paths), "profile": profile})
+            self._put(
+                {
+                    "kind": "dataset",
+                    "name": name,
+                    "digest": digest,
+                    "context": context,
+                    "source": ",".join(str(p.resolve()) for p in paths),
+                    "profile": profile,
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - tracking never stops a stage
             log.debug("dataset input not logged: %s", exc)
 
@@ -258,9 +314,14 @@ class StageRun:
                     sender = sender or _Sender(self.uri)
                     sender.send(event)
                 except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop the stage
-                    log.warning("MLflow at %s is unreachable (%s); the stage goes on and tracking events are "
-                                "kept in %s (replay with `prdit tracking-import %s`)",
-                                self.uri, type(exc).__name__, self.spool_path, self.spool_path)
+                    log.warning(
+                        "MLflow at %s is unreachable (%s); the stage goes on and tracking events are "
+                        "kept in %s (replay with `prdit tracking-import %s`)",
+                        self.uri,
+                        type(exc).__name__,
+                        self.spool_path,
+                        self.spool_path,
+                    )
                     self._spooled = True
             if self._spooled:
                 self._spool([event])
@@ -286,7 +347,12 @@ class StageRun:
             with self._lock:
                 left = ([self._inflight] if self._inflight else []) + _drain(self._queue)
                 self._spooled = True
-            log.warning("MLflow did not answer within %.0f s; %d tracking events kept in %s", timeout, len(left), self.spool_path)
+            log.warning(
+                "MLflow did not answer within %.0f s; %d tracking events kept in %s",
+                timeout,
+                len(left),
+                self.spool_path,
+            )
             self._spool(left)
 
 
@@ -308,8 +374,15 @@ def dataset_digest(paths: list[Path], params: Mapping[str, Any] | None = None) -
     return h.hexdigest()[:12], {"files": n_files, **({"params": flatten(params)} if params else {})}
 
 
-def log_split(run: StageRun, params: Any, dataset: str, size: int | None, split: str, context: str,
-              root: str | Path = ".") -> None:
+def log_split(
+    run: StageRun,
+    params: Any,
+    dataset: str,
+    size: int | None,
+    split: str,
+    context: str,
+    root: str | Path = ".",
+) -> None:
     """Log data/splits/<dataset>/<split>.txt with the preprocessing params as the run's dataset input."""
     if not run.enabled:
         return
@@ -333,8 +406,14 @@ def _drain(q: queue.Queue) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | None = None,
-              used: Mapping[str, Any] | None = None, system_metrics: bool | None = None) -> Iterator[StageRun]:
+def stage_run(
+    params: Any,
+    stage: str,
+    dataset: str | None = None,
+    size: int | None = None,
+    used: Mapping[str, Any] | None = None,
+    system_metrics: bool | None = None,
+) -> Iterator[StageRun]:
     """One MLflow run for one stage invocation, tagged for grouping and provenance.
 
     `used` maps dotted param keys (e.g. 'train.local') to what the stage read; they are logged as
@@ -347,16 +426,27 @@ def stage_run(params: Any, stage: str, dataset: str | None = None, size: int | N
     used = dict(used or {})
     digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = "/".join(str(x) for x in (stage, dataset, size) if x is not None)
-    tags = {"prdit.stage": stage, "prdit.dataset": str(dataset or ""), "prdit.size": str(size or ""),
-            "prdit.params_hash": digest, "mlflow.source.git.commit": git_commit(),
-            "prdit.pipeline": os.environ.get("PRDIT_PIPELINE_ID", params.experiment)}
+    tags = {
+        "prdit.stage": stage,
+        "prdit.dataset": str(dataset or ""),
+        "prdit.size": str(size or ""),
+        "prdit.params_hash": digest,
+        "mlflow.source.git.commit": git_commit(),
+        "prdit.pipeline": os.environ.get("PRDIT_PIPELINE_ID", params.experiment),
+    }
     if parent := os.environ.get(PIPELINE_RUN_ENV):
         tags["mlflow.parentRunId"] = parent
     if system_metrics is None:
         system_metrics = stage.startswith(("train", "sample"))
     interval = system_metrics_interval() if system_metrics and _flag("PRDIT_SYSTEM_METRICS") else None
-    run = StageRun(tracking_uri(params.tracking_uri), params.experiment, name, tags, enabled=tracking_enabled(),
-                   system_metrics=interval)
+    run = StageRun(
+        tracking_uri(params.tracking_uri),
+        params.experiment,
+        name,
+        tags,
+        enabled=tracking_enabled(),
+        system_metrics=interval,
+    )
     run.log_params(used)
     try:
         yield run
@@ -382,8 +472,12 @@ def import_spool(path: str | Path, uri: str | None = None) -> int:
 PIPELINE_START_TIMEOUT_S = 15.0
 
 
-def start_pipeline_run(params: Any, param_files: list[str | Path], command: str = "snakemake",
-                       timeout: float = PIPELINE_START_TIMEOUT_S) -> str | None:
+def start_pipeline_run(
+    params: Any,
+    param_files: list[str | Path],
+    command: str = "snakemake",
+    timeout: float = PIPELINE_START_TIMEOUT_S,
+) -> str | None:
     """Create the parent run of one pipeline invocation and export its id in PRDIT_PIPELINE_RUN.
 
     The run carries the parameter files (as params and as artifacts under `params/`) and the git commit;
@@ -398,16 +492,28 @@ def start_pipeline_run(params: Any, param_files: list[str | Path], command: str 
     def work() -> None:
         try:
             sender = _Sender(tracking_uri(params.tracking_uri), system_metrics=False)
-            tags = {"prdit.kind": "pipeline", "prdit.command": command,  # no prdit.stage: not a stage run
-                    "mlflow.source.git.commit": git_commit(),
-                    "prdit.param_files": ",".join(str(f) for f in param_files)}
-            sender.send({"kind": "start", "experiment": params.experiment, "ts": int(time.time() * 1000),
-                         "run_name": f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", "tags": tags})
+            tags = {
+                "prdit.kind": "pipeline",
+                "prdit.command": command,  # no prdit.stage: not a stage run
+                "mlflow.source.git.commit": git_commit(),
+                "prdit.param_files": ",".join(str(f) for f in param_files),
+            }
+            sender.send(
+                {
+                    "kind": "start",
+                    "experiment": params.experiment,
+                    "ts": int(time.time() * 1000),
+                    "run_name": f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                    "tags": tags,
+                }
+            )
             result["run_id"] = sender.run_id or ""
             sender.send({"kind": "params", "params": flatten(params.raw)})
             for f in param_files:
                 if Path(f).is_file():
-                    sender.send({"kind": "artifact", "path": str(Path(f).resolve()), "artifact_path": "params"})
+                    sender.send(
+                        {"kind": "artifact", "path": str(Path(f).resolve()), "artifact_path": "params"}
+                    )
         except Exception as exc:  # noqa: BLE001 - tracking never stops the pipeline
             log.warning("no pipeline run in MLflow (%s); stage runs will not be nested", type(exc).__name__)
 
@@ -420,8 +526,12 @@ def start_pipeline_run(params: Any, param_files: list[str | Path], command: str 
     return run_id
 
 
-def end_pipeline_run(params: Any, status: str = "FINISHED", run_id: str | None = None,
-                     timeout: float = PIPELINE_START_TIMEOUT_S) -> None:
+def end_pipeline_run(
+    params: Any,
+    status: str = "FINISHED",
+    run_id: str | None = None,
+    timeout: float = PIPELINE_START_TIMEOUT_S,
+) -> None:
     """Mark the pipeline run (PRDIT_PIPELINE_RUN unless given) FINISHED or FAILED; never raises."""
     run_id = run_id or os.environ.get(PIPELINE_RUN_ENV)
     if not run_id or not tracking_enabled():

@@ -23,7 +23,9 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
 def _to_uint8(img: np.ndarray, vmin: float, vmax: float, cell: int) -> Image.Image:
     scaled = np.clip((img.astype(np.float32) - vmin) / (vmax - vmin), 0.0, 1.0)
     pil = Image.fromarray((scaled * 255).astype(np.uint8))
-    return pil.resize((cell, cell), Image.Resampling.NEAREST if min(img.shape) < cell else Image.Resampling.BILINEAR)
+    return pil.resize(
+        (cell, cell), Image.Resampling.NEAREST if min(img.shape) < cell else Image.Resampling.BILINEAR
+    )
 
 
 def montage(

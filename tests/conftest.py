@@ -19,8 +19,13 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 def project_files() -> list[str]:
     """Tracked and not-ignored files of the checkout (what a clean clone would hold)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [f for f in out.split("\0") if f and ((ROOT / f).is_file() or (ROOT / f).is_symlink())]
 
 

@@ -51,8 +51,15 @@ class Geometry:
     thickness: float = 4.0
 
 
-def axial(n: int = 30, dz: float = 4.0, rows: int = 48, ps: float = 4.0, z0: float = -60.0,
-          iop=(1, 0, 0, 0, 1, 0), tilt_deg: float = 0.0) -> Geometry:
+def axial(
+    n: int = 30,
+    dz: float = 4.0,
+    rows: int = 48,
+    ps: float = 4.0,
+    z0: float = -60.0,
+    iop=(1, 0, 0, 0, 1, 0),
+    tilt_deg: float = 0.0,
+) -> Geometry:
     """Head-first axial slices from z0 upward (positions along the normal; tilt shears y)."""
     row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     normal = np.cross(row, col)
@@ -70,18 +77,37 @@ def sample(g: Geometry) -> np.ndarray:
     return np.stack([truth_hu(p + r + c) for p in g.positions])
 
 
-def write(folder: Path, g: Geometry, patient: str, tag: str, *, hu: np.ndarray | None = None,
-          names: list[str] | None = None, **kw) -> list[Path]:
+def write(
+    folder: Path,
+    g: Geometry,
+    patient: str,
+    tag: str,
+    *,
+    hu: np.ndarray | None = None,
+    names: list[str] | None = None,
+    **kw,
+) -> list[Path]:
     """Write the object sampled on g as a CT series (one file per slice)."""
     hu = sample(g) if hu is None else hu
-    return write_ct_series(folder, hu, g.positions, g.iop, g.ps, slice_thickness=g.thickness, patient_id=patient,
-                           study_uid=uid("corpus", patient, "study"), series_uid=uid("corpus", patient, tag),
-                           names=names, **kw)
+    return write_ct_series(
+        folder,
+        hu,
+        g.positions,
+        g.iop,
+        g.ps,
+        slice_thickness=g.thickness,
+        patient_id=patient,
+        study_uid=uid("corpus", patient, "study"),
+        series_uid=uid("corpus", patient, tag),
+        names=names,
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Compression: pydicom encodes RLE and JPEG 2000; JPEG Lossless (process 14, SV1) is encoded here.
 # --------------------------------------------------------------------------------------------
+
 
 def jpeg_lossless(frame: np.ndarray) -> bytes:
     """Encode a uint16 frame as baseline-free lossless JPEG (SOF3, predictor 1, one Huffman table)."""
@@ -103,8 +129,14 @@ def jpeg_lossless(frame: np.ndarray) -> bytes:
     huff = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
     sof = bytes([16]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
     sos = bytes([1, 1, 0x00, 1, 0, 0])
-    return (b"\xff\xd8" + _segment(0xC4, huff) + _segment(0xC3, sof) + _segment(0xDA, sos)
-            + bits.finish() + b"\xff\xd9")
+    return (
+        b"\xff\xd8"
+        + _segment(0xC4, huff)
+        + _segment(0xC3, sof)
+        + _segment(0xDA, sos)
+        + bits.finish()
+        + b"\xff\xd9"
+    )
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -214,8 +246,14 @@ def build(root: Path) -> Path:
     order = list(range(len(g.positions)))
     rng.shuffle(order)
     hu = sample(g)
-    write(root / "shuffled" / "ct", Geometry(g.positions[order], g.iop, g.rows, g.cols, g.ps, g.thickness),
-          "shuffled", "ct", hu=hu[order], names=[f"{rng.getrandbits(40):x}.dcm" for _ in order])
+    write(
+        root / "shuffled" / "ct",
+        Geometry(g.positions[order], g.iop, g.rows, g.cols, g.ps, g.thickness),
+        "shuffled",
+        "ct",
+        hu=hu[order],
+        names=[f"{rng.getrandbits(40):x}.dcm" for _ in order],
+    )
 
     # Two reconstructions of one scan in one folder: 2 mm (60 slices) is preferred over 4 mm (30).
     series("two-series", "thin", geometry=axial(n=60, dz=2.0), names=[f"A{i:03d}.dcm" for i in range(60)])
@@ -223,8 +261,15 @@ def build(root: Path) -> Path:
 
     series("localizer-mixed")
     scout = Geometry(np.array([[-96.0, 0.0, 60.0]]), (1, 0, 0, 0, 0, -1), 48, 48, (4.0, 4.0), 4.0)
-    write(root / "localizer-mixed" / "ct", scout, "localizer-mixed", "scout",
-          image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), names=["scout.dcm"], series_number=1)
+    write(
+        root / "localizer-mixed" / "ct",
+        scout,
+        "localizer-mixed",
+        "scout",
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        names=["scout.dcm"],
+        series_number=1,
+    )
 
     series("non-ct", modality="MR")
 
@@ -254,8 +299,11 @@ def build(root: Path) -> Path:
 
     # Feet first: row direction towards the patient's right, slices written from the top down.
     ff = axial(iop=(-1, 0, 0, 0, 1, 0))
-    series("feet-first", geometry=Geometry(ff.positions[::-1].copy(), ff.iop, ff.rows, ff.cols, ff.ps, ff.thickness),
-           extra={"PatientPosition": "FFS"})
+    series(
+        "feet-first",
+        geometry=Geometry(ff.positions[::-1].copy(), ff.iop, ff.rows, ff.cols, ff.ps, ff.thickness),
+        extra={"PatientPosition": "FFS"},
+    )
 
     gp = axial(rows=48)
     mask = np.zeros((48, 48), bool)

@@ -54,8 +54,9 @@ def zip_bytes(entries: dict[str, bytes], links: dict[str, str] | None = None) ->
     return buf.getvalue()
 
 
-def ct_series_files(tmp: Path, patient: str, study: str, series: str, n_slices: int = 20, size: int = 32,
-                    seed: int = 0) -> dict[str, bytes]:
+def ct_series_files(
+    tmp: Path, patient: str, study: str, series: str, n_slices: int = 20, size: int = 32, seed: int = 0
+) -> dict[str, bytes]:
     """Real CT DICOM slices (through the phantom's writer) as {file name: bytes}, NBIA-style names."""
     from prdit.data.phantom import write_ct_series
 
@@ -66,8 +67,18 @@ def ct_series_files(tmp: Path, patient: str, study: str, series: str, n_slices: 
     ipp = np.stack([np.full(n_slices, -80.0), np.full(n_slices, -80.0), -np.arange(n_slices) * 2.5], 1)
     folder = tmp / f"dcm-{series}"
     names = [f"1-{k + 1:03d}.dcm" for k in range(n_slices)]
-    paths = write_ct_series(folder, hu, ipp, (1, 0, 0, 0, 1, 0), (5.0, 5.0), slice_thickness=2.5,
-                            patient_id=patient, study_uid=study, series_uid=series, names=names)
+    paths = write_ct_series(
+        folder,
+        hu,
+        ipp,
+        (1, 0, 0, 0, 1, 0),
+        (5.0, 5.0),
+        slice_thickness=2.5,
+        patient_id=patient,
+        study_uid=study,
+        series_uid=series,
+        names=names,
+    )
     return {p.name: p.read_bytes() for p in paths}
 
 
@@ -108,15 +119,31 @@ class FakeServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def add_series(self, patient: str, study: str, uid: str, files: dict[str, bytes], *,
-                   image_count: int | None = None, modality: str = "CT", zip_data: bytes | None = None) -> None:
+    def add_series(
+        self,
+        patient: str,
+        study: str,
+        uid: str,
+        files: dict[str, bytes],
+        *,
+        image_count: int | None = None,
+        modality: str = "CT",
+        zip_data: bytes | None = None,
+    ) -> None:
         data = zip_data if zip_data is not None else zip_bytes(files)
         self.series[uid] = {
-            "SeriesInstanceUID": uid, "StudyInstanceUID": study, "PatientID": patient, "Modality": modality,
-            "Collection": self.collection, "ProtocolName": "CHEST", "BodyPartExamined": "CHEST",
-            "SeriesNumber": 3000, "Manufacturer": "FAKE",
+            "SeriesInstanceUID": uid,
+            "StudyInstanceUID": study,
+            "PatientID": patient,
+            "Modality": modality,
+            "Collection": self.collection,
+            "ProtocolName": "CHEST",
+            "BodyPartExamined": "CHEST",
+            "SeriesNumber": 3000,
+            "Manufacturer": "FAKE",
             "ImageCount": len(files) if image_count is None else image_count,
-            "FileSize": sum(len(v) for v in files.values()), "zip": data,
+            "FileSize": sum(len(v) for v in files.values()),
+            "zip": data,
         }
 
     def add_file(self, key: str, data: bytes) -> None:
@@ -143,11 +170,22 @@ class FakeServer:
         entries = []
         for key, data in sorted(self.files.items()):
             md5 = "md5:" + hashlib.md5(data).hexdigest()
-            entries.append({"id": hashlib.sha1(key.encode()).hexdigest(), "key": key, "size": len(data),
-                            "checksum": self.published_checksum.get(key, md5),
-                            "links": {"self": f"{self.zenodo_url}/records/{self.record}/files/{key}/content"}})
-        return {"id": int(self.record), "recid": self.record, "metadata": {"title": "Fake RAD-ChestCT"},
-                "files": entries, "links": {"self": f"{self.zenodo_url}/records/{self.record}"}}
+            entries.append(
+                {
+                    "id": hashlib.sha1(key.encode()).hexdigest(),
+                    "key": key,
+                    "size": len(data),
+                    "checksum": self.published_checksum.get(key, md5),
+                    "links": {"self": f"{self.zenodo_url}/records/{self.record}/files/{key}/content"},
+                }
+            )
+        return {
+            "id": int(self.record),
+            "recid": self.record,
+            "metadata": {"title": "Fake RAD-ChestCT"},
+            "files": entries,
+            "links": {"self": f"{self.zenodo_url}/records/{self.record}"},
+        }
 
 
 def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
@@ -165,8 +203,13 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 server.log.append(req)
             path = unquote(url.path)
             if path == f"{NBIA}/getSeries":
-                rows = [{k: v for k, v in s.items() if k != "zip"} for s in server.series.values()
-                        if all(s.get(k) == query[k] for k in ("Collection", "Modality", "PatientID") if k in query)]
+                rows = [
+                    {k: v for k, v in s.items() if k != "zip"}
+                    for s in server.series.values()
+                    if all(
+                        s.get(k) == query[k] for k in ("Collection", "Modality", "PatientID") if k in query
+                    )
+                ]
                 return self._json(req, rows)
             if path == f"{NBIA}/getImage":
                 uid = query.get("SeriesInstanceUID", "")
@@ -177,7 +220,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             if path == prefix:
                 return self._json(req, server._record_json())
             if path.startswith(prefix + "/files/") and path.endswith("/content"):
-                key = path[len(prefix + "/files/"):-len("/content")]
+                key = path[len(prefix + "/files/") : -len("/content")]
                 if key not in server.files:
                     return self._json(req, {"status": 404, "message": "not found"}, status=404)
                 return self._bytes(req, key, server.files[key], "application/octet-stream")

@@ -27,9 +27,17 @@ COUNTS = re.compile(r"(ingest|preprocess) (.+?): (\d+) case\(s\) computed, (\d+)
 
 
 def prdit(cwd: Path, *args: str) -> str:
-    res = subprocess.run(["prdit", *args], cwd=cwd, capture_output=True, text=True,
-                         env=tool_env(PRDIT_TRACKING="off"), timeout=600)
-    assert res.returncode == 0, f"prdit {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    res = subprocess.run(
+        ["prdit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=tool_env(PRDIT_TRACKING="off"),
+        timeout=600,
+    )
+    assert res.returncode == 0, (
+        f"prdit {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    )
     return res.stdout + res.stderr
 
 
@@ -41,8 +49,10 @@ def counts(output: str) -> tuple[int, int]:
 
 
 def write_params(cwd: Path, raw: Path, **sections) -> list[str]:
-    over = {"sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
-            "preprocess": {"size": 16, "highres_size": 32}}
+    over = {
+        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
+        "preprocess": {"size": 16, "highres_size": 32},
+    }
     for name, values in sections.items():
         over[name] = {**over.get(name, {}), **values}
     (cwd / "over.yaml").write_text(yaml.safe_dump(over))
@@ -62,7 +72,9 @@ def digests(folder: Path) -> dict[str, str]:
         if not p.is_file():
             continue
         if p.name == "qc.csv":
-            text = pd.read_csv(p, dtype=str, keep_default_na=False).drop(columns="seconds").to_csv(index=False)
+            text = (
+                pd.read_csv(p, dtype=str, keep_default_na=False).drop(columns="seconds").to_csv(index=False)
+            )
             out[p.relative_to(folder).as_posix()] = hashlib.sha256(text.encode()).hexdigest()
         else:
             out[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -73,7 +85,9 @@ def digests(folder: Path) -> dict[str, str]:
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight synthetic patients as DICOM (one folder each), written once by `prdit phantom`."""
     d = tmp_path_factory.mktemp("phantoms")
-    (d / "o.yaml").write_text(yaml.safe_dump({"phantom": {"patients": 8, "matrix": 48, "z_extent_mm": 240.0}}))
+    (d / "o.yaml").write_text(
+        yaml.safe_dump({"phantom": {"patients": 8, "matrix": 48, "z_extent_mm": 240.0}})
+    )
     prdit(d, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw")
     return d / "raw"
 
@@ -130,7 +144,7 @@ def cached_cases(work: Path, stage: str = "ingest") -> int:
     """Cases with a complete cache entry (temporary folders come and go while we look)."""
     n = 0
     cache = work / ".prdit/cache" / stage / "t"
-    for case in (cache.iterdir() if cache.is_dir() else []):
+    for case in cache.iterdir() if cache.is_dir() else []:
         if case.is_dir() and not case.name.startswith("."):
             try:
                 n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
@@ -148,9 +162,14 @@ def test_killed_ingest_resumes_with_the_rest_and_ends_identical(phantoms: Path, 
     total = len(patients(phantoms))
 
     # one case at a time, killed (SIGKILL, no clean-up) once half the cases are finished
-    proc = subprocess.Popen(["prdit", "ingest", *args, "--dataset", "t", "--threads", "1"], cwd=work,
-                            env=tool_env(PRDIT_TRACKING="off"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["prdit", "ingest", *args, "--dataset", "t", "--threads", "1"],
+        cwd=work,
+        env=tool_env(PRDIT_TRACKING="off"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while cached_cases(work) < total // 2:
         assert proc.poll() is None, "ingest ended before it could be killed"
@@ -177,9 +196,14 @@ def test_killed_preprocess_resumes(phantoms: Path, tmp_path: Path) -> None:
     args = write_params(work, phantoms, preprocess={"size": 32, "highres_size": 64})
     total = len(patients(phantoms))
     assert counts(prdit(work, "ingest", *args, "--dataset", "t", "--threads", "2")) == (total, 0)
-    proc = subprocess.Popen(["prdit", "preprocess", *args, "--dataset", "t", "--threads", "1"], cwd=work,
-                            env=tool_env(PRDIT_TRACKING="off"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["prdit", "preprocess", *args, "--dataset", "t", "--threads", "1"],
+        cwd=work,
+        env=tool_env(PRDIT_TRACKING="off"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     entries = lambda: cached_cases(work, "preprocess")  # noqa: E731
     deadline = time.monotonic() + 300
     while entries() < 2:
@@ -188,7 +212,10 @@ def test_killed_preprocess_resumes(phantoms: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = entries()
-    assert counts(prdit(work, "preprocess", *args, "--dataset", "t", "--threads", "2")) == (total - finished, finished)
+    assert counts(prdit(work, "preprocess", *args, "--dataset", "t", "--threads", "2")) == (
+        total - finished,
+        finished,
+    )
     assert len(list((work / "data/processed/t/64").glob("*.nii.gz"))) == total
 
 
@@ -196,13 +223,21 @@ def test_killed_preprocess_resumes(phantoms: Path, tmp_path: Path) -> None:
 def test_snakemake_shards_compute_only_the_new_case(tmp_path: Path) -> None:
     """`snakemake` with ingest.shards = preprocess.shards = 2: the cases spread over shard jobs, and a
     sixth phantom patient (the download rule rewrites every raw file) is the only case computed again."""
-    project = make_project(tmp_path / "project", {"ingest": {"shards": 2}, "preprocess": {"shards": 2},
-                                                  "phantom": {"patients": 5}})
+    project = make_project(
+        tmp_path / "project",
+        {"ingest": {"shards": 2}, "preprocess": {"shards": 2}, "phantom": {"patients": 5}},
+    )
     target = "data/processed/phantom"
 
     def snakemake(*args: str) -> str:
-        res = subprocess.run(["snakemake", "--cores", "2", *args], cwd=project, capture_output=True, text=True,
-                             env=tool_env(), timeout=900)
+        res = subprocess.run(
+            ["snakemake", "--cores", "2", *args],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=tool_env(),
+            timeout=900,
+        )
         assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
         return res.stdout + res.stderr
 
@@ -211,10 +246,23 @@ def test_snakemake_shards_compute_only_the_new_case(tmp_path: Path) -> None:
 
     out = snakemake(target)
     rules = re.findall(r"^(?:local)?rule (\w+):", out, re.M)
-    assert sorted(rules) == sorted(["download", "ingest_plan", "ingest_shard", "ingest_shard", "ingest",
-                                    "preprocess_shard", "preprocess_shard", "preprocess"])
+    assert sorted(rules) == sorted(
+        [
+            "download",
+            "ingest_plan",
+            "ingest_shard",
+            "ingest_shard",
+            "ingest",
+            "preprocess_shard",
+            "preprocess_shard",
+            "preprocess",
+        ]
+    )
     assert shard_counts("ingest") == (5, 0) and shard_counts("preprocess") == (5, 0)
-    assert counts((project / "logs/ingest/phantom.log").read_text()) == (0, 5)  # the assembly computes nothing
+    assert counts((project / "logs/ingest/phantom.log").read_text()) == (
+        0,
+        5,
+    )  # the assembly computes nothing
     assert "Nothing to be done" in snakemake(target)  # temporary shard files gone, still up to date
 
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -228,8 +276,9 @@ def test_snakemake_shards_compute_only_the_new_case(tmp_path: Path) -> None:
     assert not (project / "data/interim/phantom.shards").exists()
 
 
-def test_header_memo_reads_only_new_files_and_finds_the_same(phantoms: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_header_memo_reads_only_new_files_and_finds_the_same(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prdit.data import dicom
 
     plain = dicom.discover(phantoms, 16)
@@ -237,10 +286,13 @@ def test_header_memo_reads_only_new_files_and_finds_the_same(phantoms: Path, tmp
     first = dicom.discover(phantoms, 16, memo=memo)
     read: list[int] = []
     real = dicom._read_headers
-    monkeypatch.setattr(dicom, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads))
+    monkeypatch.setattr(
+        dicom, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads)
+    )
     again = dicom.discover(phantoms, 16, memo=json.loads(json.dumps(memo)))  # as saved to and read from disk
     assert read == [0]
     for result in (first, again):
-        assert {k: (v.uid, v.files) if v else None for k, v in result[0].items()} == \
-               {k: (v.uid, v.files) if v else None for k, v in plain[0].items()}
+        assert {k: (v.uid, v.files) if v else None for k, v in result[0].items()} == {
+            k: (v.uid, v.files) if v else None for k, v in plain[0].items()
+        }
         assert result[1] == plain[1]

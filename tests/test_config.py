@@ -64,13 +64,28 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
     header = (ROOT / "configs" / config).read_text().splitlines()[:4]
     assert any(f"all --configfile configs/{config}" in line for line in header), header
     # -F: plan every job, whatever outputs (e.g. downloaded weights) this checkout already holds
-    res = subprocess.run(["snakemake", "-n", "-F", "all", "--configfile", f"configs/{config}"], cwd=ROOT,
-                         capture_output=True, text=True, env=tool_env())
+    res = subprocess.run(
+        ["snakemake", "-n", "-F", "all", "--configfile", f"configs/{config}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     p = load([ROOT / "params.yaml", ROOT / "configs" / config])
     planned = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout, re.M))
-    expected = {"download", "ingest", "preprocess", "split", "train_local", "train_global", "sample_base",
-                "evaluate_base", "fetch_weights", "all"}
+    expected = {
+        "download",
+        "ingest",
+        "preprocess",
+        "split",
+        "train_local",
+        "train_global",
+        "sample_base",
+        "evaluate_base",
+        "fetch_weights",
+        "all",
+    }
     if p.preprocess.highres_size:
         expected |= {"train_highres", "sample_highres", "evaluate_highres"}
     if p.ingest.shards > 1:  # the cases spread over jobs (workflow/rules/data.smk)
@@ -79,7 +94,10 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
         expected |= {"preprocess_shard"}
     assert planned == expected
     for rule, shards in (("ingest_shard", p.ingest.shards), ("preprocess_shard", p.preprocess.shards)):
-        assert len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M)) == len(p.datasets) * (shards > 1) * shards
+        assert (
+            len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M))
+            == len(p.datasets) * (shards > 1) * shards
+        )
     for dataset in p.datasets:
         assert f"metrics/{dataset}/{p.preprocess.size}.json" in res.stdout
 
@@ -93,8 +111,22 @@ def test_used_params_narrow_download_to_its_source() -> None:
 def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preprocess": {"size": 20}}))
-    res = subprocess.run(["prdit", "split", "--params", str(ROOT / "params.yaml"), "--params", str(bad),
-                          "--dataset", "phantom"], cwd=tmp_path, capture_output=True, text=True, env=tool_env())
+    res = subprocess.run(
+        [
+            "prdit",
+            "split",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--params",
+            str(bad),
+            "--dataset",
+            "phantom",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert res.returncode == 2
     assert "preprocess.size" in res.stderr and "multiple of 8" in res.stderr
     assert not (tmp_path / "data").exists()
@@ -103,14 +135,24 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
 def test_snakemake_validates_with_the_same_schema(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preprocess": {"window": [500, -500]}}))
-    res = subprocess.run(["snakemake", "-n", "--configfile", str(bad)], cwd=ROOT, capture_output=True, text=True,
-                         env=tool_env())
+    res = subprocess.run(
+        ["snakemake", "-n", "--configfile", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert res.returncode != 0
     assert "preprocess.window" in res.stdout + res.stderr
 
 
 def test_snakemake_refuses_command_line_config_the_rules_would_not_see() -> None:
-    res = subprocess.run(["snakemake", "-n", "--config", "experiment=other"], cwd=ROOT, capture_output=True,
-                         text=True, env=tool_env())
+    res = subprocess.run(
+        ["snakemake", "-n", "--config", "experiment=other"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
     assert res.returncode != 0
     assert "--configfile" in res.stdout + res.stderr

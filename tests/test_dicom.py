@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dicom_corpus as corpus
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import dicom_corpus as corpus
 from prdit.data import dicom
 
 
@@ -85,8 +85,10 @@ def test_discovery_selects_by_rule_and_records_skips(root, discovered):
     chosen, skipped = discovered
     assert chosen["non-ct"] is None and chosen["single-slice"] is None
     assert len(chosen["two-series"].files) == 60  # more slices (2 mm) beats 4 mm
-    reasons = {(Path(s.path).relative_to(root).as_posix() if s.path.startswith(str(root)) else s.path): s.reason
-               for s in skipped}
+    reasons = {
+        (Path(s.path).relative_to(root).as_posix() if s.path.startswith(str(root)) else s.path): s.reason
+        for s in skipped
+    }
     assert reasons["non-dicom-files/ct/README.txt"] == "not a DICOM file"
     assert reasons["non-dicom-files/ct/empty.dcm"] == "not a DICOM file"
     assert "localizer" in reasons["localizer-mixed/ct"]

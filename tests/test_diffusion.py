@@ -1,4 +1,5 @@
 """The IaN forward process, respacing and the training loss."""
+
 from __future__ import annotations
 
 import math

@@ -15,8 +15,13 @@ from tests.conftest import ROOT
 
 
 def params_for(path: Path):
-    return load(ROOT / "params.yaml", overrides={
-        "datasets": ["mine"], "sources": {"mine": {"format": "nifti", "path": str(path), "download": "none"}}})
+    return load(
+        ROOT / "params.yaml",
+        overrides={
+            "datasets": ["mine"],
+            "sources": {"mine": {"format": "nifti", "path": str(path), "download": "none"}},
+        },
+    )
 
 
 def test_user_data_is_inventoried_not_modified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +39,9 @@ def test_user_data_is_inventoried_not_modified(tmp_path: Path, monkeypatch: pyte
     assert rows["."]["files"] == "1" and rows["."]["bytes"] == "2"
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in data.rglob("*") if p.is_file()} == before
     first = manifest.read_text()
-    (data / "a" / "x.nii.gz").write_bytes(b"12345")  # a changed input changes the manifest: downstream re-runs
+    (data / "a" / "x.nii.gz").write_bytes(
+        b"12345"
+    )  # a changed input changes the manifest: downstream re-runs
     run_download(params_for(data), "mine")
     assert manifest.read_text() != first
     os.utime(data / "b.nii.gz", ns=(1, 1))

@@ -38,7 +38,9 @@ def conda_pip_pins() -> dict[str, str]:
 def test_conda_env_pins_equal_the_pip_lock() -> None:
     lock, conda = lock_pins(), conda_pip_pins()
     for name, version in conda.items():
-        assert lock.get(name) == version, f"{name}: envs/prdit.yaml has {version}, requirements.lock {lock.get(name)}"
+        assert lock.get(name) == version, (
+            f"{name}: envs/prdit.yaml has {version}, requirements.lock {lock.get(name)}"
+        )
 
 
 def test_every_direct_dependency_is_pinned_in_both() -> None:

@@ -54,8 +54,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_module_prefixed_checkpoint_gives_the_same_features_as_the_plain_one(tmp_path, trained_state, volumes,
-                                                                              reference_features):
+def test_module_prefixed_checkpoint_gives_the_same_features_as_the_plain_one(
+    tmp_path, trained_state, volumes, reference_features
+):
     plain = _save(tmp_path / "plain.pth", trained_state, wrap=False)
     prefixed = _save(tmp_path / "prefixed.pth", trained_state, prefix="module.")
     a, b = ev.load_extractor(plain), ev.load_extractor(prefixed, sha256=_sha(prefixed))
@@ -63,7 +64,9 @@ def test_module_prefixed_checkpoint_gives_the_same_features_as_the_plain_one(tmp
         fa, fb = a(volumes), b(volumes)
     assert fa.shape == (2, 2048)
     assert torch.equal(fa, fb)
-    assert torch.equal(fa, reference_features)  # every tensor came from the file (non-default BN stats included)
+    assert torch.equal(
+        fa, reference_features
+    )  # every tensor came from the file (non-default BN stats included)
 
 
 def test_missing_and_unexpected_keys_raise_naming_them(tmp_path, trained_state):
@@ -79,8 +82,9 @@ def test_missing_and_unexpected_keys_raise_naming_them(tmp_path, trained_state):
         ev.load_extractor(_save(tmp_path / "shape.pth", state))
 
 
-def test_segmentation_head_and_missing_batch_counters_are_tolerated(tmp_path, trained_state, volumes,
-                                                                    reference_features):
+def test_segmentation_head_and_missing_batch_counters_are_tolerated(
+    tmp_path, trained_state, volumes, reference_features
+):
     state = {k: v for k, v in trained_state.items() if not k.endswith("num_batches_tracked")}
     state["conv_seg.0.weight"] = torch.zeros(2, 2048, 1, 1, 1)
     model = ev.load_extractor(_save(tmp_path / "old.pth", state, prefix="module."))

@@ -84,12 +84,24 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
     monkeypatch.setenv("PRDIT_TRACKING", "off")
     root = Path(__file__).resolve().parent.parent
     override = tmp_path / "weights.yaml"
-    override.write_text(yaml.safe_dump({"evaluate": {"weights": "models/medicalnet/resnet_50.pth", "sha256": SHA,
-                                                     "url": f"{server}/resnet_50.pth"}}))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "evaluate": {
+                    "weights": "models/medicalnet/resnet_50.pth",
+                    "sha256": SHA,
+                    "url": f"{server}/resnet_50.pth",
+                }
+            }
+        )
+    )
     assert main(["fetch-weights", "--params", str(root / "params.yaml"), "--params", str(override)]) == 0
     assert (tmp_path / "models/medicalnet/resnet_50.pth").read_bytes() == PAYLOAD
-    override.write_text(yaml.safe_dump({"evaluate": {"weights": "w.pth", "sha256": "1" * 64,
-                                                     "url": f"{server}/resnet_50.pth"}}))
+    override.write_text(
+        yaml.safe_dump(
+            {"evaluate": {"weights": "w.pth", "sha256": "1" * 64, "url": f"{server}/resnet_50.pth"}}
+        )
+    )
     assert main(["fetch-weights", "--params", str(root / "params.yaml"), "--params", str(override)]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err  # a clear one-line error, no traceback
     assert not (tmp_path / "w.pth").exists()
@@ -105,12 +117,19 @@ def test_snakemake_fetches_configured_weights_once_and_protects_them(server, tmp
     from tests.conftest import make_project, tool_env
 
     weights = "models/medicalnet/w.pth"
-    project = make_project(tmp_path / "project", {"evaluate": {
-        "weights": weights, "url": f"{server}/resnet_50.pth", "sha256": SHA}})
+    project = make_project(
+        tmp_path / "project",
+        {"evaluate": {"weights": weights, "url": f"{server}/resnet_50.pth", "sha256": SHA}},
+    )
 
     def snakemake(*args: str) -> str:
-        res = subprocess.run(["snakemake", "--cores", "1", *args], cwd=project, capture_output=True, text=True,
-                             env=tool_env(PRDIT_TRACKING="off"))
+        res = subprocess.run(
+            ["snakemake", "--cores", "1", *args],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=tool_env(PRDIT_TRACKING="off"),
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         return res.stdout + res.stderr
 

@@ -47,8 +47,9 @@ def test_fid_of_samples_equals_closed_form_of_their_moments_and_the_population_v
     x = rng.normal(size=(20000, 3)) * np.sqrt([1.0, 4.0, 0.25])
     y = rng.normal(size=(20000, 3)) * np.sqrt([9.0, 1.0, 0.25]) + [1.0, -2.0, 0.0]
     f = ev.fid(x, y)
-    assert f == pytest.approx(frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)),
-                              rel=1e-9)
+    assert f == pytest.approx(
+        frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)), rel=1e-9
+    )
     population = 1 + 4 + (1 - 3) ** 2 + (2 - 1) ** 2
     assert f == pytest.approx(population, rel=0.03)
 
@@ -80,9 +81,11 @@ def _brute_mmd(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     kyy = [[k(y[i], y[j]) for j in range(m)] for i in range(m)]
     kxy = [[k(x[i], y[j]) for j in range(m)] for i in range(n)]
     ref = sum(map(sum, kxx)) / n**2 + sum(map(sum, kyy)) / m**2 - 2 * sum(map(sum, kxy)) / (n * m)
-    unb = (sum(kxx[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-           + sum(kyy[i][j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-           - 2 * sum(map(sum, kxy)) / (n * m))
+    unb = (
+        sum(kxx[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        + sum(kyy[i][j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        - 2 * sum(map(sum, kxy)) / (n * m)
+    )
     return gamma, float(np.sqrt(max(ref, 0))), unb
 
 
@@ -138,8 +141,14 @@ def test_ssim_matches_scikit_image_with_the_same_window():
     rng = np.random.default_rng(5)
     a = np.tanh(rng.normal(size=(24, 24, 24)))
     b = np.clip(a + 0.3 * rng.normal(size=a.shape), -1, 1)
-    ref = structural_similarity((a + 1) / 2, (b + 1) / 2, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False)  # 11-tap window (truncate 3.5)
+    ref = structural_similarity(
+        (a + 1) / 2,
+        (b + 1) / 2,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )  # 11-tap window (truncate 3.5)
     assert ssim(a, b, kernel_size=11) == pytest.approx(ref, rel=1e-4)
 
 
@@ -154,7 +163,9 @@ def test_memorization_audit_flags_copies_relative_to_held_out_and_by_ssim_alone(
     train = Summary(["t0", "t1", "t2"], feats[:3], vols[:3], hists[:3])
     held = Summary(["h0"], feats[3:4], vols[3:4], hists[3:4])
     copy = np.clip(vols[1] + 0.01 * rng.normal(size=vols[1].shape), -1, 1)[None]
-    gen = Summary(["g0", "g1"], np.stack([feats[1] + 1e-3, feats[4]]), np.concatenate([copy, vols[4:5]]), hists[:2])
+    gen = Summary(
+        ["g0", "g1"], np.stack([feats[1] + 1e-3, feats[4]]), np.concatenate([copy, vols[4:5]]), hists[:2]
+    )
     out = audit(gen, train, held)
     assert out["near_copies"] == ["g0"]
     assert out["generated"][0]["voxel_nn"] == "t1" and out["generated"][0]["feature_nn"] == "t1"

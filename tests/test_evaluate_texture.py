@@ -78,13 +78,18 @@ def test_texture_exact_value_and_noise_vs_smooth() -> None:
     assert texture(q * z**2) == pytest.approx(2 * q / 3, rel=1e-5)
     assert texture(0.5 * z + 0.1) == pytest.approx(0.0, abs=1e-6)  # linear: no texture
     smooth = [_smooth(s) for s in range(3)]
-    noisy = [v + np.random.default_rng(s).normal(0, 0.1, v.shape).astype(np.float32) for s, v in enumerate(smooth)]
+    noisy = [
+        v + np.random.default_rng(s).normal(0, 0.1, v.shape).astype(np.float32) for s, v in enumerate(smooth)
+    ]
     out = compare(noisy, smooth, heldout=[_smooth(9)])
     assert out["texture_ratio"] > 5  # white noise: much rougher than the smooth field
     assert out["texture_ratio"] == pytest.approx(out["texture_generated"] / out["texture_real"])
     assert out["texture_ratio_floor"] == pytest.approx(1.0, abs=0.3)
     smoother = compare(smooth, noisy)  # over-smoothing: generated smoother than real
-    assert smoother["texture_ratio"] == pytest.approx(1 / out["texture_ratio"]) and smoother["texture_ratio"] < 0.2
+    assert (
+        smoother["texture_ratio"] == pytest.approx(1 / out["texture_ratio"])
+        and smoother["texture_ratio"] < 0.2
+    )
     assert smoother["texture_ratio_floor"] is None  # no held-out set given
 
 
@@ -93,10 +98,21 @@ def test_compare_on_precomputed_stats_matches_volumes_and_handles_empty_sets() -
     direct = compare(gen, real, heldout=[_smooth(6)])
     pre = compare(stats_of(gen), stats_of(real), stats_of([_smooth(6)]), precomputed=True)
     assert direct == pytest.approx(pre)
-    assert set(direct) == {"seam_ratio", "seam_ratio_real", "seam_ratio_heldout", "seam_stride", "texture_generated",
-                           "texture_real", "texture_heldout", "texture_ratio", "texture_ratio_floor"}
+    assert set(direct) == {
+        "seam_ratio",
+        "seam_ratio_real",
+        "seam_ratio_heldout",
+        "seam_stride",
+        "texture_generated",
+        "texture_real",
+        "texture_heldout",
+        "texture_ratio",
+        "texture_ratio_floor",
+    }
     empty = compare(np.zeros((0, 3)), stats_of(real), np.full((2, 3), np.nan), precomputed=True)
-    assert empty["seam_ratio"] is None and empty["texture_ratio"] is None and empty["seam_ratio_heldout"] is None
+    assert (
+        empty["seam_ratio"] is None and empty["texture_ratio"] is None and empty["seam_ratio_heldout"] is None
+    )
     assert empty["seam_ratio_real"] == pytest.approx(direct["seam_ratio_real"])
     assert volume_stats(real[0]).shape == (3,)
 

@@ -1,4 +1,5 @@
 """Stage 3: resolution bridge, frozen backbone, residual branch at twice the size."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ def test_bridge_puts_the_pooled_volume_on_the_backbone_marginal(t):
     se_coef = STD * math.sin(b_low) / (math.sqrt(n) * px0.std().item())
     assert abs(coef.item() - math.cos(b_low)) < 4 * se_coef + 1e-6
     assert abs(noise.std().item() / (STD * math.sin(b_low)) - 1) < 4 / math.sqrt(2 * n)
-    assert abs(math.tan(b_low) - math.tan(math.pi / 2 * t / T) / math.sqrt(8)) < 1e-9 * max(1, math.tan(b_low))
+    assert abs(math.tan(b_low) - math.tan(math.pi / 2 * t / T) / math.sqrt(8)) < 1e-9 * max(
+        1, math.tan(b_low)
+    )
     assert t_low.tolist() == [round(b_low * 2 * T / math.pi)] * 2
     assert abs(t_low[0].item() * math.pi / 2 / T - b_low) <= math.pi / (4 * T) + 1e-12
 
@@ -60,7 +63,9 @@ U = 2.0**-24  # float32 unit roundoff
 @pytest.mark.parametrize("t", [50, 200, 500, 800, 999])
 def test_highres_starts_as_the_upsampled_backbone_pair(t):
     """Fresh branch: x0-hat = up(backbone x0-hat at the bridged level); eps-hat satisfies the IaN relation."""
-    model = create("PRDiT-HR-T/10/1", 64, backbone=_backbone(name="PRDiT-T/10/1", size=32))  # the demo's variant
+    model = create(
+        "PRDiT-HR-T/10/1", 64, backbone=_backbone(name="PRDiT-T/10/1", size=32)
+    )  # the demo's variant
     g = torch.Generator().manual_seed(t)
     x0 = torch.rand(2, 1, 64, 64, 64, generator=g) * 2 - 1
     tt = torch.tensor([t, t // 2])
@@ -164,8 +169,13 @@ def test_an_untrained_branch_samples_at_the_upsampled_backbone_quality():
     high = D.sample(hr, (3, 1, 32, 32, 32), steps=25, k=2, seeds=seeds)
     ratio = _texture(high) / _texture(up)
     assert 0.7 <= ratio <= 1.3, ratio
-    noise = D.sample(lambda x, t: torch.cat([torch.zeros_like(x), hr.prior(x, t)], 1), (3, 1, 32, 32, 32),
-                     steps=25, k=2, seeds=seeds)  # the old start: eps-hat = 0 beside the same x0-hat
+    noise = D.sample(
+        lambda x, t: torch.cat([torch.zeros_like(x), hr.prior(x, t)], 1),
+        (3, 1, 32, 32, 32),
+        steps=25,
+        k=2,
+        seeds=seeds,
+    )  # the old start: eps-hat = 0 beside the same x0-hat
     assert _texture(noise) / _texture(up) > 2 * ratio
 
 
@@ -207,8 +217,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
         with torch.no_grad():
             for p in model.branch.parameters():
                 p.normal_(0, 0.02)
-        loss, _ = D.loss(model, torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)),
-                         generator=torch.Generator().manual_seed(2))
+        loss, _ = D.loss(
+            model,
+            torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)),
+            generator=torch.Generator().manual_seed(2),
+        )
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.branch.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

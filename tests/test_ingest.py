@@ -6,12 +6,12 @@ import hashlib
 import os
 from pathlib import Path
 
+import dicom_corpus as corpus
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-import dicom_corpus as corpus
 from prdit.config import load
 from prdit.data.ingest import run_ingest
 from prdit.data.qc import run_cases
@@ -20,12 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def params(source: Path, fmt: str = "dicom"):
-    return load(ROOT / "params.yaml", overrides={"sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}}})
+    return load(
+        ROOT / "params.yaml",
+        overrides={"sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}}},
+    )
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +113,9 @@ def test_npz_and_nifti_inputs(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "npz" / "trn00001.npz", ct=ct)
     np.savez_compressed(tmp_path / "npz" / "bad.npz", volume=ct)
     assert run_ingest(params(tmp_path / "npz", "npz"), "corpus") == 0
-    qc = pd.read_csv(tmp_path / "data" / "interim" / "corpus" / "qc.csv", keep_default_na=False).set_index("case")
+    qc = pd.read_csv(tmp_path / "data" / "interim" / "corpus" / "qc.csv", keep_default_na=False).set_index(
+        "case"
+    )
     assert qc.loc["trn00001", "status"] == "ok" and float(qc.loc["trn00001", "spacing_z"]) == 0.8
     assert qc.loc["bad", "status"] == "rejected" and "no 'ct' array" in qc.loc["bad", "reason"]
     image = sitk.ReadImage(str(tmp_path / "data" / "interim" / "corpus" / "trn00001.nii.gz"))

@@ -1,4 +1,5 @@
 """PRDiT networks: registry, shapes, exactness against the reference implementation, freezing, I/O."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def test_unknown_variant_is_a_clear_error():
         create("PRDiT-T/10/0", 36)
 
 
-@pytest.mark.parametrize("name", ["PRDiT-T/10/0", "PRDiT-T/10/2", "PRDiT-T/8/1", "PRDiT-XS/12/1", "PRDiT-XS/4/0"])
+@pytest.mark.parametrize(
+    "name", ["PRDiT-T/10/0", "PRDiT-T/10/2", "PRDiT-T/8/1", "PRDiT-XS/12/1", "PRDiT-XS/4/0"]
+)
 def test_tiny_variants_run_on_cpu(name):
     model = create(name, 32)
     x, t = small_input(model)
@@ -72,18 +75,25 @@ def _reference_models(tmp_path: Path) -> Path:
     """Extract the reference's models/ package with git show (nothing of it is kept in the repo)."""
     if not (REF_REPO / "HEAD").exists():
         pytest.skip(f"reference mirror {REF_REPO} not present")
-    files = subprocess.run(["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     (tmp_path / "models").mkdir()
     for f in files:
-        text = subprocess.run(["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True).stdout
+        text = subprocess.run(
+            ["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True
+        ).stdout
         (tmp_path / f).write_bytes(text)
     return tmp_path
 
 
 def _probe(ref: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, str(STUB / "probe.py"), str(ref), *args],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, str(STUB / "probe.py"), str(ref), *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_parameter_counts_and_names_equal_the_reference(tmp_path):
@@ -95,8 +105,12 @@ def test_parameter_counts_and_names_equal_the_reference(tmp_path):
             ours = create(name, 128)
         want = got[f"{name}@128"]
         assert sum(p.numel() for p in ours.parameters()) == want["params"], name
-        renamed = from_reference_state_dict({k: torch.empty(v, device="meta") for k, v in want["shapes"].items()})
-        assert {k: list(v.shape) for k, v in ours.state_dict().items()} == {k: list(v.shape) for k, v in renamed.items()}
+        renamed = from_reference_state_dict(
+            {k: torch.empty(v, device="meta") for k, v in want["shapes"].items()}
+        )
+        assert {k: list(v.shape) for k, v in ours.state_dict().items()} == {
+            k: list(v.shape) for k, v in renamed.items()
+        }
     assert got["PRDiT-B/12/4@128"]["params"] == 93_228_992
 
 
@@ -164,7 +178,10 @@ def test_positional_code_depends_only_on_normalised_coordinates():
         coords = torch.stack([x, y, z], -1).reshape(-1, 3)
         torch.testing.assert_close(grid_pos_embed(grid, 96, 7.6), sincos_code(coords, 96, 7.6))
     # 16^3 and 48^3 grids share cell centres: identical codes there
-    e16, e48 = grid_pos_embed(16, 96, 7.6).view(16, 16, 16, 96), grid_pos_embed(48, 96, 7.6).view(48, 48, 48, 96)
+    e16, e48 = (
+        grid_pos_embed(16, 96, 7.6).view(16, 16, 16, 96),
+        grid_pos_embed(48, 96, 7.6).view(48, 48, 48, 96),
+    )
     torch.testing.assert_close(e16, e48[1::3, 1::3, 1::3])
     # the 32^3 model's buffer is the same function, evaluated on its own grid
     m16, m32 = create("PRDiT-T/10/1", 128), create("PRDiT-T/10/1", 256)
@@ -240,7 +257,9 @@ def test_save_load_roundtrip_including_compiled_models(tmp_path):
     assert back.meta == {"step": 7} and back.spec["name"] == "PRDiT-T/10/2"
     assert not any(p.requires_grad for m in back.local_modules() for p in m.parameters())
     obj = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
-    assert obj["format"] == "prdit-model/1" and obj["input_size"] == 32 and not list((tmp_path / "a").glob(".*"))
+    assert (
+        obj["format"] == "prdit-model/1" and obj["input_size"] == 32 and not list((tmp_path / "a").glob(".*"))
+    )
 
 
 def test_load_rejects_foreign_and_missing_files(tmp_path):

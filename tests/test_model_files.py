@@ -56,8 +56,14 @@ def test_content_hash_follows_weights_and_architecture_not_meta(tmp_path: Path) 
 
 
 def test_training_checkpoint_writer_is_byte_deterministic(tmp_path: Path) -> None:
-    state = {"stage": "local", "fingerprint": {"lr": 1e-4}, "step": 7, "model": _model().state_dict(),
-             "ema": _model(1).state_dict(), "rng": ckpt.rng_state()}
+    state = {
+        "stage": "local",
+        "fingerprint": {"lr": 1e-4},
+        "step": 7,
+        "model": _model().state_dict(),
+        "ema": _model(1).state_dict(),
+        "rng": ckpt.rng_state(),
+    }
     ckpt.save(tmp_path / "x" / "last.pt", state)
     ckpt.save(tmp_path / "y" / "last.pt", state)
     assert (tmp_path / "x" / "last.pt").read_bytes() == (tmp_path / "y" / "last.pt").read_bytes()
@@ -68,12 +74,17 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PRDIT_TRACKING", "off")
     common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
-    return load(ROOT / "params.yaml", overrides={
-        "preprocess": {"size": 16, "highres_size": 32},
-        "train": {"common": common,
-                  "local": {"model": "PRDiT-T/8/0", "steps": 2, "batch_size": 2},
-                  "global": {"model": "PRDiT-T/8/1", "steps": 2, "batch_size": 2}},
-    })
+    return load(
+        ROOT / "params.yaml",
+        overrides={
+            "preprocess": {"size": 16, "highres_size": 32},
+            "train": {
+                "common": common,
+                "local": {"model": "PRDiT-T/8/0", "steps": 2, "batch_size": 2},
+                "global": {"model": "PRDiT-T/8/1", "steps": 2, "batch_size": 2},
+            },
+        },
+    )
 
 
 def _train(p, stage: str) -> tuple[stages.StageModel, object]:
@@ -92,7 +103,9 @@ def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(
     last = stages.model_dir(DS, "global") / "last.pt"
     assert last.exists()
     # the parent re-written (another commit, say): other provenance, same weights -> the child's last.pt resumes
-    models.save(local, models.load(local), meta={**models.load(local).meta, "git_commit": "0" * 40 + "-dirty"})
+    models.save(
+        local, models.load(local), meta={**models.load(local).meta, "git_commit": "0" * 40 + "-dirty"}
+    )
     again = stages.build(params, DS, "global")
     job2 = job_from_params(params, DS, "global", again.parents)
     assert job2.fingerprint == job.fingerprint

@@ -26,7 +26,9 @@ CONFIGS = [None, *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))]
 def _normalise(cmd: str) -> tuple[str, ...]:
     """The prdit command and its arguments, without log redirection and per-runner options."""
     words = shlex.split(cmd.split(">")[0])
-    words = words[len(words) - 1 - words[::-1].index("prdit"):]  # launchers before it (exec prdit launch ...) are how, not what
+    words = words[
+        len(words) - 1 - words[::-1].index("prdit") :
+    ]  # launchers before it (exec prdit launch ...) are how, not what
     out, skip = [], False
     for word in words:
         if skip:
@@ -40,20 +42,23 @@ def _normalise(cmd: str) -> tuple[str, ...]:
 
 def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> dict[str, dict]:
     """Every job of a forced dry run: rule name -> command, inputs, outputs (threads as the rules set them)."""
-    cmd = ["snakemake", "-n", "-F", "-p", "--cores", "256"] + (["--configfile", str(ROOT / "configs" / config)]
-                                                               if config else [])
+    cmd = ["snakemake", "-n", "-F", "-p", "--cores", "256"] + (
+        ["--configfile", str(ROOT / "configs" / config)] if config else []
+    )
     text = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env(), check=True).stdout
     jobs = {}
     for block in re.split(r"\n(?=rule \w+:)", text):
         m = re.match(r"rule (\w+):", block)
         if not m or m.group(1) == "all" or m.group(1) in SNAKEMAKE_ONLY:
             continue
-        field = lambda name: re.search(rf"^    {name}: (.*)$", block, re.M)  # noqa: E731
+        field = lambda name, block=block: re.search(rf"^    {name}: (.*)$", block, re.M)  # noqa: E731
         cmd = re.search(r"^Shell command: (.*)$", block, re.M)
         jobs[m.group(1)] = {
             "cmd": _normalise(cmd.group(1)),
             "outs": set(field("output").group(1).split(", ")),
-            "deps": {d for d in field("input").group(1).split(", ") if ".shards/" not in d} if field("input") else set(),
+            "deps": {d for d in field("input").group(1).split(", ") if ".shards/" not in d}
+            if field("input")
+            else set(),
         }
     return jobs
 
@@ -89,8 +94,14 @@ def dags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) -> None:
     jobs, stages, params = dags
-    extra = set() if params["preprocess"]["highres_size"] else {"train-highres", "sample-highres", "evaluate-highres"}
-    assert set(jobs) and {name.replace("_", "-") for name in jobs} == set(stages) - extra  # README: no 256^3 stage
+    extra = (
+        set()
+        if params["preprocess"]["highres_size"]
+        else {"train-highres", "sample-highres", "evaluate-highres"}
+    )
+    assert (
+        set(jobs) and {name.replace("_", "-") for name in jobs} == set(stages) - extra
+    )  # README: no 256^3 stage
     for rule, job in jobs.items():
         stage = stages[rule.replace("_", "-")]
         assert job["cmd"] == stage["cmd"], rule  # --threads included: DVC passes the rules' threads
@@ -99,8 +110,11 @@ def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) ->
         # evaluate.weights (set by the configs) is an input of the evaluate rules; dvc.yaml cannot list a file
         # only when a param is set (no conditionals, a null path does not interpolate), so under DVC the
         # weights reach evaluation through its params (evaluate.weights and evaluate.sha256, checked on load)
-        weights = {params["evaluate"]["weights"]} if rule.startswith("evaluate") and params["evaluate"]["weights"] \
+        weights = (
+            {params["evaluate"]["weights"]}
+            if rule.startswith("evaluate") and params["evaluate"]["weights"]
             else set()
+        )
         assert job["deps"] == stage["deps"] | weights, rule
         if weights:
             assert "evaluate" in stage["params"], rule
@@ -119,10 +133,21 @@ def test_every_rule_declares_its_params_log_benchmark_and_resources() -> None:
     for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         for rule in re.split(r"\n(?=rule )", path.read_text())[1:]:
             name = re.match(r"rule (\w+):", rule).group(1)
-            for directive in ("log:", "benchmark:", "threads:", "resources:", "mem_mb=", "runtime=", "conda:"):
+            for directive in (
+                "log:",
+                "benchmark:",
+                "threads:",
+                "resources:",
+                "mem_mb=",
+                "runtime=",
+                "conda:",
+            ):
                 assert directive in rule, f"{path.name}: rule {name} lacks {directive}"
-            stage = name.replace("_", "-").replace("-base", "").replace("-highres", "") \
-                if name.startswith(("sample", "evaluate")) else name.replace("_", "-")
+            stage = (
+                name.replace("_", "-").replace("-base", "").replace("-highres", "")
+                if name.startswith(("sample", "evaluate"))
+                else name.replace("_", "-")
+            )
             assert f'used("{stage}")' in rule, f"rule {name} does not declare the params it reads"
             if name.startswith(("train", "sample", "evaluate")):
                 assert "gpu=" in rule, f"rule {name} asks for no GPU"

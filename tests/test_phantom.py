@@ -53,7 +53,9 @@ def test_simpleitk_reads_the_claimed_geometry(patients):
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(w.folder)))
         image = reader.Execute()
         assert image.GetSize() == (w.shape_zyx[2], w.shape_zyx[1], w.shape_zyx[0])
-        assert image.GetSpacing() == pytest.approx((w.pixel_spacing, w.pixel_spacing, w.slice_spacing), abs=1e-4)
+        assert image.GetSpacing() == pytest.approx(
+            (w.pixel_spacing, w.pixel_spacing, w.slice_spacing), abs=1e-4
+        )
         assert image.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
         lowest = (w.origin[0], w.origin[1], w.origin[2] - (w.shape_zyx[0] - 1) * w.slice_spacing)
         assert image.GetOrigin() == pytest.approx(lowest, abs=1e-3)  # ITK starts at the most inferior slice

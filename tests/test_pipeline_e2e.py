@@ -16,22 +16,37 @@ from prdit.io import read_nifti
 from tests.conftest import make_project, tool_env
 
 pytestmark = pytest.mark.slow
-STAGES = {"download", "ingest", "preprocess", "split", "train-local", "train-global", "train-highres", "sample",
-          "evaluate"}
+STAGES = {
+    "download",
+    "ingest",
+    "preprocess",
+    "split",
+    "train-local",
+    "train-global",
+    "train-highres",
+    "sample",
+    "evaluate",
+}
 
 
 def run(cmd: list[str], cwd: Path) -> str:
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env())
     if res.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((cwd / "logs").rglob("*.log")))
-        pytest.fail(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}")
+        pytest.fail(
+            f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}"
+        )
     return res.stdout + res.stderr
 
 
 def outputs(root: Path) -> set[str]:
     parts = ("data/interim", "data/processed", "data/splits", "models", "samples", "metrics")
-    return {str(p.relative_to(root)) for part in parts for p in (root / part).rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name != "last.pt"}
+    return {
+        str(p.relative_to(root))
+        for part in parts
+        for p in (root / part).rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name != "last.pt"
+    }
 
 
 def planned_rules(cwd: Path) -> set[str]:
@@ -57,7 +72,9 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sm, dvc = make_project(root / "sm"), make_project(root / "dvc")
     dvc_log = root / "dvc-repro.log"
     with open(dvc_log, "w") as fh:
-        dvc_proc = subprocess.Popen(["dvc", "repro"], cwd=dvc, stdout=fh, stderr=subprocess.STDOUT, env=tool_env())
+        dvc_proc = subprocess.Popen(
+            ["dvc", "repro"], cwd=dvc, stdout=fh, stderr=subprocess.STDOUT, env=tool_env()
+        )
         try:
             run(["snakemake", "--cores", "2", "all"], sm)
         finally:
@@ -125,10 +142,14 @@ def test_dvc_repro_builds_the_same_outputs_and_then_nothing(builds: tuple[Path, 
     assert "up to date" in run(["dvc", "status"], dvc).lower()
 
 
-def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_every_shard(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "shards", {"preprocess": {"highres_size": None},
-                                                 "sample": {"n": 5, "batch_size": 2}})  # 3 batches
+def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_every_shard(
+    tmp_path: Path,
+) -> None:
+    project = make_project(
+        tmp_path / "shards", {"preprocess": {"highres_size": None}, "sample": {"n": 5, "batch_size": 2}}
+    )  # 3 batches
     run(["snakemake", "--cores", "2", "samples/phantom/16"], project)
+
     def files(folder: Path) -> dict[str, bytes]:  # without Snakemake's .snakemake_timestamp
         return {f.name: f.read_bytes() for f in folder.iterdir() if not f.name.startswith(".")}
 
@@ -150,9 +171,16 @@ def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_ev
 
     run(["snakemake", "--cores", "2", "all"], project)
     assert files(project / "samples/phantom/16") == one
-    assert not (project / "samples/phantom/16.shards").exists() or not any((project / "samples/phantom/16.shards").iterdir())
+    assert not (project / "samples/phantom/16.shards").exists() or not any(
+        (project / "samples/phantom/16.shards").iterdir()
+    )
     assert sorted(f.name for f in (project / "logs/sample").iterdir()) == [
-        "phantom.16.log", "phantom.16.merge.log", "phantom.16.shard0.log", "phantom.16.shard1.log", "phantom.16.shard2.log"]
+        "phantom.16.log",
+        "phantom.16.merge.log",
+        "phantom.16.shard0.log",
+        "phantom.16.shard1.log",
+        "phantom.16.shard2.log",
+    ]
     assert np.isfinite(json.loads((project / "metrics/phantom/16.json").read_text())["fid"])
     assert planned_rules(project) == set()
 
@@ -177,18 +205,35 @@ def test_an_override_file_re_runs_only_the_rules_that_read_what_it_changes(built
     sampling.parent.mkdir()
     sampling.write_text(yaml.safe_dump({"sample": {"steps": p["sample"]["steps"] + 1}}))
     assert planned_jobs(project, "--configfile", str(sampling)) == {
-        "sample_base": 1, "sample_highres": 1, "evaluate_base": 1, "evaluate_highres": 1}
+        "sample_base": 1,
+        "sample_highres": 1,
+        "evaluate_base": 1,
+        "evaluate_highres": 1,
+    }
     shell = run(["snakemake", "-n", "-p", "all", "--configfile", str(sampling)], project)
     assert f"--params params.yaml --params '{sampling}'" in shell
 
     highres = project / "highres.yaml"
     highres.write_text(yaml.safe_dump({"train": {"highres": {"lr": p["train"]["highres"]["lr"] * 2}}}))
     assert planned_jobs(project, "--configfile", str(highres)) == {
-        "train_highres": 1, "sample_highres": 1, "evaluate_highres": 1}
+        "train_highres": 1,
+        "sample_highres": 1,
+        "evaluate_highres": 1,
+    }
 
     same = project / "same.yaml"  # values equal to params.yaml's, in another key order
-    same.write_text(yaml.safe_dump({"sample": {"steps": p["sample"]["steps"], "n": p["sample"]["n"]},
-                                    "train": {"highres": {"lr": p["train"]["highres"]["lr"]}}}))
+    same.write_text(
+        yaml.safe_dump(
+            {
+                "sample": {"steps": p["sample"]["steps"], "n": p["sample"]["n"]},
+                "train": {"highres": {"lr": p["train"]["highres"]["lr"]}},
+            }
+        )
+    )
     assert planned_jobs(project, "--configfile", str(same)) == {}
     assert planned_jobs(project, "--configfile", str(same), str(sampling)) == {
-        "sample_base": 1, "sample_highres": 1, "evaluate_base": 1, "evaluate_highres": 1}
+        "sample_base": 1,
+        "sample_highres": 1,
+        "evaluate_base": 1,
+        "evaluate_highres": 1,
+    }

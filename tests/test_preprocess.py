@@ -24,7 +24,9 @@ RADIUS = 24.0
 SPHERE_HU = 300.0
 
 
-def write_sphere_series(folder: Path, patient: str, ps: float = 0.8, dz: float = 3.0, n: int = 256, slices: int = 50):
+def write_sphere_series(
+    folder: Path, patient: str, ps: float = 0.8, dz: float = 3.0, n: int = 256, slices: int = 50
+):
     """Water-filled field of view with one sphere, anisotropic voxels, IPP z descending (head first)."""
     half = (n - 1) / 2 * ps
     xs = -half + np.arange(n) * ps
@@ -41,13 +43,24 @@ def write_sphere_series(folder: Path, patient: str, ps: float = 0.8, dz: float =
                     acc += d2 <= RADIUS**2
         hu[k] = acc / 27 * SPHERE_HU
     ipp = np.stack([np.full(slices, -half), np.full(slices, -half), zs], 1)
-    write_ct_series(folder, hu, ipp, (1, 0, 0, 0, 1, 0), (ps, ps), slice_thickness=dz, patient_id=patient,
-                    study_uid=uid(patient, "study"), series_uid=uid(patient, "series"))
+    write_ct_series(
+        folder,
+        hu,
+        ipp,
+        (1, 0, 0, 0, 1, 0),
+        (ps, ps),
+        slice_thickness=dz,
+        patient_id=patient,
+        study_uid=uid(patient, "study"),
+        series_uid=uid(patient, "series"),
+    )
 
 
 def params(raw: Path, **preprocess):
-    over = {"sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
-            "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess}}
+    over = {
+        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
+        "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
+    }
     return load(ROOT / "params.yaml", overrides=over)
 
 
@@ -82,7 +95,9 @@ def test_sphere_volume_centroid_and_hu_survive(project, case, size):
     voxel = 256.0 / size
     assert image.GetSpacing() == pytest.approx((voxel,) * 3)
     hu = (sitk.GetArrayFromImage(image) + 1.0) / 2.0 * 2000.0 - 1000.0
-    inside = np.clip(hu / SPHERE_HU, 0, 1) * (np.linalg.norm(physical_grid(image) - CENTRE, axis=-1) < RADIUS + 3 * voxel)
+    inside = np.clip(hu / SPHERE_HU, 0, 1) * (
+        np.linalg.norm(physical_grid(image) - CENTRE, axis=-1) < RADIUS + 3 * voxel
+    )
     volume = inside.sum() * voxel**3  # partial-volume weighted
     radius = (3 * volume / (4 * np.pi)) ** (1 / 3)
     assert abs(radius - RADIUS) < voxel
@@ -125,8 +140,11 @@ def test_downsampling_does_not_alias():
     out = resample_cube(image, 24, 4.4, (-1000.0, 1000.0))
     inner = out[4:-4, 4:-4, 4:-4]
     assert abs(float(inner.mean())) < 5 and float(inner.std()) < 5
-    naive = sitk.GetArrayFromImage(sitk.Resample(image, [24] * 3, sitk.Transform(), sitk.sitkLinear,
-                                                 out_origin(image, 24, 4.4), [4.4] * 3))
+    naive = sitk.GetArrayFromImage(
+        sitk.Resample(
+            image, [24] * 3, sitk.Transform(), sitk.sitkLinear, out_origin(image, 24, 4.4), [4.4] * 3
+        )
+    )
     assert float(naive[4:-4, 4:-4, 4:-4].std()) > 50  # what smoothing prevents
 
 
@@ -169,11 +187,15 @@ def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
     img = sitk.GetImageFromArray(np.full((10, 12, 12), -1000, np.int16))
     sitk.WriteImage(img, str(interim / "a.nii.gz"))
     (interim / "b.nii.gz").write_bytes(b"not a nifti")
-    pd.DataFrame({"case": ["a", "b"], "patient_id": ["a", "b"], "status": ["ok", "ok"]}).to_csv(interim / "qc.csv", index=False)
+    pd.DataFrame({"case": ["a", "b"], "patient_id": ["a", "b"], "status": ["ok", "ok"]}).to_csv(
+        interim / "qc.csv", index=False
+    )
     p = params(tmp_path, size=16, highres_size=None)
     assert run_preprocess(p, "t") == 0
     assert run_preprocess(p, "t", strict=True) == 1
-    qc = pd.read_csv(tmp_path / "data" / "processed" / "t" / "qc.csv", keep_default_na=False).set_index("case")
+    qc = pd.read_csv(tmp_path / "data" / "processed" / "t" / "qc.csv", keep_default_na=False).set_index(
+        "case"
+    )
     assert qc.loc["a", "status"] == "ok" and qc.loc["b", "status"] == "rejected"
     assert qc.loc["b", "reason"]
 
@@ -186,8 +208,10 @@ def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
     ct[60:80, 60:80, 60:80] = 1000  # bright outlier block above the 0.995 quantile
     (tmp_path / "raw").mkdir()
     np.savez_compressed(tmp_path / "raw" / "trn00001.npz", ct=ct)
-    over = {"sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
-            "preprocess": {"mode": "reference", "size": 64, "highres_size": 128}}
+    over = {
+        "sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
+        "preprocess": {"mode": "reference", "size": 64, "highres_size": 128},
+    }
     p = load(ROOT / "params.yaml", overrides=over)
     assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0
     out = tmp_path / "data" / "processed" / "rad"

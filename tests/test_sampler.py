@@ -1,4 +1,5 @@
 """Sampler oracle tests: models that return the exact posterior (eps, x0) of a known data set."""
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,9 @@ def test_sample_i_does_not_depend_on_the_batch_with_a_network():
 
 @pytest.mark.parametrize("steps,k", [(1, 1), (1, 3), (7, 2), (13, 5)])
 def test_any_step_count_and_jump(steps, k):
-    y = D.sample(MixtureOracle(torch.ones(1, 1, 4, 4, 4) * 0.5), (2, 1, 4, 4, 4), steps=steps, k=k, seeds=[0, 1])
+    y = D.sample(
+        MixtureOracle(torch.ones(1, 1, 4, 4, 4) * 0.5), (2, 1, 4, 4, 4), steps=steps, k=k, seeds=[0, 1]
+    )
     assert y.shape == (2, 1, 4, 4, 4) and torch.isfinite(y).all()
 
 
@@ -121,8 +124,15 @@ def test_sampler_rejects_bad_arguments():
 
 
 def test_trajectory_is_written_every_n_steps(tmp_path):
-    y = D.sample(GaussianOracle(0.0, 0.3), (2, 1, 8, 8, 8), steps=10, k=2, seeds=[0, 1],
-                 trajectory_dir=tmp_path, save_every=3)
+    y = D.sample(
+        GaussianOracle(0.0, 0.3),
+        (2, 1, 8, 8, 8),
+        steps=10,
+        k=2,
+        seeds=[0, 1],
+        trajectory_dir=tmp_path,
+        save_every=3,
+    )
     files = sorted(tmp_path.glob("step_*.pt"))
     assert [f.name for f in files] == ["step_00003.pt", "step_00006.pt", "step_00009.pt", "step_00010.pt"]
     states = [torch.load(f, weights_only=True) for f in files]
@@ -145,7 +155,9 @@ _MEMORY_PROBE = textwrap.dedent(
 
 def test_sampling_memory_does_not_grow_with_the_number_of_steps():
     def peak_kib(steps):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(steps)], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(steps)], check=True, capture_output=True, text=True
+        )
         return int(out.stdout.split()[-1])
 
     short, long = peak_kib(50), peak_kib(1000)
@@ -169,8 +181,13 @@ def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkey
     save(tmp_path / "models/phantom/global/model.pt", model, meta={})
     vols = {}
     for bs in (1, 3):
-        p = config.load(root / "params.yaml", {"preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0},
-                                               "sample": {"n": 3, "batch_size": bs, "steps": 3, "k": 2}})
+        p = config.load(
+            root / "params.yaml",
+            {
+                "preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0},
+                "sample": {"n": 3, "batch_size": bs, "steps": 3, "k": 2},
+            },
+        )
         run_sample(p, "phantom", 16)
         out = tmp_path / "samples/phantom/16"
         assert sorted(f.name for f in out.iterdir()) == ["0.nii.gz", "1.nii.gz", "2.nii.gz", "montage.png"]
@@ -178,7 +195,9 @@ def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkey
     for (a, spacing), (b, _) in zip(vols[1], vols[3]):
         assert spacing == pytest.approx((16.0, 16.0, 16.0)) and a.shape == (16, 16, 16)
         assert -1000 <= a.min() and a.max() <= 1000
-        assert abs(a - b).max() < 0.1  # HU = 1e-4 in model space: float rounding of batched matmuls only (as above)
+        assert (
+            abs(a - b).max() < 0.1
+        )  # HU = 1e-4 in model space: float rounding of batched matmuls only (as above)
     assert abs(vols[1][0][0] - vols[1][1][0]).max() > 1  # different seeds, different samples
     with pytest.raises(ValueError, match="size 24"):
         run_sample(p, "phantom", 24)
@@ -222,12 +241,19 @@ def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, monkeypatch
     three = config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 3}})
     for k in (2, 0, 1):
         run_sample(three, "phantom", 16, shard=k)
-    shard_files = {k: sorted(f.name for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()) for k in range(3)}
+    shard_files = {
+        k: sorted(f.name for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()) for k in range(3)
+    }
     assert shard_files == {0: ["0.nii.gz", "1.nii.gz"], 1: ["2.nii.gz", "3.nii.gz"], 2: ["4.nii.gz"]}
-    union = {f.name: f.read_bytes() for k in range(3) for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()}
+    union = {
+        f.name: f.read_bytes()
+        for k in range(3)
+        for f in (tmp_path / f"samples/phantom/16.shards/{k}").iterdir()
+    }
     assert union == {name: data for name, data in ref.items() if name != "montage.png"}
 
     import shutil
+
     shutil.rmtree(out)
     merge_samples(three, "phantom", 16)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == ref  # montage included

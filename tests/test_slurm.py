@@ -19,7 +19,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
 from typing import TypeVar
 
 import numpy as np
@@ -29,24 +28,37 @@ import yaml
 from prdit.config import deep_merge
 from tests.conftest import ROOT, make_project, tool_env
 
-
 START = ROOT / "tests" / "slurm" / "start-cluster.sh"
 STOP = ROOT / "tests" / "slurm" / "stop-cluster.sh"
 PROFILE = "slurm"  # the root link to profiles/slurm: what users type
 # A real cluster wants the plugin's defaults (first status check after 40 s); here jobs take seconds.
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 T = TypeVar("T")
-STAGES = {"ingest", "preprocess", "split", "train-local", "train-global", "train-highres", "sample", "evaluate"}
+STAGES = {
+    "ingest",
+    "preprocess",
+    "split",
+    "train-local",
+    "train-global",
+    "train-highres",
+    "sample",
+    "evaluate",
+}
 
 
 def sh(cmd: list[str], cwd: Path | None = None, **env: str) -> str:
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env(**env), timeout=1200)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}"
+    assert res.returncode == 0, (
+        f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}"
+    )
     return res.stdout + res.stderr
 
 
 def fail_with_logs(msg: str, project: Path, output: str) -> None:
-    logs = [*sorted((project / "logs").rglob("*.log")), *sorted((project / ".snakemake/slurm_logs").rglob("*.log"))]
+    logs = [
+        *sorted((project / "logs").rglob("*.log")),
+        *sorted((project / ".snakemake/slurm_logs").rglob("*.log")),
+    ]
     pytest.fail(msg + "\n" + output[-6000:] + "".join(f"\n== {p}\n{p.read_text()[-2500:]}" for p in logs))
 
 
@@ -59,8 +71,23 @@ def free_port() -> int:
 def slurm_jobs(run_id: str) -> list[dict[str, str]]:
     """One record per SLURM job of a Snakemake run (job name = run id), from the accounting database."""
     fields = ["JobIDRaw", "State", "Comment", "Partition", "Account", "AllocTRES", "ExitCode"]
-    out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "--starttime", "now-1days", "--name", run_id,
-                          "-o", ",".join(fields)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "sacct",
+            "-X",
+            "--parsable2",
+            "--noheader",
+            "--starttime",
+            "now-1days",
+            "--name",
+            run_id,
+            "-o",
+            ",".join(fields),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     jobs = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
     for job in jobs:  # the plugin's comment: rule_<rule>[_wildcards_<values>]
         job["rule"] = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
@@ -79,7 +106,8 @@ def mlflow_runs(db: Path) -> dict[str, tuple[str, str, str]]:
         rows = con.execute(
             "select r.run_uuid, t.value, r.status, coalesce(e.value, '') from runs r "
             "join tags t on t.run_uuid = r.run_uuid and t.key = 'prdit.stage' "
-            "left join tags e on e.run_uuid = r.run_uuid and e.key = 'prdit.exit'").fetchall()
+            "left join tags e on e.run_uuid = r.run_uuid and e.key = 'prdit.exit'"
+        ).fetchall()
     return {run: (stage, status, exit_tag) for run, stage, status, exit_tag in rows}
 
 
@@ -108,12 +136,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     except OSError:
         loopback = False
     host = host if loopback else "127.0.0.1"
-    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination",
-           str(d / "artifacts"), "--host", host, "--port", str(port), "--allowed-hosts", f"{host}:{port}",
-           "--workers", "1"]
+    cmd = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{d / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(d / "artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--allowed-hosts",
+        f"{host}:{port}",
+        "--workers",
+        "1",
+    ]
     env = tool_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with open(d / "server.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         yield f"http://{host}:{port}", d / "mlflow.db"
     finally:
@@ -136,16 +179,18 @@ def wait_for_server(uri: str, log: Path, timeout: float = 180.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster: None, mlflow_server: tuple[str, Path],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+def slurm_run(
+    cluster: None, mlflow_server: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, str]:
     """The demo DAG (tests/configs/tiny.yaml) run by `snakemake --profile profiles/slurm all`, with
     MLFLOW_TRACKING_URI pointing at the server; returns (project, snakemake output, SLURM run id)."""
     uri, _ = mlflow_server
     project = make_project(tmp_path_factory.mktemp("slurm") / "project")
     wait_for_server(uri, mlflow_server[1].parent / "server.log")
     cmd = ["snakemake", "--profile", PROFILE, "all", *FAST_POLL]
-    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=1500,
-                         env=tool_env(MLFLOW_TRACKING_URI=uri))
+    res = subprocess.run(
+        cmd, cwd=project, capture_output=True, text=True, timeout=1500, env=tool_env(MLFLOW_TRACKING_URI=uri)
+    )
     output = res.stdout + res.stderr
     if res.returncode != 0:
         fail_with_logs(f"{' '.join(cmd)} failed ({res.returncode})", project, output)
@@ -168,8 +213,9 @@ def test_profiles_parse_and_name_real_rules(profile: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_profile_runs_the_demo_dag_through_slurm(slurm_run: tuple[Path, str, str],
-                                                 mlflow_server: tuple[str, Path]) -> None:
+def test_profile_runs_the_demo_dag_through_slurm(
+    slurm_run: tuple[Path, str, str], mlflow_server: tuple[str, Path]
+) -> None:
     project, output, run_id = slurm_run
     profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())
 
@@ -178,8 +224,18 @@ def test_profile_runs_the_demo_dag_through_slurm(slurm_run: tuple[Path, str, str
     local = set(re.findall(r"^localrule (\w+):", output, re.M))
     jobs = slurm_jobs(run_id)
     assert sorted(j["rule"] for j in jobs) == sorted(submitted)
-    assert {"ingest", "preprocess", "split", "train_local", "train_global", "train_highres", "sample_base",
-            "sample_highres", "evaluate_base", "evaluate_highres"} <= set(submitted)
+    assert {
+        "ingest",
+        "preprocess",
+        "split",
+        "train_local",
+        "train_global",
+        "train_highres",
+        "sample_base",
+        "sample_highres",
+        "evaluate_base",
+        "evaluate_highres",
+    } <= set(submitted)
     assert local <= {"all", "download"}  # download stays on the submit host (compute nodes may lack internet)
     assert all(j["State"] == "COMPLETED" for j in jobs), jobs
 
@@ -198,8 +254,10 @@ def test_profile_runs_the_demo_dag_through_slurm(slurm_run: tuple[Path, str, str
         assert np.isfinite(metrics["fid"])
         assert len(list((project / f"samples/phantom/{size}").glob("*.nii.gz"))) == p["sample"]["n"]
     for stage in ("local", "global", "highres"):
-        assert json.loads((project / f"models/phantom/{stage}/metrics.json").read_text())["steps"] == \
-            p["train"][stage]["steps"]
+        assert (
+            json.loads((project / f"models/phantom/{stage}/metrics.json").read_text())["steps"]
+            == p["train"][stage]["steps"]
+        )
 
     # the jobs logged to the MLflow server on the submit host, none had to spool
     runs = list(mlflow_runs(mlflow_server[1]).values())
@@ -246,7 +304,9 @@ def term_pending(pid: int) -> bool:
     """Whether a (stopped) process has a SIGTERM waiting for it."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & 1 << (signal.SIGTERM - 1):
+            if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & 1 << (
+                signal.SIGTERM - 1
+            ):
                 return True
     return False
 
@@ -266,7 +326,9 @@ def reset_training(project: Path, steps: int) -> Path:
     return model_dir
 
 
-def freeze_after_checkpoint(proc: subprocess.Popen, project: Path, out_path: Path) -> tuple[str, str, list[int]]:
+def freeze_after_checkpoint(
+    proc: subprocess.Popen, project: Path, out_path: Path
+) -> tuple[str, str, list[int]]:
     """Wait for train_local's first last.pt, then SIGSTOP its training processes so that whatever
     SLURM does next surely lands mid-run; returns (SLURM run id, job id, frozen pids)."""
     deadline = time.monotonic() + 600
@@ -275,8 +337,9 @@ def freeze_after_checkpoint(proc: subprocess.Popen, project: Path, out_path: Pat
             fail_with_logs("training never wrote last.pt", project, out_path.read_text())
         time.sleep(0.3)
     run_id = run_id_of(out_path.read_text())
-    job_id = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True,
-                            check=True).stdout.split()[0]
+    job_id = subprocess.run(
+        ["squeue", "-h", "--name", run_id, "-o", "%A"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
     pids = training_pids(job_id)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
@@ -293,14 +356,16 @@ def thaw_after_sigterm(pids: list[int]) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def run_while(cmd: list[str], project: Path, out_path: Path, uri: str,
-              act: Callable[[subprocess.Popen], T]) -> tuple[str, T]:
+def run_while(
+    cmd: list[str], project: Path, out_path: Path, uri: str, act: Callable[[subprocess.Popen], T]
+) -> tuple[str, T]:
     """Run Snakemake in the background, do `act` to it (and its SLURM jobs) meanwhile, and return its
     output once it succeeded, and what `act` returned. A failed test stops Snakemake (which cancels
     its SLURM jobs)."""
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT,
-                                env=tool_env(MLFLOW_TRACKING_URI=uri))
+        proc = subprocess.Popen(
+            cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT, env=tool_env(MLFLOW_TRACKING_URI=uri)
+        )
     try:
         acted = act(proc)
         rc = proc.wait(timeout=900)
@@ -323,8 +388,9 @@ def assert_resumed(model_dir: Path, steps: int, world_size: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, str],
-                                                  mlflow_server: tuple[str, Path], tmp_path: Path) -> None:
+def test_training_stopped_by_its_time_limit_resumes(
+    slurm_run: tuple[Path, str, str], mlflow_server: tuple[str, Path], tmp_path: Path
+) -> None:
     """train_local on 2 GPUs (torchrun) gets a time limit that is about to end after its first
     checkpoint: SLURM's warning signal makes it save and stop, Snakemake's retry resumes from last.pt
     and ends at the configured step count. MLflow is unreachable from the jobs: the runs are spooled
@@ -336,8 +402,13 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
     # the profile as shipped, plus 2 GPUs of a type and 4 CPUs for this rule, as docs/slurm.md shows
     # (a --set-resources on the command line would replace the profile's whole mapping)
     profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())
-    profile = deep_merge(profile, {"set-resources": {"train_local": {"gpu": 2, "gpu_model": "test"}},
-                                   "set-threads": {"train_local": 4}})
+    profile = deep_merge(
+        profile,
+        {
+            "set-resources": {"train_local": {"gpu": 2, "gpu_model": "test"}},
+            "set-threads": {"train_local": 4},
+        },
+    )
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
 
@@ -348,22 +419,29 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
         # through torchrun); then let it go on. The hard limit is still minutes away.
         run_id, job_id, pids = freeze_after_checkpoint(proc, project, tmp_path / "snakemake.out")
         assert len(pids) == 2, pids  # two GPUs: two workers
-        elapsed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%M"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-        seconds = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.replace("-", ":").split(":"))))
+        elapsed = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%M"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        seconds = sum(int(x) * 60**i for i, x in enumerate(reversed(elapsed.replace("-", ":").split(":"))))
         sh(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={(seconds + 290) // 60}"])
         thaw_after_sigterm(pids)
         return run_id
 
     cmd = ["snakemake", "--profile", str(tmp_path / "profile"), "models/phantom/local/model.pt", *FAST_POLL]
-    _, run_id = run_while(cmd, project, tmp_path / "snakemake.out", f"http://127.0.0.1:{free_port()}",
-                          cut_time_limit)
+    _, run_id = run_while(
+        cmd, project, tmp_path / "snakemake.out", f"http://127.0.0.1:{free_port()}", cut_time_limit
+    )
 
     jobs = slurm_jobs(run_id)
-    assert [(j["rule"], j["State"]) for j in jobs] == [("train_local", "FAILED"), ("train_local", "COMPLETED")]
+    assert [(j["rule"], j["State"]) for j in jobs] == [
+        ("train_local", "FAILED"),
+        ("train_local", "COMPLETED"),
+    ]
     assert all("cpu=4," in j["AllocTRES"] and "gres/gpu:test=2" in j["AllocTRES"] for j in jobs), jobs
     logs = project / ".snakemake/slurm_logs/rule_train_local/phantom"
-    assert [p.name for p in logs.glob("*.log")] == [f"{jobs[0]['JobIDRaw']}.log"]  # kept for the failed job only
+    assert [p.name for p in logs.glob("*.log")] == [
+        f"{jobs[0]['JobIDRaw']}.log"
+    ]  # kept for the failed job only
     assert_resumed(model_dir, steps, world_size=2)
 
     # compute nodes could not reach MLflow: replay the spooled runs into the server afterwards
@@ -376,15 +454,18 @@ def test_training_stopped_by_its_time_limit_resumes(slurm_run: tuple[Path, str, 
     replayed = [run for run_id, run in mlflow_runs(db).items() if run_id not in before]
     # the stopped attempt (tagged requeue; FINISHED or KILLED depending on where the signal landed)
     # and the resumed one
-    assert sorted((stage, exit_tag) for stage, _, exit_tag in replayed) == [("train-local", ""),
-                                                                            ("train-local", "requeue")], replayed
+    assert sorted((stage, exit_tag) for stage, _, exit_tag in replayed) == [
+        ("train-local", ""),
+        ("train-local", "requeue"),
+    ], replayed
     assert [status for _, status, exit_tag in replayed if not exit_tag] == ["FINISHED"], replayed
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_requeued_training_job_resumes_as_the_same_job(slurm_run: tuple[Path, str, str],
-                                                       mlflow_server: tuple[str, Path], tmp_path: Path) -> None:
+def test_requeued_training_job_resumes_as_the_same_job(
+    slurm_run: tuple[Path, str, str], mlflow_server: tuple[str, Path], tmp_path: Path
+) -> None:
     """Preemption as on a cluster with PreemptMode=REQUEUE: `scontrol requeue` of the running
     train_local job (submitted with --requeue by the profile). SLURM's SIGTERM makes training save
     last.pt; the job goes back to the queue as the same job, Snakemake waits for it without a retry
@@ -394,6 +475,7 @@ def test_requeued_training_job_resumes_as_the_same_job(slurm_run: tuple[Path, st
     model_dir = reset_training(project, steps)
     uri, db = mlflow_server
     before = mlflow_runs(db)
+
     def requeue(proc: subprocess.Popen) -> tuple[str, str]:
         run_id, job_id, pids = freeze_after_checkpoint(proc, project, tmp_path / "snakemake.out")
         assert len(pids) == 1, pids
@@ -402,8 +484,12 @@ def test_requeued_training_job_resumes_as_the_same_job(slurm_run: tuple[Path, st
         # SLURM holds a requeued job for about two minutes (its credential lifetime) before it may
         # start again; a test need not wait that long, so once it is pending, make it eligible now.
         deadline = time.monotonic() + 180
-        while subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                             text=True).stdout.strip() != "PENDING":
+        while (
+            subprocess.run(
+                ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+            ).stdout.strip()
+            != "PENDING"
+        ):
             assert proc.poll() is None, "Snakemake ended while its job was requeued"
             assert time.monotonic() < deadline, "the requeued job never became pending"
             time.sleep(0.5)
@@ -414,10 +500,16 @@ def test_requeued_training_job_resumes_as_the_same_job(slurm_run: tuple[Path, st
     output, (run_id, job_id) = run_while(cmd, project, tmp_path / "snakemake.out", uri, requeue)
     assert len(re.findall(r"^rule train_local:", output, re.M)) == 1, output  # one submission, no retry
     assert [(j["JobIDRaw"], j["State"]) for j in slurm_jobs(run_id)] == [(job_id, "COMPLETED")]
-    starts = subprocess.run(["sacct", "-D", "-X", "--parsable2", "--noheader", "-j", job_id, "-o", "State"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    starts = subprocess.run(
+        ["sacct", "-D", "-X", "--parsable2", "--noheader", "-j", job_id, "-o", "State"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert starts == ["REQUEUED", "COMPLETED"], starts  # the same job ran twice
     assert_resumed(model_dir, steps, world_size=1)
     runs = [run for run_id, run in mlflow_runs(db).items() if run_id not in before]
-    assert sorted((stage, exit_tag) for stage, _, exit_tag in runs) == [("train-local", ""),
-                                                                        ("train-local", "requeue")], runs
+    assert sorted((stage, exit_tag) for stage, _, exit_tag in runs) == [
+        ("train-local", ""),
+        ("train-local", "requeue"),
+    ], runs

@@ -46,13 +46,16 @@ def test_run_split_is_patient_level(tmp_path, monkeypatch):
     rows = [{"case": f"c{i}", "patient_id": f"p{i // 2}", "status": "ok"} for i in range(20)]
     rows.append({"case": "bad", "patient_id": "p99", "status": "rejected"})
     pd.DataFrame(rows).to_csv(qc, index=False)
-    p = load(ROOT / "params.yaml", overrides={"sources": {"d": {"format": "dicom", "path": "x", "download": "none"}}})
+    p = load(
+        ROOT / "params.yaml",
+        overrides={"sources": {"d": {"format": "dicom", "path": "x", "download": "none"}}},
+    )
     run_split(p, "d")
     out = tmp_path / "data" / "splits" / "d"
     parts = {s: (out / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
     everything = sum(parts.values(), [])
     assert sorted(everything) == sorted(f"c{i}" for i in range(20))  # rejected cases never appear
-    for s, cases in parts.items():
+    for _s, cases in parts.items():
         for c in cases:
             twin = f"c{int(c[1:]) ^ 1}"
             assert twin in cases  # both cases of a patient in the same split

@@ -30,8 +30,15 @@ def params():
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    for var in ("PRDIT_TRACKING", "PRDIT_PIPELINE_RUN", "PRDIT_SYSTEM_METRICS", "PRDIT_SYSTEM_METRICS_INTERVAL"):
-        monkeypatch.setenv(var, "")  # recorded, so what a test's start_pipeline_run exports is undone after it
+    for var in (
+        "PRDIT_TRACKING",
+        "PRDIT_PIPELINE_RUN",
+        "PRDIT_SYSTEM_METRICS",
+        "PRDIT_SYSTEM_METRICS_INTERVAL",
+    ):
+        monkeypatch.setenv(
+            var, ""
+        )  # recorded, so what a test's start_pipeline_run exports is undone after it
         monkeypatch.delenv(var)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
@@ -143,8 +150,11 @@ def free_port() -> int:
 def get_json(url: str, body: dict | None = None) -> dict:
     import json
 
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -167,9 +177,22 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"], "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            os.environ["MLFLOW_TRACKING_URI"],
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(120):
             try:
@@ -183,7 +206,9 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
         exp = get_json(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXP}")["experiment"]
         tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
-        runs = get_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+        runs = get_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})[
+            "runs"
+        ]
         by_name = {r["info"]["run_name"]: r for r in runs}
         for name in ("train-local/phantom/16", "evaluate/phantom/16"):
             run_tags = {t["key"]: t["value"] for t in by_name[name]["data"]["tags"]}
@@ -196,9 +221,20 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
         # with one top-level row, the pipeline run, whose stage runs are folded under it.
         def text(url: str) -> str:
             out = subprocess.run(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--virtual-time-budget=20000", "--dump-dom", url],
-                capture_output=True, text=True, timeout=90)
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--virtual-time-budget=20000",
+                    "--dump-dom",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
             return " ".join(re.sub(r"<[^>]*>", " ", out.stdout).split())
 
         page = text(f"{base}/#/experiments/{exp['experiment_id']}/runs")
@@ -206,7 +242,9 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
         assert re.search(r"\bpipeline \d{4}-\d\d-\d\d", page) and "3 matching runs" in page, page[:2000]
         assert "train-local/phantom/16" not in page, "stage runs are nested under the pipeline run"
         # the evaluation run's artifacts list its montage
-        page = text(f"{base}/#/experiments/{exp['experiment_id']}/runs/{eval_id}/artifacts/report/montage.png")
+        page = text(
+            f"{base}/#/experiments/{exp['experiment_id']}/runs/{eval_id}/artifacts/report/montage.png"
+        )
         assert "evaluate/phantom/16" in page and "report/montage.png" in page, page[:2000]
     finally:
         os.killpg(server.pid, 15)

@@ -15,7 +15,12 @@ from prdit.diffusion import q_sample
 from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, stages
 from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
-from tests.training_checks import assert_same_adam_weights, assert_same_sgd_updates, flat_update, sgd_instead_of_adamw
+from tests.training_checks import (
+    assert_same_adam_weights,
+    assert_same_sgd_updates,
+    flat_update,
+    sgd_instead_of_adamw,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
@@ -30,8 +35,9 @@ def per_sample_loss(job: Job):
     """The IaN loss with the engine's per-sample (t, noise): a batch is the sum of its samples."""
 
     def loss_fn(model, x0, positions, stream):
-        t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device,
-                             stream=stream)
+        t, noise = data.draw(
+            positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device, stream=stream
+        )
         eps = noise * job.noise_std
         out = model(q_sample(x0, t, eps, job.timesteps), t)
         loss_eps = (out[:, :1] - eps).square().mean()
@@ -47,14 +53,19 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PRDIT_TRACKING", "off")
     common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
-    return load(ROOT / "params.yaml", overrides={
-        "preprocess": {"size": 16, "highres_size": 32},
-        "train": {"common": common,
-                  "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
-                  "global": {"model": "PRDiT-T/8/1", "steps": 3, "batch_size": 2},
-                  "highres": {"model": "PRDiT-HR-T/8/1", "steps": 2, "batch_size": 1}},
-        "sample": {"steps": 2, "k": 1},
-    })
+    return load(
+        ROOT / "params.yaml",
+        overrides={
+            "preprocess": {"size": 16, "highres_size": 32},
+            "train": {
+                "common": common,
+                "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
+                "global": {"model": "PRDiT-T/8/1", "steps": 3, "batch_size": 2},
+                "highres": {"model": "PRDiT-HR-T/8/1", "steps": 2, "batch_size": 1},
+            },
+            "sample": {"steps": 2, "k": 1},
+        },
+    )
 
 
 def _train(p, stage: str, **job_changes) -> stages.StageModel:
@@ -87,7 +98,9 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(params) -> No
         if n in before:
             assert torch.equal(q, before[n]), n
             assert q.grad is None, f"{n} got a gradient"
-    assert any(not torch.equal(q, trained_before[n]) for n, q in sm.model.named_parameters() if n in sm.trained)
+    assert any(
+        not torch.equal(q, trained_before[n]) for n, q in sm.model.named_parameters() if n in sm.trained
+    )
     saved = models.load(Path("models", DS, "global", "model.pt"))
     assert all(torch.equal(saved.state_dict()[n], local_sd[n]) for n in before)
     assert saved.meta["stage"] == "global" and len(saved.meta["data_hash"]) == 16
@@ -121,8 +134,19 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path: Path, monkeypatch: p
         torch.manual_seed(0)
         model = models.create("PRDiT-T/8/0", 16)
         sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
-        job = Job(stage="local", out_dir=tmp_path / out, steps=3, batch_size=4, grad_accum=accum, lr=1e-3,
-                  ema_decay=0.5, checkpoint_every=100, val_every=100, log_every=1, preview_n=0)
+        job = Job(
+            stage="local",
+            out_dir=tmp_path / out,
+            steps=3,
+            batch_size=4,
+            grad_accum=accum,
+            lr=1e-3,
+            ema_decay=0.5,
+            checkpoint_every=100,
+            val_every=100,
+            log_every=1,
+            preview_n=0,
+        )
         assert fit(job, sm, volumes(6, 16), None, loss_fn=per_sample_loss(job)) == 0
         return model.state_dict()
 
@@ -175,7 +199,9 @@ def test_checkpoint_refuses_nonfinite_weights_and_keeps_the_previous(tmp_path: P
     good = {"step": 1, "model": {"w": torch.ones(3)}, "ema": {"w": torch.ones(3)}}
     ckpt.save(path, good)
     with pytest.raises(ckpt.NonFiniteWeightsError, match="'w' is not finite at step 2"):
-        ckpt.save(path, {"step": 2, "model": {"w": torch.tensor([1.0, float("inf"), 0.0])}, "ema": good["ema"]})
+        ckpt.save(
+            path, {"step": 2, "model": {"w": torch.tensor([1.0, float("inf"), 0.0])}, "ema": good["ema"]}
+        )
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
@@ -235,12 +261,18 @@ def test_noise_of_a_sample_does_not_depend_on_its_batch() -> None:
     assert not torch.equal(other, n1)
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({}, (0, 1, 0)),
-    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
-    ({"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8"}, (2, 8, 2)),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1, 0)),  # the batch script itself, not an srun step
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (0, 1, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
+        (
+            {"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8"},
+            (2, 8, 2),
+        ),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1, 0)),  # the batch script itself, not an srun step
+    ],
+)
 def test_launcher_detection(env: dict[str, str], expected: tuple[int, int, int]) -> None:
     assert distributed.detect(env) == expected
 

@@ -67,12 +67,32 @@ def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
             torch.manual_seed(0)
             model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
             sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
-            job = Job(stage="local", out_dir=out / name, steps=STEPS, batch_size=global_batch, grad_accum=accum,
-                      lr=LR, seed=3, ema_decay=0.5, checkpoint_every=2, val_every=2, log_every=2, preview_n=0)
+            job = Job(
+                stage="local",
+                out_dir=out / name,
+                steps=STEPS,
+                batch_size=global_batch,
+                grad_accum=accum,
+                lr=LR,
+                seed=3,
+                ema_decay=0.5,
+                checkpoint_every=2,
+                val_every=2,
+                log_every=2,
+                preview_n=0,
+            )
 
-            def loss_fn(net, x0, positions, stream, job=job):  # IaN loss with the engine's per-sample t and noise
-                t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps,
-                                     device=x0.device, stream=stream)
+            def loss_fn(
+                net, x0, positions, stream, job=job
+            ):  # IaN loss with the engine's per-sample t and noise
+                t, noise = data.draw(
+                    positions,
+                    x0.shape[1:],
+                    seed=job.seed,
+                    timesteps=job.timesteps,
+                    device=x0.device,
+                    stream=stream,
+                )
                 eps = noise * job.noise_std
                 pred = net(q_sample(x0, t, eps, job.timesteps), t)
                 loss = (pred[:, :1] - eps).square().mean() + (pred[:, 1:] - x0).square().mean()
@@ -95,8 +115,20 @@ def _run(cmd: list[str]) -> None:
 
 
 def _torchrun(out: Path, accum: int, broken: bool = False) -> None:
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-          str(out), "4", str(accum), *(["broken"] if broken else [])])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            __file__,
+            str(out),
+            "4",
+            str(accum),
+            *(["broken"] if broken else []),
+        ]
+    )
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -108,7 +140,9 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def _compare(one: Path, two: Path, init: Path) -> None:
     start = _weights(init)
-    assert_same_sgd_updates(flat_update(_weights(one / "sgd"), start), flat_update(_weights(two / "sgd"), start))
+    assert_same_sgd_updates(
+        flat_update(_weights(one / "sgd"), start), flat_update(_weights(two / "sgd"), start)
+    )
     assert_same_adam_weights(_weights(one / "adam"), _weights(two / "adam"), LR, STEPS)
 
 
@@ -160,7 +194,9 @@ def test_the_comparison_catches_ranks_that_skip_the_gradient_all_reduce(
     _torchrun(tmp_path, 1, broken=True)
     start = _weights(init)
     with pytest.raises(AssertionError):
-        assert_same_sgd_updates(flat_update(_weights(single / "sgd"), start), flat_update(_weights(tmp_path / "sgd"), start))
+        assert_same_sgd_updates(
+            flat_update(_weights(single / "sgd"), start), flat_update(_weights(tmp_path / "sgd"), start)
+        )
     with pytest.raises(AssertionError):
         assert_same_adam_weights(_weights(single / "adam"), _weights(tmp_path / "adam"), LR, STEPS)
 

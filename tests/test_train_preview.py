@@ -55,9 +55,14 @@ def test_two_previews_of_one_model_are_identical_images(tmp_path: Path) -> None:
 
 def test_preview_is_the_mid_slice_montage_of_seeded_samples(tmp_path: Path) -> None:
     model = _model().eval()
-    vols = sample(model, (2, 1, SIZE, SIZE, SIZE), steps=3, k=2, seeds=[PREVIEW_SEED, PREVIEW_SEED + 1], device=CPU)
-    expected = montage([v[0].numpy() for v in vols], tmp_path / "expected.png",
-                       titles=[f"t seed {PREVIEW_SEED + i}" for i in range(2)])
+    vols = sample(
+        model, (2, 1, SIZE, SIZE, SIZE), steps=3, k=2, seeds=[PREVIEW_SEED, PREVIEW_SEED + 1], device=CPU
+    )
+    expected = montage(
+        [v[0].numpy() for v in vols],
+        tmp_path / "expected.png",
+        titles=[f"t seed {PREVIEW_SEED + i}" for i in range(2)],
+    )
     got = preview(model, SIZE, tmp_path / "got.png", **_kw())
     assert np.array_equal(_pixels(got), _pixels(expected))
 
@@ -76,8 +81,21 @@ def test_previews_during_training_show_the_same_samples_as_the_saved_model(tmp_p
     model = models.create("PRDiT-T/8/0", SIZE)
     sm = stages.StageModel(model, SIZE, [n for n, _ in model.named_parameters()])
     out = tmp_path / "run"
-    job = Job(stage="local", out_dir=out, steps=4, batch_size=2, lr=1e-2, ema_decay=0.5, log_every=1,
-              checkpoint_every=100, val_every=100, preview_every=2, preview_n=2, preview_steps=3, preview_k=2)
+    job = Job(
+        stage="local",
+        out_dir=out,
+        steps=4,
+        batch_size=2,
+        lr=1e-2,
+        ema_decay=0.5,
+        log_every=1,
+        checkpoint_every=100,
+        val_every=100,
+        preview_every=2,
+        preview_n=2,
+        preview_steps=3,
+        preview_k=2,
+    )
     g = torch.Generator().manual_seed(0)
     vols = [torch.rand(1, SIZE, SIZE, SIZE, generator=g) * 2 - 1 for _ in range(4)]
     assert fit(job, sm, vols, None) == 0

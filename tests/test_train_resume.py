@@ -50,16 +50,34 @@ def _child(out: Path, steps: int, mode: str) -> int:
     torch.manual_seed(0)
     model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
     sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
-    job = Job(stage="local", out_dir=out, steps=steps, batch_size=2, lr=1e-3, seed=7, ema_decay=0.9,
-              checkpoint_every=5, val_every=10, log_every=5, preview_n=0, fingerprint={"test": "resume"})
+    job = Job(
+        stage="local",
+        out_dir=out,
+        steps=steps,
+        batch_size=2,
+        lr=1e-3,
+        seed=7,
+        ema_decay=0.9,
+        checkpoint_every=5,
+        val_every=10,
+        log_every=5,
+        preview_n=0,
+        fingerprint={"test": "resume"},
+    )
     with StopRequest() as stop:
         return fit(job, sm, Volumes(), volumes[:2], stop=stop)
 
 
 def _spawn(out: Path, steps: int, mode: str = "plain") -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, __file__, str(out), str(steps), mode], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, str(out), str(steps), mode],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> int:

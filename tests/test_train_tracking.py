@@ -33,17 +33,24 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     splits.mkdir(parents=True)
     (splits / "train.txt").write_text("\n".join(cases[:4]) + "\n")
     (splits / "val.txt").write_text("\n".join(cases[4:]) + "\n")
-    return load(ROOT / "params.yaml", overrides={
-        "experiment": "train-test",
-        "preprocess": {"size": 16, "highres_size": 32},
-        "train": {"common": {"checkpoint_every": 2, "val_every": 2, "log_every": 2, "preview_every": 2},
-                  "local": {"model": "PRDiT-T/8/0", "steps": 4, "batch_size": 2},
-                  "global": {"model": "PRDiT-T/8/1"}, "highres": {"model": "PRDiT-HR-T/8/1"}},
-    })
+    return load(
+        ROOT / "params.yaml",
+        overrides={
+            "experiment": "train-test",
+            "preprocess": {"size": 16, "highres_size": 32},
+            "train": {
+                "common": {"checkpoint_every": 2, "val_every": 2, "log_every": 2, "preview_every": 2},
+                "local": {"model": "PRDiT-T/8/0", "steps": 4, "batch_size": 2},
+                "global": {"model": "PRDiT-T/8/1"},
+                "highres": {"model": "PRDiT-HR-T/8/1"},
+            },
+        },
+    )
 
 
-def test_run_train_logs_losses_throughput_and_previews_to_mlflow(project, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_train_logs_losses_throughput_and_previews_to_mlflow(
+    project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert run_train(project, DS, "local") == 0
@@ -55,14 +62,27 @@ def test_run_train_logs_losses_throughput_and_previews_to_mlflow(project, tmp_pa
     assert len(run.data.tags["prdit.data_hash"]) == 16
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [2, 4]
-    for key in ("val/loss", "val/loss_ema", "perf/step_time_s", "perf/data_wait_s", "perf/volumes_per_s",
-                "perf/peak_memory_gb", "train/loss_x0", "train/loss_eps", "final/step_time_s"):
+    for key in (
+        "val/loss",
+        "val/loss_ema",
+        "perf/step_time_s",
+        "perf/data_wait_s",
+        "perf/volumes_per_s",
+        "perf/peak_memory_gb",
+        "train/loss_x0",
+        "train/loss_eps",
+        "final/step_time_s",
+    ):
         assert key in run.data.metrics, key
     assert [a.path for a in client.list_artifacts(run.info.run_id, "previews")] == [
-        "previews/step_0000002.png", "previews/step_0000004.png"]
+        "previews/step_0000002.png",
+        "previews/step_0000004.png",
+    ]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
-    inputs = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
-              for d in run.inputs.dataset_inputs}
+    inputs = {
+        (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+        for d in run.inputs.dataset_inputs
+    }
     assert inputs == {("phantom/16/train", "training"), ("phantom/16/val", "validation")}
 
     out = Path("models", DS, "local")
@@ -74,8 +94,9 @@ def test_run_train_logs_losses_throughput_and_previews_to_mlflow(project, tmp_pa
     assert meta["data_hash"] == run.data.tags["prdit.data_hash"] and meta["git_commit"]
 
 
-def test_training_completes_promptly_when_the_tracking_server_refuses(project, monkeypatch: pytest.MonkeyPatch,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_training_completes_promptly_when_the_tracking_server_refuses(
+    project, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as s:  # a port on 127.0.0.1 where nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

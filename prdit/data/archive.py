@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from prdit.io import atomic_dir
 from prdit.errors import PrditError
+from prdit.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ def check(zip_path: Path, label: str | None = None) -> list[tuple[zipfile.ZipInf
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DamagedArchiveError(f"{label}: not a readable zip archive ({exc}); truncated download?") from None
+        raise DamagedArchiveError(
+            f"{label}: not a readable zip archive ({exc}); truncated download?"
+        ) from None
     with zf:
         members: list[tuple[zipfile.ZipInfo, str]] = []
         seen: set[str] = set()
@@ -74,9 +76,15 @@ def check(zip_path: Path, label: str | None = None) -> list[tuple[zipfile.ZipInf
             if _is_link(info):
                 target = zf.read(info).decode("utf-8", "replace")
                 joined = posixpath.normpath(posixpath.join(posixpath.dirname(name or ""), target))
-                if target.startswith("/") or _DRIVE.match(target) or joined == ".." or joined.startswith("../"):
-                    raise UnsafeArchiveError(f"{label}: entry {info.filename!r} is a link pointing outside "
-                                             f"({target!r})")
+                if (
+                    target.startswith("/")
+                    or _DRIVE.match(target)
+                    or joined == ".."
+                    or joined.startswith("../")
+                ):
+                    raise UnsafeArchiveError(
+                        f"{label}: entry {info.filename!r} is a link pointing outside ({target!r})"
+                    )
                 log.warning("%s: skipping link entry %r", label, info.filename)
                 continue
             if name is None or info.is_dir():

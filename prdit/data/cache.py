@@ -145,8 +145,12 @@ def _cached_case(fn: Callable[..., dict], cache_dir: str, key: str, job: dict) -
             if k in job:
                 job[k] = str(tmp / job[k])
         row = fn(**job)
-        row = {**row, "status": row.get("status", "ok"), "reason": row.get("reason", ""),
-               "seconds": round(time.perf_counter() - start, 3)}
+        row = {
+            **row,
+            "status": row.get("status", "ok"),
+            "reason": row.get("reason", ""),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         (tmp / ROW).write_text(json.dumps(row, default=str))
         _publish(tmp, base / case / key)
         return row
@@ -163,8 +167,14 @@ def _publish(tmp: Path, final: Path) -> None:
             raise
 
 
-def run_cached(fn: Callable[..., dict], jobs: Sequence[dict], keys: Sequence[str], cache: CaseCache, threads: int,
-               desc: str) -> tuple[list[dict], int]:
+def run_cached(
+    fn: Callable[..., dict],
+    jobs: Sequence[dict],
+    keys: Sequence[str],
+    cache: CaseCache,
+    threads: int,
+    desc: str,
+) -> tuple[list[dict], int]:
     """Rows of every job (input order): cached ones read, the others computed (and cached); also how many
     were computed. Jobs name their outputs relative to the case's entry (OUTPUT_KEYS)."""
     rows: list[dict | None] = []
@@ -175,8 +185,13 @@ def run_cached(fn: Callable[..., dict], jobs: Sequence[dict], keys: Sequence[str
         if row is None:
             todo.append((len(rows) - 1, job, key))
     if todo:
-        log.info("%s: %d case(s) to compute, %d reused from the cache (%s)", desc, len(todo), len(jobs) - len(todo),
-                 cache.dir)
+        log.info(
+            "%s: %d case(s) to compute, %d reused from the cache (%s)",
+            desc,
+            len(todo),
+            len(jobs) - len(todo),
+            cache.dir,
+        )
         wrapped = [dict(fn=fn, cache_dir=str(cache.dir), key=key, job=job) for _, job, key in todo]
         computed = run_cases(_cached_case, wrapped, threads, desc=desc)
         for (i, job, key), row in zip(todo, computed):

@@ -20,15 +20,19 @@ def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
 class VolumeDataset(Dataset):
     """Items: float32 tensors [1, S, S, S] in [-1, 1]; optional random left-right flip."""
 
-    def __init__(self, dataset: str, size: int, split: str, root: str | Path = ".", flip: bool = False) -> None:
+    def __init__(
+        self, dataset: str, size: int, split: str, root: str | Path = ".", flip: bool = False
+    ) -> None:
         self.folder = Path(root) / "data" / "processed" / dataset / str(size)
         self.cases = case_ids(dataset, split, root)
         self.size = size
         self.flip = flip
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
-                                    f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)")
+            raise FileNotFoundError(
+                f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
+                f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)"
+            )
 
     def __len__(self) -> int:
         return len(self.cases)

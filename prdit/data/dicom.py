@@ -32,6 +32,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
+
 from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,25 @@ AIR_HU = -1000
 MIN_HU = -1024
 PADDING_BELOW_HU = -1500
 MAX_TILT_DEG = 30.0
-AXIAL_MIN_COS = 0.8  # |slice normal . z| above this counts as axial (within about 37 degrees; tilt in the IOP)
+AXIAL_MIN_COS = (
+    0.8  # |slice normal . z| above this counts as axial (within about 37 degrees; tilt in the IOP)
+)
 OUTPUT_ORIENTATION = "LPS"
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT (rejected later with a reason: multi-frame)
 }
 HEADER_TAGS = [
-    "SOPClassUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "ImageType",
-    "ImageOrientationPatient", "SeriesNumber", "SliceThickness", "SeriesDescription",
+    "SOPClassUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "PatientID",
+    "ImageType",
+    "ImageOrientationPatient",
+    "SeriesNumber",
+    "SliceThickness",
+    "SeriesDescription",
 ]
 
 
@@ -59,6 +70,7 @@ class SeriesError(PrditError, ValueError):
 # --------------------------------------------------------------------------------------------
 # Discovery
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Series:
@@ -128,8 +140,11 @@ def _memo_headers(paths: list[Path], threads: int, memo: dict) -> list[dict | st
         if key in fresh:
             memo[key] = [*stats[key], info]
         if isinstance(info, dict):  # JSON keeps tuples as lists
-            info = dict(info, image_type=tuple(info["image_type"]),
-                        normal=tuple(info["normal"]) if info["normal"] is not None else None)
+            info = dict(
+                info,
+                image_type=tuple(info["image_type"]),
+                normal=tuple(info["normal"]) if info["normal"] is not None else None,
+            )
         out.append(info)
     for key in set(memo) - set(stats):
         del memo[key]
@@ -220,7 +235,9 @@ def rule_out(s: Series, min_slices: int) -> str:
     if s.modality != "CT":
         return f"modality {s.modality or 'missing'} (not CT)"
     if s.sop_class and s.sop_class not in IMAGE_SOP_CLASSES:
-        return f"SOP class {s.sop_class} is not CT Image Storage (dose report, SR, SEG, RT or secondary capture)"
+        return (
+            f"SOP class {s.sop_class} is not CT Image Storage (dose report, SR, SEG, RT or secondary capture)"
+        )
     if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(s.image_type):
         return "localizer/scout (ImageType " + "\\".join(s.image_type) + ")"
     if s.normal is None:
@@ -236,12 +253,19 @@ def select(candidates: Sequence[Series]) -> Series:
     """Pick one series among candidates: ORIGINAL before DERIVED, most slices, thinnest, lowest number, UID."""
     return min(
         candidates,
-        key=lambda s: ("ORIGINAL" not in s.image_type, -len(s.files), s.slice_thickness or 1e9, s.series_number, s.uid),
+        key=lambda s: (
+            "ORIGINAL" not in s.image_type,
+            -len(s.files),
+            s.slice_thickness or 1e9,
+            s.series_number,
+            s.uid,
+        ),
     )
 
 
-def discover(root: str | Path, min_slices: int, threads: int = 1,
-             memo: dict | None = None) -> tuple[dict[str, Series | None], list[Skipped]]:
+def discover(
+    root: str | Path, min_slices: int, threads: int = 1, memo: dict | None = None
+) -> tuple[dict[str, Series | None], list[Skipped]]:
     """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason.
 
     `memo`: see scan."""
@@ -266,13 +290,19 @@ def discover(root: str | Path, min_slices: int, threads: int = 1,
                 skipped.append(Skipped(str(s.folder), why, s.uid, patient))
                 log.info("patient %s: skip series %s: %s", patient, s.uid, why)
         if chosen[patient] is not None:
-            log.info("patient %s: selected series %s (%d files)", patient, chosen[patient].uid, len(chosen[patient].files))
+            log.info(
+                "patient %s: selected series %s (%d files)",
+                patient,
+                chosen[patient].uid,
+                len(chosen[patient].files),
+            )
     return chosen, skipped
 
 
 # --------------------------------------------------------------------------------------------
 # Reading one series
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SeriesReport:
@@ -313,8 +343,10 @@ def read_series(path: str | Path, max_gap_factor: float = 1.5, min_slices: int =
     if not images:
         raise SeriesError(f"{path}: no CT image series found")
     if len(images) > 1:
-        raise SeriesError(f"{path}: holds {len(images)} CT image series ({', '.join(s.uid for s in images)}); "
-                          "pass one series per folder or use ingest's discovery")
+        raise SeriesError(
+            f"{path}: holds {len(images)} CT image series ({', '.join(s.uid for s in images)}); "
+            "pass one series per folder or use ingest's discovery"
+        )
     return read_files(images[0].files, max_gap_factor=max_gap_factor, min_slices=min_slices)[0]
 
 
@@ -332,8 +364,9 @@ class _Slice:
         return self.stored.astype(np.float32) * np.float32(self.slope) + np.float32(self.intercept)
 
 
-def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
-               min_slices: int = 2) -> tuple[sitk.Image, SeriesReport]:
+def read_files(
+    files: Iterable[str | Path], max_gap_factor: float = 1.5, min_slices: int = 2
+) -> tuple[sitk.Image, SeriesReport]:
     """Files of one series -> (int16 HU image in LPS with true geometry, report). Raises SeriesError."""
     report = SeriesReport()
     slices: list[_Slice] = []
@@ -354,17 +387,29 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
             report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
             continue
         if stored.ndim != 2:
-            raise SeriesError(f"{f}: multi-frame or colour pixel data (shape {stored.shape}) is not supported")
+            raise SeriesError(
+                f"{f}: multi-frame or colour pixel data (shape {stored.shape}) is not supported"
+            )
         missing = "RescaleIntercept" not in ds or "RescaleSlope" not in ds
         rescale_missing.append(missing)
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        slices.append(_Slice(f, np.asarray([float(v) for v in ds.ImagePositionPatient]), stored, slope, intercept,
-                             _padding_mask(ds, stored)))
+        slices.append(
+            _Slice(
+                f,
+                np.asarray([float(v) for v in ds.ImagePositionPatient]),
+                stored,
+                slope,
+                intercept,
+                _padding_mask(ds, stored),
+            )
+        )
     if report.dropped:
         log.warning("%d file(s) could not be read: %s", len(report.dropped), "; ".join(report.dropped[:3]))
     if not slices:
-        raise SeriesError("no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else ""))
+        raise SeriesError(
+            "no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else "")
+        )
 
     iop = np.asarray(ref["iop"], float)
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
@@ -373,8 +418,10 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
     slices.sort(key=lambda s: float(s.position @ normal))
     slices = _drop_duplicates(slices, normal, report)
     if len(slices) < max(min_slices, 2):
-        raise SeriesError(f"{len(slices)} slice(s) after removing unreadable/duplicate ones: not a volume "
-                          f"(need at least {max(min_slices, 2)})")
+        raise SeriesError(
+            f"{len(slices)} slice(s) after removing unreadable/duplicate ones: not a volume "
+            f"(need at least {max(min_slices, 2)})"
+        )
     if any(rescale_missing):
         _assume_hu(slices, report)
 
@@ -383,10 +430,12 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
     dz = float(np.median(gaps))
     worst = int(np.argmax(gaps))
     if gaps[worst] > max_gap_factor * dz:
-        raise SeriesError(f"missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
-                          f"{pos[worst + 1]:.2f} mm along the normal (median spacing {dz:.2f} mm, "
-                          f"limit ingest.max_gap_factor={max_gap_factor})"
-                          + (f"; {report.notes()}" if report.dropped else ""))
+        raise SeriesError(
+            f"missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
+            f"{pos[worst + 1]:.2f} mm along the normal (median spacing {dz:.2f} mm, "
+            f"limit ingest.max_gap_factor={max_gap_factor})"
+            + (f"; {report.notes()}" if report.dropped else "")
+        )
 
     ps_row, ps_col = ref["spacing"]
     volume = np.empty((len(slices), *slices[0].stored.shape), np.float32)
@@ -420,13 +469,21 @@ def read_files(files: Iterable[str | Path], max_gap_factor: float = 1.5,
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     """Stored pixel values: native 16-bit little-endian frames directly, anything else via pydicom's plugins."""
     native = ds.file_meta.get("TransferSyntaxUID") in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-    if (native and ds.get("BitsAllocated") == 16 and ds.get("BitsStored") == 16 and ds.get("SamplesPerPixel", 1) == 1
-            and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "PixelData" in ds):
+    if (
+        native
+        and ds.get("BitsAllocated") == 16
+        and ds.get("BitsStored") == 16
+        and ds.get("SamplesPerPixel", 1) == 1
+        and int(ds.get("NumberOfFrames", 1) or 1) == 1
+        and "PixelData" in ds
+    ):
         rows, cols = int(ds.Rows), int(ds.Columns)
         data = ds.PixelData
         if len(data) < rows * cols * 2:
             raise ValueError(f"pixel data has {len(data)} bytes, expected {rows * cols * 2} (truncated file)")
-        return np.frombuffer(data, "<i2" if ds.get("PixelRepresentation", 0) else "<u2", rows * cols).reshape(rows, cols)
+        return np.frombuffer(data, "<i2" if ds.get("PixelRepresentation", 0) else "<u2", rows * cols).reshape(
+            rows, cols
+        )
     return ds.pixel_array
 
 
@@ -469,8 +526,10 @@ def _drop_duplicates(slices: list[_Slice], normal: np.ndarray, report: SeriesRep
         prev = kept[-1]
         if abs(float((s.position - prev.position) @ normal)) < 0.01:
             if np.abs(s.hu - prev.hu).mean() > 1.0:
-                raise SeriesError(f"two different images at the same position ({s.path.name}, {prev.path.name}): "
-                                  "overlapping acquisitions in one series")
+                raise SeriesError(
+                    f"two different images at the same position ({s.path.name}, {prev.path.name}): "
+                    "overlapping acquisitions in one series"
+                )
             report.duplicates += 1
             continue
         kept.append(s)
@@ -483,13 +542,24 @@ def _assume_hu(slices: list[_Slice], report: SeriesReport) -> None:
     values = values[values > PADDING_BELOW_HU]
     low = float(np.percentile(values, 1)) if values.size else 0.0
     if not -1100.0 <= low <= -900.0:
-        raise SeriesError(f"RescaleIntercept/RescaleSlope missing and the stored values do not look like HU "
-                          f"(1st percentile {low:.0f}, expected air near -1000): HU scale unknown")
+        raise SeriesError(
+            f"RescaleIntercept/RescaleSlope missing and the stored values do not look like HU "
+            f"(1st percentile {low:.0f}, expected air near -1000): HU scale unknown"
+        )
     report.assumed_rescale = True
 
 
-def _correct_tilt(volume: np.ndarray, padding: np.ndarray, slices: list[_Slice], row: np.ndarray, col: np.ndarray,
-                  normal: np.ndarray, ps_row: float, ps_col: float, report: SeriesReport):
+def _correct_tilt(
+    volume: np.ndarray,
+    padding: np.ndarray,
+    slices: list[_Slice],
+    row: np.ndarray,
+    col: np.ndarray,
+    normal: np.ndarray,
+    ps_row: float,
+    ps_col: float,
+    report: SeriesReport,
+):
     """Shift each slice in plane so all slice origins lie on the normal through the first one."""
     offsets = np.array([s.position - slices[0].position for s in slices])
     along = offsets @ normal
@@ -512,7 +582,9 @@ def _correct_tilt(volume: np.ndarray, padding: np.ndarray, slices: list[_Slice],
     return out, pad
 
 
-def _uniform(volume: np.ndarray, padding: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _uniform(
+    volume: np.ndarray, padding: np.ndarray, pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Linear interpolation along the slice axis onto a uniform grid at the median spacing."""
     dz = float(np.median(np.diff(pos)))
     n = int(round((pos[-1] - pos[0]) / dz)) + 1

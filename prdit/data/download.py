@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -59,7 +59,9 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = sorted(f for f in files if not f.startswith(".") and not (Path(folder) == root and f == MANIFEST))
+        files = sorted(
+            f for f in files if not f.startswith(".") and not (Path(folder) == root and f == MANIFEST)
+        )
         if not files:
             continue
         digest = hashlib.sha256()
@@ -69,16 +71,30 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
             total += st.st_size
             digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         rel = str(Path(folder).relative_to(root))
-        rows[rel] = {"patient": "", "study": "", "series": rel, "path": str(Path(folder)), "files": str(len(files)),
-                     "bytes": str(total), "checksum": "listing-sha256:" + digest.hexdigest(), "status": "present",
-                     "message": "user-provided (download: none)"}
+        rows[rel] = {
+            "patient": "",
+            "study": "",
+            "series": rel,
+            "path": str(Path(folder)),
+            "files": str(len(files)),
+            "bytes": str(total),
+            "checksum": "listing-sha256:" + digest.hexdigest(),
+            "status": "present",
+            "message": "user-provided (download: none)",
+        }
     if not rows:
         raise fetch.DownloadError(f"{root}: no files found (download: none expects the data there)")
     return rows
 
 
-def run_download(p: Any, dataset: str, *, patients: Sequence[str] | None = None, limit: int | None = None,
-                 threads: int | None = None) -> int:
+def run_download(
+    p: Any,
+    dataset: str,
+    *,
+    patients: Sequence[str] | None = None,
+    limit: int | None = None,
+    threads: int | None = None,
+) -> int:
     """Download `dataset`; return 0 when every selected item is on disk and verified, 1 otherwise.
 
     `patients`/`limit`/`threads` override `download.<name>.patients/limit/workers`. Problems with the
@@ -90,15 +106,18 @@ def run_download(p: Any, dataset: str, *, patients: Sequence[str] | None = None,
     out = Path(src.path)
     if src.download == "none":
         if not out.exists():
-            raise fetch.DownloadError(f"sources.{dataset}.path: {out} does not exist "
-                                      "(download: none expects the data there)")
+            raise fetch.DownloadError(
+                f"sources.{dataset}.path: {out} does not exist (download: none expects the data there)"
+            )
         log.info("%s: download: none, using the data already in %s", dataset, out)
         write_manifest(Path("data/raw") / dataset / MANIFEST, inventory(out))
         return 0
     if src.download == "phantom":
         from prdit.data.phantom import write_phantom
 
-        with tracking.stage_run(p, stage="download", dataset=dataset, used=p.used("download", dataset)) as run:
+        with tracking.stage_run(
+            p, stage="download", dataset=dataset, used=p.used("download", dataset)
+        ) as run:
             run.log_metrics(write_phantom(p, out))
         return 0
     client = CLIENTS[src.download]
@@ -107,17 +126,30 @@ def run_download(p: Any, dataset: str, *, patients: Sequence[str] | None = None,
     limit = cfg.limit if limit is None else limit
     workers = max(1, threads or cfg.workers)
     policy = fetch.RetryPolicy(retries=cfg.retries, backoff_s=getattr(cfg, "backoff_s", None))
-    used = {**p.used("download", dataset), "cli": {"patients": list(patients), "limit": limit, "threads": workers}}
+    used = {
+        **p.used("download", dataset),
+        "cli": {"patients": list(patients), "limit": limit, "threads": workers},
+    }
     with tracking.stage_run(p, stage="download", dataset=dataset, used=used) as run:
-        status, metrics = _download(client, cfg, out, policy, patients=patients, limit=limit, workers=workers,
-                                    label=dataset)
+        status, metrics = _download(
+            client, cfg, out, policy, patients=patients, limit=limit, workers=workers, label=dataset
+        )
         run.log_metrics(metrics)
         run.log_artifact(out / MANIFEST)
     return status
 
 
-def _download(client: ModuleType, cfg: Any, out: Path, policy: fetch.RetryPolicy, *, patients: Sequence[str],
-              limit: int | None, workers: int, label: str) -> tuple[int, dict[str, float]]:
+def _download(
+    client: ModuleType,
+    cfg: Any,
+    out: Path,
+    policy: fetch.RetryPolicy,
+    *,
+    patients: Sequence[str],
+    limit: int | None,
+    workers: int,
+    label: str,
+) -> tuple[int, dict[str, float]]:
     items, failed_listing = client.list_items(cfg, policy, patients=patients, limit=limit)
     manifest = out / MANIFEST
     rows = read_manifest(manifest)
@@ -130,8 +162,14 @@ def _download(client: ModuleType, cfg: Any, out: Path, policy: fetch.RetryPolicy
         else:
             results[item.key] = row
     present = len(results)
-    log.info("%s: %d listed, %d already on disk, %d to download with %d workers", label, len(items), present,
-             len(todo), workers)
+    log.info(
+        "%s: %d listed, %d already on disk, %d to download with %d workers",
+        label,
+        len(items),
+        present,
+        len(todo),
+        workers,
+    )
     sizes = [client.needed_bytes(item, out) for item in todo]
     if todo:
         needed = sum(sizes) + workers * max(sizes)  # + the files being staged at any one time
@@ -170,26 +208,52 @@ def _download(client: ModuleType, cfg: Any, out: Path, policy: fetch.RetryPolicy
     selected = [results[k] for k in [i.key for i in items] + listing_keys]
     failed = [r for r in selected if r["status"] != "ok"]
     ok = len(selected) - len(failed)
-    metrics = {"items_listed": len(items), "items_ok": ok, "items_failed": len(failed), "items_present": present,
-               "items_downloaded": ok - present, "bytes_received": received,
-               "bytes_on_disk": sum(int(r["bytes"] or 0) for r in selected if r["status"] == "ok")}
-    log.info("%s: %d ok (%d were already present), %d failed; %s received; manifest %s", label, ok, present,
-             len(failed), fetch.human_bytes(received), manifest)
+    metrics = {
+        "items_listed": len(items),
+        "items_ok": ok,
+        "items_failed": len(failed),
+        "items_present": present,
+        "items_downloaded": ok - present,
+        "bytes_received": received,
+        "bytes_on_disk": sum(int(r["bytes"] or 0) for r in selected if r["status"] == "ok"),
+    }
+    log.info(
+        "%s: %d ok (%d were already present), %d failed; %s received; manifest %s",
+        label,
+        ok,
+        present,
+        len(failed),
+        fetch.human_bytes(received),
+        manifest,
+    )
     if failed:
-        log.error("%s: %d item(s) failed:\n%s", label, len(failed),
-                  "\n".join(f"  {r['message']}" for r in failed))
+        log.error(
+            "%s: %d item(s) failed:\n%s", label, len(failed), "\n".join(f"  {r['message']}" for r in failed)
+        )
         return 1, metrics
     return 0, metrics
 
 
-def _fetch_one(client: ModuleType, item: Any, out: Path, cfg: Any, policy: fetch.RetryPolicy,
-               bar: fetch.ByteProgress) -> tuple[dict[str, str], int]:
+def _fetch_one(
+    client: ModuleType, item: Any, out: Path, cfg: Any, policy: fetch.RetryPolicy, bar: fetch.ByteProgress
+) -> tuple[dict[str, str], int]:
     """Fetch one item; any error becomes a failed manifest row naming the item and the reason."""
     try:
         return client.fetch_item(item, out, cfg, policy, bar)
     except Exception as exc:  # one bad item never stops the batch
-        message = str(exc) if isinstance(exc, fetch.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
+        message = (
+            str(exc) if isinstance(exc, fetch.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
+        )
         log.error("%s", message)
         patient = getattr(item, "patient", "")
-        return {"patient": patient, "study": getattr(item, "study", ""), "series": item.key, "path": "",
-                "files": "", "bytes": "", "checksum": "", "status": "failed", "message": message}, 0
+        return {
+            "patient": patient,
+            "study": getattr(item, "study", ""),
+            "series": item.key,
+            "path": "",
+            "files": "",
+            "bytes": "",
+            "checksum": "",
+            "status": "failed",
+            "message": message,
+        }, 0

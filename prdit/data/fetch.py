@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 import urllib3
+
 from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class RetryPolicy:
 def _retry_after(response: requests.Response) -> float | None:
     """Seconds the server asks us to wait: Retry-After (seconds or HTTP date), else a 429's X-RateLimit-Reset."""
     value = response.headers.get("Retry-After")
-    reset = response.headers.get("X-RateLimit-Reset", "").strip()  # Zenodo: epoch seconds when the quota refills
+    reset = response.headers.get(
+        "X-RateLimit-Reset", ""
+    ).strip()  # Zenodo: epoch seconds when the quota refills
     if not value and response.status_code == 429 and reset.isdigit():
         return max(0.0, int(reset) - time.time())
     if not value:
@@ -98,12 +101,24 @@ def session(headers: Mapping[str, str] | None = None) -> requests.Session:
 
 
 def _describe_status(response: requests.Response) -> str:
-    hint = {401: " (authentication needed: is an access token set?)", 403: " (access denied)", 404: " (not found)"}
-    return f"HTTP {response.status_code} {response.reason or ''}".rstrip() + hint.get(response.status_code, "")
+    hint = {
+        401: " (authentication needed: is an access token set?)",
+        403: " (access denied)",
+        404: " (not found)",
+    }
+    return f"HTTP {response.status_code} {response.reason or ''}".rstrip() + hint.get(
+        response.status_code, ""
+    )
 
 
-def get_json(url: str, *, params: Mapping[str, Any] | None = None, policy: RetryPolicy = RetryPolicy(),
-             what: str = "", headers: Mapping[str, str] | None = None) -> Any:
+def get_json(
+    url: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+    what: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     """GET a JSON document, retrying transient failures; an empty body is returned as None."""
     what = what or url
     for attempt in range(1, policy.retries + 2):
@@ -158,10 +173,19 @@ class Fetched:
     checksum: str  # '<algorithm>:<hex>' of the final file
 
 
-def download(url: str, dest: Path, *, policy: RetryPolicy = RetryPolicy(), size: int | None = None,
-             checksum: str | None = None, verify: Callable[[Path], None] | None = None,
-             on_bytes: Callable[[int], None] | None = None, what: str = "",
-             headers: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> Fetched:
+def download(
+    url: str,
+    dest: Path,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    size: int | None = None,
+    checksum: str | None = None,
+    verify: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    what: str = "",
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Fetched:
     """Fetch `url` into `dest` via `dest.part`, resuming it with Range; rename only after size/checksum/verify pass.
 
     Transient failures (connection drops, 408/429/5xx) are retried; an attempt that made progress
@@ -179,8 +203,9 @@ def download(url: str, dest: Path, *, policy: RetryPolicy = RetryPolicy(), size:
     furthest = size_of(part)
     while True:
         try:
-            received += _fetch_to_part(url, part, size=size, on_bytes=on_bytes, what=what, headers=headers,
-                                       params=params)
+            received += _fetch_to_part(
+                url, part, size=size, on_bytes=on_bytes, what=what, headers=headers, params=params
+            )
         except _Transient as exc:
             # Only a partial file that grew past its best size counts as progress: a server that
             # ignores Range and drops at the same byte every time must still run out of retries.
@@ -188,9 +213,13 @@ def download(url: str, dest: Path, *, policy: RetryPolicy = RetryPolicy(), size:
             furthest = max(furthest, size_of(part))
             attempt = 0 if progressed else attempt + 1
             if attempt > policy.retries:
-                raise DownloadError(f"{what}: giving up after {policy.retries} retries: {exc.reason}") from None
+                raise DownloadError(
+                    f"{what}: giving up after {policy.retries} retries: {exc.reason}"
+                ) from None
             delay = policy.wait(max(attempt, 1), exc.response)
-            log.warning("%s: %s; retry %d/%d in %.1f s", what, exc.reason, max(attempt, 1), policy.retries, delay)
+            log.warning(
+                "%s: %s; retry %d/%d in %.1f s", what, exc.reason, max(attempt, 1), policy.retries, delay
+            )
             time.sleep(delay)
             continue
         try:
@@ -221,8 +250,16 @@ class _Transient(Exception):
         self.reason, self.response = reason, response
 
 
-def _fetch_to_part(url: str, part: Path, *, size: int | None, on_bytes: Callable[[int], None] | None,
-                   what: str, headers: Mapping[str, str] | None, params: Mapping[str, Any] | None) -> int:
+def _fetch_to_part(
+    url: str,
+    part: Path,
+    *,
+    size: int | None,
+    on_bytes: Callable[[int], None] | None,
+    what: str,
+    headers: Mapping[str, str] | None,
+    params: Mapping[str, Any] | None,
+) -> int:
     """One HTTP attempt appending to `part`; returns bytes received. Raises _Transient or DownloadError."""
     offset = size_of(part)
     if size is not None and offset > size:
@@ -235,8 +272,9 @@ def _fetch_to_part(url: str, part: Path, *, size: int | None, on_bytes: Callable
     request_headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
     got = 0
     try:
-        with session(headers).get(url, params=params, headers=request_headers, stream=True,
-                                  timeout=TIMEOUT_S) as response:
+        with session(headers).get(
+            url, params=params, headers=request_headers, stream=True, timeout=TIMEOUT_S
+        ) as response:
             status = response.status_code
             if status == 416 and offset:
                 total = _content_range_total(response.headers.get("Content-Range", ""))
@@ -252,7 +290,9 @@ def _fetch_to_part(url: str, part: Path, *, size: int | None, on_bytes: Callable
                 start = _content_range_start(response.headers.get("Content-Range", ""))
                 if start != offset:
                     part.unlink()
-                    raise _Transient(f"server resumed at byte {start}, asked for {offset}; starting over", response)
+                    raise _Transient(
+                        f"server resumed at byte {start}, asked for {offset}; starting over", response
+                    )
                 mode = "ab"
             else:
                 if offset:
@@ -264,8 +304,13 @@ def _fetch_to_part(url: str, part: Path, *, size: int | None, on_bytes: Callable
                     got += len(block)
                     if on_bytes is not None:
                         on_bytes(len(block))
-    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError,
-            TimeoutError) as exc:
+    except (
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        ConnectionError,
+        TimeoutError,
+    ) as exc:
         raise _Transient(f"connection failed after {got} bytes: {type(exc).__name__}: {exc}") from None
     return got
 
@@ -294,8 +339,14 @@ def _content_range_total(value: str) -> int | None:
         return None
 
 
-def _check(part: Path, *, size: int | None, expected: tuple[str, str] | None,
-           verify: Callable[[Path], None] | None, what: str) -> str:
+def _check(
+    part: Path,
+    *,
+    size: int | None,
+    expected: tuple[str, str] | None,
+    verify: Callable[[Path], None] | None,
+    what: str,
+) -> str:
     """Raise IntegrityError unless `part` has the published size and checksum; return '<algorithm>:<hex>'."""
     actual = part.stat().st_size
     if size is not None and actual != size:
@@ -303,7 +354,9 @@ def _check(part: Path, *, size: int | None, expected: tuple[str, str] | None,
     algorithm, value = expected or ("sha256", None)
     got = file_digest(part, algorithm)
     if value is not None and got != value:
-        raise IntegrityError(f"{what}: checksum mismatch: published {algorithm}:{value}, received {algorithm}:{got}")
+        raise IntegrityError(
+            f"{what}: checksum mismatch: published {algorithm}:{value}, received {algorithm}:{got}"
+        )
     if verify is not None:
         verify(part)
     return f"{algorithm}:{got}"
@@ -321,8 +374,10 @@ def check_space(path: Path, needed: int, what: str) -> None:
     """Fail before any download when `needed` bytes (plus 5 %) do not fit at `path`."""
     free = free_bytes(path)
     if needed * 1.05 > free:
-        raise DownloadError(f"{what}: not enough disk space in {path}: need about {human_bytes(needed * 1.05)}, "
-                            f"{human_bytes(free)} free (take a subset with --patients/--limit or free space)")
+        raise DownloadError(
+            f"{what}: not enough disk space in {path}: need about {human_bytes(needed * 1.05)}, "
+            f"{human_bytes(free)} free (take a subset with --patients/--limit or free space)"
+        )
 
 
 def human_bytes(n: float) -> str:
@@ -345,8 +400,9 @@ class ByteProgress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True
+            )
 
     def __call__(self, n: int) -> None:
         with self._lock:

@@ -20,17 +20,44 @@ import numpy as np
 import SimpleITK as sitk
 
 from prdit.data import dicom, inputs
-from prdit.data.cache import (CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params,
-                              unique_key)
-from prdit.data.qc import batch_exit, percentiles, quicklook, run_cases, write_table
+from prdit.data.cache import (
+    CACHE_VERSION,
+    CaseCache,
+    assemble,
+    digest,
+    run_cached,
+    shard_of,
+    stage_params,
+    unique_key,
+)
+from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
 from prdit.errors import PrditError
 from prdit.io import write_image, write_json
 
 log = logging.getLogger(__name__)
 
-QC_COLUMNS = ["case", "patient_id", "status", "reason", "source", "series_uid", "files", "slices",
-              "spacing_x", "spacing_y", "spacing_z", "shape_zyx", "orientation", "source_iop", "tilt_deg",
-              "hu_p1", "hu_p50", "hu_p99", "notes", "seconds"]
+QC_COLUMNS = [
+    "case",
+    "patient_id",
+    "status",
+    "reason",
+    "source",
+    "series_uid",
+    "files",
+    "slices",
+    "spacing_x",
+    "spacing_y",
+    "spacing_z",
+    "shape_zyx",
+    "orientation",
+    "source_iop",
+    "tilt_deg",
+    "hu_p1",
+    "hu_p50",
+    "hu_p99",
+    "notes",
+    "seconds",
+]
 MONTAGE_CASES = 8
 HEADERS = "dicom-headers.json"  # in the ingest cache folder of a dataset, beside the case folders
 
@@ -44,13 +71,26 @@ def safe_case_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name.strip()) or "case"
 
 
-def ingest_dicom(case: str, patient_id: str, files: list[str], source: str, series_uid: str, out: str,
-                 max_gap_factor: float, min_slices: int) -> dict:
+def ingest_dicom(
+    case: str,
+    patient_id: str,
+    files: list[str],
+    source: str,
+    series_uid: str,
+    out: str,
+    max_gap_factor: float,
+    min_slices: int,
+) -> dict:
     """Read one selected DICOM series and write it as HU NIfTI; returns its QC row."""
     image, report = dicom.read_files(files, max_gap_factor=max_gap_factor, min_slices=min_slices)
     row = _describe(case, patient_id, source, image, out)
-    row.update(series_uid=series_uid, files=report.files, source_iop=" ".join(f"{v:g}" for v in report.iop),
-               tilt_deg=round(report.tilt_deg, 2), notes=report.notes())
+    row.update(
+        series_uid=series_uid,
+        files=report.files,
+        source_iop=" ".join(f"{v:g}" for v in report.iop),
+        tilt_deg=round(report.tilt_deg, 2),
+        notes=report.notes(),
+    )
     return row
 
 
@@ -69,8 +109,13 @@ def _describe(case: str, patient_id: str, source: str, image: sitk.Image, out: s
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     oblique = float(np.degrees(np.arccos(np.clip(np.abs(np.diag(direction)).min(), -1, 1))))
     return {
-        "case": case, "patient_id": patient_id, "source": source, "slices": hu.shape[0],
-        "spacing_x": round(sx, 4), "spacing_y": round(sy, 4), "spacing_z": round(sz, 4),
+        "case": case,
+        "patient_id": patient_id,
+        "source": source,
+        "slices": hu.shape[0],
+        "spacing_x": round(sx, 4),
+        "spacing_y": round(sy, 4),
+        "spacing_z": round(sz, 4),
         "shape_zyx": "x".join(map(str, hu.shape)),
         "orientation": dicom.OUTPUT_ORIENTATION + (f" (oblique {oblique:.1f} deg)" if oblique > 0.1 else ""),
         **percentiles(hu),
@@ -84,32 +129,66 @@ def plan(p, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], lis
     src = p.sources[dataset]
     root = Path(src.path)
     if not root.is_dir():
-        raise FileNotFoundError(f"sources.{dataset}.path: {root} is not a folder (download or phantom first?)")
+        raise FileNotFoundError(
+            f"sources.{dataset}.path: {root} is not a folder (download or phantom first?)"
+        )
     jobs, rejected, skipped = [], [], []
     if src.format == "dicom":
         memo = header_memo(dataset)
         chosen, skips = dicom.discover(root, p.ingest.min_slices, threads, memo=memo)
         save_header_memo(dataset, memo)
-        skipped = [{"path": _rel(s.path, root), "series_uid": s.series_uid, "patient_id": s.patient_id,
-                    "reason": s.reason} for s in skips]
+        skipped = [
+            {
+                "path": _rel(s.path, root),
+                "series_uid": s.series_uid,
+                "patient_id": s.patient_id,
+                "reason": s.reason,
+            }
+            for s in skips
+        ]
         used: set[str] = set()
         for patient, series in chosen.items():
             case = _unique(safe_case_id(patient), used)
             if series is None:
-                reasons = sorted({s["reason"] for s in skipped if s["patient_id"] == patient}) or ["no image series"]
-                rejected.append({"case": case, "patient_id": patient, "status": "rejected",
-                                 "reason": "no diagnostic axial CT series: " + "; ".join(reasons), "seconds": 0.0})
+                reasons = sorted({s["reason"] for s in skipped if s["patient_id"] == patient}) or [
+                    "no image series"
+                ]
+                rejected.append(
+                    {
+                        "case": case,
+                        "patient_id": patient,
+                        "status": "rejected",
+                        "reason": "no diagnostic axial CT series: " + "; ".join(reasons),
+                        "seconds": 0.0,
+                    }
+                )
                 continue
-            jobs.append(dict(case=case, patient_id=patient, files=[str(f) for f in series.files],
-                             source=_rel(series.folder, root), series_uid=series.uid,
-                             out=f"{case}.nii.gz", max_gap_factor=p.ingest.max_gap_factor,
-                             min_slices=p.ingest.min_slices))
+            jobs.append(
+                dict(
+                    case=case,
+                    patient_id=patient,
+                    files=[str(f) for f in series.files],
+                    source=_rel(series.folder, root),
+                    series_uid=series.uid,
+                    out=f"{case}.nii.gz",
+                    max_gap_factor=p.ingest.max_gap_factor,
+                    min_slices=p.ingest.min_slices,
+                )
+            )
     elif src.format in ("npz", "nifti"):
         used = set()
         for f in inputs.find_files(root, src.format):
             case = _unique(safe_case_id(inputs.case_name(f)), used)
-            jobs.append(dict(case=case, patient_id=case, path=str(f), fmt=src.format, source=_rel(f, root),
-                             out=f"{case}.nii.gz"))
+            jobs.append(
+                dict(
+                    case=case,
+                    patient_id=case,
+                    path=str(f),
+                    fmt=src.format,
+                    source=_rel(f, root),
+                    out=f"{case}.nii.gz",
+                )
+            )
     else:
         raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped
@@ -162,8 +241,15 @@ def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
     files = job.get("files") or [job["path"]]
     desc = {k: v for k, v in job.items() if k not in ("files", "path", "out")}
     inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
-    return digest({"stage": "ingest", "version": CACHE_VERSION, "params": stage_params(p.used("ingest", dataset)),
-                   "job": desc, "inputs": inputs})
+    return digest(
+        {
+            "stage": "ingest",
+            "version": CACHE_VERSION,
+            "params": stage_params(p.used("ingest", dataset)),
+            "job": desc,
+            "inputs": inputs,
+        }
+    )
 
 
 def _key_or_unique(p, dataset: str, job: dict, cache: CaseCache) -> str:
@@ -182,8 +268,13 @@ def write_plan(p, dataset: str, path: Path, threads: int = 1) -> int:
     """`prdit ingest --write-plan`: discover the cases once, for the shard jobs and the final assembly."""
     jobs, rejected, skipped = plan(p, dataset, threads)
     write_json(path, {"dataset": dataset, "jobs": jobs, "rejected": rejected, "skipped": skipped})
-    log.info("ingest %s: plan of %d case(s) (%d rejected before reading) in %s", dataset, len(jobs) + len(rejected),
-             len(rejected), path)
+    log.info(
+        "ingest %s: plan of %d case(s) (%d rejected before reading) in %s",
+        dataset,
+        len(jobs) + len(rejected),
+        len(rejected),
+        path,
+    )
     return 0
 
 
@@ -194,8 +285,14 @@ def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[di
     return data["jobs"], data["rejected"], data["skipped"]
 
 
-def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None,
-               plan_file: Path | None = None) -> int:
+def run_ingest(
+    p,
+    dataset: str,
+    threads: int = 1,
+    strict: bool = False,
+    shard: int | None = None,
+    plan_file: Path | None = None,
+) -> int:
     """`prdit ingest`: every case of the dataset to data/interim/<dataset>/; exit status 0 if any case succeeded.
 
     Cases come from the per-case cache when their raw files and the ingest params are unchanged, so a
@@ -221,7 +318,9 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: i
         if shard is not None:
             write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
             run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
-            log.info("%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed)
+            log.info(
+                "%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed
+            )
             return 0
         out_dir.mkdir(parents=True, exist_ok=True)
         assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_dir)
@@ -234,9 +333,14 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: i
         table = write_table(rows, out_dir / "qc.csv", QC_COLUMNS)
         write_table(skipped, out_dir / "series.csv", ["patient_id", "series_uid", "path", "reason"])
         ok = table[table["status"] == "ok"]
-        counts = {"cases_total": len(table), "cases_ok": len(ok), "cases_rejected": len(table) - len(ok),
-                  "series_or_files_skipped": len(skipped), "cases_computed": computed,
-                  "cases_cached": len(jobs) - computed}
+        counts = {
+            "cases_total": len(table),
+            "cases_ok": len(ok),
+            "cases_rejected": len(table) - len(ok),
+            "series_or_files_skipped": len(skipped),
+            "cases_computed": computed,
+            "cases_cached": len(jobs) - computed,
+        }
         if len(ok):
             counts["seconds_per_case"] = float(ok["seconds"].mean())
             sample = list(ok["case"][:MONTAGE_CASES])
@@ -245,7 +349,15 @@ def run_ingest(p, dataset: str, threads: int = 1, strict: bool = False, shard: i
         run.log_metrics(counts)
         run.log_artifact(out_dir / "qc.csv")
         run.log_artifact(out_dir / "series.csv")
-    log.info("ingest %s: %d/%d cases ok, %d skipped series/files (details in %s)", dataset, len(ok), len(table),
-             len(skipped), out_dir / "qc.csv")
-    log.info("ingest %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed)
+    log.info(
+        "ingest %s: %d/%d cases ok, %d skipped series/files (details in %s)",
+        dataset,
+        len(ok),
+        len(table),
+        len(skipped),
+        out_dir / "qc.csv",
+    )
+    log.info(
+        "ingest %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed
+    )
     return batch_exit("ingest", dataset, len(ok), len(table), strict)

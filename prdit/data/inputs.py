@@ -48,7 +48,9 @@ def read_npz(path: Path) -> sitk.Image:
         if "ct" not in data:
             raise SeriesError(f"{path}: no 'ct' array (keys: {', '.join(data.files) or 'none'})")
         ct = data["ct"]
-        spacing = tuple(float(s) for s in data["spacing"]) if "spacing" in data else (RAD_CHESTCT_SPACING_MM,) * 3
+        spacing = (
+            tuple(float(s) for s in data["spacing"]) if "spacing" in data else (RAD_CHESTCT_SPACING_MM,) * 3
+        )
     if ct.ndim != 3:
         raise SeriesError(f"{path}: 'ct' has shape {ct.shape}, expected a 3D [z, y, x] volume")
     if len(spacing) != 3 or min(spacing) <= 0:
@@ -65,8 +67,10 @@ def read_volume(path: Path) -> sitk.Image:
     except RuntimeError as exc:
         raise SeriesError(f"{path}: cannot read ({str(exc).strip().splitlines()[-1]})") from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise SeriesError(f"{path}: expected a scalar 3D volume, got {image.GetDimension()}D with "
-                          f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+        raise SeriesError(
+            f"{path}: expected a scalar 3D volume, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)"
+        )
     image = sitk.DICOMOrient(image, OUTPUT_ORIENTATION)
     out = sitk.GetImageFromArray(to_hu_int16(sitk.GetArrayViewFromImage(image)))
     out.CopyInformation(image)

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.tag import Tag
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from prdit.io import atomic_dir, atomic_path, sha256_file
@@ -40,6 +40,7 @@ def uid(*parts: object) -> str:
 # --------------------------------------------------------------------------------------------
 # DICOM writing (also used by the tests' messy corpus)
 # --------------------------------------------------------------------------------------------
+
 
 def write_ct_series(
     folder: Path,
@@ -73,8 +74,18 @@ def write_ct_series(
     if padding_mask is not None:
         stored[np.broadcast_to(padding_mask, stored.shape)] = padding_value
     ds = _base_dataset(
-        hu.shape[1:], iop, pixel_spacing, slice_thickness, patient_id, study_uid, series_uid,
-        intercept, slope, image_type, modality, series_number,
+        hu.shape[1:],
+        iop,
+        pixel_spacing,
+        slice_thickness,
+        patient_id,
+        study_uid,
+        series_uid,
+        intercept,
+        slope,
+        image_type,
+        modality,
+        series_number,
     )
     if padding_mask is not None:
         ds.PixelPaddingValue = int(padding_value)
@@ -102,8 +113,13 @@ class _SliceWriter:
     """Encodes the slices of one series fast: the constant elements are encoded once, per slice only
     the file meta and the elements that change (explicit VR little endian, as pydicom would write)."""
 
-    VARYING = (Tag("SOPInstanceUID"), Tag("InstanceNumber"), Tag("ImagePositionPatient"),
-               Tag("SliceLocation"), Tag("PixelData"))
+    VARYING = (
+        Tag("SOPInstanceUID"),
+        Tag("InstanceNumber"),
+        Tag("ImagePositionPatient"),
+        Tag("SliceLocation"),
+        Tag("PixelData"),
+    )
 
     def __init__(self, ds: Dataset) -> None:
         correct_ambiguous_vr(ds, True)  # e.g. PixelPaddingValue is US or SS depending on PixelRepresentation
@@ -209,6 +225,7 @@ def _base_dataset(
 # Anatomy
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Grid:
     """Voxel centres of one patient's series in a body frame: x left+, y posterior+, s caudal+ (mm)."""
@@ -247,23 +264,34 @@ def _segment_fraction(g: Grid, p0: np.ndarray, p1: np.ndarray, r: float) -> tupl
     """Fraction of a capsule (segment p0-p1, radius r; points as (x, y, s) mm) inside its bounding box."""
     lo = np.minimum(p0, p1) - r - g.ps
     hi = np.maximum(p0, p1) + r + g.ps
-    ix = np.clip([np.floor(lo[0] / g.ps + (g.nx - 1) / 2), np.ceil(hi[0] / g.ps + (g.nx - 1) / 2) + 1], 0, g.nx).astype(int)
-    iy = np.clip([np.floor(lo[1] / g.ps + (g.ny - 1) / 2), np.ceil(hi[1] / g.ps + (g.ny - 1) / 2) + 1], 0, g.ny).astype(int)
+    ix = np.clip(
+        [np.floor(lo[0] / g.ps + (g.nx - 1) / 2), np.ceil(hi[0] / g.ps + (g.nx - 1) / 2) + 1], 0, g.nx
+    ).astype(int)
+    iy = np.clip(
+        [np.floor(lo[1] / g.ps + (g.ny - 1) / 2), np.ceil(hi[1] / g.ps + (g.ny - 1) / 2) + 1], 0, g.ny
+    ).astype(int)
     iz = np.clip([np.floor(lo[2] / g.dz), np.ceil(hi[2] / g.dz) + 1], 0, g.nz).astype(int)
     if ix[0] >= ix[1] or iy[0] >= iy[1] or iz[0] >= iz[1]:
         return None
     box = (slice(*iz), slice(*iy), slice(*ix))
-    px = g.x[..., ix[0]:ix[1]] - p0[0]
-    py = g.y[:, iy[0]:iy[1]] - p0[1]
-    pz = g.s[iz[0]:iz[1]] - p0[2]
+    px = g.x[..., ix[0] : ix[1]] - p0[0]
+    py = g.y[:, iy[0] : iy[1]] - p0[1]
+    pz = g.s[iz[0] : iz[1]] - p0[2]
     v = p1 - p0
     t = np.clip((px * v[0] + py * v[1] + pz * v[2]) / max(float(v @ v), 1e-9), 0.0, 1.0)
     dist = np.sqrt((px - t * v[0]) ** 2 + (py - t * v[1]) ** 2 + (pz - t * v[2]) ** 2)
     return box, _soft(r - dist, min(g.ps, g.dz))
 
 
-def _tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, length: float, radius: float,
-          generations: int, spread: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _tree(
+    rng: np.random.Generator,
+    root: np.ndarray,
+    direction: np.ndarray,
+    length: float,
+    radius: float,
+    generations: int,
+    spread: float,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Segments (p0, p1, radius) of a random bifurcating tree."""
     segments = []
     stack = [(root, direction / np.linalg.norm(direction), length, radius, generations)]
@@ -347,8 +375,14 @@ def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
     airway = [((cx, ty, -20.0), (cx, ty, s_carina), 8.5)]
     for side in (-1.0, 1.0):
         hilum = np.array([cx + side * 0.3 * ac, cy, s_hilum])
-        for d in ([side * 0.3, -0.1, -1.0], [side * 1.0, -0.5, -0.3], [side * 1.0, 0.4, 0.1],
-                  [side * 0.6, -0.4, 0.8], [side * 0.5, 0.6, 0.9], [side * 0.2, 0.8, 0.3]):
+        for d in (
+            [side * 0.3, -0.1, -1.0],
+            [side * 1.0, -0.5, -0.3],
+            [side * 1.0, 0.4, 0.1],
+            [side * 0.6, -0.4, 0.8],
+            [side * 0.5, 0.6, 0.9],
+            [side * 0.2, 0.8, 0.3],
+        ):
             for p0, p1, r in _tree(rng, hilum, np.asarray(d) + rng.normal(0, 0.15, 3), 36.0, 3.6, 5, 0.5):
                 tube(p0, p1, r, 40.0, lungs)
         bronchus = np.array([cx + side * 0.25 * ac, cy - 0.12 * bc, s_hilum - 8.0])
@@ -434,6 +468,7 @@ def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
 # One patient, the dataset
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PatientSeries:
     """What was written for one patient (for the manifest and the tests)."""
@@ -446,8 +481,15 @@ class PatientSeries:
     origin: tuple[float, float, float]  # IPP of the first (most cranial) slice
 
 
-def write_patient(root: Path, index: int, seed: int, matrix: int, fov_mm: Sequence[float],
-                  slice_mm: Sequence[float], z_extent_mm: float) -> PatientSeries:
+def write_patient(
+    root: Path,
+    index: int,
+    seed: int,
+    matrix: int,
+    fov_mm: Sequence[float],
+    slice_mm: Sequence[float],
+    z_extent_mm: float,
+) -> PatientSeries:
     """Generate and write one phantom patient (axial series + localizer) under root."""
     rng = np.random.default_rng([seed, index])
     patient_id = f"PHANTOM-{index + 1:04d}"
@@ -469,21 +511,39 @@ def write_patient(root: Path, index: int, seed: int, matrix: int, fov_mm: Sequen
     series = uid(seed, patient_id, "series")
     folder = root / patient_id / "study-1" / "series-2"
     write_ct_series(
-        folder, hu, ipp, (1, 0, 0, 0, 1, 0), (ps, ps), slice_thickness=dz, patient_id=patient_id,
-        study_uid=study, series_uid=series, intercept=intercept, padding_mask=circle[None],
+        folder,
+        hu,
+        ipp,
+        (1, 0, 0, 0, 1, 0),
+        (ps, ps),
+        slice_thickness=dz,
+        patient_id=patient_id,
+        study_uid=study,
+        series_uid=series,
+        intercept=intercept,
+        padding_mask=circle[None],
     )
     _write_localizer(root / patient_id / "study-1" / "series-1", hu, grid, ipp[0], patient_id, study, seed)
     return PatientSeries(patient_id, folder, ps, dz, hu.shape, tuple(ipp[0]))
 
 
-def _write_localizer(folder: Path, hu: np.ndarray, g: Grid, first: np.ndarray, patient_id: str,
-                     study: str, seed: int) -> None:
+def _write_localizer(
+    folder: Path, hu: np.ndarray, g: Grid, first: np.ndarray, patient_id: str, study: str, seed: int
+) -> None:
     """A coronal scout (mean attenuation along y), the kind of series discovery must skip."""
     scout = hu.mean(axis=1)[None]  # [1, slice (head->feet), column]
     write_ct_series(
-        folder, scout, np.array([[first[0], 0.0, first[2]]]), (1, 0, 0, 0, 0, -1), (g.dz, g.ps),
-        slice_thickness=g.ps, patient_id=patient_id, study_uid=study, series_uid=uid(seed, patient_id, "scout"),
-        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_number=1,
+        folder,
+        scout,
+        np.array([[first[0], 0.0, first[2]]]),
+        (1, 0, 0, 0, 0, -1),
+        (g.dz, g.ps),
+        slice_thickness=g.ps,
+        patient_id=patient_id,
+        study_uid=study,
+        series_uid=uid(seed, patient_id, "scout"),
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        series_number=1,
     )
 
 
@@ -515,5 +575,12 @@ def _write_manifest(root: Path, written: list[PatientSeries]) -> None:
         out.writerow(["patient_id", "file", "sha256", "pixel_spacing_mm", "slice_spacing_mm"])
         for w in written:
             for f in sorted(w.folder.parent.parent.rglob("*.dcm")):
-                out.writerow([w.patient_id, f.relative_to(root).as_posix(), sha256_file(f),
-                              w.pixel_spacing, w.slice_spacing])
+                out.writerow(
+                    [
+                        w.patient_id,
+                        f.relative_to(root).as_posix(),
+                        sha256_file(f),
+                        w.pixel_spacing,
+                        w.slice_spacing,
+                    ]
+                )

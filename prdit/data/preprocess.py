@@ -29,10 +29,18 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit.data.cache import (CACHE_VERSION, CaseCache, assemble, digest, run_cached, shard_of, stage_params,
-                              unique_key)
+from prdit.data.cache import (
+    CACHE_VERSION,
+    CaseCache,
+    assemble,
+    digest,
+    run_cached,
+    shard_of,
+    stage_params,
+    unique_key,
+)
 from prdit.data.dicom import AIR_HU
-from prdit.data.qc import batch_exit, percentiles, read_ok, run_cases, write_table
+from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,8 +52,22 @@ REFERENCE = {  # format -> (output spacing mm or None for native, crop voxels, u
     "nifti": (1.0, 256, 0.999, False),
     "npz": (None, 256, 0.995, True),
 }
-QC_COLUMNS = ["case", "patient_id", "status", "reason", "mode", "in_spacing", "in_shape_zyx", "sizes",
-              "out_spacing", "outside_fraction", "v_p1", "v_p50", "v_p99", "seconds"]
+QC_COLUMNS = [
+    "case",
+    "patient_id",
+    "status",
+    "reason",
+    "mode",
+    "in_spacing",
+    "in_shape_zyx",
+    "sizes",
+    "out_spacing",
+    "outside_fraction",
+    "v_p1",
+    "v_p50",
+    "v_p99",
+    "seconds",
+]
 
 
 def processed_dir(dataset: str) -> Path:
@@ -55,6 +77,7 @@ def processed_dir(dataset: str) -> Path:
 # --------------------------------------------------------------------------------------------
 # The core resampling (also what benchmarks/preprocess.py measures)
 # --------------------------------------------------------------------------------------------
+
 
 def cube_grid(image: sitk.Image, size: int, spacing: float) -> tuple[list[float], list[float]]:
     """Origin and spacing of an axis-aligned size^3 grid centred on the image's centre."""
@@ -75,19 +98,37 @@ def resample_cube(image: sitk.Image, size: int, spacing: float, window: tuple[fl
     arr = sitk.GetArrayFromImage(roi).astype(np.float32, copy=False)
     np.clip(arr, lo, hi, out=arr)
     for axis in np.flatnonzero(sigma > 0.05):  # separable smoothing only along downsampled axes
-        arr = ndimage.gaussian_filter1d(arr, float(sigma[axis]), axis=2 - int(axis), mode="nearest", truncate=3.0)
+        arr = ndimage.gaussian_filter1d(
+            arr, float(sigma[axis]), axis=2 - int(axis), mode="nearest", truncate=3.0
+        )
     smoothed = sitk.GetImageFromArray(arr)
     smoothed.CopyInformation(roi)
     del arr
-    out = sitk.Resample(smoothed, [size] * 3, sitk.Transform(), sitk.sitkLinear, origin, out_spacing, IDENTITY, air,
-                        sitk.sitkFloat32)
+    out = sitk.Resample(
+        smoothed,
+        [size] * 3,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        out_spacing,
+        IDENTITY,
+        air,
+        sitk.sitkFloat32,
+    )
     return sitk.GetArrayFromImage(out)
 
 
-def _crop_to(image: sitk.Image, origin, size: int, spacing: float, margin_vox: np.ndarray) -> sitk.Image | None:
+def _crop_to(
+    image: sitk.Image, origin, size: int, spacing: float, margin_vox: np.ndarray
+) -> sitk.Image | None:
     """The sub-image covering the target cube plus a margin (None if they do not overlap)."""
     ext = (size - 1) * spacing
-    corners = [[origin[0] + i * ext, origin[1] + j * ext, origin[2] + k * ext] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    corners = [
+        [origin[0] + i * ext, origin[1] + j * ext, origin[2] + k * ext]
+        for i in (0, 1)
+        for j in (0, 1)
+        for k in (0, 1)
+    ]
     idx = np.array([image.TransformPhysicalPointToContinuousIndex(c) for c in corners])
     lo = np.maximum(np.floor(idx.min(0) - margin_vox), 0).astype(int)
     hi = np.minimum(np.ceil(idx.max(0) + margin_vox) + 1, image.GetSize()).astype(int)
@@ -115,8 +156,9 @@ def to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip(v, -1.0, 1.0, out=v)
 
 
-def cubes_default(image: sitk.Image, sizes: list[int], fov_mm: float,
-                  window: tuple[float, float]) -> dict[int, tuple[np.ndarray, float]]:
+def cubes_default(
+    image: sitk.Image, sizes: list[int], fov_mm: float, window: tuple[float, float]
+) -> dict[int, tuple[np.ndarray, float]]:
     """{size: ([-1, 1] cube, spacing mm)}: the largest size resampled, the smaller ones 2x pools of it."""
     sizes = sorted(sizes, reverse=True)
     top = sizes[0]
@@ -130,8 +172,9 @@ def cubes_default(image: sitk.Image, sizes: list[int], fov_mm: float,
     return out
 
 
-def cubes_reference(image: sitk.Image, sizes: list[int], fmt: str,
-                    window: tuple[float, float]) -> dict[int, tuple[np.ndarray, float]]:
+def cubes_reference(
+    image: sitk.Image, sizes: list[int], fmt: str, window: tuple[float, float]
+) -> dict[int, tuple[np.ndarray, float]]:
     """{size: ([-1, 1] cube, spacing mm)} following the paper code's recipe for this input format."""
     spacing, crop, quantile, clip_window = REFERENCE[fmt]
     if spacing is None:  # RAD-ChestCT: crop at native (isotropic) spacing, no resampling
@@ -178,8 +221,18 @@ def _centre_crop(volume: np.ndarray, size: int, fill: float) -> np.ndarray:
 # The stage
 # --------------------------------------------------------------------------------------------
 
-def preprocess_case(case: str, patient_id: str, path: str, out_root: str, sizes: list[int], mode: str, fmt: str,
-                    fov_mm: float, window: tuple[float, float]) -> dict:
+
+def preprocess_case(
+    case: str,
+    patient_id: str,
+    path: str,
+    out_root: str,
+    sizes: list[int],
+    mode: str,
+    fmt: str,
+    fov_mm: float,
+    window: tuple[float, float],
+) -> dict:
     """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row."""
     image = sitk.ReadImage(path)
     if not np.allclose(image.GetDirection(), IDENTITY, atol=1e-6):
@@ -197,10 +250,13 @@ def preprocess_case(case: str, patient_id: str, path: str, out_root: str, sizes:
     top = max(cubes)
     cube, spacing = cubes[top]
     return {
-        "case": case, "patient_id": patient_id, "mode": mode,
+        "case": case,
+        "patient_id": patient_id,
+        "mode": mode,
         "in_spacing": " ".join(f"{s:.4g}" for s in image.GetSpacing()),
         "in_shape_zyx": "x".join(map(str, reversed(image.GetSize()))),
-        "sizes": " ".join(map(str, sorted(cubes))), "out_spacing": " ".join(f"{cubes[s][1]:.4g}" for s in sorted(cubes)),
+        "sizes": " ".join(map(str, sorted(cubes))),
+        "out_spacing": " ".join(f"{cubes[s][1]:.4g}" for s in sorted(cubes)),
         "outside_fraction": round(_outside_fraction(image, top, spacing), 4),
         **percentiles(cube, prefix="v"),
     }
@@ -213,7 +269,9 @@ def write_unit_nifti(path: Path, cube: np.ndarray, spacing: float, origin) -> No
     of float32 makes the file about half the size and twice as fast to compress.
     """
     ox, oy, oz = (float(v) for v in origin)
-    affine = np.array([[-spacing, 0, 0, -ox], [0, -spacing, 0, -oy], [0, 0, spacing, oz], [0, 0, 0, 1]])  # LPS -> RAS
+    affine = np.array(
+        [[-spacing, 0, 0, -ox], [0, -spacing, 0, -oy], [0, 0, spacing, oz], [0, 0, 0, 1]]
+    )  # LPS -> RAS
     data = np.rint(cube.transpose(2, 1, 0) * UNIT_SCALE).astype(np.int16)
     img = nib.Nifti1Image(data, affine)
     img.header.set_slope_inter(1.0 / UNIT_SCALE, 0.0)
@@ -244,9 +302,15 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
 def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
     desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
-    return digest({"stage": "preprocess", "version": CACHE_VERSION,
-                   "params": stage_params(p.used("preprocess", dataset)), "job": desc,
-                   "input": cache.content_hashes(job["case"], [job["path"]])[0]})
+    return digest(
+        {
+            "stage": "preprocess",
+            "version": CACHE_VERSION,
+            "params": stage_params(p.used("preprocess", dataset)),
+            "job": desc,
+            "input": cache.content_hashes(job["case"], [job["path"]])[0],
+        }
+    )
 
 
 def shards_dir(dataset: str) -> Path:
@@ -270,11 +334,24 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
     cache = CaseCache("preprocess", dataset)
-    with tracking.stage_run(p, stage="preprocess", dataset=dataset, used=p.used("preprocess", dataset)) as run:
+    with tracking.stage_run(
+        p, stage="preprocess", dataset=dataset, used=p.used("preprocess", dataset)
+    ) as run:
         cases = read_ok(src_dir / "qc.csv")
-        jobs = [dict(case=r.case, patient_id=r.patient_id, path=str(src_dir / f"{r.case}.nii.gz"), out_root=".",
-                     sizes=sizes, mode=pp.mode, fmt=fmt, fov_mm=pp.fov_mm, window=tuple(pp.window))
-                for r in cases.itertuples()]
+        jobs = [
+            dict(
+                case=r.case,
+                patient_id=r.patient_id,
+                path=str(src_dir / f"{r.case}.nii.gz"),
+                out_root=".",
+                sizes=sizes,
+                mode=pp.mode,
+                fmt=fmt,
+                fov_mm=pp.fov_mm,
+                window=tuple(pp.window),
+            )
+            for r in cases.itertuples()
+        ]
         jobs = shard_of(jobs, shard, pp.shards)
         keys = [_key_or_missing(p, dataset, job, cache) for job in jobs]
         label = f"preprocess {dataset}" + (f" shard {shard}/{pp.shards}" if shard is not None else "")
@@ -282,7 +359,9 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
         if shard is not None:
             write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
             run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
-            log.info("%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed)
+            log.info(
+                "%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed
+            )
             return 0
         out_root.mkdir(parents=True, exist_ok=True)
         assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_root)
@@ -292,8 +371,13 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
                 log.warning("case %s rejected: %s", r["case"], r["reason"])
         table = write_table(rows, out_root / "qc.csv", QC_COLUMNS)
         ok = table[table["status"] == "ok"]
-        counts = {"cases_total": len(table), "cases_ok": len(ok), "cases_rejected": len(table) - len(ok),
-                  "cases_computed": computed, "cases_cached": len(jobs) - computed}
+        counts = {
+            "cases_total": len(table),
+            "cases_ok": len(ok),
+            "cases_rejected": len(table) - len(ok),
+            "cases_computed": computed,
+            "cases_cached": len(jobs) - computed,
+        }
         if len(ok):
             counts["seconds_per_case"] = float(ok["seconds"].mean())
             top = max(sizes)
@@ -303,7 +387,12 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
         run.log_metrics(counts)
         run.log_artifact(out_root / "qc.csv")
     log.info("preprocess %s: %d/%d cases ok at sizes %s", dataset, len(ok), len(table), sizes)
-    log.info("preprocess %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed)
+    log.info(
+        "preprocess %s: %d case(s) computed, %d reused from the cache",
+        dataset,
+        computed,
+        len(jobs) - computed,
+    )
     return batch_exit("preprocess", dataset, len(ok), len(table), strict)
 
 

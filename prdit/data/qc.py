@@ -60,21 +60,33 @@ def run_cases(fn: Callable[..., dict], jobs: Sequence[dict], threads: int, desc:
         for i, job in crashed:  # which in-flight case killed the pool is unknown: rerun each alone
             _, again = _pool(fn, [(i, job)], 1, itk_threads, rows, bar)
             if again:
-                rows[i] = {"case": job.get("case"), "status": "rejected", "seconds": float("nan"),
-                           "reason": "worker process died (killed, e.g. out of memory)"}
+                rows[i] = {
+                    "case": job.get("case"),
+                    "status": "rejected",
+                    "seconds": float("nan"),
+                    "reason": "worker process died (killed, e.g. out of memory)",
+                }
                 next(bar, None)
     for _ in bar:
         pass
     return [rows[i] for i in range(len(jobs))]
 
 
-def _pool(fn: Callable[..., dict], items: list[tuple[int, dict]], workers: int, itk_threads: int,
-          rows: dict[int, dict], bar: Iterator) -> tuple[list[tuple[int, dict]], list[tuple[int, dict]]]:
+def _pool(
+    fn: Callable[..., dict],
+    items: list[tuple[int, dict]],
+    workers: int,
+    itk_threads: int,
+    rows: dict[int, dict],
+    bar: Iterator,
+) -> tuple[list[tuple[int, dict]], list[tuple[int, dict]]]:
     """Run items with at most `workers` in flight; on a dead worker return (not started, in flight)."""
     todo = items[::-1]
     inflight: dict[Future, tuple[int, dict]] = {}
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(itk_threads,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(itk_threads,)
+    ) as pool:
         while todo or inflight:
             while todo and len(inflight) < workers:
                 item = todo.pop()
@@ -122,7 +134,9 @@ def read_ok(qc_csv: Path) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
-def percentiles(values: np.ndarray, qs: Sequence[float] = (1, 50, 99), prefix: str = "hu") -> dict[str, float]:
+def percentiles(
+    values: np.ndarray, qs: Sequence[float] = (1, 50, 99), prefix: str = "hu"
+) -> dict[str, float]:
     """Percentiles of a (sub-sampled) array as QC columns."""
     flat = np.asarray(values).ravel()[:: max(1, values.size // 2_000_000)]
     return {f"{prefix}_p{q:g}": round(float(v), 3) for q, v in zip(qs, np.percentile(flat, qs))}
@@ -135,6 +149,15 @@ def quicklook(image: sitk.Image, size: int = 96, air: float = -1000.0) -> np.nda
     spacing = max(extent) / size
     centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
     origin = [c - (size - 1) / 2 * spacing for c in centre]
-    out = sitk.Resample(image, [size] * 3, sitk.Transform(), sitk.sitkLinear, origin, [spacing] * 3,
-                        (1, 0, 0, 0, 1, 0, 0, 0, 1), air, sitk.sitkFloat32)
+    out = sitk.Resample(
+        image,
+        [size] * 3,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        [spacing] * 3,
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        air,
+        sitk.sitkFloat32,
+    )
     return sitk.GetArrayFromImage(out)

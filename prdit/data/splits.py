@@ -37,7 +37,10 @@ def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: f
             n_val -= 1
         else:
             n_test -= 1
-    return {pid: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, pid in enumerate(ranked)}
+    return {
+        pid: "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        for i, pid in enumerate(ranked)
+    }
 
 
 def run_split(p, dataset: str) -> None:

@@ -40,10 +40,14 @@ class Series:
 
 
 # Other NBIA endpoints and versions spell some fields as display names; accept those too.
-_ALIASES = {"SeriesInstanceUID": ("Series Instance UID", "Series UID", "Series ID"),
-            "PatientID": ("Patient ID", "Subject ID"), "StudyInstanceUID": ("Study Instance UID", "Study UID"),
-            "ImageCount": ("Image Count", "Number of images"), "FileSize": ("File Size", "File Size (Bytes)"),
-            "Modality": ()}
+_ALIASES = {
+    "SeriesInstanceUID": ("Series Instance UID", "Series UID", "Series ID"),
+    "PatientID": ("Patient ID", "Subject ID"),
+    "StudyInstanceUID": ("Study Instance UID", "Study UID"),
+    "ImageCount": ("Image Count", "Number of images"),
+    "FileSize": ("File Size", "File Size (Bytes)"),
+    "Modality": (),
+}
 
 
 def _field(rec: dict[str, Any], key: str) -> str:
@@ -60,16 +64,24 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def list_items(cfg: Any, policy: fetch.RetryPolicy, *, patients: Sequence[str] = (),
-               limit: int | None = None) -> tuple[list[Series], list[dict[str, str]]]:
+def list_items(
+    cfg: Any, policy: fetch.RetryPolicy, *, patients: Sequence[str] = (), limit: int | None = None
+) -> tuple[list[Series], list[dict[str, str]]]:
     """Series of the collection (optionally only `patients`, at most `limit`), and failure rows for bad entries."""
     url = cfg.base_url.rstrip("/") + "/getSeries"
     base = {"Collection": cfg.collection, "Modality": cfg.modality}
     if patients:
         records, failed = [], []
         for patient in patients:
-            found = fetch.get_json(url, params={**base, "PatientID": patient}, policy=policy,
-                                   what=f"{cfg.collection} series list of {patient}") or []
+            found = (
+                fetch.get_json(
+                    url,
+                    params={**base, "PatientID": patient},
+                    policy=policy,
+                    what=f"{cfg.collection} series list of {patient}",
+                )
+                or []
+            )
             if not found:
                 why = f"no {cfg.modality} series listed for patient {patient} in {cfg.collection}"
                 failed.append(_row(patient, "", "", status="failed", message=why))
@@ -81,18 +93,30 @@ def list_items(cfg: Any, policy: fetch.RetryPolicy, *, patients: Sequence[str] =
         raise fetch.DownloadError(f"{url}: expected a JSON list of series, got {type(records).__name__}")
     series: dict[str, Series] = {}
     for rec in records:
-        uid, patient, study, modality = (_field(rec, k) for k in ("SeriesInstanceUID", "PatientID", "StudyInstanceUID",
-                                                                  "Modality"))
+        uid, patient, study, modality = (
+            _field(rec, k) for k in ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "Modality")
+        )
         if cfg.modality and modality and modality != cfg.modality:
             continue
-        bad = [f"{k}={v!r}" for k, v in (("SeriesInstanceUID", uid), ("PatientID", patient),
-                                         ("StudyInstanceUID", study)) if not _SAFE_ID.match(v)]
+        bad = [
+            f"{k}={v!r}"
+            for k, v in (("SeriesInstanceUID", uid), ("PatientID", patient), ("StudyInstanceUID", study))
+            if not _SAFE_ID.match(v)
+        ]
         if bad:
-            failed.append(_row(patient, study, uid, status="failed",
-                               message=f"listing entry has unusable identifiers: {', '.join(bad)}"))
+            failed.append(
+                _row(
+                    patient,
+                    study,
+                    uid,
+                    status="failed",
+                    message=f"listing entry has unusable identifiers: {', '.join(bad)}",
+                )
+            )
             continue
-        series[uid] = Series(uid, patient, study, modality, _int(_field(rec, "ImageCount")),
-                             _int(_field(rec, "FileSize")))
+        series[uid] = Series(
+            uid, patient, study, modality, _int(_field(rec, "ImageCount")), _int(_field(rec, "FileSize"))
+        )
     chosen = sorted(series.values(), key=lambda s: (s.patient, s.study, s.key))
     if limit is not None:
         chosen = chosen[:limit]
@@ -100,8 +124,17 @@ def list_items(cfg: Any, policy: fetch.RetryPolicy, *, patients: Sequence[str] =
 
 
 def _row(patient: str, study: str, series: str, **fields: Any) -> dict[str, str]:
-    row = {"patient": patient, "study": study, "series": series, "path": "", "files": "", "bytes": "",
-           "checksum": "", "status": "", "message": ""}
+    row = {
+        "patient": patient,
+        "study": study,
+        "series": series,
+        "path": "",
+        "files": "",
+        "bytes": "",
+        "checksum": "",
+        "status": "",
+        "message": "",
+    }
     row.update({k: str(v) for k, v in fields.items()})
     return row
 
@@ -135,8 +168,16 @@ def done_row(item: Series, out: Path, previous: dict[str, str] | None) -> dict[s
     n_dicom = len(_dicom_files(files))
     if item.image_count is not None and n_dicom != item.image_count:
         return None
-    return _row(item.patient, item.study, item.key, path=folder.relative_to(out).as_posix(), files=len(files),
-                bytes=total, checksum=digest, status="ok")
+    return _row(
+        item.patient,
+        item.study,
+        item.key,
+        path=folder.relative_to(out).as_posix(),
+        files=len(files),
+        bytes=total,
+        checksum=digest,
+        status="ok",
+    )
 
 
 def needed_bytes(item: Series, out: Path) -> int:
@@ -144,8 +185,9 @@ def needed_bytes(item: Series, out: Path) -> int:
     return item.size or 0
 
 
-def fetch_item(item: Series, out: Path, cfg: Any, policy: fetch.RetryPolicy,
-               on_bytes: Callable[[int], None]) -> tuple[dict[str, str], int]:
+def fetch_item(
+    item: Series, out: Path, cfg: Any, policy: fetch.RetryPolicy, on_bytes: Callable[[int], None]
+) -> tuple[dict[str, str], int]:
     """Download, verify and extract one series: its manifest row and the bytes received; DownloadError names it."""
     label = f"series {item.key} (patient {item.patient})"
     zip_path = out / STAGING / f"{item.key}.zip"
@@ -161,17 +203,34 @@ def fetch_item(item: Series, out: Path, cfg: Any, policy: fetch.RetryPolicy,
         if n == 0:  # NBIA answers an unknown or withdrawn series with an empty zip
             raise fetch.IntegrityError(f"{label}: the archive holds no DICOM files")
         if item.image_count is not None and n != item.image_count:
-            raise fetch.IntegrityError(f"{label}: archive holds {n} DICOM files, the listing says {item.image_count}")
+            raise fetch.IntegrityError(
+                f"{label}: archive holds {n} DICOM files, the listing says {item.image_count}"
+            )
 
     url = cfg.base_url.rstrip("/") + "/getImage"
-    fetched = fetch.download(url, zip_path, params={"SeriesInstanceUID": item.key, "NewFileNames": "Yes"},
-                             policy=policy, verify=verify, on_bytes=on_bytes, what=label)
+    fetched = fetch.download(
+        url,
+        zip_path,
+        params={"SeriesInstanceUID": item.key, "NewFileNames": "Yes"},
+        policy=policy,
+        verify=verify,
+        on_bytes=on_bytes,
+        what=label,
+    )
     try:
         extracted = archive.extract(zip_path, item.folder(out), label=label)
     except (archive.UnsafeArchiveError, OSError) as exc:
         raise fetch.DownloadError(f"{label}: extraction failed: {exc}") from None
     finally:
         zip_path.unlink(missing_ok=True)
-    row = _row(item.patient, item.study, item.key, path=item.folder(out).relative_to(out).as_posix(),
-               files=len(extracted.files), bytes=extracted.bytes, checksum=extracted.digest, status="ok")
+    row = _row(
+        item.patient,
+        item.study,
+        item.key,
+        path=item.folder(out).relative_to(out).as_posix(),
+        files=len(extracted.files),
+        bytes=extracted.bytes,
+        checksum=extracted.digest,
+        status="ok",
+    )
     return row, fetched.received

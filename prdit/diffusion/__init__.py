@@ -1,6 +1,16 @@
 """The IaN diffusion process, its loss and the predictor-corrector sampler."""
+
 from prdit.diffusion.ian import NOISE_STD, TIMESTEPS, angle, loss, q_sample
 from prdit.diffusion.respace import timestep_grid
 from prdit.diffusion.sampler import corrector_gamma, sample
 
-__all__ = ["loss", "sample", "q_sample", "angle", "timestep_grid", "corrector_gamma", "TIMESTEPS", "NOISE_STD"]
+__all__ = [
+    "loss",
+    "sample",
+    "q_sample",
+    "angle",
+    "timestep_grid",
+    "corrector_gamma",
+    "TIMESTEPS",
+    "NOISE_STD",
+]

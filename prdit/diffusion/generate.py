@@ -1,4 +1,5 @@
 """`prdit sample`: draw volumes from a trained model and write them as NIfTI in HU."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ log = logging.getLogger(__name__)
 
 def sample_seeds(seed: int, n: int) -> list[int]:
     """Independent per-sample seeds derived from (seed, i): sample i never depends on n or the batch."""
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(n)]
+    return [
+        int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(n)
+    ]
 
 
 def to_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -27,7 +30,9 @@ def to_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 def model_path(p: Any, dataset: str, size: int) -> Path:
     """The model file that generates `size`: the highres model at highres_size, else the stage-2 model."""
     if size not in p.sizes():
-        raise ValueError(f"size {size} is not one of this config's sizes {p.sizes()} (preprocess.size / highres_size)")
+        raise ValueError(
+            f"size {size} is not one of this config's sizes {p.sizes()} (preprocess.size / highres_size)"
+        )
     stage = "highres" if size == p.preprocess.highres_size else "global"
     return Path("models") / dataset / stage / "model.pt"
 
@@ -46,8 +51,10 @@ def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = 
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is not in 0..{shards - 1} (sample.shards = {shards})")
     if shards > len(batches):
-        raise ValueError(f"sample.shards = {shards} exceeds the {len(batches)} batches of sample.n / sample.batch_size")
-    return batches[shard * len(batches) // shards:(shard + 1) * len(batches) // shards]
+        raise ValueError(
+            f"sample.shards = {shards} exceeds the {len(batches)} batches of sample.n / sample.batch_size"
+        )
+    return batches[shard * len(batches) // shards : (shard + 1) * len(batches) // shards]
 
 
 def from_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -92,18 +99,32 @@ def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> Non
     spacing = (p.preprocess.fov_mm / size,) * 3
     amp = torch.bfloat16 if device.type == "cuda" else None
     dest = out_dir(dataset, size, shard)
-    with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
+    with tracking.stage_run(
+        p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
+    ) as run:
         tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
-        run.log_params({"model_file": str(path), "model": getattr(model, "spec", {}).get("name", "?"), "device": device.type,
-                        "shard": "all" if shard is None else f"{shard}/{s.shards}"})
+        run.log_params(
+            {
+                "model_file": str(path),
+                "model": getattr(model, "spec", {}).get("name", "?"),
+                "device": device.type,
+                "shard": "all" if shard is None else f"{shard}/{s.shards}",
+            }
+        )
         previews: list[np.ndarray] = []
         written = 0
         with io.atomic_dir(dest) as tmp:
             for idx in batches:
                 x = sample(
-                    model, (len(idx), model.in_channels, size, size, size), steps=s.steps, k=s.k,
-                    seeds=[seeds[i] for i in idx], device=device, timesteps=p.diffusion.timesteps,
-                    noise_std=p.diffusion.noise_std, amp_dtype=amp,
+                    model,
+                    (len(idx), model.in_channels, size, size, size),
+                    steps=s.steps,
+                    k=s.k,
+                    seeds=[seeds[i] for i in idx],
+                    device=device,
+                    timesteps=p.diffusion.timesteps,
+                    noise_std=p.diffusion.noise_std,
+                    amp_dtype=amp,
                     progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
                 )
                 for i, vol in zip(idx, x[:, 0].cpu().numpy()):
@@ -134,7 +155,9 @@ def merge_samples(p: Any, dataset: str, size: int) -> None:
 
     s = p.sample
     dest = out_dir(dataset, size)
-    with tracking.stage_run(p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)) as run:
+    with tracking.stage_run(
+        p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
+    ) as run:
         tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
         run.log_params({"shard": f"merge of {s.shards}"})
         with io.atomic_dir(dest) as tmp:
@@ -143,15 +166,19 @@ def merge_samples(p: Any, dataset: str, size: int) -> None:
                 want = {f"{i}.nii.gz" for b in shard_batches(s.n, s.batch_size, s.shards, k) for i in b}
                 have = {f.name for f in src.glob("*.nii.gz")} if src.is_dir() else set()
                 if have != want:
-                    raise PrditError(f"{src}: shard {k}/{s.shards} holds {sorted(have) or 'nothing'}, expected "
-                                     f"{sorted(want, key=lambda f: int(f.split('.')[0]))} (re-run its sampling job)")
+                    raise PrditError(
+                        f"{src}: shard {k}/{s.shards} holds {sorted(have) or 'nothing'}, expected "
+                        f"{sorted(want, key=lambda f: int(f.split('.')[0]))} (re-run its sampling job)"
+                    )
                 for name in sorted(want):
                     try:
                         (tmp / name).hardlink_to(src / name)
                     except OSError:
                         shutil.copy2(src / name, tmp / name)
-            previews = [from_hu(io.read_nifti(tmp / f"{i}.nii.gz")[0], p.preprocess.window)
-                        for i in range(min(MONTAGE_ROWS, s.n))]
+            previews = [
+                from_hu(io.read_nifti(tmp / f"{i}.nii.gz")[0], p.preprocess.window)
+                for i in range(min(MONTAGE_ROWS, s.n))
+            ]
             _montage(previews, tmp / "montage.png")
         log.info("merged %d shards (%d samples) into %s", s.shards, s.n, dest)
         run.log_image(dest / "montage.png", artifact_path="montages")

@@ -1,4 +1,5 @@
 """The IaN forward process: x_t = cos(b_t) x0 + sin(b_t) eps, b_t = (pi/2) t/T, eps ~ N(0, noise_std^2)."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, timesteps: int = TIMESTEPS) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, timesteps: int = TIMESTEPS
+) -> torch.Tensor:
     """Noisy volume at integer timesteps t [B]; `noise` already carries the std (0.5)."""
     beta = angle(t.to(x0.device), timesteps)
     return expand(torch.cos(beta), x0) * x0 + expand(torch.sin(beta), x0) * noise

@@ -1,4 +1,5 @@
 """Respacing: which of the T training timesteps a sampler with `steps` steps visits."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Predictor-corrector sampler of the IaN process (k = 1: deterministic Euler on the angle)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,9 @@ def _device_of(model: Model) -> torch.device:
     return torch.device("cpu")
 
 
-def _per_sample_randn(gens: list[torch.Generator], shape: Sequence[int], device: torch.device) -> torch.Tensor:
+def _per_sample_randn(
+    gens: list[torch.Generator], shape: Sequence[int], device: torch.device
+) -> torch.Tensor:
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in gens])
 
 
@@ -92,10 +95,15 @@ def sample(
         beta = betas[i]
         j = min(i + k, steps)  # jump target index on the grid (t = 0 at index `steps`)
         # x += (b_i - b_j) * (sin b_i * x0_hat - cos b_i * eps_hat)
-        x.add_(x0_hat, alpha=(beta - betas[j]) * math.sin(beta)).sub_(eps_hat, alpha=(beta - betas[j]) * math.cos(beta))
+        x.add_(x0_hat, alpha=(beta - betas[j]) * math.sin(beta)).sub_(
+            eps_hat, alpha=(beta - betas[j]) * math.cos(beta)
+        )
         if j > i + 1:
             gamma = corrector_gamma(betas[i + 1], betas[j])
-            x.mul_(gamma).add_(_per_sample_randn(gens, shape[1:], device), alpha=noise_std * math.sqrt(max(0.0, 1 - gamma**2)))
+            x.mul_(gamma).add_(
+                _per_sample_randn(gens, shape[1:], device),
+                alpha=noise_std * math.sqrt(max(0.0, 1 - gamma**2)),
+            )
         if trajectory_dir is not None and save_every and ((i + 1) % save_every == 0 or i + 1 == steps):
             _save_step(Path(trajectory_dir), i + 1, grid[i + 1], x, x0_hat)
         del out, eps_hat, x0_hat

@@ -10,8 +10,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], real: np.ndarray, fake: np.ndarray,
-                 n_boot: int, seed: int = 0, level: float = 0.95) -> dict[str, float | int] | None:
+def bootstrap_ci(
+    stat: Callable[[np.ndarray, np.ndarray], float],
+    real: np.ndarray,
+    fake: np.ndarray,
+    n_boot: int,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int] | None:
     """Resample both sets with replacement `n_boot` times; return {low, high, level, n} or None.
 
     Replicates whose statistic is undefined (e.g. a degenerate resample) are skipped and counted out of n.

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from prdit.errors import PrditError
 from prdit.evaluate.resnet3d import FEATURE_DIM, MedicalNetResNet50
 from prdit.io import sha256_file
-from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ExtractorInfo:
     @property
     def key(self) -> str:
         """Identity of the feature space (cache invalidation)."""
-        return f"{self.name}:{self.sha256 or 'untrained-seed%d' % FALLBACK_SEED}"
+        return f"{self.name}:{self.sha256 or f'untrained-seed{FALLBACK_SEED}'}"
 
 
 class WeightsError(PrditError, ValueError):
@@ -50,14 +50,16 @@ class WeightsError(PrditError, ValueError):
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     """Remove a leading `prefix` (nn.DataParallel's `module.`) from every key that has it."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def _state_dict_of(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state dict (expected a mapping of tensors, or one under 'state_dict')")
+        raise WeightsError(
+            f"{path}: not a state dict (expected a mapping of tensors, or one under 'state_dict')"
+        )
     return obj
 
 
@@ -70,8 +72,10 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     """Check `path`'s sha256, strip `module.`, and load it into `model` strictly (`model` may live on 'meta')."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found (get it with `prdit fetch-weights`, "
-                           "or set evaluate.weights: null for the untrained fallback)")
+        raise WeightsError(
+            f"{path}: weights file not found (get it with `prdit fetch-weights`, "
+            "or set evaluate.weights: null for the untrained fallback)"
+        )
     if sha256:
         actual = sha256_file(path)
         if actual.lower() != sha256.lower():
@@ -83,7 +87,12 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     state = strip_prefix(_state_dict_of(obj, path))
     dropped = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if dropped:
-        log.info("%s: ignoring %d keys of MedicalNet's segmentation head (%s)", path, len(dropped), _keys(dropped, 3))
+        log.info(
+            "%s: ignoring %d keys of MedicalNet's segmentation head (%s)",
+            path,
+            len(dropped),
+            _keys(dropped, 3),
+        )
         state = {k: v for k, v in state.items() if k not in dropped}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -93,10 +102,15 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
         missing = []
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        parts = ([f"missing keys: {_keys(missing)}"] if missing else []) + \
-                ([f"unexpected keys: {_keys(unexpected)}"] if unexpected else [])
+        parts = ([f"missing keys: {_keys(missing)}"] if missing else []) + (
+            [f"unexpected keys: {_keys(unexpected)}"] if unexpected else []
+        )
         raise WeightsError(f"{path}: does not match the MedicalNet ResNet-50: " + "; ".join(parts))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise WeightsError(f"{path}: tensor shapes do not match the MedicalNet ResNet-50: {_keys(wrong, 4)}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -111,27 +125,38 @@ def _fallback_state() -> dict[str, torch.Tensor]:
         return MedicalNetResNet50().state_dict()
 
 
-def build_extractor(weights_path: str | Path | None, sha256: str | None = None) -> tuple[nn.Module, ExtractorInfo]:
+def build_extractor(
+    weights_path: str | Path | None, sha256: str | None = None
+) -> tuple[nn.Module, ExtractorInfo]:
     """The extractor in eval mode and its description (pretrained, or the fixed-seed fallback)."""
     if weights_path is None:
         with torch.device("meta"):
             model = MedicalNetResNet50()
         model.load_state_dict({k: v.clone() for k, v in _fallback_state().items()}, assign=True)
         info = ExtractorInfo(
-            name="medicalnet-resnet50-untrained", pretrained=False,
-            note=("No evaluate.weights configured: features come from the MedicalNet ResNet-50 architecture with "
-                  f"fixed-seed ({FALLBACK_SEED}) random weights. Scores are reproducible and rank-consistent within "
-                  "this pipeline but are NOT comparable with published 3D FID/MMD numbers."))
+            name="medicalnet-resnet50-untrained",
+            pretrained=False,
+            note=(
+                "No evaluate.weights configured: features come from the MedicalNet ResNet-50 architecture with "
+                f"fixed-seed ({FALLBACK_SEED}) random weights. Scores are reproducible and rank-consistent within "
+                "this pipeline but are NOT comparable with published 3D FID/MMD numbers."
+            ),
+        )
         log.warning("evaluation uses the untrained fallback extractor (no evaluate.weights configured)")
     else:
         with torch.device("meta"):  # every tensor comes from the checkpoint: skip the random init
             model = MedicalNetResNet50()
         load_weights(model, weights_path, sha256)
         info = ExtractorInfo(
-            name="medicalnet-resnet50", pretrained=True,
-            note=("MedicalNet 3D ResNet-50 (Chen et al. 2019), loaded strictly; features = global average pool "
-                  "of layer 4." + ("" if sha256 else " No sha256 configured: the file was not verified.")),
-            weights=str(weights_path), sha256=sha256.lower() if sha256 else sha256_file(weights_path))
+            name="medicalnet-resnet50",
+            pretrained=True,
+            note=(
+                "MedicalNet 3D ResNet-50 (Chen et al. 2019), loaded strictly; features = global average pool "
+                "of layer 4." + ("" if sha256 else " No sha256 configured: the file was not verified.")
+            ),
+            weights=str(weights_path),
+            sha256=sha256.lower() if sha256 else sha256_file(weights_path),
+        )
     return model.eval(), info
 
 

@@ -32,8 +32,17 @@ def cache_path(dataset: str, size: int, root: Path = Path("data/features")) -> P
     return root / dataset / str(size) / "real.npz"
 
 
-def summarise(paths: Sequence[Path], ids: Sequence[str], kind: str, size: int, window: Sequence[float],
-              model: nn.Module, errors: list[str], batch_size: int = 4, desc: str = "features") -> Summary:
+def summarise(
+    paths: Sequence[Path],
+    ids: Sequence[str],
+    kind: str,
+    size: int,
+    window: Sequence[float],
+    model: nn.Module,
+    errors: list[str],
+    batch_size: int = 4,
+    desc: str = "features",
+) -> Summary:
     """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped."""
     ok_ids, feats, thumbs, hists, stats, batch = [], [], [], [], [], []
 
@@ -68,7 +77,9 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _load_cache(
+    path: Path, meta: dict
+) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     if not path.is_file():
         return {}
     try:
@@ -76,25 +87,46 @@ def _load_cache(path: Path, meta: dict) -> dict[str, tuple[str, np.ndarray, np.n
             if json.loads(str(z["meta"])) != meta:
                 log.info("%s: made with another extractor/window/version; rebuilding", path)
                 return {}
-            return {str(i): (str(s), f, t, h, st) for i, s, f, t, h, st in
-                    zip(z["ids"], z["stamps"], z["features"], z["thumbs"], z["hists"], z["stats"])}
+            return {
+                str(i): (str(s), f, t, h, st)
+                for i, s, f, t, h, st in zip(
+                    z["ids"], z["stamps"], z["features"], z["thumbs"], z["hists"], z["stats"]
+                )
+            }
     except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         log.warning("%s: unreadable feature cache (%s); rebuilding", path, exc)
         return {}
 
 
-def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.Module, info: ExtractorInfo,
-                   errors: list[str], processed_root: Path = Path("data/processed"),
-                   splits_root: Path = Path("data/splits"), cache_root: Path = Path("data/features")) -> dict[str, Summary]:
+def real_summaries(
+    dataset: str,
+    size: int,
+    window: Sequence[float],
+    model: nn.Module,
+    info: ExtractorInfo,
+    errors: list[str],
+    processed_root: Path = Path("data/processed"),
+    splits_root: Path = Path("data/splits"),
+    cache_root: Path = Path("data/features"),
+) -> dict[str, Summary]:
     """Summaries of the real train/val/test cases, extracting only what the cache lacks."""
-    meta = {"version": CACHE_VERSION, "extractor": info.key, "window": [float(w) for w in window], "size": size,
-            "seam_stride": STRIDE}
+    meta = {
+        "version": CACHE_VERSION,
+        "extractor": info.key,
+        "window": [float(w) for w in window],
+        "size": size,
+        "seam_stride": STRIDE,
+    }
     ids_by_split: dict[str, list[str]] = {}
     for split in SPLITS:
         f = splits_root / dataset / f"{split}.txt"
-        ids_by_split[split] = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+        ids_by_split[split] = (
+            [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+        )
     if not ids_by_split["train"]:
-        raise FileNotFoundError(f"{splits_root / dataset / 'train.txt'}: no training cases listed (run `prdit split`)")
+        raise FileNotFoundError(
+            f"{splits_root / dataset / 'train.txt'}: no training cases listed (run `prdit split`)"
+        )
     cpath = cache_path(dataset, size, cache_root)
     cached = _load_cache(cpath, meta)
     folder = processed_root / dataset / str(size)
@@ -115,7 +147,9 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
             todo_stamps[case] = stamp
     log.info("real features for %s/%d: %d cached, %d to extract", dataset, size, len(entries), len(todo_ids))
     if todo_ids:
-        new = summarise(todo_paths, todo_ids, "real", size, window, model, errors, desc=f"real features {dataset}/{size}")
+        new = summarise(
+            todo_paths, todo_ids, "real", size, window, model, errors, desc=f"real features {dataset}/{size}"
+        )
         for k, case in enumerate(new.ids):
             entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k], new.stats[k])
         if new.ids:
@@ -123,15 +157,30 @@ def real_summaries(dataset: str, size: int, window: Sequence[float], model: nn.M
     out = {}
     for split in SPLITS:
         ids = [c for c in ids_by_split[split] if c in entries]
-        out[split] = Summary.concat([]) if not ids else Summary(
-            ids, np.stack([entries[c][1] for c in ids]), np.stack([entries[c][2] for c in ids]),
-            np.stack([entries[c][3] for c in ids]), np.stack([entries[c][4] for c in ids]))
+        out[split] = (
+            Summary.concat([])
+            if not ids
+            else Summary(
+                ids,
+                np.stack([entries[c][1] for c in ids]),
+                np.stack([entries[c][2] for c in ids]),
+                np.stack([entries[c][3] for c in ids]),
+                np.stack([entries[c][4] for c in ids]),
+            )
+        )
     return out
 
 
 def _write_cache(path: Path, meta: dict, entries: dict) -> None:
     ids = sorted(entries)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, meta=np.array(json.dumps(meta)), ids=np.array(ids), stamps=np.array([entries[i][0] for i in ids]),
-                 features=np.stack([entries[i][1] for i in ids]), thumbs=np.stack([entries[i][2] for i in ids]),
-                 hists=np.stack([entries[i][3] for i in ids]), stats=np.stack([entries[i][4] for i in ids]))
+        np.savez(
+            fh,
+            meta=np.array(json.dumps(meta)),
+            ids=np.array(ids),
+            stamps=np.array([entries[i][0] for i in ids]),
+            features=np.stack([entries[i][1] for i in ids]),
+            thumbs=np.stack([entries[i][2] for i in ids]),
+            hists=np.stack([entries[i][3] for i in ids]),
+            stats=np.stack([entries[i][4] for i in ids]),
+        )

@@ -27,9 +27,16 @@ def _nearest(query: Summary, train: Summary) -> list[dict]:
     rows = []
     for k, case in enumerate(query.ids):
         fi, vi = int(feat_d[k].argmin()), int(vox_d[k].argmin())
-        rows.append({"id": case, "feature_nn": train.ids[fi], "feature_dist": float(feat_d[k, fi]),
-                     "voxel_nn": train.ids[vi], "voxel_rmse": float(vox_d[k, vi]),
-                     "voxel_ssim": ssim(query.thumbs[k], train.thumbs[vi])})
+        rows.append(
+            {
+                "id": case,
+                "feature_nn": train.ids[fi],
+                "feature_dist": float(feat_d[k, fi]),
+                "voxel_nn": train.ids[vi],
+                "voxel_rmse": float(vox_d[k, vi]),
+                "voxel_ssim": ssim(query.thumbs[k], train.thumbs[vi]),
+            }
+        )
     return rows
 
 
@@ -39,10 +46,19 @@ def audit(generated: Summary, train: Summary, heldout: Summary) -> dict:
     held = _nearest(heldout, train) if heldout.ids and train.ids else []
     threshold = NEAR_COPY_RATIO * min(r["voxel_rmse"] for r in held) if held else None
     for r in gen:
-        r["near_copy"] = r["voxel_ssim"] >= NEAR_COPY_SSIM and (threshold is None or r["voxel_rmse"] < threshold)
-    out: dict = {"generated": gen, "heldout": held, "near_copy_ratio": NEAR_COPY_RATIO, "near_copy_ssim": NEAR_COPY_SSIM,
-                 "threshold_voxel_rmse": threshold, "near_copies": [r["id"] for r in gen if r["near_copy"]],
-                 "median_ratio_feature": None, "median_ratio_voxel": None}
+        r["near_copy"] = r["voxel_ssim"] >= NEAR_COPY_SSIM and (
+            threshold is None or r["voxel_rmse"] < threshold
+        )
+    out: dict = {
+        "generated": gen,
+        "heldout": held,
+        "near_copy_ratio": NEAR_COPY_RATIO,
+        "near_copy_ssim": NEAR_COPY_SSIM,
+        "threshold_voxel_rmse": threshold,
+        "near_copies": [r["id"] for r in gen if r["near_copy"]],
+        "median_ratio_feature": None,
+        "median_ratio_voxel": None,
+    }
     if not held or not gen:
         return out
     for space, key in (("feature", "feature_dist"), ("voxel", "voxel_rmse")):

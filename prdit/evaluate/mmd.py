@@ -38,8 +38,10 @@ def median_gamma(real: np.ndarray) -> float:
     flat = np.sort(d, axis=None)
     med = flat[(flat.size - 1) // 2]
     if not med > 0:
-        raise ValueError(f"MMD bandwidth undefined: the median squared distance among {x.shape[0]} real feature "
-                         "vectors is 0 (needs at least 3 distinct vectors)")
+        raise ValueError(
+            f"MMD bandwidth undefined: the median squared distance among {x.shape[0]} real feature "
+            "vectors is 0 (needs at least 3 distinct vectors)"
+        )
     return float(1.0 / (2.0 * med))
 
 
@@ -61,7 +63,9 @@ def mmd2(real: np.ndarray, fake: np.ndarray, gamma: float, estimator: str = "ref
     return float(off(kxx, n) + off(kyy, m) - 2 * kxy.mean())
 
 
-def mmd(real: np.ndarray, fake: np.ndarray, estimator: str = "reference", gamma: float | None = None) -> float:
+def mmd(
+    real: np.ndarray, fake: np.ndarray, estimator: str = "reference", gamma: float | None = None
+) -> float:
     """`reference`: sqrt(max(MMD^2, 0)) as in the paper; `unbiased`: the U-statistic MMD^2 (signed)."""
     g = median_gamma(real) if gamma is None else gamma
     value = mmd2(real, fake, g, estimator)

@@ -34,7 +34,9 @@ def _blur(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _ssim_cs(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssim_cs(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, data_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my, exx, eyy, exy = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), w).unbind(1)
     sxx, syy, sxy = exx - mx * mx, eyy - my * my, exy - mx * my
@@ -58,13 +60,17 @@ def scales_for(size: int, kernel_size: int = 3, max_scales: int = len(MS_WEIGHTS
     return n
 
 
-def ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kernel_size: int = 3, sigma: float = 1.5) -> float:
+def ssim(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kernel_size: int = 3, sigma: float = 1.5
+) -> float:
     """Single-scale 3D SSIM of two volumes in [-1, 1]."""
     x, y = _as_batch(a), _as_batch(b)
     return float(_ssim_cs(x, y, _window(kernel_size, sigma), 1.0)[0].mean())
 
 
-def ms_ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kernel_size: int = 3, sigma: float = 1.5) -> float:
+def ms_ssim(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kernel_size: int = 3, sigma: float = 1.5
+) -> float:
     """3D MS-SSIM of two volumes [D, H, W] in [-1, 1]; 1 for identical volumes."""
     x, y = _as_batch(a), _as_batch(b)
     if x.shape != y.shape:
@@ -82,7 +88,7 @@ def ms_ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kernel_s
         if i < n - 1:
             x, y = F.avg_pool3d(x, 2), F.avg_pool3d(y, 2)
     vals = torch.stack(terms).clamp(min=0).squeeze(-1)
-    return float(torch.prod(vals ** weights))
+    return float(torch.prod(vals**weights))
 
 
 def pair_indices(n: int, n_pairs: int, seed: int) -> list[tuple[int, int]]:

@@ -34,15 +34,34 @@ def _ci(ci: dict | None) -> str:
 
 def table_rows(m: dict) -> list[list[str]]:
     """Metric | generated vs train | 95% CI | floor: held-out real vs train | 95% CI."""
-    rows = [("FID (raw, float64)", "fid", "fid_floor"), ("FID x10^3 (paper scale)", "fid_x1e3", "fid_floor_x1e3"),
-            ("MMD reference (paper definition, sqrt of V-statistic)", "mmd_reference", "mmd_reference_floor"),
-            ("MMD^2 unbiased (U-statistic, same bandwidth)", "mmd_unbiased", "mmd_unbiased_floor")]
-    out = [[label, _fmt(m.get(k)), _ci(m.get(k + "_ci95")), _fmt(m.get(f)), _ci(m.get(f + "_ci95"))]
-           for label, k, f in rows]
-    out.append(["FID at the floor's N (generated subsampled to the held-out count)", _fmt(m.get("fid_at_floor_n")),
-                "n/a", _fmt(m.get("fid_floor")), _ci(m.get("fid_floor_ci95"))])
-    out.append(["MS-SSIM between samples (diversity; floor = real train pairs)", _fmt(m.get("ms_ssim")),
-                f"sd {_fmt(m.get('ms_ssim_std'))}", _fmt(m.get("ms_ssim_floor")), f"sd {_fmt(m.get('ms_ssim_floor_std'))}"])
+    rows = [
+        ("FID (raw, float64)", "fid", "fid_floor"),
+        ("FID x10^3 (paper scale)", "fid_x1e3", "fid_floor_x1e3"),
+        ("MMD reference (paper definition, sqrt of V-statistic)", "mmd_reference", "mmd_reference_floor"),
+        ("MMD^2 unbiased (U-statistic, same bandwidth)", "mmd_unbiased", "mmd_unbiased_floor"),
+    ]
+    out = [
+        [label, _fmt(m.get(k)), _ci(m.get(k + "_ci95")), _fmt(m.get(f)), _ci(m.get(f + "_ci95"))]
+        for label, k, f in rows
+    ]
+    out.append(
+        [
+            "FID at the floor's N (generated subsampled to the held-out count)",
+            _fmt(m.get("fid_at_floor_n")),
+            "n/a",
+            _fmt(m.get("fid_floor")),
+            _ci(m.get("fid_floor_ci95")),
+        ]
+    )
+    out.append(
+        [
+            "MS-SSIM between samples (diversity; floor = real train pairs)",
+            _fmt(m.get("ms_ssim")),
+            f"sd {_fmt(m.get('ms_ssim_std'))}",
+            _fmt(m.get("ms_ssim_floor")),
+            f"sd {_fmt(m.get('ms_ssim_floor_std'))}",
+        ]
+    )
     return out
 
 
@@ -53,12 +72,26 @@ DIAG_HEADER = ["diagnostic", "generated", "real train (FID reference set)", "rea
 def diagnostic_rows(m: dict) -> list[list[str]]:
     """Seam ratio and texture of each set (the metrics file's seam_* and texture_* keys)."""
     stride = m.get("seam_stride", 8)
-    return [[f"Seam ratio at the {stride}-voxel token grid (1 = no tiling)", _fmt(m.get("seam_ratio")),
-             _fmt(m.get("seam_ratio_real")), _fmt(m.get("seam_ratio_heldout"))],
-            ["Texture: mean abs second difference", _fmt(m.get("texture_generated")), _fmt(m.get("texture_real")),
-             _fmt(m.get("texture_heldout"))],
-            ["Texture ratio vs real train (above 1: noise, below 1: over-smoothing)", _fmt(m.get("texture_ratio")),
-             _fmt(1.0 if m.get("texture_real") else None), _fmt(m.get("texture_ratio_floor"))]]
+    return [
+        [
+            f"Seam ratio at the {stride}-voxel token grid (1 = no tiling)",
+            _fmt(m.get("seam_ratio")),
+            _fmt(m.get("seam_ratio_real")),
+            _fmt(m.get("seam_ratio_heldout")),
+        ],
+        [
+            "Texture: mean abs second difference",
+            _fmt(m.get("texture_generated")),
+            _fmt(m.get("texture_real")),
+            _fmt(m.get("texture_heldout")),
+        ],
+        [
+            "Texture ratio vs real train (above 1: noise, below 1: over-smoothing)",
+            _fmt(m.get("texture_ratio")),
+            _fmt(1.0 if m.get("texture_real") else None),
+            _fmt(m.get("texture_ratio_floor")),
+        ],
+    ]
 
 
 def _hist_plot(edges: np.ndarray, real: np.ndarray, gen: np.ndarray, path: Path) -> None:
@@ -77,8 +110,13 @@ def _hist_plot(edges: np.ndarray, real: np.ndarray, gen: np.ndarray, path: Path)
 
 def _memo_plot(memo: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(7, 3), dpi=100)
-    for ax, key, title in ((axes[0], "feature_dist", "feature space"), (axes[1], "voxel_rmse", "voxel RMSE (<=32^3)")):
-        for k, (name, rows) in enumerate((("held-out real", memo["heldout"]), ("generated", memo["generated"]))):
+    for ax, key, title in (
+        (axes[0], "feature_dist", "feature space"),
+        (axes[1], "voxel_rmse", "voxel RMSE (<=32^3)"),
+    ):
+        for k, (_name, rows) in enumerate(
+            (("held-out real", memo["heldout"]), ("generated", memo["generated"]))
+        ):
             vals = [r[key] for r in rows]
             ax.scatter(np.full(len(vals), k) + np.linspace(-0.1, 0.1, len(vals)), vals, s=14)
         if key == "voxel_rmse" and memo.get("threshold_voxel_rmse") is not None:
@@ -98,9 +136,19 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles: list[str], gen_vols: list[np.ndarray],
-                 gen_titles: list[str], edges: np.ndarray, real_hist: np.ndarray, gen_hist: np.ndarray, memo: dict,
-                 info_lines: list[str]) -> list[Path]:
+def write_report(
+    folder: Path,
+    m: dict,
+    real_vols: list[np.ndarray],
+    real_titles: list[str],
+    gen_vols: list[np.ndarray],
+    gen_titles: list[str],
+    edges: np.ndarray,
+    real_hist: np.ndarray,
+    gen_hist: np.ndarray,
+    memo: dict,
+    info_lines: list[str],
+) -> list[Path]:
     """Write figures, CSVs, report.md and report.html into `folder`; returns the PNG paths."""
     pngs = []
     if real_vols:
@@ -113,12 +161,35 @@ def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles
         _memo_plot(memo, folder / "memorization.png")
         pngs.append(folder / "memorization.png")
     centres = (edges[:-1] + edges[1:]) / 2
-    _write_csv(folder / "hu_histogram.csv", ["hu", "real", "generated"],
-               [[float(c), float(r), float(g)] for c, r, g in zip(centres, real_hist, gen_hist)])
-    memo_rows = [[kind, r["id"], r["feature_nn"], r["feature_dist"], r["voxel_nn"], r["voxel_rmse"], r["voxel_ssim"],
-                  r.get("near_copy", "")] for kind, rows in (("generated", memo["generated"]), ("heldout", memo["heldout"]))
-                 for r in rows]
-    memo_header = ["set", "id", "feature_nn", "feature_dist", "voxel_nn", "voxel_rmse", "voxel_ssim", "near_copy"]
+    _write_csv(
+        folder / "hu_histogram.csv",
+        ["hu", "real", "generated"],
+        [[float(c), float(r), float(g)] for c, r, g in zip(centres, real_hist, gen_hist)],
+    )
+    memo_rows = [
+        [
+            kind,
+            r["id"],
+            r["feature_nn"],
+            r["feature_dist"],
+            r["voxel_nn"],
+            r["voxel_rmse"],
+            r["voxel_ssim"],
+            r.get("near_copy", ""),
+        ]
+        for kind, rows in (("generated", memo["generated"]), ("heldout", memo["heldout"]))
+        for r in rows
+    ]
+    memo_header = [
+        "set",
+        "id",
+        "feature_nn",
+        "feature_dist",
+        "voxel_nn",
+        "voxel_rmse",
+        "voxel_ssim",
+        "near_copy",
+    ]
     _write_csv(folder / "memorization.csv", memo_header, memo_rows)
     rows = table_rows(m)
     _write_csv(folder / "metrics_table.csv", HEADER, rows)
@@ -126,34 +197,63 @@ def write_report(folder: Path, m: dict, real_vols: list[np.ndarray], real_titles
     _write_csv(folder / "diagnostics_table.csv", DIAG_HEADER, diag)
 
     title = f"PRDiT evaluation: {m['dataset']} at {m['size']}^3"
-    md = [f"# {title}", ""] + [f"- {line}" for line in info_lines] + ["", "## Metrics", "",
-          "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md = (
+        [f"# {title}", ""]
+        + [f"- {line}" for line in info_lines]
+        + ["", "## Metrics", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    )
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "FID is shown raw and x10^3 (the paper's tables use x10^3). Lower FID/MMD is better; a score near its "
-           "floor is as close to the training set as unseen real scans are. Lower MS-SSIM means more diverse samples.",
-           "", "## Tiling and texture", "", "| " + " | ".join(DIAG_HEADER) + " |", "|" + "---|" * len(DIAG_HEADER)]
+    md += [
+        "",
+        "FID is shown raw and x10^3 (the paper's tables use x10^3). Lower FID/MMD is better; a score near its "
+        "floor is as close to the training set as unseen real scans are. Lower MS-SSIM means more diverse samples.",
+        "",
+        "## Tiling and texture",
+        "",
+        "| " + " | ".join(DIAG_HEADER) + " |",
+        "|" + "---|" * len(DIAG_HEADER),
+    ]
     md += ["| " + " | ".join(r) + " |" for r in diag]
-    md += ["", "Seam ratio: mean absolute voxel step across the model's patch-token boundaries (every "
-           f"{m.get('seam_stride', 8)} voxels, where un-patchified cells meet) over the mean step elsewhere, along all "
-           "three axes on [-1, 1] volumes; a generated value above the real one means visible tiling. Texture ratio: "
-           "mean absolute second difference of a set over the real train set's; held-out real gives the floor.", ""]
+    md += [
+        "",
+        "Seam ratio: mean absolute voxel step across the model's patch-token boundaries (every "
+        f"{m.get('seam_stride', 8)} voxels, where un-patchified cells meet) over the mean step elsewhere, along all "
+        "three axes on [-1, 1] volumes; a generated value above the real one means visible tiling. Texture ratio: "
+        "mean absolute second difference of a set over the real train set's; held-out real gives the floor.",
+        "",
+    ]
     if m["notes"]:
         md += ["## Caveats", ""] + [f"- {n}" for n in m["notes"]] + [""]
-    md += ["## Real vs generated", "", "Axial, coronal and sagittal mid-slices, window "
-           f"{m['input']['window'][0]:g} to {m['input']['window'][1]:g} HU.", ""]
+    md += [
+        "## Real vs generated",
+        "",
+        "Axial, coronal and sagittal mid-slices, window "
+        f"{m['input']['window'][0]:g} to {m['input']['window'][1]:g} HU.",
+        "",
+    ]
     md += [f"![{p.stem}]({p.name})" for p in pngs if p.stem.startswith("montage")]
     md += ["", "## HU histograms", "", "![hu_histogram](hu_histogram.png)", "", "## Memorization audit", ""]
     mem = m["memorization"]
     rule = f"SSIM to the nearest training volume >= {mem['near_copy_ssim']}"
     if mem["threshold_voxel_rmse"] is not None:
-        rule += (f" and voxel RMSE below {mem['near_copy_ratio']} x the smallest held-out value "
-                 f"({_fmt(mem['threshold_voxel_rmse'])})")
-    md += [f"Near-copy rule: {rule}. Near-copies: **{len(mem['near_copies'])} of {m['n']['generated']}** "
-           f"({', '.join(mem['near_copies']) or 'none'}). Median nearest-train distance, generated / held-out: "
-           f"feature {_fmt(mem['median_ratio_feature'])}, voxel {_fmt(mem['median_ratio_voxel'])} "
-           "(well below 1 suggests copying). Voxel space: volumes average-pooled to at most 32^3.", ""]
+        rule += (
+            f" and voxel RMSE below {mem['near_copy_ratio']} x the smallest held-out value "
+            f"({_fmt(mem['threshold_voxel_rmse'])})"
+        )
+    md += [
+        f"Near-copy rule: {rule}. Near-copies: **{len(mem['near_copies'])} of {m['n']['generated']}** "
+        f"({', '.join(mem['near_copies']) or 'none'}). Median nearest-train distance, generated / held-out: "
+        f"feature {_fmt(mem['median_ratio_feature'])}, voxel {_fmt(mem['median_ratio_voxel'])} "
+        "(well below 1 suggests copying). Voxel space: volumes average-pooled to at most 32^3.",
+        "",
+    ]
     if memo["generated"] or memo["heldout"]:
-        md += ["![memorization](memorization.png)", "", "| " + " | ".join(memo_header) + " |", "|" + "---|" * len(memo_header)]
+        md += [
+            "![memorization](memorization.png)",
+            "",
+            "| " + " | ".join(memo_header) + " |",
+            "|" + "---|" * len(memo_header),
+        ]
         md += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in memo_rows]
     if m["skipped"]:
         md += ["", "## Skipped inputs", ""] + [f"- {s}" for s in m["skipped"]]
@@ -197,7 +297,11 @@ def _html(title: str, md: list[str], folder: Path) -> str:
         body.append("</table>")
     if in_list:
         body.append("</ul>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -12,10 +12,10 @@ import torch
 
 from prdit import tracking
 from prdit.evaluate.extractor import build_extractor
-from prdit.evaluate.fetch import DEFAULT_OUT, fetch_weights
 from prdit.evaluate.features import cache_path, real_summaries, summarise
+from prdit.evaluate.fetch import DEFAULT_OUT, fetch_weights
 from prdit.evaluate.memorization import audit
-from prdit.evaluate.ms_ssim import pair_indices, ms_ssim, scales_for
+from prdit.evaluate.ms_ssim import ms_ssim, pair_indices, scales_for
 from prdit.evaluate.report import write_report
 from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
@@ -25,18 +25,30 @@ from prdit.io import atomic_dir, write_json
 log = logging.getLogger(__name__)
 
 MONTAGE_ROWS = 4
-INPUT_NOTE = ("real (data/processed, [-1, 1]) and generated (samples, HU clipped to preprocess.window and mapped "
-              "linearly to [-1, 1]) volumes enter the extractor and MS-SSIM identically as [-1, 1] cubes, as in the "
-              "PRDiT reference evaluation; MS-SSIM maps them to [0, 1] with data_range 1")
-DIAG_NOTE = ("seam_ratio: mean |step| across the model's token boundaries (every seam_stride voxels, where "
-             "un-patchified cells meet) over the mean |step| elsewhere, all three axes, on [-1, 1] volumes; 1 = no "
-             "tiling; seam_ratio_real: the same on the real train split (the FID reference set). texture_*: mean "
-             "|second difference|; texture_ratio = generated / real train (above 1: noise, below 1: over-smoothing), "
-             "texture_ratio_floor = held-out real / real train")
+INPUT_NOTE = (
+    "real (data/processed, [-1, 1]) and generated (samples, HU clipped to preprocess.window and mapped "
+    "linearly to [-1, 1]) volumes enter the extractor and MS-SSIM identically as [-1, 1] cubes, as in the "
+    "PRDiT reference evaluation; MS-SSIM maps them to [0, 1] with data_range 1"
+)
+DIAG_NOTE = (
+    "seam_ratio: mean |step| across the model's token boundaries (every seam_stride voxels, where "
+    "un-patchified cells meet) over the mean |step| elsewhere, all three axes, on [-1, 1] volumes; 1 = no "
+    "tiling; seam_ratio_real: the same on the real train split (the FID reference set). texture_*: mean "
+    "|second difference|; texture_ratio = generated / real train (above 1: noise, below 1: over-smoothing), "
+    "texture_ratio_floor = held-out real / real train"
+)
 
 
-def _diversity(paths: list[Path], kind: str, size: int, window: Any, n_pairs: int, seed: int,
-               label: str, notes: list[str]) -> tuple[float | None, float | None, int]:
+def _diversity(
+    paths: list[Path],
+    kind: str,
+    size: int,
+    window: Any,
+    n_pairs: int,
+    seed: int,
+    label: str,
+    notes: list[str],
+) -> tuple[float | None, float | None, int]:
     if len(paths) < 2 or n_pairs == 0:
         if n_pairs:
             notes.append(f"MS-SSIM ({label}): not computed (needs >= 2 volumes, has {len(paths)})")
@@ -44,7 +56,9 @@ def _diversity(paths: list[Path], kind: str, size: int, window: Any, n_pairs: in
     vals = []
     for i, j in pair_indices(len(paths), n_pairs, seed):
         try:
-            vals.append(ms_ssim(read_volume(paths[i], size, kind, window), read_volume(paths[j], size, kind, window)))
+            vals.append(
+                ms_ssim(read_volume(paths[i], size, kind, window), read_volume(paths[j], size, kind, window))
+            )
         except ValueError as exc:
             notes.append(f"MS-SSIM ({label}): pair skipped ({exc})")
     if not vals:
@@ -52,81 +66,168 @@ def _diversity(paths: list[Path], kind: str, size: int, window: Any, n_pairs: in
     return float(np.mean(vals)), float(np.std(vals)), len(vals)
 
 
-def evaluate(dataset: str, size: int, window: tuple[float, float], weights: str | None, sha256: str | None,
-             ms_ssim_pairs: int, n_boot: int, seed: int, num_samples: int | None = None,
-             samples_root: Path = Path("samples"), processed_root: Path = Path("data/processed"),
-             splits_root: Path = Path("data/splits"), features_root: Path = Path("data/features"),
-             metrics_root: Path = Path("metrics"), reports_root: Path = Path("reports")) -> tuple[dict, Path, Path]:
+def evaluate(
+    dataset: str,
+    size: int,
+    window: tuple[float, float],
+    weights: str | None,
+    sha256: str | None,
+    ms_ssim_pairs: int,
+    n_boot: int,
+    seed: int,
+    num_samples: int | None = None,
+    samples_root: Path = Path("samples"),
+    processed_root: Path = Path("data/processed"),
+    splits_root: Path = Path("data/splits"),
+    features_root: Path = Path("data/features"),
+    metrics_root: Path = Path("metrics"),
+    reports_root: Path = Path("reports"),
+) -> tuple[dict, Path, Path]:
     """Compute every number and write the metrics file and report; returns (metrics, json path, report dir)."""
     t0 = time.monotonic()
     gen_dir = samples_root / dataset / str(size)
     gen_paths = sample_paths(gen_dir)[:num_samples]
     if not gen_paths:
-        raise FileNotFoundError(f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)")
+        raise FileNotFoundError(
+            f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
+        )
     torch.manual_seed(seed)
     model, info = build_extractor(weights, sha256)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     skipped: list[str] = []
-    real = real_summaries(dataset, size, window, model, info, skipped, processed_root, splits_root, features_root)
+    real = real_summaries(
+        dataset, size, window, model, info, skipped, processed_root, splits_root, features_root
+    )
     train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
     if not train.ids:
-        raise ValueError(f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}")
+        raise ValueError(
+            f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}"
+        )
     gen_ids = [p.name.removesuffix(".nii.gz") for p in gen_paths]
-    generated = summarise(gen_paths, gen_ids, "generated", size, window, model, skipped, desc=f"sample features {dataset}/{size}")
+    generated = summarise(
+        gen_paths,
+        gen_ids,
+        "generated",
+        size,
+        window,
+        model,
+        skipped,
+        desc=f"sample features {dataset}/{size}",
+    )
     if not generated.ids:
-        raise ValueError(f"{gen_dir}: none of the {len(gen_paths)} generated volumes could be read: {skipped[-1]}")
+        raise ValueError(
+            f"{gen_dir}: none of the {len(gen_paths)} generated volumes could be read: {skipped[-1]}"
+        )
     t_feat = time.monotonic() - t0
 
     scores, notes = feature_scores(train, heldout, generated, n_boot, seed)
     ok_gen = [p for p, i in zip(gen_paths, gen_ids) if i in set(generated.ids)]
     train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
     ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, ms_ssim_pairs, seed, "generated", notes)
-    msf, msf_sd, msf_n = _diversity(train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes)
+    msf, msf_sd, msf_n = _diversity(
+        train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes
+    )
     memo = audit(generated, train, heldout)
     diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
     if diag["seam_ratio"] is None:
-        notes.append(f"seam ratio: not computed (needs volumes larger than the {diag['seam_stride']}-voxel token grid)")
+        notes.append(
+            f"seam ratio: not computed (needs volumes larger than the {diag['seam_stride']}-voxel token grid)"
+        )
     if memo["threshold_voxel_rmse"] is None:
         notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
     m = {
-        "dataset": dataset, "size": size, **scores,
-        "ms_ssim": ms, "ms_ssim_std": ms_sd, "ms_ssim_floor": msf, "ms_ssim_floor_std": msf_sd,
-        "ms_ssim_scales": scales_for(size), **diag,
-        "memorization": {k: memo[k] for k in ("near_copy_ratio", "near_copy_ssim", "threshold_voxel_rmse", "near_copies",
-                                              "median_ratio_feature", "median_ratio_voxel")}
-                        | {"n_near_copies": len(memo["near_copies"])},
-        "n": {"real_train": len(train.ids), "real_heldout": len(heldout.ids), "generated": len(generated.ids),
-              "ms_ssim_pairs": ms_n, "ms_ssim_floor_pairs": msf_n, "bootstrap": n_boot},
-        "extractor": {"name": info.name, "pretrained": info.pretrained, "note": info.note, "sha256": info.sha256},
+        "dataset": dataset,
+        "size": size,
+        **scores,
+        "ms_ssim": ms,
+        "ms_ssim_std": ms_sd,
+        "ms_ssim_floor": msf,
+        "ms_ssim_floor_std": msf_sd,
+        "ms_ssim_scales": scales_for(size),
+        **diag,
+        "memorization": {
+            k: memo[k]
+            for k in (
+                "near_copy_ratio",
+                "near_copy_ssim",
+                "threshold_voxel_rmse",
+                "near_copies",
+                "median_ratio_feature",
+                "median_ratio_voxel",
+            )
+        }
+        | {"n_near_copies": len(memo["near_copies"])},
+        "n": {
+            "real_train": len(train.ids),
+            "real_heldout": len(heldout.ids),
+            "generated": len(generated.ids),
+            "ms_ssim_pairs": ms_n,
+            "ms_ssim_floor_pairs": msf_n,
+            "bootstrap": n_boot,
+        },
+        "extractor": {
+            "name": info.name,
+            "pretrained": info.pretrained,
+            "note": info.note,
+            "sha256": info.sha256,
+        },
         "input": {"window": list(window), "note": INPUT_NOTE},
         "reference_set": "real train split; floors: real val + test vs the same train split",
         "feature_cache": str(cache_path(dataset, size, features_root)),
-        "notes": notes, "skipped": skipped,
+        "notes": notes,
+        "skipped": skipped,
     }
     if len(generated.ids) < len(gen_paths):
-        notes.append(f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)")
+        notes.append(
+            f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)"
+        )
     metrics_path = metrics_root / dataset / f"{size}.json"
     report_dir = reports_root / dataset / str(size)
     edges = hist_edges(window)
     real_vols = [read_volume(p, size, "real", window) for p in train_paths[:MONTAGE_ROWS]]
     gen_vols = [read_volume(p, size, "generated", window) for p in ok_gen[:MONTAGE_ROWS]]
-    info_lines = [f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
-                  f"input: {INPUT_NOTE}", f"reference set: {m['reference_set']}",
-                  f"tiling and texture: {DIAG_NOTE}",
-                  f"N: {len(train.ids)} real train, {len(heldout.ids)} real held-out, {len(generated.ids)} generated; "
-                  f"{n_boot} bootstrap replicates (95% percentile intervals)",
-                  f"real-set feature cache: {m['feature_cache']}"]
+    info_lines = [
+        f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
+        f"input: {INPUT_NOTE}",
+        f"reference set: {m['reference_set']}",
+        f"tiling and texture: {DIAG_NOTE}",
+        f"N: {len(train.ids)} real train, {len(heldout.ids)} real held-out, {len(generated.ids)} generated; "
+        f"{n_boot} bootstrap replicates (95% percentile intervals)",
+        f"real-set feature cache: {m['feature_cache']}",
+    ]
     with atomic_dir(report_dir) as tmp:
-        write_report(tmp, m, real_vols, [f"real {c}" for c in train.ids[:MONTAGE_ROWS]], gen_vols,
-                     [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]], edges, train.hists.mean(0),
-                     generated.hists.mean(0), memo, info_lines)
+        write_report(
+            tmp,
+            m,
+            real_vols,
+            [f"real {c}" for c in train.ids[:MONTAGE_ROWS]],
+            gen_vols,
+            [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]],
+            edges,
+            train.hists.mean(0),
+            generated.hists.mean(0),
+            memo,
+            info_lines,
+        )
         write_json(tmp / "metrics.json", m)
     write_json(metrics_path, m)
-    log.info("evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
-             "texture ratio %s (floor %s); features %.1f s, total %.1f s",
-             dataset, size, m["fid"], m["fid_floor"], m["mmd_reference"], m["mmd_reference_floor"], m["ms_ssim"],
-             m["seam_ratio"], m["seam_ratio_real"], m["texture_ratio"], m["texture_ratio_floor"],
-             t_feat, time.monotonic() - t0)
+    log.info(
+        "evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
+        "texture ratio %s (floor %s); features %.1f s, total %.1f s",
+        dataset,
+        size,
+        m["fid"],
+        m["fid_floor"],
+        m["mmd_reference"],
+        m["mmd_reference_floor"],
+        m["ms_ssim"],
+        m["seam_ratio"],
+        m["seam_ratio_real"],
+        m["texture_ratio"],
+        m["texture_ratio_floor"],
+        t_feat,
+        time.monotonic() - t0,
+    )
     return m, metrics_path, report_dir
 
 
@@ -152,10 +253,22 @@ def run_evaluate(p: Any, dataset: str, size: int) -> None:
             tracking.log_split(run, p, dataset, size, split, "evaluation")
         run.log_dataset(f"samples/{dataset}/{size}", Path("samples") / dataset / str(size), "samples")
         m, metrics_path, report_dir = evaluate(
-            dataset, size, tuple(p.preprocess.window), ev.weights, ev.sha256, ev.ms_ssim_pairs, ev.bootstrap, ev.seed,
-            getattr(ev, "num_samples", None))
-        run.set_tags({"prdit.extractor": m["extractor"]["name"],
-                      "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower()})
+            dataset,
+            size,
+            tuple(p.preprocess.window),
+            ev.weights,
+            ev.sha256,
+            ev.ms_ssim_pairs,
+            ev.bootstrap,
+            ev.seed,
+            getattr(ev, "num_samples", None),
+        )
+        run.set_tags(
+            {
+                "prdit.extractor": m["extractor"]["name"],
+                "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower(),
+            }
+        )
         run.log_metrics(numeric(m))
         run.log_artifact(metrics_path, artifact_path="metrics")
         for f in sorted(report_dir.iterdir()):
@@ -171,5 +284,7 @@ def run_fetch_weights(p: Any, out: Path | None = None) -> int:
     target = Path(out or ev.weights or DEFAULT_OUT)
     fetch_weights(getattr(ev, "url", None), target, ev.sha256)
     if ev.weights is None or Path(ev.weights) != target:
-        log.info("set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target)
+        log.info(
+            "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target
+        )
     return 0

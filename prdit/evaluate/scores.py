@@ -32,7 +32,9 @@ def _safe(fn: Callable[[], float], notes: list[str], what: str) -> float | None:
         return None
 
 
-def feature_scores(train: Summary, heldout: Summary, generated: Summary, n_boot: int, seed: int) -> tuple[dict, list[str]]:
+def feature_scores(
+    train: Summary, heldout: Summary, generated: Summary, n_boot: int, seed: int
+) -> tuple[dict, list[str]]:
     """FID and both MMD estimators vs train, their floors, bootstrap intervals; plus notes on small N."""
     notes: list[str] = []
     x = train.features
@@ -43,40 +45,61 @@ def feature_scores(train: Summary, heldout: Summary, generated: Summary, n_boot:
         label = "generated" if not suffix else "held-out real"
         n_min = min(len(x), len(y))
         ok = len(x) >= 2 and len(y) >= 2
-        f = _safe(lambda: fid(x, y), notes, f"FID ({label})") if ok else None
+        f = _safe(lambda y=y: fid(x, y), notes, f"FID ({label})") if ok else None
         if not ok:
-            notes.append(f"FID ({label}): not computed (needs >= 2 volumes per set; train {len(x)}, {label} {len(y)})")
+            notes.append(
+                f"FID ({label}): not computed (needs >= 2 volumes per set; train {len(x)}, {label} {len(y)})"
+            )
         out[f"fid{suffix}"] = f
         out[f"fid{suffix}_x1e3"] = None if f is None else f * 1e3
         m_ref = m2_ref = m_unb = None
         if gamma is not None and len(y) >= 1:
             m2_ref = mmd2(x, y, gamma, "reference")
             m_ref = float(np.sqrt(max(m2_ref, 0.0)))
-            m_unb = _safe(lambda: mmd2(x, y, gamma, "unbiased"), notes, f"unbiased MMD ({label})")
-        out[f"mmd_reference{suffix}"], out[f"mmd2_reference{suffix}"], out[f"mmd_unbiased{suffix}"] = m_ref, m2_ref, m_unb
+            m_unb = _safe(lambda y=y: mmd2(x, y, gamma, "unbiased"), notes, f"unbiased MMD ({label})")
+        out[f"mmd_reference{suffix}"], out[f"mmd2_reference{suffix}"], out[f"mmd_unbiased{suffix}"] = (
+            m_ref,
+            m2_ref,
+            m_unb,
+        )
         boot = n_boot if n_min >= 3 else 0
         if n_min < 3 and n_boot:
-            notes.append(f"intervals ({label}): not computed (needs >= 3 volumes per set, smallest has {n_min})")
+            notes.append(
+                f"intervals ({label}): not computed (needs >= 3 volumes per set, smallest has {n_min})"
+            )
         elif n_min < SMALL_N and n_boot:
-            notes.append(f"intervals ({label}): only {n_min} volumes in the smallest set; the bootstrap interval is "
-                         "indicative only")
+            notes.append(
+                f"intervals ({label}): only {n_min} volumes in the smallest set; the bootstrap interval is "
+                "indicative only"
+            )
         out[f"fid{suffix}_ci95"] = _ci(bootstrap_ci(fid, x, y, boot, seed)) if f is not None else None
         if out[f"fid{suffix}_ci95"]:
-            out[f"fid{suffix}_x1e3_ci95"] = {**out[f"fid{suffix}_ci95"], "low": out[f"fid{suffix}_ci95"]["low"] * 1e3,
-                                            "high": out[f"fid{suffix}_ci95"]["high"] * 1e3}
+            out[f"fid{suffix}_x1e3_ci95"] = {
+                **out[f"fid{suffix}_ci95"],
+                "low": out[f"fid{suffix}_ci95"]["low"] * 1e3,
+                "high": out[f"fid{suffix}_ci95"]["high"] * 1e3,
+            }
         else:
             out[f"fid{suffix}_x1e3_ci95"] = None
         # Bandwidth fixed from the full training set: a resample with repeated rows would shrink the median.
-        out[f"mmd_reference{suffix}_ci95"] = _ci(bootstrap_ci(
-            lambda a, b: mmd(a, b, "reference", gamma=gamma), x, y, boot, seed)) if m_ref is not None else None
-        out[f"mmd_unbiased{suffix}_ci95"] = _ci(bootstrap_ci(
-            lambda a, b: mmd(a, b, "unbiased", gamma=gamma), x, y, boot, seed)) if m_unb is not None else None
+        out[f"mmd_reference{suffix}_ci95"] = (
+            _ci(bootstrap_ci(lambda a, b: mmd(a, b, "reference", gamma=gamma), x, y, boot, seed))
+            if m_ref is not None
+            else None
+        )
+        out[f"mmd_unbiased{suffix}_ci95"] = (
+            _ci(bootstrap_ci(lambda a, b: mmd(a, b, "unbiased", gamma=gamma), x, y, boot, seed))
+            if m_unb is not None
+            else None
+        )
     out["fid_at_floor_n"] = _matched_fid(x, generated.features, len(heldout.features), seed)
     dim = x.shape[1] if x.ndim == 2 else 2048
     if out["fid"] is not None and min(len(x), len(generated.features)) < SMALL_N:
-        notes.append(f"FID: N = {min(len(x), len(generated.features))} volumes for {dim} features; the covariances are "
-                     "rank-deficient and FID is biased upwards and depends on N: read it only beside the floor "
-                     "(fid_floor) and fid_at_floor_n (generated subsampled to the held-out count)")
+        notes.append(
+            f"FID: N = {min(len(x), len(generated.features))} volumes for {dim} features; the covariances are "
+            "rank-deficient and FID is biased upwards and depends on N: read it only beside the floor "
+            "(fid_floor) and fid_at_floor_n (generated subsampled to the held-out count)"
+        )
     return out, notes
 
 

@@ -43,7 +43,7 @@ def step_means(vol: np.ndarray, stride: int = STRIDE) -> tuple[float, float]:
     for axis in range(3):
         d = np.abs(np.diff(np.moveaxis(v, axis, 0), axis=0))  # d[i] = x[i+1] - x[i]
         seam = np.zeros(d.shape[0], bool)
-        seam[stride - 1::stride] = True  # the step from voxel stride*k - 1 to voxel stride*k
+        seam[stride - 1 :: stride] = True  # the step from voxel stride*k - 1 to voxel stride*k
         b, o = d[seam], d[~seam]
         b_sum += float(b.sum(dtype=np.float64))
         o_sum += float(o.sum(dtype=np.float64))
@@ -102,9 +102,13 @@ def diagnostics(volumes: Iterable[np.ndarray], stride: int = STRIDE) -> dict[str
     return {"seam_ratio": seam_ratio_of(s), "texture": texture_of(s), "n": len(s), "stride": stride}
 
 
-def compare(generated: Sequence[np.ndarray] | np.ndarray, real: Sequence[np.ndarray] | np.ndarray,
-            heldout: Sequence[np.ndarray] | np.ndarray | None = None, stride: int = STRIDE,
-            precomputed: bool = False) -> dict[str, float | int | None]:
+def compare(
+    generated: Sequence[np.ndarray] | np.ndarray,
+    real: Sequence[np.ndarray] | np.ndarray,
+    heldout: Sequence[np.ndarray] | np.ndarray | None = None,
+    stride: int = STRIDE,
+    precomputed: bool = False,
+) -> dict[str, float | int | None]:
     """The metrics-file keys: generated against real (the FID reference set), held-out real as the floor.
 
     With `precomputed`, the three arguments are per-volume stats arrays (N, 3) rather than volumes.
@@ -112,11 +116,22 @@ def compare(generated: Sequence[np.ndarray] | np.ndarray, real: Sequence[np.ndar
     texture_real / texture_heldout: mean |second difference|; texture_ratio = generated / real and
     texture_ratio_floor = held-out / real (the real-vs-real floor, as for FID).
     """
-    conv = (lambda x: np.asarray(x, np.float64).reshape(-1, len(STATS))) if precomputed else \
-        (lambda x: stats_of(x, stride))
+    conv = (
+        (lambda x: np.asarray(x, np.float64).reshape(-1, len(STATS)))
+        if precomputed
+        else (lambda x: stats_of(x, stride))
+    )
     g, r = conv(generated), conv(real)
     h = conv(heldout) if heldout is not None else np.zeros((0, len(STATS)))
     tg, tr, th = texture_of(g), texture_of(r), texture_of(h)
-    return {"seam_ratio": seam_ratio_of(g), "seam_ratio_real": seam_ratio_of(r), "seam_ratio_heldout": seam_ratio_of(h),
-            "seam_stride": stride, "texture_generated": tg, "texture_real": tr, "texture_heldout": th,
-            "texture_ratio": ratio(tg, tr), "texture_ratio_floor": ratio(th, tr)}
+    return {
+        "seam_ratio": seam_ratio_of(g),
+        "seam_ratio_real": seam_ratio_of(r),
+        "seam_ratio_heldout": seam_ratio_of(h),
+        "seam_stride": stride,
+        "texture_generated": tg,
+        "texture_real": tr,
+        "texture_heldout": th,
+        "texture_ratio": ratio(tg, tr),
+        "texture_ratio_floor": ratio(th, tr),
+    }

@@ -72,9 +72,11 @@ def hist_edges(window: Sequence[float], bins: int = HIST_BINS) -> np.ndarray:
 
 def sample_paths(folder: Path) -> list[Path]:
     """Generated volumes <i>.nii.gz in numeric order (other names sort after, by name)."""
+
     def key(p: Path) -> tuple[int, int, str]:
         m = re.fullmatch(r"(\d+)\.nii\.gz", p.name)
         return (0, int(m.group(1)), "") if m else (1, 0, p.name)
+
     return sorted(folder.glob("*.nii.gz"), key=key)
 
 
@@ -83,26 +85,38 @@ class Summary:
     """What the metrics need of a set of volumes (full volumes are not kept in memory)."""
 
     ids: list[str]
-    features: np.ndarray   # (N, 2048) float64
-    thumbs: np.ndarray     # (N, t, t, t) float32, [-1, 1]
-    hists: np.ndarray      # (N, HIST_BINS) voxel fractions
-    stats: np.ndarray | None = None  # (N, 3) seam/texture stats (prdit.evaluate.texture.STATS); NaN if unknown
+    features: np.ndarray  # (N, 2048) float64
+    thumbs: np.ndarray  # (N, t, t, t) float32, [-1, 1]
+    hists: np.ndarray  # (N, HIST_BINS) voxel fractions
+    stats: np.ndarray | None = (
+        None  # (N, 3) seam/texture stats (prdit.evaluate.texture.STATS); NaN if unknown
+    )
 
     def __post_init__(self) -> None:
         if self.stats is None:
             self.stats = np.full((len(self.ids), N_STATS), np.nan)
 
-    def take(self, idx: Sequence[int]) -> "Summary":
+    def take(self, idx: Sequence[int]) -> Summary:
         idx = list(idx)
-        return Summary([self.ids[i] for i in idx], self.features[idx], self.thumbs[idx], self.hists[idx],
-                       self.stats[idx])
+        return Summary(
+            [self.ids[i] for i in idx], self.features[idx], self.thumbs[idx], self.hists[idx], self.stats[idx]
+        )
 
     @staticmethod
-    def concat(parts: Sequence["Summary"]) -> "Summary":
+    def concat(parts: Sequence[Summary]) -> Summary:
         parts = [p for p in parts if p.ids]
         if not parts:
-            return Summary([], np.zeros((0, 2048)), np.zeros((0, 1, 1, 1), np.float32), np.zeros((0, HIST_BINS)),
-                           np.zeros((0, N_STATS)))
-        return Summary([i for p in parts for i in p.ids], np.concatenate([p.features for p in parts]),
-                       np.concatenate([p.thumbs for p in parts]), np.concatenate([p.hists for p in parts]),
-                       np.concatenate([p.stats for p in parts]))
+            return Summary(
+                [],
+                np.zeros((0, 2048)),
+                np.zeros((0, 1, 1, 1), np.float32),
+                np.zeros((0, HIST_BINS)),
+                np.zeros((0, N_STATS)),
+            )
+        return Summary(
+            [i for p in parts for i in p.ids],
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.thumbs for p in parts]),
+            np.concatenate([p.hists for p in parts]),
+            np.concatenate([p.stats for p in parts]),
+        )

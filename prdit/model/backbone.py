@@ -1,4 +1,5 @@
 """PRDiT: the stage-1 local denoiser plus (depth > 0) the stage-2 global residual DiT on top of it."""
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,17 @@ class PRDiT(nn.Module):
         self.t_embed = TimestepEmbedder(hidden_size, token_dim, hidden_size if depth else None)
         self.local = LocalDenoiser(token_dim, token_dim, out_dim, mlp_ratio=1.0)
         self.dit = (
-            GlobalDiT(token_dim, hidden_size, depth, num_heads, self.grid, out_dim, mlp_ratio, pos_max_freq, checkpointing)
+            GlobalDiT(
+                token_dim,
+                hidden_size,
+                depth,
+                num_heads,
+                self.grid,
+                out_dim,
+                mlp_ratio,
+                pos_max_freq,
+                checkpointing,
+            )
             if depth
             else None
         )
@@ -92,7 +103,9 @@ class PRDiT(nn.Module):
         for dst, src in zip(self.local_modules(), stage1.local_modules()):
             dst.load_state_dict(src.state_dict())
 
-    def _local_path(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _local_path(
+        self, x: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens = extract_patches(x, self.patch, self.stride, self.pad)
         temb = self.t_embed(t)
         return tokens, temb, self.local(tokens, self.t_embed.local_head(temb))

@@ -6,6 +6,7 @@ rescale by cos b' / cos b it lies exactly on the backbone's marginal at angle b'
 then called with the nearest integer timestep to b' (it only ever saw integer timesteps; the
 rounding moves the angle by at most pi / (4 T), far below the spacing of any sampler grid).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,9 @@ def bridge_angle(beta: torch.Tensor, factor: int = 2) -> torch.Tensor:
     return torch.atan2(torch.sin(beta), torch.cos(beta) * math.sqrt(factor**3))
 
 
-def bridge(x_t: torch.Tensor, t: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bridge(
+    x_t: torch.Tensor, t: torch.Tensor, timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pool and rescale x_t [B, C, 2S, 2S, 2S] at timesteps t -> (x_low, t_low nearest int, exact b')."""
     beta = angle(t, timesteps)
     beta_low = bridge_angle(beta)
@@ -43,6 +46,7 @@ def lift(v: torch.Tensor, refinements: int = 2) -> torch.Tensor:
     nearest-neighbour correction removes the rest, so pool(lift(v)) = v and the pooled trajectory
     sees the backbone's own estimate.
     """
+
     def up(a: torch.Tensor) -> torch.Tensor:
         return F.interpolate(a, scale_factor=2, mode="trilinear", align_corners=False)
 

@@ -1,4 +1,5 @@
 """Model files: a plain dict (format prdit-model/1) that `load` rebuilds through the registry."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -110,7 +111,7 @@ def from_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
         key = key.removeprefix("module.")
         for old, new in REFERENCE_PREFIXES:
             if key.startswith(old):
-                out[new + key[len(old):]] = value
+                out[new + key[len(old) :]] = value
                 break
         else:
             raise KeyError(f"unexpected key {key!r} in a reference PRDiT state dict")

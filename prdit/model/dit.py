@@ -1,4 +1,5 @@
 """Stage 2: the global residual DiT over the same raw patch tokens."""
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,9 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=2)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (
+            self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=2)
+        )
         x = x + gate_a * self.attn(self.norm1(x) * (1 + scale_a) + shift_a)
         return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
 

@@ -1,4 +1,5 @@
 """Timestep embedding: sinusoidal features, one shared MLP, separate heads for the local and global paths."""
+
 from __future__ import annotations
 
 import math

@@ -21,10 +21,10 @@ t = 0 (where eps is independent of x_t, so 0 is its best estimate), and never am
 more than 1 / EPS_GUARD_SIN. The threshold lies below t = 13 of T = 1000; samplers with fewer than
 about 75 steps never evaluate the model there.
 """
+
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import torch
@@ -90,7 +90,17 @@ class ResidualBranch(nn.Module):
         self.t_embed = TimestepEmbedder(hidden_size, hidden_size, hidden_size if depth else None)
         self.local = LocalDenoiser(token_dim, hidden_size, out_dim, local_mlp_ratio, checkpointing)
         self.dit = (
-            GlobalDiT(token_dim, hidden_size, depth, num_heads, self.grid, out_dim, mlp_ratio, pos_max_freq, checkpointing)
+            GlobalDiT(
+                token_dim,
+                hidden_size,
+                depth,
+                num_heads,
+                self.grid,
+                out_dim,
+                mlp_ratio,
+                pos_max_freq,
+                checkpointing,
+            )
             if depth
             else None
         )
@@ -104,7 +114,9 @@ class ResidualBranch(nn.Module):
             self.dit.zero_init()
 
     def forward(self, x_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tokens = extract_patches(torch.cat([x_t, prior.to(x_t.dtype)], dim=1), self.patch, self.stride, self.pad)
+        tokens = extract_patches(
+            torch.cat([x_t, prior.to(x_t.dtype)], dim=1), self.patch, self.stride, self.pad
+        )
         temb = self.t_embed(t)
         out = self.local(tokens, self.t_embed.local_head(temb))
         if self.dit is not None:
@@ -153,11 +165,20 @@ class HighResPRDiT(nn.Module):
             raise ValueError(f"upsample must be lift, trilinear or nearest, got {upsample!r}")
         self.upsample = upsample
         self.branch = ResidualBranch(
-            input_size, hidden_size, depth, num_heads, patch, stride, backbone.in_channels,
-            mlp_ratio, local_mlp_ratio, pos_max_freq, checkpointing,
+            input_size,
+            hidden_size,
+            depth,
+            num_heads,
+            patch,
+            stride,
+            backbone.in_channels,
+            mlp_ratio,
+            local_mlp_ratio,
+            pos_max_freq,
+            checkpointing,
         )
 
-    def train(self, mode: bool = True) -> "HighResPRDiT":
+    def train(self, mode: bool = True) -> HighResPRDiT:
         super().train(mode)
         self.backbone.eval()  # frozen: always inference behaviour
         return self
@@ -169,12 +190,18 @@ class HighResPRDiT(nn.Module):
         x0_low = consistent_x0(x_low, self.backbone(x_low, t_low), t_low, self.timesteps)
         if self.upsample == "lift":
             return lift(x0_low)
-        mode = dict(mode=self.upsample, align_corners=False) if self.upsample != "nearest" else dict(mode="nearest")
+        mode = (
+            dict(mode=self.upsample, align_corners=False)
+            if self.upsample != "nearest"
+            else dict(mode="nearest")
+        )
         return F.interpolate(x0_low, scale_factor=2, **mode)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x_t.shape[1:] != (self.in_channels,) + (self.input_size,) * 3:
-            raise ValueError(f"expected input [B, {self.in_channels}, {self.input_size}^3], got {tuple(x_t.shape)}")
+            raise ValueError(
+                f"expected input [B, {self.in_channels}, {self.input_size}^3], got {tuple(x_t.shape)}"
+            )
         prior = self.prior(x_t, t)
         out = self.branch(x_t, prior, t)
         c = self.in_channels

@@ -1,4 +1,5 @@
 """Small building blocks shared by the local denoiser, the global DiT and the highres branch."""
+
 from __future__ import annotations
 
 import math

@@ -1,9 +1,9 @@
 """Stage 1: the local denoiser, a token-wise MLP over raw overlapping patches (no attention)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from torch.utils.checkpoint import checkpoint
 
 from prdit.model.layers import SwiGLU, modulate
@@ -17,7 +17,9 @@ class LocalDenoiser(nn.Module):
     output is exactly zero at initialisation.
     """
 
-    def __init__(self, token_dim: int, cond_dim: int, out_dim: int, mlp_ratio: float = 1.0, checkpointing: bool = False):
+    def __init__(
+        self, token_dim: int, cond_dim: int, out_dim: int, mlp_ratio: float = 1.0, checkpointing: bool = False
+    ):
         super().__init__()
         self.checkpointing = checkpointing
         hidden = int(token_dim * mlp_ratio)
@@ -39,7 +41,9 @@ class LocalDenoiser(nn.Module):
         h = self._block(self.mlp2, self.norm2, h, shift2, scale2)
         return self.linear_final(modulate(h + x, shift3, scale3))
 
-    def _block(self, mlp: nn.Module, norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+    def _block(
+        self, mlp: nn.Module, norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
+    ):
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(lambda h: mlp(modulate(norm(h), shift, scale)), x, use_reentrant=False)
         return mlp(modulate(norm(x), shift, scale))

@@ -1,4 +1,5 @@
 """Overlapping cubic patch tokens and their inverse (non-overlapping output patches)."""
+
 from __future__ import annotations
 
 import torch

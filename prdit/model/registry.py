@@ -1,4 +1,5 @@
 """Named variants `PRDiT-{size}/{P}/{depth}`, `PRDiT-HR-{size}/{P}/{depth}` and `create()`."""
+
 from __future__ import annotations
 
 import re

@@ -64,13 +64,16 @@ def save(path: Path, state: dict[str, Any]) -> None:
     for key in ("model", "ema"):
         bad = all_finite(state[key])
         if bad is not None:
-            raise NonFiniteWeightsError(f"{key} weight {bad!r} is not finite at step {state['step']}; "
-                                        f"{path} keeps the previous checkpoint")
+            raise NonFiniteWeightsError(
+                f"{key} weight {bad!r} is not finite at step {state['step']}; "
+                f"{path} keeps the previous checkpoint"
+            )
     write_torch(path, {"format": FORMAT, **state})  # same state, same bytes
 
 
-def load(path: Path, fingerprint: dict[str, Any], map_location: str | torch.device = "cpu"
-         ) -> tuple[dict[str, Any] | None, str | None]:
+def load(
+    path: Path, fingerprint: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any] | None, str | None]:
     """(checkpoint, None) if `path` belongs to this run; (None, why not) otherwise; (None, None) if absent."""
     if not path.exists():
         return None, None

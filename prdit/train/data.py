@@ -71,18 +71,32 @@ class MicroBatches(Sampler[list[int]]):
 
 
 def train_loader(
-    dataset: Dataset, *, seed: int, start: int, global_batch: int, accum: int, rank: int, world_size: int,
-    workers: int, pin: bool,
+    dataset: Dataset,
+    *,
+    seed: int,
+    start: int,
+    global_batch: int,
+    accum: int,
+    rank: int,
+    world_size: int,
+    workers: int,
+    pin: bool,
 ) -> DataLoader:
     """Endless loader of (x0 [m, C, ...], positions [m]) micro-batches for this rank."""
     sampler = MicroBatches(start, global_batch, accum, rank, world_size)
     return DataLoader(
-        SampleStream(dataset, seed), batch_sampler=sampler, num_workers=workers, pin_memory=pin,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
+        SampleStream(dataset, seed),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
 
 
-def val_loader(dataset: Dataset, *, batch: int, rank: int, world_size: int, workers: int, pin: bool) -> DataLoader:
+def val_loader(
+    dataset: Dataset, *, batch: int, rank: int, world_size: int, workers: int, pin: bool
+) -> DataLoader:
     """This rank's share (every world_size-th item) of the validation set, in order, with indices."""
     indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
     batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
@@ -101,7 +115,12 @@ class _Indexed(Dataset):
 
 
 def draw(
-    positions: Sequence[int], shape: Sequence[int], *, seed: int, timesteps: int, device: torch.device,
+    positions: Sequence[int],
+    shape: Sequence[int],
+    *,
+    seed: int,
+    timesteps: int,
+    device: torch.device,
     stream: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample diffusion time t [B] and standard-normal noise [B, *shape], fixed by each position."""

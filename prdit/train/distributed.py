@@ -52,7 +52,9 @@ def _slurm_master_addr() -> str:
     if not nodes:
         return "127.0.0.1"
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+        )
         return out.stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return nodes.split(",")[0].split("[")[0]
@@ -68,7 +70,9 @@ def setup(prefer_cuda: bool = True, timeout_min: float = 30.0) -> DistEnv:
     if world > 1 and not dist.is_initialized():
         if "RANK" not in os.environ:  # srun: export what env:// rendezvous reads
             os.environ.setdefault("MASTER_ADDR", _slurm_master_addr())
-            os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+            os.environ.setdefault(
+                "MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
+            )
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",

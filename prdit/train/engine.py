@@ -60,7 +60,7 @@ class Job:
     stage: str
     out_dir: Path
     steps: int
-    batch_size: int                  # global batch per optimizer step (all processes, all micro-steps)
+    batch_size: int  # global batch per optimizer step (all processes, all micro-steps)
     lr: float
     seed: int = 0
     weight_decay: float = 0.0
@@ -70,18 +70,18 @@ class Job:
     grad_accum: int = 1
     checkpoint_every: int = 1000
     val_every: int = 1000
-    preview_every: int = 0           # 0: one preview at the end only
+    preview_every: int = 0  # 0: one preview at the end only
     log_every: int = 100
     num_workers: int = 0
     compile: bool = False
     max_nonfinite: int = 5
     timesteps: int = 1000
     noise_std: float = 0.5
-    preview_n: int = 2               # 0: no previews
-    preview_steps: int = 25          # fixed, not sample.*: a sampling parameter never touches training
+    preview_n: int = 2  # 0: no previews
+    preview_steps: int = 25  # fixed, not sample.*: a sampling parameter never touches training
     preview_k: int = 2
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
-    meta: dict[str, Any] = field(default_factory=dict)         # provenance stored in model.pt
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
 
 
 class NullRun:
@@ -107,8 +107,13 @@ def fit(
     loss_fn: LossFn | None = None,
 ) -> int:
     """Train `stage_model` for `job.steps` optimizer steps (resuming from last.pt); return the exit status."""
-    loop = _Loop(job, stage_model, env or DistEnv(0, 1, 0, torch.device("cpu")), run or NullRun(),
-                 loss_fn or diffusion_loss(job))
+    loop = _Loop(
+        job,
+        stage_model,
+        env or DistEnv(0, 1, 0, torch.device("cpu")),
+        run or NullRun(),
+        loss_fn or diffusion_loss(job),
+    )
     return loop.run(train_set, val_set, stop or StopRequest())
 
 
@@ -124,15 +129,19 @@ class _Loop:
         frozen = {n for n, _ in self.raw.named_parameters() if n not in trained}
         self.owned = {k for k in self.raw.state_dict() if k not in frozen}  # what last.pt stores
         # fused: one kernel for all tensors, on CUDA and on the CPU (4x the default's speed there)
-        self.opt = torch.optim.AdamW(self.params, lr=job.lr, betas=(0.9, 0.999), weight_decay=job.weight_decay,
-                                     fused=True)
+        self.opt = torch.optim.AdamW(
+            self.params, lr=job.lr, betas=(0.9, 0.999), weight_decay=job.weight_decay, fused=True
+        )
         self.ema = EMA(self.raw, job.ema_decay, sm.trained)
         self.step = self.position = self.skipped = 0
         self.saved_step = -1
         self.net: nn.Module = self.raw
         if env.distributed:
-            self.net = DDP(self.raw, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                           gradient_as_bucket_view=True)
+            self.net = DDP(
+                self.raw,
+                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
         if job.compile:
             self.net = torch.compile(self.net)
 
@@ -158,19 +167,32 @@ class _Loop:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
-        self.step, self.position, self.skipped = state["step"], state["data_position"], state["nonfinite_total"]
+        self.step, self.position, self.skipped = (
+            state["step"],
+            state["data_position"],
+            state["nonfinite_total"],
+        )
         self.saved_step = self.step
         if self.env.is_main:
             log.info("resumed %s from %s at step %d", self.job.stage, self.last_path, self.step)
 
     def save(self) -> None:
         if self.env.is_main:
-            ckpt.save(self.last_path, {
-                "stage": self.job.stage, "fingerprint": self.job.fingerprint, "step": self.step,
-                "data_position": self.position, "nonfinite_total": self.skipped, "world_size": self.env.world_size,
-                "model": {k: v for k, v in self.raw.state_dict().items() if k in self.owned},
-                "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(), "rng": ckpt.rng_state(),
-            })
+            ckpt.save(
+                self.last_path,
+                {
+                    "stage": self.job.stage,
+                    "fingerprint": self.job.fingerprint,
+                    "step": self.step,
+                    "data_position": self.position,
+                    "nonfinite_total": self.skipped,
+                    "world_size": self.env.world_size,
+                    "model": {k: v for k, v in self.raw.state_dict().items() if k in self.owned},
+                    "ema": self.ema.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "rng": ckpt.rng_state(),
+                },
+            )
         self.saved_step = self.step
         distributed.barrier(self.env)
 
@@ -198,7 +220,9 @@ class _Loop:
                     loss, parts = self.loss_fn(self.net, x, pos.tolist(), 0)
                 (loss / job.grad_accum).backward()
             for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=env.device).detach().float() / job.grad_accum
+                sums[k] = (
+                    sums.get(k, 0) + torch.as_tensor(v, device=env.device).detach().float() / job.grad_accum
+                )
         self.position += job.batch_size
         norm = torch.nn.utils.clip_grad_norm_(self.params, job.grad_clip if job.grad_clip > 0 else math.inf)
         values = dict(zip([*sums, "grad_norm"], torch.stack([*sums.values(), norm.float()]).tolist()))
@@ -213,30 +237,59 @@ class _Loop:
         return True, stopping, values, wait
 
     def validate(self, loader: DataLoader) -> dict[str, float]:
-        return {"val/loss": val_loss(self.raw, loader, self.loss_fn, self.env, autocast=self.autocast),
-                "val/loss_ema": val_loss(self.ema.module, loader, self.loss_fn, self.env, autocast=self.autocast)}
+        return {
+            "val/loss": val_loss(self.raw, loader, self.loss_fn, self.env, autocast=self.autocast),
+            "val/loss_ema": val_loss(self.ema.module, loader, self.loss_fn, self.env, autocast=self.autocast),
+        }
 
     # the loop ----------------------------------------------------------------------------------
     def run(self, train_set: Dataset, val_set: Dataset | None, stop: StopRequest) -> int:
         job, env, run = self.job, self.env, self.tracker
         self.restore()
         pin = env.device.type == "cuda"
-        loader = data.train_loader(train_set, seed=job.seed, start=self.position, global_batch=job.batch_size,
-                                   accum=job.grad_accum, rank=env.rank, world_size=env.world_size,
-                                   workers=job.num_workers, pin=pin)
+        loader = data.train_loader(
+            train_set,
+            seed=job.seed,
+            start=self.position,
+            global_batch=job.batch_size,
+            accum=job.grad_accum,
+            rank=env.rank,
+            world_size=env.world_size,
+            workers=job.num_workers,
+            pin=pin,
+        )
         micro = loader.batch_sampler.micro  # type: ignore[attr-defined]
         vloader = None
         if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
-            vloader = data.val_loader(val_set, batch=micro, rank=env.rank, world_size=env.world_size,
-                                      workers=job.num_workers, pin=pin)
+            vloader = data.val_loader(
+                val_set,
+                batch=micro,
+                rank=env.rank,
+                world_size=env.world_size,
+                workers=job.num_workers,
+                pin=pin,
+            )
         meter = _Meter(env, job.batch_size)
         last_val: dict[str, float] = {}
         bad_in_row = 0
         if env.is_main:
-            run.log_params({"train.world_size": env.world_size, "train.micro_batch": micro,
-                            "train.trained_parameters": sum(q.numel() for q in self.params)})
-            log.info("%s: steps %d..%d, global batch %d = %d process(es) x %d micro-batch x %d accumulation",
-                     job.stage, self.step, job.steps, job.batch_size, env.world_size, micro, job.grad_accum)
+            run.log_params(
+                {
+                    "train.world_size": env.world_size,
+                    "train.micro_batch": micro,
+                    "train.trained_parameters": sum(q.numel() for q in self.params),
+                }
+            )
+            log.info(
+                "%s: steps %d..%d, global batch %d = %d process(es) x %d micro-batch x %d accumulation",
+                job.stage,
+                self.step,
+                job.steps,
+                job.batch_size,
+                env.world_size,
+                micro,
+                job.grad_accum,
+            )
         self.raw.train()
         batches: Iterator = iter(loader)
         try:
@@ -251,19 +304,29 @@ class _Loop:
                     bad_in_row += 1
                     self.skipped += 1
                     if env.is_main:
-                        log.warning("non-finite loss or gradient at step %d (%d in a row, %d in all): step skipped",
-                                    self.step + 1, bad_in_row, self.skipped)
+                        log.warning(
+                            "non-finite loss or gradient at step %d (%d in a row, %d in all): step skipped",
+                            self.step + 1,
+                            bad_in_row,
+                            self.skipped,
+                        )
                     if bad_in_row >= job.max_nonfinite:
                         raise NonFiniteLossError(
                             f"{job.stage}: {bad_in_row} non-finite losses in a row at step {self.step + 1} "
                             f"(train.common.max_nonfinite={job.max_nonfinite}); the last good checkpoint is "
-                            f"{self.last_path}. Lower the learning rate or check the input data.")
+                            f"{self.last_path}. Lower the learning rate or check the input data."
+                        )
                 if stopping and self.step < job.steps:
                     if self.step != self.saved_step:
                         self.save()
                     if env.is_main:
-                        log.warning("stop signal %s at step %d: checkpoint in %s, exit status %d",
-                                    stop.signum, self.step, self.last_path, stop.exit_status)
+                        log.warning(
+                            "stop signal %s at step %d: checkpoint in %s, exit status %d",
+                            stop.signum,
+                            self.step,
+                            self.last_path,
+                            stop.exit_status,
+                        )
                         run.set_tags({"prdit.exit": "requeue", "prdit.stopped_at_step": self.step})
                         run.status = "KILLED"
                     return stop.exit_status
@@ -283,12 +346,21 @@ class _Loop:
         job, step, end = self.job, self.step, self.step == self.job.steps
         if step % job.log_every == 0 or end:
             metrics = meter.flush()
-            metrics.update({"train/lr": self.opt.param_groups[0]["lr"], "train/nonfinite_skipped": self.skipped})
+            metrics.update(
+                {"train/lr": self.opt.param_groups[0]["lr"], "train/nonfinite_skipped": self.skipped}
+            )
             if self.env.is_main:
                 self.tracker.log_metrics(metrics, step=step)
-                log.info("%s step %d/%d loss %.5f | %.3f s/step, data wait %.3f s | %.2f vol/s",
-                         job.stage, step, job.steps, metrics["train/loss"], metrics["perf/step_time_s"],
-                         metrics["perf/data_wait_s"], metrics["perf/volumes_per_s"])
+                log.info(
+                    "%s step %d/%d loss %.5f | %.3f s/step, data wait %.3f s | %.2f vol/s",
+                    job.stage,
+                    step,
+                    job.steps,
+                    metrics["train/loss"],
+                    metrics["perf/step_time_s"],
+                    metrics["perf/data_wait_s"],
+                    metrics["perf/volumes_per_s"],
+                )
         if vloader is not None and (step % job.val_every == 0 or end):
             last_val.update(self.validate(vloader))
             if self.env.is_main:
@@ -302,17 +374,33 @@ class _Loop:
         if self.env.is_main:
             job, step = self.job, self.step
             try:
-                png = preview(self.ema.module, self.sm.input_size, job.out_dir / "previews" / f"step_{step:07d}.png",
-                              n=job.preview_n, steps=job.preview_steps, k=job.preview_k, device=self.env.device,
-                              title=f"{job.stage} step {step}", timesteps=job.timesteps, noise_std=job.noise_std)
+                png = preview(
+                    self.ema.module,
+                    self.sm.input_size,
+                    job.out_dir / "previews" / f"step_{step:07d}.png",
+                    n=job.preview_n,
+                    steps=job.preview_steps,
+                    k=job.preview_k,
+                    device=self.env.device,
+                    title=f"{job.stage} step {step}",
+                    timesteps=job.timesteps,
+                    noise_std=job.noise_std,
+                )
                 self.tracker.log_image(png, artifact_path="previews")
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run
                 log.warning("preview at step %d failed: %s", step, exc)
         distributed.barrier(self.env)
 
 
-def _finalize(job: Job, ema_model: nn.Module, meter: _Meter, last_val: dict[str, float], skipped: int,
-              env: DistEnv, run: Any) -> None:
+def _finalize(
+    job: Job,
+    ema_model: nn.Module,
+    meter: _Meter,
+    last_val: dict[str, float],
+    skipped: int,
+    env: DistEnv,
+    run: Any,
+) -> None:
     import prdit.model as models
 
     bad = ckpt.all_finite(dict(ema_model.state_dict()))
@@ -321,14 +409,19 @@ def _finalize(job: Job, ema_model: nn.Module, meter: _Meter, last_val: dict[str,
     models.save(job.out_dir / "model.pt", ema_model, meta={**job.meta, "steps": job.steps})
     totals = meter.totals()
     metrics = {
-        "stage": job.stage, "steps": job.steps, "global_batch": job.batch_size, "world_size": env.world_size,
-        "final_train_loss": meter.final_loss, "val_loss": last_val.get("val/loss"),
-        "val_loss_ema": last_val.get("val/loss_ema"), "nonfinite_skipped": skipped, **totals,
+        "stage": job.stage,
+        "steps": job.steps,
+        "global_batch": job.batch_size,
+        "world_size": env.world_size,
+        "final_train_loss": meter.final_loss,
+        "val_loss": last_val.get("val/loss"),
+        "val_loss_ema": last_val.get("val/loss_ema"),
+        "nonfinite_skipped": skipped,
+        **totals,
     }
     metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
     write_json(job.out_dir / "metrics.json", metrics)
-    run.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)},
-                    step=job.steps)
+    run.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=job.steps)
     run.log_artifact(job.out_dir / "metrics.json")
     run.log_model_file(job.out_dir / "model.pt")  # the stage's weights, reachable from its run under model/
     log.info("%s done: %s", job.stage, ", ".join(f"{k}={v}" for k, v in metrics.items()))
@@ -357,23 +450,39 @@ class _Meter:
         """Window means averaged over ranks (a collective: every rank calls it at the same step)."""
         keys = sorted(self.window)
         local = torch.tensor([self.window[k] / max(self.n, 1) for k in keys], dtype=torch.float64)
-        mean = dict(zip(keys, (distributed.all_sum(self.env, local.to(self.env.device)).cpu()
-                               / self.env.world_size).tolist()))
+        mean = dict(
+            zip(
+                keys,
+                (
+                    distributed.all_sum(self.env, local.to(self.env.device)).cpu() / self.env.world_size
+                ).tolist(),
+            )
+        )
         self.window, self.n = {}, 0
         self.final_loss = mean["loss"]
         step_time, wait = mean.pop("step_time_s"), mean.pop("data_wait_s")
         out = {f"train/{k}": v for k, v in mean.items()}
-        out.update({"perf/step_time_s": step_time, "perf/data_wait_s": wait, "perf/compute_s": step_time - wait,
-                    "perf/volumes_per_s": self.global_batch / step_time if step_time > 0 else float("nan"),
-                    "perf/peak_memory_gb": peak_memory_gb(self.env)})
+        out.update(
+            {
+                "perf/step_time_s": step_time,
+                "perf/data_wait_s": wait,
+                "perf/compute_s": step_time - wait,
+                "perf/volumes_per_s": self.global_batch / step_time if step_time > 0 else float("nan"),
+                "perf/peak_memory_gb": peak_memory_gb(self.env),
+            }
+        )
         return out
 
     def totals(self) -> dict[str, float]:
         n = max(self.steps, 1)
-        return {"steps_this_run": self.steps, "step_time_s": self.time / n, "data_wait_s": self.wait / n,
-                "data_wait_fraction": self.wait / self.time if self.time else float("nan"),
-                "volumes_per_s": self.global_batch * self.steps / self.time if self.time else float("nan"),
-                "peak_memory_gb": peak_memory_gb(self.env)}
+        return {
+            "steps_this_run": self.steps,
+            "step_time_s": self.time / n,
+            "data_wait_s": self.wait / n,
+            "data_wait_fraction": self.wait / self.time if self.time else float("nan"),
+            "volumes_per_s": self.global_batch * self.steps / self.time if self.time else float("nan"),
+            "peak_memory_gb": peak_memory_gb(self.env),
+        }
 
 
 def peak_memory_gb(env: DistEnv) -> float:
@@ -393,9 +502,12 @@ def diffusion_loss(job: Job) -> LossFn:
 
     takes_noise = "noise" in inspect.signature(ian_loss).parameters
 
-    def loss_fn(model: nn.Module, x0: torch.Tensor, positions: list[int], stream: int) -> tuple[torch.Tensor, dict]:
-        t, noise = data.draw(positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device,
-                             stream=stream)
+    def loss_fn(
+        model: nn.Module, x0: torch.Tensor, positions: list[int], stream: int
+    ) -> tuple[torch.Tensor, dict]:
+        t, noise = data.draw(
+            positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device, stream=stream
+        )
         kw = dict(timesteps=job.timesteps, noise_std=job.noise_std)
         if takes_noise:
             return ian_loss(model, x0, t=t, noise=noise * job.noise_std, **kw)
@@ -419,20 +531,53 @@ def job_from_params(p: Any, dataset: str, stage: str, parents: dict[str, str] | 
     extra = {"data_hash": data_hash(dataset, stages.input_size(p, stage)), "parents": dict(parents or {})}
     used = p.used(f"train-{stage}")
     fingerprint = {
-        "stage": stage, "dataset": dataset, "model": s.model, "input_size": stages.input_size(p, stage),
-        "batch_size": s.batch_size, "lr": s.lr, "seed": c.seed, "ema_decay": c.ema_decay, "grad_clip": c.grad_clip,
-        "weight_decay": c.weight_decay, "warmup_steps": c.warmup_steps, "grad_accum": c.grad_accum,
-        "checkpointing": s.checkpointing, "diffusion": dataclasses.asdict(p.diffusion), **extra,
+        "stage": stage,
+        "dataset": dataset,
+        "model": s.model,
+        "input_size": stages.input_size(p, stage),
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "seed": c.seed,
+        "ema_decay": c.ema_decay,
+        "grad_clip": c.grad_clip,
+        "weight_decay": c.weight_decay,
+        "warmup_steps": c.warmup_steps,
+        "grad_accum": c.grad_accum,
+        "checkpointing": s.checkpointing,
+        "diffusion": dataclasses.asdict(p.diffusion),
+        **extra,
     }
-    meta = {"stage": stage, "dataset": dataset, "params_hash": p.section_hash(*used), "git_commit": git_commit(),
-            "params": used, **extra}
+    meta = {
+        "stage": stage,
+        "dataset": dataset,
+        "params_hash": p.section_hash(*used),
+        "git_commit": git_commit(),
+        "params": used,
+        **extra,
+    }
     return Job(
-        stage=stage, out_dir=stages.model_dir(dataset, stage), steps=s.steps, batch_size=s.batch_size, lr=s.lr,
-        seed=c.seed, weight_decay=c.weight_decay, grad_clip=c.grad_clip, ema_decay=c.ema_decay,
-        warmup_steps=c.warmup_steps, grad_accum=c.grad_accum, checkpoint_every=c.checkpoint_every,
-        val_every=c.val_every, preview_every=c.preview_every, log_every=c.log_every, num_workers=c.num_workers,
-        compile=c.compile, max_nonfinite=c.max_nonfinite, timesteps=p.diffusion.timesteps,
-        noise_std=p.diffusion.noise_std, fingerprint=fingerprint, meta=meta,
+        stage=stage,
+        out_dir=stages.model_dir(dataset, stage),
+        steps=s.steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        seed=c.seed,
+        weight_decay=c.weight_decay,
+        grad_clip=c.grad_clip,
+        ema_decay=c.ema_decay,
+        warmup_steps=c.warmup_steps,
+        grad_accum=c.grad_accum,
+        checkpoint_every=c.checkpoint_every,
+        val_every=c.val_every,
+        preview_every=c.preview_every,
+        log_every=c.log_every,
+        num_workers=c.num_workers,
+        compile=c.compile,
+        max_nonfinite=c.max_nonfinite,
+        timesteps=p.diffusion.timesteps,
+        noise_std=p.diffusion.noise_std,
+        fingerprint=fingerprint,
+        meta=meta,
     )
 
 
@@ -453,9 +598,13 @@ def run_train(p: Any, dataset: str, stage: str) -> int:
             train_set = VolumeDataset(dataset, size, "train")
             val_set = VolumeDataset(dataset, size, "val")
             job = job_from_params(p, dataset, stage, sm.parents)
-            runs = (tracking.stage_run(p, stage=f"train-{stage}", dataset=dataset, size=size,
-                                       used=p.used(f"train-{stage}"))
-                    if env.is_main else contextlib.nullcontext(NullRun()))
+            runs = (
+                tracking.stage_run(
+                    p, stage=f"train-{stage}", dataset=dataset, size=size, used=p.used(f"train-{stage}")
+                )
+                if env.is_main
+                else contextlib.nullcontext(NullRun())
+            )
             with runs as run:
                 run.set_tags({"prdit.data_hash": job.meta["data_hash"]})
                 tracking.log_split(run, p, dataset, size, "train", "training")

@@ -34,7 +34,7 @@ class MissingParentError(PrditError, FileNotFoundError):
 class StageModel:
     model: nn.Module
     input_size: int
-    trained: list[str]                   # parameter names this stage optimises
+    trained: list[str]  # parameter names this stage optimises
     parents: dict[str, str] = field(default_factory=dict)  # parent model file -> its content_hash
 
 
@@ -46,7 +46,9 @@ def input_size(p: Params, stage: str) -> int:
     if stage != "highres":
         return p.preprocess.size
     if not p.preprocess.highres_size:
-        raise StageSetupError("train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)")
+        raise StageSetupError(
+            "train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)"
+        )
     return p.preprocess.highres_size
 
 
@@ -66,8 +68,10 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
     parents: dict[str, str] = {}
     if parent is not None:
         if not parent.exists():
-            raise MissingParentError(f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
-                                    f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)")
+            raise MissingParentError(
+                f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
+                f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)"
+            )
         # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
         # child's last.pt look stale
         parents[str(parent)] = models.content_hash(parent)
@@ -78,7 +82,9 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
     elif stage == "global":
         model = models.create(cfg.model, input_size=size, **overrides)
         if getattr(model, "depth", 1) == 0:
-            raise StageSetupError(f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)")
+            raise StageSetupError(
+                f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)"
+            )
         model.load_local(frozen)
         model.freeze_local()
     else:
@@ -90,8 +96,17 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
             inner.requires_grad_(False)
     trained = [n for n, q in model.named_parameters() if q.requires_grad]
     if not trained:
-        raise StageSetupError(f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}")
+        raise StageSetupError(
+            f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}"
+        )
     n_all = sum(q.numel() for q in model.parameters())
     n_tr = sum(q.numel() for n, q in model.named_parameters() if q.requires_grad)
-    log.info("stage %s: %s at %d^3, %.2fM parameters, %.2fM trained", stage, cfg.model, size, n_all / 1e6, n_tr / 1e6)
+    log.info(
+        "stage %s: %s at %d^3, %.2fM parameters, %.2fM trained",
+        stage,
+        cfg.model,
+        size,
+        n_all / 1e6,
+        n_tr / 1e6,
+    )
     return StageModel(model, size, trained, parents)

@@ -23,7 +23,11 @@ VAL_STREAM = 1  # noise stream of validation items, distinct from the training s
 
 @torch.no_grad()
 def val_loss(
-    model: nn.Module, loader: DataLoader, loss_fn: LossFn, env: DistEnv, *,
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    env: DistEnv,
+    *,
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> float:
     """Mean loss over the whole val split (all ranks' shares); nan when the split is empty."""
@@ -46,8 +50,19 @@ PREVIEW_SEED = 0  # preview volume i always starts from sampler seed PREVIEW_SEE
 
 
 @torch.no_grad()
-def preview(model: nn.Module, size: int, path: Path, *, n: int, steps: int, k: int, device: torch.device,
-            title: str, timesteps: int = 1000, noise_std: float = 0.5) -> Path:
+def preview(
+    model: nn.Module,
+    size: int,
+    path: Path,
+    *,
+    n: int,
+    steps: int,
+    k: int,
+    device: torch.device,
+    title: str,
+    timesteps: int = 1000,
+    noise_std: float = 0.5,
+) -> Path:
     """Sample `n` volumes from `model` and write their mid-slice montage to `path`.
 
     Every preview of a run is comparable with the others: volume i always starts from the same noise
@@ -63,8 +78,16 @@ def preview(model: nn.Module, size: int, path: Path, *, n: int, steps: int, k: i
     model.eval()
     try:
         seeds = [PREVIEW_SEED + i for i in range(n)]
-        vols = sample(model, (n, 1, size, size, size), steps=steps, k=k, seeds=seeds, device=device,
-                      timesteps=timesteps, noise_std=noise_std)
+        vols = sample(
+            model,
+            (n, 1, size, size, size),
+            steps=steps,
+            k=k,
+            seeds=seeds,
+            device=device,
+            timesteps=timesteps,
+            noise_std=noise_std,
+        )
     finally:
         model.train(was_training)
     arrays = [v[0].float().cpu().numpy() for v in vols]

@@ -4,6 +4,7 @@ usage: python probe.py REFDIR count  NAME SIZE [NAME SIZE ...]   -> JSON {name@s
        python probe.py REFDIR forward NAME SIZE OUT.pt           -> random weights, input, t and output
 REFDIR holds the reference's models/ package (extracted with git show); this folder provides timm.
 """
+
 import json
 import sys
 import types
@@ -21,7 +22,9 @@ from models import PRDiT_models  # noqa: E402
 
 
 def build(name, size):
-    return PRDiT_models[name](input_size=size, in_channels=1, num_classes=1, learn_sigma=True, flash_attn=False)
+    return PRDiT_models[name](
+        input_size=size, in_channels=1, num_classes=1, learn_sigma=True, flash_attn=False
+    )
 
 
 if mode == "count":

@@ -35,19 +35,29 @@ PREPROCESS_SHARDS = PARAMS.preprocess.shards
 def ingest_shards(wildcards):
     if INGEST_SHARDS == 1:
         return []
-    shards = expand("data/interim/{dataset}.shards/{shard}.csv", dataset=wildcards.dataset, shard=range(INGEST_SHARDS))
+    shards = expand(
+        "data/interim/{dataset}.shards/{shard}.csv",
+        dataset=wildcards.dataset,
+        shard=range(INGEST_SHARDS),
+    )
     return [f"data/interim/{wildcards.dataset}.shards/plan.json", *shards]
 
 
 def ingest_plan_arg(wildcards):
-    return f"--plan data/interim/{wildcards.dataset}.shards/plan.json" if INGEST_SHARDS > 1 else ""
+    return (
+        f"--plan data/interim/{wildcards.dataset}.shards/plan.json"
+        if INGEST_SHARDS > 1
+        else ""
+    )
 
 
 def preprocess_shards(wildcards):
     if PREPROCESS_SHARDS == 1:
         return []
     return expand(
-        "data/processed/{dataset}.shards/{shard}.csv", dataset=wildcards.dataset, shard=range(PREPROCESS_SHARDS)
+        "data/processed/{dataset}.shards/{shard}.csv",
+        dataset=wildcards.dataset,
+        shard=range(PREPROCESS_SHARDS),
     )
 
 

@@ -16,7 +16,9 @@ def sample_output(size):
 
 def sample_tag(size):
     """The log/benchmark name of one sampling job (the shard wildcard when sharded)."""
-    return f"{{dataset}}.{size}" if SHARDS == 1 else f"{{dataset}}.{size}.shard{{shard}}"
+    return (
+        f"{{dataset}}.{size}" if SHARDS == 1 else f"{{dataset}}.{size}.shard{{shard}}"
+    )
 
 
 def shard_arg(wildcards):
@@ -28,12 +30,12 @@ rule sample_base:
         model="models/{dataset}/global/model.pt",
     output:
         sample_output(SIZE),
-    wildcard_constraints:
-        shard=r"\d+",
     log:
         f"logs/sample/{sample_tag(SIZE)}.log",
     benchmark:
         f"logs/benchmarks/sample/{sample_tag(SIZE)}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
     conda:
         CONDA_ENV
     threads: 4
@@ -54,12 +56,12 @@ rule sample_highres:
         model="models/{dataset}/highres/model.pt",
     output:
         sample_output(HIGHRES),
-    wildcard_constraints:
-        shard=r"\d+",
     log:
         f"logs/sample/{sample_tag(HIGHRES)}.log",
     benchmark:
         f"logs/benchmarks/sample/{sample_tag(HIGHRES)}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
     conda:
         CONDA_ENV
     threads: 4

@@ -1,12 +1,21 @@
 """The two timm layers, re-stated with timm's argument names, parameter names and forward."""
+
 import torch.nn as nn
 
 
 class SwiGLU(nn.Module):
     """fc1_g / fc1_x (gate, value), SiLU gate, optional norm on the hidden features, fc2."""
 
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.SiLU,
-                 norm_layer=None, bias=True, drop=0.0):
+    def __init__(
+        self,
+        in_features,
+        hidden_features=None,
+        out_features=None,
+        act_layer=nn.SiLU,
+        norm_layer=None,
+        bias=True,
+        drop=0.0,
+    ):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
@@ -26,8 +35,17 @@ class SwiGLU(nn.Module):
 class Mlp(nn.Module):
     """fc1, activation, optional norm, fc2."""
 
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU,
-                 norm_layer=None, bias=True, drop=0.0, use_conv=False):
+    def __init__(
+        self,
+        in_features,
+        hidden_features=None,
+        out_features=None,
+        act_layer=nn.GELU,
+        norm_layer=None,
+        bias=True,
+        drop=0.0,
+        use_conv=False,
+    ):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features

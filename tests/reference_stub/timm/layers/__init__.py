@@ -1,4 +1,5 @@
 """timm.layers stand-in: SwiGLU only."""
+
 from timm._stub import SwiGLU
 
 __all__ = ["SwiGLU"]

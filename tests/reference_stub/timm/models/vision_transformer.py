@@ -1,4 +1,5 @@
 """timm.models.vision_transformer stand-in: Mlp only."""
+
 from timm._stub import Mlp
 
 __all__ = ["Mlp"]
