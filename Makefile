@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast mlflow-ui clean-demo
+.PHONY: setup demo lint test test-fast mlflow-ui clean-demo
 
 # A virtual environment with the exact versions of requirements.lock and the prdit CLI.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -19,13 +19,20 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) all
 
-# The full test suite, end-to-end runs of snakemake, dvc and a local SLURM cluster included.
+# Lint and format checks of the Python code (ruff, pyproject.toml) and the workflow (snakefmt, snakemake --lint).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint --cores 1
+
+# The full test suite, end-to-end runs of snakemake, dvc and a local SLURM cluster included, after the lint.
 # Two workers, one test file each at a time: the end-to-end files mostly wait on subprocesses.
-test: setup
+test: lint
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Unit tests only (seconds to minutes).
-test-fast: setup
+test-fast: lint
 	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
 mlflow-ui: setup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def _common(
         "--params",
         action="append",
         metavar="YAML",
-        help="parameter file(s), later ones override earlier ones (default: params.yaml)",
+        help="parameter file(s), later ones override earlier ones (default: $PRDIT_PARAM_FILES, else params.yaml)",
     )
     if dataset:
         sub.add_argument("--dataset", required=True, help="dataset name from params.yaml `datasets`")
@@ -81,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--stage", choices=STAGES, required=True)
 
+    p = subs.add_parser(
+        "launch", help="run a training command with torchrun on this machine or on N SLURM nodes"
+    )
+    p.add_argument(
+        "--nodes", type=int, default=1, help="nodes (several: one torchrun per node, started by srun)"
+    )
+    p.add_argument(
+        "--gpus", type=int, default=1, help="GPUs of the job (processes; on SLURM: as allocated per node)"
+    )
+    p.add_argument("--cpus", type=int, default=1, help="CPUs per node for the srun step (the rule's threads)")
+    p.add_argument("--node-task", action="store_true", help=argparse.SUPPRESS)  # inside the srun step
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command, e.g. prdit train ...")
+
     p = subs.add_parser("sample", help="generate volumes with the predictor-corrector sampler")
     _common(p, size=True)
     p.add_argument(
@@ -107,9 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def param_files(args: argparse.Namespace) -> list[str]:
+    """--params, else the files Snakemake merged (PRDIT_PARAM_FILES, set by workflow/rules/common.smk), else
+    params.yaml (what DVC stages and a user at the shell get)."""
+    if args.params:
+        return args.params
+    from_env = os.environ.get("PRDIT_PARAM_FILES")
+    return from_env.split(os.pathsep) if from_env else ["params.yaml"]
+
+
 def _run(args: argparse.Namespace) -> int | None:
-    params = load(args.params or ["params.yaml"])
     cmd = args.command
+    if cmd == "launch":  # reads no parameters: it only starts the command it is given
+        from prdit.train.launch import run_launch
+
+        argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        return run_launch(args.nodes, args.gpus, argv, node_task=args.node_task, cpus=args.cpus)
+    params = load(param_files(args))
     dataset = getattr(args, "dataset", None)
     if dataset is not None and dataset not in params.sources:
         raise ConfigError(f"--dataset {dataset!r}: not under 'sources' (known: {', '.join(params.sources)})")

@@ -79,20 +79,20 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
         "ingest",
         "preprocess",
         "split",
-        "train_local",
-        "train_global",
-        "sample_base",
-        "evaluate_base",
+        "train",
+        "sample",
+        "evaluate",
         "fetch_weights",
         "all",
     }
-    if p.preprocess.highres_size:
-        expected |= {"train_highres", "sample_highres", "evaluate_highres"}
     if p.ingest.shards > 1:  # the cases spread over jobs (workflow/rules/data.smk)
         expected |= {"ingest_plan", "ingest_shard"}
     if p.preprocess.shards > 1:
         expected |= {"preprocess_shard"}
     assert planned == expected
+    stages = 3 if p.preprocess.highres_size else 2  # stage 3 only with a high-resolution size
+    assert len(re.findall(r"^rule train:", res.stdout, re.M)) == len(p.datasets) * stages
+    assert len(re.findall(r"^rule evaluate:", res.stdout, re.M)) == len(p.datasets) * len(p.sizes())
     for rule, shards in (("ingest_shard", p.ingest.shards), ("preprocess_shard", p.preprocess.shards)):
         assert (
             len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M))

@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-import re
+import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from dvc.repo import Repo
 
-from prdit.config import STAGE_PARAMS, load
+from prdit.config import load
 from tests.conftest import ROOT, make_project, tool_env
 
-# --params: the files Snakemake merged (DVC reads params.yaml); --plan/--shard/--write-plan: Snakemake's
-# scatter-gather of the per-case data stages (ingest.shards / preprocess.shards), which DVC runs as one job
-IGNORED_OPTIONS = {"--params", "--plan", "--shard", "--write-plan"}
+# --plan/--shard/--write-plan: Snakemake's scatter-gather of the per-case data stages (ingest.shards /
+# preprocess.shards), which DVC runs as one job
+IGNORED_OPTIONS = {"--plan", "--shard", "--write-plan"}
 # Snakemake-only jobs: the shards of a stage DVC runs whole (their temporary outputs under *.shards/), and
 # fetch_weights (DVC users run `prdit fetch-weights` once, README)
-SNAKEMAKE_ONLY = {"ingest_plan", "ingest_shard", "preprocess_shard", "merge_samples", "fetch_weights"}
+SNAKEMAKE_ONLY = {"all", "ingest_plan", "ingest_shard", "preprocess_shard", "merge_samples", "fetch_weights"}
 CONFIGS = [None, *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))]
 
 
 def _normalise(cmd: str) -> tuple[str, ...]:
-    """The prdit command and its arguments, without log redirection and per-runner options."""
+    """The prdit command and its arguments, without log redirection, launcher and per-runner options."""
     words = shlex.split(cmd.split(">")[0])
     words = words[
         len(words) - 1 - words[::-1].index("prdit") :
-    ]  # launchers before it (exec prdit launch ...) are how, not what
+    ]  # `exec prdit launch ... --` is how, not what
     out, skip = [], False
     for word in words:
         if skip:
@@ -40,26 +41,25 @@ def _normalise(cmd: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> dict[str, dict]:
-    """Every job of a forced dry run: rule name -> command, inputs, outputs (threads as the rules set them)."""
-    cmd = ["snakemake", "-n", "-F", "-p", "--cores", "256"] + (
-        ["--configfile", str(ROOT / "configs" / config)] if config else []
-    )
-    text = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env(), check=True).stdout
-    jobs = {}
-    for block in re.split(r"\n(?=rule \w+:)", text):
-        m = re.match(r"rule (\w+):", block)
-        if not m or m.group(1) == "all" or m.group(1) in SNAKEMAKE_ONLY:
+def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> list[dict]:
+    """Every job of a forced plan, from Snakemake's DAG (tests/snakemake_dag.py): command, files, params."""
+    cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(root)]
+    cmd += [str(ROOT / "configs" / config)] if config else []
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = []
+    for job in json.loads(res.stdout):
+        if job["rule"] in SNAKEMAKE_ONLY:
             continue
-        field = lambda name, block=block: re.search(rf"^    {name}: (.*)$", block, re.M)  # noqa: E731
-        cmd = re.search(r"^Shell command: (.*)$", block, re.M)
-        jobs[m.group(1)] = {
-            "cmd": _normalise(cmd.group(1)),
-            "outs": set(field("output").group(1).split(", ")),
-            "deps": {d for d in field("input").group(1).split(", ") if ".shards/" not in d}
-            if field("input")
-            else set(),
-        }
+        jobs.append(
+            {
+                "rule": job["rule"],
+                "cmd": _normalise(job["shell"]),
+                "outs": set(job["output"]),
+                "deps": {d for d in job["input"] if ".shards/" not in d},
+                "used": job["used"],
+            }
+        )
     return jobs
 
 
@@ -69,7 +69,7 @@ def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             params = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
-            stages[stage.name.split("@")[0]] = {
+            stages[stage.name] = {
                 "cmd": _normalise(stage.cmd),
                 "outs": {str(o.def_path) for o in stage.outs},
                 "deps": {str(d.def_path) for d in stage.deps if type(d).__name__ != "ParamsDependency"},
@@ -97,57 +97,79 @@ def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) ->
     extra = (
         set()
         if params["preprocess"]["highres_size"]
-        else {"train-highres", "sample-highres", "evaluate-highres"}
-    )
-    assert (
-        set(jobs) and {name.replace("_", "-") for name in jobs} == set(stages) - extra
-    )  # README: no 256^3 stage
-    for rule, job in jobs.items():
-        stage = stages[rule.replace("_", "-")]
-        assert job["cmd"] == stage["cmd"], rule  # --threads included: DVC passes the rules' threads
-        assert job["cmd"][0] == "prdit", rule
-        assert job["outs"] == stage["outs"], rule
-        # evaluate.weights (set by the configs) is an input of the evaluate rules; dvc.yaml cannot list a file
+        else {s for s in stages if s.split("@")[0] in ("train-highres", "sample-highres", "evaluate-highres")}
+    )  # README: no stage-3 size, no stage-3 jobs
+    by_outs = {frozenset(stage["outs"]): name for name, stage in stages.items()}
+    assert len(jobs) == len(stages) - len(extra) > 0
+    matched = set()
+    for job in jobs:
+        name = by_outs.get(frozenset(job["outs"]))
+        assert name is not None, f"rule {job['rule']} writes {sorted(job['outs'])}: no dvc.yaml stage does"
+        stage = stages[name]
+        matched.add(name)
+        assert job["cmd"] == stage["cmd"], name  # --threads included: DVC passes the rules' threads
+        assert job["cmd"][0] == "prdit", name
+        # evaluate.weights (set by the configs) is an input of the evaluate rule; dvc.yaml cannot list a file
         # only when a param is set (no conditionals, a null path does not interpolate), so under DVC the
         # weights reach evaluation through its params (evaluate.weights and evaluate.sha256, checked on load)
         weights = (
             {params["evaluate"]["weights"]}
-            if rule.startswith("evaluate") and params["evaluate"]["weights"]
+            if job["rule"] == "evaluate" and params["evaluate"]["weights"]
             else set()
         )
-        assert job["deps"] == stage["deps"] | weights, rule
+        assert job["deps"] == stage["deps"] | weights, name
         if weights:
-            assert "evaluate" in stage["params"], rule
+            assert "evaluate" in stage["params"], name
+        # the same params: DVC lists a download stage's whole `download` and `phantom` sections, the rule
+        # only the part its source kind reads (Params.used)
+        if job["rule"] == "download":
+            listed = set(stage["params"])
+            assert all(k in listed or k.split(".")[0] in listed for k in job["used"]), name
+        else:
+            assert job["used"] == sorted(stage["params"]), name
+    assert matched == set(stages) - extra
 
 
-def test_dvc_stages_list_exactly_the_params_each_stage_reads() -> None:
-    stages = dvc_stages()
-    dataset = load(ROOT / "params.yaml").datasets[0]
-    for name, stage in stages.items():
-        key = name.split("-")[0] if name.startswith(("sample", "evaluate")) else name
-        expected = [p.format(dataset=dataset) for p in STAGE_PARAMS[key]]
-        assert stage["params"] == expected, name
-
-
-def test_every_rule_declares_its_params_log_benchmark_and_resources() -> None:
-    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
-        for rule in re.split(r"\n(?=rule )", path.read_text())[1:]:
-            name = re.match(r"rule (\w+):", rule).group(1)
-            for directive in (
-                "log:",
-                "benchmark:",
-                "threads:",
-                "resources:",
-                "mem_mb=",
-                "runtime=",
-                "conda:",
-            ):
-                assert directive in rule, f"{path.name}: rule {name} lacks {directive}"
-            stage = (
-                name.replace("_", "-").replace("-base", "").replace("-highres", "")
-                if name.startswith(("sample", "evaluate"))
-                else name.replace("_", "-")
-            )
-            assert f'used("{stage}")' in rule, f"rule {name} does not declare the params it reads"
-            if name.startswith(("train", "sample", "evaluate")):
-                assert "gpu=" in rule, f"rule {name} asks for no GPU"
+def test_every_rule_declares_its_params_log_benchmark_and_resources(tmp_path: Path) -> None:
+    """Every job of the DAG, the optional ones included (shards, weights download), as Snakemake built it."""
+    every_rule = tmp_path / "every-rule.yaml"
+    every_rule.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": {"shards": 2},
+                "preprocess": {"shards": 2},
+                "sample": {"shards": 2},
+                "evaluate": {"weights": "models/extractor/w.pth"},
+            }
+        )
+    )
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(ROOT), str(every_rule)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = [job for job in json.loads(res.stdout) if job["rule"] != "all"]
+    rules = {job["rule"] for job in jobs}
+    assert rules == {
+        "download",
+        "ingest_plan",
+        "ingest_shard",
+        "ingest",
+        "preprocess_shard",
+        "preprocess",
+        "split",
+        "train",
+        "sample",
+        "merge_samples",
+        "fetch_weights",
+        "evaluate",
+    }
+    for job in jobs:
+        name = f"{job['rule']} {job['wildcards']}"
+        assert job["log"] and job["benchmark"] and job["conda"], name
+        assert {"mem_mb", "runtime"} <= set(job["resources"]), name
+        assert job["used"] or job["rule"] == "fetch_weights", f"{name} does not declare the params it reads"
+        if job["rule"] in ("train", "sample", "evaluate"):
+            assert "gpu" in job["resources"], f"{name} asks for no GPU"

@@ -49,9 +49,26 @@ def outputs(root: Path) -> set[str]:
     }
 
 
+def planned_jobs(cwd: Path, *extra: str, target: str = "all") -> dict[str, int]:
+    """What a dry run plans: "<rule> <wildcard values but the dataset>" -> number of jobs (e.g. "train
+    highres", "sample 32": the rules are one per stage kind, the wildcards say which stage or size)."""
+    text = run(["snakemake", "-n", target, *extra], cwd)
+    jobs: dict[str, int] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if not m or m.group(1) == "all":
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        values = dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {}
+        values.pop("dataset", None)
+        values.pop("shard", None)  # shards of one job kind count together
+        key = " ".join([m.group(1), *values.values()])
+        jobs[key] = jobs.get(key, 0) + 1
+    return jobs
+
+
 def planned_rules(cwd: Path) -> set[str]:
-    text = run(["snakemake", "-n", "all"], cwd)
-    return set(re.findall(r"^rule (\w+):", text, re.M)) - {"all"}
+    return set(planned_jobs(cwd))
 
 
 def mlflow_runs(db: Path) -> list[tuple[str, str]]:
@@ -119,12 +136,12 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
 
     p["sample"]["steps"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert planned_rules(project) == {"sample_base", "sample_highres", "evaluate_base", "evaluate_highres"}
+    assert planned_rules(project) == {"sample 16", "sample 32", "evaluate 16", "evaluate 32"}
 
     p["sample"]["steps"] -= 1
     p["train"]["highres"]["lr"] *= 2
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert planned_rules(project) == {"train_highres", "sample_highres", "evaluate_highres"}
+    assert planned_rules(project) == {"train highres", "sample 32", "evaluate 32"}
     p["train"]["highres"]["lr"] /= 2
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
@@ -159,13 +176,13 @@ def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_ev
     p = yaml.safe_load((project / "params.yaml").read_text())
     p["sample"]["shards"] = 3
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert planned_rules(project) == {"sample_base", "merge_samples", "evaluate_base"}  # no retraining
+    assert planned_jobs(project) == {"sample 16": 3, "merge_samples 16": 1, "evaluate 16": 1}  # no retraining
     dag = run(["snakemake", "all", "--dag"], project)
     nodes = dict(re.findall(r"^\s*(\d+)\[label = \"(\w+)", dag, re.M))
     edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.M)
     merge = [n for n, rule in nodes.items() if rule == "merge_samples"]
-    evaluate = [n for n, rule in nodes.items() if rule == "evaluate_base"]
-    shards = [n for n, rule in nodes.items() if rule == "sample_base"]
+    evaluate = [n for n, rule in nodes.items() if rule == "evaluate"]
+    shards = [n for n, rule in nodes.items() if rule == "sample"]
     assert len(merge) == 1 and len(evaluate) == 1 and len(shards) == 3
     assert {(s, merge[0]) for s in shards} <= set(edges) and (merge[0], evaluate[0]) in edges
 
@@ -185,55 +202,50 @@ def test_sharded_sampling_writes_what_one_job_writes_and_evaluation_waits_for_ev
     assert planned_rules(project) == set()
 
 
-def planned_jobs(cwd: Path, *extra: str) -> dict[str, int]:
-    """Rule -> number of jobs a dry run of `all` plans (its job stats table), with extra arguments."""
-    text = run(["snakemake", "-n", "all", *extra], cwd)
-    table = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
-    jobs = dict((rule, int(n)) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
-    jobs.pop("all", None)
-    jobs.pop("total", None)
-    return jobs
-
-
 def test_an_override_file_re_runs_only_the_rules_that_read_what_it_changes(built: Path) -> None:
     """The parameter files reach `prdit` without being a rerun trigger: only the values a rule reads are."""
     project = built
     p = yaml.safe_load((project / "params.yaml").read_text())
     assert planned_jobs(project) == {}
 
-    sampling = project / "over rides" / "sample steps.yaml"  # spaces: the file names reach prdit quoted
+    sampling = project / "over rides" / "sample steps.yaml"  # spaces: the names reach prdit intact
     sampling.parent.mkdir()
     sampling.write_text(yaml.safe_dump({"sample": {"steps": p["sample"]["steps"] + 1}}))
     assert planned_jobs(project, "--configfile", str(sampling)) == {
-        "sample_base": 1,
-        "sample_highres": 1,
-        "evaluate_base": 1,
-        "evaluate_highres": 1,
+        "sample 16": 1,
+        "sample 32": 1,
+        "evaluate 16": 1,
+        "evaluate 32": 1,
     }
-    shell = run(["snakemake", "-n", "-p", "all", "--configfile", str(sampling)], project)
-    assert f"--params params.yaml --params '{sampling}'" in shell
 
     highres = project / "highres.yaml"
     highres.write_text(yaml.safe_dump({"train": {"highres": {"lr": p["train"]["highres"]["lr"] * 2}}}))
     assert planned_jobs(project, "--configfile", str(highres)) == {
-        "train_highres": 1,
-        "sample_highres": 1,
-        "evaluate_highres": 1,
+        "train highres": 1,
+        "sample 32": 1,
+        "evaluate 32": 1,
     }
 
     same = project / "same.yaml"  # values equal to params.yaml's, in another key order
     same.write_text(
         yaml.safe_dump(
             {
-                "sample": {"steps": p["sample"]["steps"], "n": p["sample"]["n"]},
+                "sample": {"n": p["sample"]["n"], "steps": p["sample"]["steps"]},
                 "train": {"highres": {"lr": p["train"]["highres"]["lr"]}},
             }
         )
     )
     assert planned_jobs(project, "--configfile", str(same)) == {}
     assert planned_jobs(project, "--configfile", str(same), str(sampling)) == {
-        "sample_base": 1,
-        "sample_highres": 1,
-        "evaluate_base": 1,
-        "evaluate_highres": 1,
+        "sample 16": 1,
+        "sample 32": 1,
+        "evaluate 16": 1,
+        "evaluate 32": 1,
     }
+
+    # ... and prdit reads what Snakemake merged (the files reach it through PRDIT_PARAM_FILES): one more
+    # sample at the backbone size. Last, since it leaves that folder built with other params.
+    more = project / "over rides" / "one more.yaml"
+    more.write_text(yaml.safe_dump({"sample": {"n": p["sample"]["n"] + 1}}))
+    run(["snakemake", "--cores", "2", "--configfile", str(more), "samples/phantom/16"], project)
+    assert len(list((project / "samples/phantom/16").glob("*.nii.gz"))) == p["sample"]["n"] + 1

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -206,9 +207,8 @@ def test_profiles_parse_and_name_real_rules(profile: str) -> None:
     assert configured <= rules, configured - rules
     if profile == "profiles/slurm":
         gpu_rules = {r for r, res in config["set-resources"].items() if res.get("slurm_partition") == "gpu"}
-        assert {r for r in rules if r.startswith(("train_", "sample_", "evaluate_"))} == gpu_rules
-        trains = {r for r in rules if r.startswith("train_")}
-        assert all("--signal=TERM@" in config["set-resources"][r]["slurm_extra"] for r in trains)
+        assert {"train", "sample", "evaluate"} == gpu_rules
+        assert "--signal=TERM@" in config["set-resources"]["train"]["slurm_extra"]
 
 
 @pytest.mark.slow
@@ -228,14 +228,11 @@ def test_profile_runs_the_demo_dag_through_slurm(
         "ingest",
         "preprocess",
         "split",
-        "train_local",
-        "train_global",
-        "train_highres",
-        "sample_base",
-        "sample_highres",
-        "evaluate_base",
-        "evaluate_highres",
+        "train",
+        "sample",
+        "evaluate",
     } <= set(submitted)
+    assert Counter(submitted)["train"] == 3  # local, global, highres
     assert local <= {"all", "download"}  # download stays on the submit host (compute nodes may lack internet)
     assert all(j["State"] == "COMPLETED" for j in jobs), jobs
 
@@ -274,8 +271,14 @@ def test_profile_runs_the_demo_dag_through_slurm(
 def training_pids(job_id: str) -> list[int]:
     """PIDs of the `prdit train` processes (torchrun's workers, not torchrun) in a SLURM job: among
     the job's processes and their descendants (torchrun starts each worker in a session of its own)."""
-    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
-    tracked = {int(line.split()[0]) for line in out.splitlines()[1:] if line.split()}
+    nodelist = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True
+    ).stdout.strip()
+    nodes = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+    tracked = set()
+    for node in nodes.stdout.split():  # each node's slurmd knows its own processes of the job
+        out = subprocess.run(["scontrol", "listpids", job_id, node], capture_output=True, text=True).stdout
+        tracked |= {int(line.split()[0]) for line in out.splitlines()[1:] if line.split()}
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -388,25 +391,34 @@ def assert_resumed(model_dir: Path, steps: int, world_size: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one-node", "two-nodes"])
 def test_training_stopped_by_its_time_limit_resumes(
-    slurm_run: tuple[Path, str, str], mlflow_server: tuple[str, Path], tmp_path: Path
+    slurm_run: tuple[Path, str, str], mlflow_server: tuple[str, Path], tmp_path: Path, nodes: int
 ) -> None:
-    """train_local on 2 GPUs (torchrun) gets a time limit that is about to end after its first
+    """train_local on 2 GPUs (one node: one torchrun with 2 workers; two nodes: one torchrun per node,
+    rendezvous from SLURM's variables) gets a time limit that is about to end after its first
     checkpoint: SLURM's warning signal makes it save and stop, Snakemake's retry resumes from last.pt
     and ends at the configured step count. MLflow is unreachable from the jobs: the runs are spooled
     and replayed afterwards with `prdit tracking-import`."""
     project, _, _ = slurm_run
     steps = 8
     model_dir = reset_training(project, steps)
+    # 2 GPUs for stage 1 (on 1 or 2 nodes), as docs/slurm.md shows
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = deep_merge(params, {"resources": {"train": {"local": {"gpu": 2, "nodes": nodes}}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    # the profile as shipped, plus 2 GPUs of a type and 4 CPUs for this rule, as docs/slurm.md shows
+    # the profile as shipped, plus a GPU type and 4 CPUs for training, as docs/slurm.md shows
     # (a --set-resources on the command line would replace the profile's whole mapping)
     profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())
     profile = deep_merge(
         profile,
         {
-            "set-resources": {"train_local": {"gpu": 2, "gpu_model": "test"}},
-            "set-threads": {"train_local": 4},
+            # the test cluster's partition `multi` holds two nodes (tests/slurm/start-cluster.sh)
+            "set-resources": {
+                "train": {"gpu_model": "test"} | ({"slurm_partition": "multi"} if nodes > 1 else {})
+            },
+            "set-threads": {"train": 4},
         },
     )
     (tmp_path / "profile").mkdir()
@@ -418,7 +430,7 @@ def test_training_stopped_by_its_time_limit_resumes(
         # SLURM sends SIGTERM, which reaches the frozen, surely mid-run training (directly, or
         # through torchrun); then let it go on. The hard limit is still minutes away.
         run_id, job_id, pids = freeze_after_checkpoint(proc, project, tmp_path / "snakemake.out")
-        assert len(pids) == 2, pids  # two GPUs: two workers
+        assert len(pids) == 2, pids  # two GPUs: two workers (one per node on two nodes)
         elapsed = subprocess.run(
             ["squeue", "-h", "-j", job_id, "-o", "%M"], capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -434,14 +446,14 @@ def test_training_stopped_by_its_time_limit_resumes(
 
     jobs = slurm_jobs(run_id)
     assert [(j["rule"], j["State"]) for j in jobs] == [
-        ("train_local", "FAILED"),
-        ("train_local", "COMPLETED"),
+        ("train", "FAILED"),
+        ("train", "COMPLETED"),
     ]
-    assert all("cpu=4," in j["AllocTRES"] and "gres/gpu:test=2" in j["AllocTRES"] for j in jobs), jobs
-    logs = project / ".snakemake/slurm_logs/rule_train_local/phantom"
-    assert [p.name for p in logs.glob("*.log")] == [
-        f"{jobs[0]['JobIDRaw']}.log"
-    ]  # kept for the failed job only
+    assert all(f"node={nodes}" in j["AllocTRES"] and "gres/gpu:test=2" in j["AllocTRES"] for j in jobs), jobs
+    assert all(f"cpu={4 * nodes}," in j["AllocTRES"] for j in jobs), jobs  # the rule's threads per node
+    logs = {p.name for p in (project / ".snakemake/slurm_logs/rule_train/phantom_local").glob("*.log")}
+    # kept for the failed job only (the folder also holds earlier tests' jobs)
+    assert f"{jobs[0]['JobIDRaw']}.log" in logs and f"{jobs[1]['JobIDRaw']}.log" not in logs, logs
     assert_resumed(model_dir, steps, world_size=2)
 
     # compute nodes could not reach MLflow: replay the spooled runs into the server afterwards
@@ -498,7 +510,7 @@ def test_requeued_training_job_resumes_as_the_same_job(
 
     cmd = ["snakemake", "--profile", PROFILE, "models/phantom/local/model.pt", *FAST_POLL]
     output, (run_id, job_id) = run_while(cmd, project, tmp_path / "snakemake.out", uri, requeue)
-    assert len(re.findall(r"^rule train_local:", output, re.M)) == 1, output  # one submission, no retry
+    assert len(re.findall(r"^rule train:", output, re.M)) == 1, output  # one submission, no retry
     assert [(j["JobIDRaw"], j["State"]) for j in slurm_jobs(run_id)] == [(job_id, "COMPLETED")]
     starts = subprocess.run(
         ["sacct", "-D", "-X", "--parsable2", "--noheader", "-j", job_id, "-o", "State"],

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Start a real single-node SLURM cluster on this host for the end-to-end tests:
-# munged, MariaDB + slurmdbd (so sacct answers like on a real cluster), slurmctld, slurmd.
+# Start a real SLURM cluster on this host for the end-to-end tests:
+# munged, MariaDB + slurmdbd (so sacct answers like on a real cluster), slurmctld, and two slurmd.
+#
+# Node $HOST (partitions cpu and gpu) is the one node of the single-node tests. A second slurmd runs
+# node $NODE2 (`slurmd -N $NODE2`, its own port, spool, pid and log file); partition `multi` holds both
+# nodes, so a job there with --nodes=2 spans two SLURM nodes: two slurmds start its srun tasks,
+# SLURM_JOB_NODELIST names both and SLURM_NODEID is 0 and 1 (both nodes are this host; SLURM does not care).
 #
 # The node is a GPU node on paper (SlurmdParameters=config_overrides): 64 CPUs, 500 GB and 8 GPUs
 # of type "test" declared as GRES on placeholder devices, so the slurm profile's real requests
@@ -25,6 +30,8 @@ DBPASS=prdit-test-only
 HOST=$(hostname -s)
 NGPU=8
 GPUTYPE=test                  # GRES type: gpu_model: "test" in a profile asks for it
+NODE2=n2                      # the second node (partition multi)
+NODE2_PORT=6821               # its slurmd's port (the first one has the default, 6818)
 
 mkdir -p "$DIR"
 log() { printf '[start-cluster] %s\n' "$*" >&2; }
@@ -55,15 +62,20 @@ if ((${#need[@]})); then
 fi
 [[ $(id -u) == 0 ]] || cannot "the test cluster's daemons run as root"
 
-mkdir -p "$DIR"/{log,run,ctld,spool,dev}
+mkdir -p "$DIR"/{log,run,ctld,spool/$HOST,spool/$NODE2,dev}
 # Placeholder GPUs: null devices (c 1:3) named like GPUs, so slurmd binds them and sets
 # CUDA_VISIBLE_DEVICES as on a real node; where mknod is not allowed, GPUs are only counted.
-gres_line="NodeName=$HOST Name=gpu Type=$GPUTYPE File=$DIR/dev/gpu[0-$((NGPU - 1))]"
-for i in $(seq 0 $((NGPU - 1))); do
-    [[ -c $DIR/dev/gpu$i ]] && continue
-    rm -f "$DIR/dev/gpu$i"
-    mknod -m 666 "$DIR/dev/gpu$i" c 1 3 2>/dev/null || { gres_line="NodeName=$HOST Name=gpu Type=$GPUTYPE Count=$NGPU"; break; }
-done
+gres_lines() {  # node device-prefix
+    local line="NodeName=$1 Name=gpu Type=$GPUTYPE File=$DIR/dev/$2[0-$((NGPU - 1))]"
+    for i in $(seq 0 $((NGPU - 1))); do
+        [[ -c $DIR/dev/$2$i ]] && continue
+        rm -f "$DIR/dev/$2$i"
+        mknod -m 666 "$DIR/dev/$2$i" c 1 3 2>/dev/null || { line="NodeName=$1 Name=gpu Type=$GPUTYPE Count=$NGPU"; break; }
+    done
+    echo "$line"
+}
+gres_line="$(gres_lines "$HOST" gpu)
+$(gres_lines "$NODE2" "$NODE2-gpu")"
 
 # --- configuration -------------------------------------------------------------------------
 if [[ -e $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
@@ -98,14 +110,16 @@ MinJobAge=300
 KillWait=30
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 StateSaveLocation=$DIR/ctld
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=64 RealMemory=512000 Gres=gpu:$GPUTYPE:$NGPU State=UNKNOWN
+NodeName=$NODE2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$NODE2_PORT CPUs=64 RealMemory=512000 Gres=gpu:$GPUTYPE:$NGPU State=UNKNOWN
 PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=$HOST,$NODE2 MaxTime=INFINITE State=UP
 EOF
 )
 changed=0
@@ -168,11 +182,16 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 EOF
 
 restart() {  # pidfile: stop a daemon of ours whose config changed
-    if alive "$1"; then kill "$(cat "$1")"; wait_for 20 "$1 to stop" sh -c "! kill -0 $(cat "$1")"; fi
+    if alive "$1"; then
+        local pid; pid=$(cat "$1")
+        kill "$pid"; wait_for 20 "$1 to stop" sh -c "! kill -0 $pid"
+    fi
 }
 if ((changed)); then
     log "configuration changed: (re)starting the SLURM daemons"
-    restart "$DIR/run/slurmd.pid"; restart "$DIR/run/slurmctld.pid"; restart "$DIR/run/slurmdbd.pid"
+    restart "$DIR/run/slurmd.pid"  # an older version of this script: one slurmd
+    restart "$DIR/run/slurmd-$HOST.pid"; restart "$DIR/run/slurmd-$NODE2.pid"
+    restart "$DIR/run/slurmctld.pid"; restart "$DIR/run/slurmdbd.pid"
 fi
 
 if ! alive "$DIR/run/slurmdbd.pid"; then
@@ -195,16 +214,21 @@ if ! alive "$DIR/run/slurmctld.pid"; then
     started slurmctld "$DIR/run/slurmctld.pid"
     wait_for 30 slurmctld scontrol ping
 fi
-if ! alive "$DIR/run/slurmd.pid"; then
-    log "starting slurmd"
-    slurmd
-    started slurmd "$DIR/run/slurmd.pid"
-fi
-scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
-node_idle() { [[ $(sinfo -h -n "$HOST" -o %t | sort -u) == idle ]]; }
-if ! wait_for 60 "node $HOST idle" node_idle; then
+for node in "$HOST" "$NODE2"; do
+    if ! alive "$DIR/run/slurmd-$node.pid"; then
+        log "starting slurmd $node"
+        slurmd -N "$node"
+        started "slurmd-$node" "$DIR/run/slurmd-$node.pid"
+    fi
+done
+scontrol update nodename="$HOST,$NODE2" state=resume >/dev/null 2>&1 || true
+node_idle() {
+    [[ $(sinfo -h -N -n "$HOST,$NODE2" -o %t | sort -u) == idle ]] &&
+        [[ $(sinfo -h -N -n "$HOST,$NODE2" -o %N | sort -u | wc -l) == 2 ]]
+}
+if ! wait_for 60 "nodes $HOST, $NODE2 idle" node_idle; then
     sinfo -N -l >&2 || true
-    tail -n 20 "$DIR/log/slurmd.log" "$DIR/log/slurmctld.log" >&2 || true
+    tail -n 20 "$DIR"/log/slurmd-*.log "$DIR/log/slurmctld.log" >&2 || true
     exit 1
 fi
 log "cluster $CLUSTER up: $(sinfo -h -o '%P %a %D %t %G' | tr '\n' ';')"

@@ -1,6 +1,10 @@
+# Everything the rules compute: parameters, paths of the stages' inputs, resources. The rules themselves
+# (data.smk, train.smk, sample.smk, evaluate.smk) only declare files and call `prdit <command>`.
+import os
+
 from snakemake.utils import validate
 
-from prdit.config import STAGE_PARAMS, deep_merge, from_dict, load
+from prdit.config import load, from_dict
 
 validate(config, "../schemas/params.schema.yaml")
 PARAMS = from_dict(config, origin="snakemake config")
@@ -16,20 +20,32 @@ if load(PARAM_FILES).raw != PARAMS.raw:
         "prdit rules read their parameters from files: put overrides in a YAML file and pass it with "
         "--configfile, not --config"
     )
-# Those files as `prdit` options. Rules put them straight in their shell command, `prdit <command>
-# {PRDIT_PARAMS:q} ...` (each word shell-quoted), never under `params:`: Snakemake re-runs a job whose params
-# changed, and which files the values came from is no reason to. What a rule reads is its `params.used`
-# (the values, wherever they were set), so an override file re-runs exactly the rules that read what it
-# changes. Under a cluster executor each job re-reads the Snakefile with the same --configfiles.
-PRDIT_PARAMS = [word for f in PARAM_FILES for word in ("--params", f)]
+# Those files reach every `prdit` command through the environment (PRDIT_PARAM_FILES, read by prdit/cli.py),
+# never through the rules' `params:` or shell text: Snakemake re-runs a job whose params changed, and which
+# files the values came from is no reason to. What a rule reads is its `params.used` (the values, wherever
+# they were set), so an override file re-runs exactly the rules that read what it changes. The shell commands
+# are then exactly dvc.yaml's. Under a cluster executor each job re-reads this file with the same
+# --configfiles, and sets the variable again (set, not read: no `envvars:` to assert).
+os.environ.update(PRDIT_PARAM_FILES=os.pathsep.join(map(str, PARAM_FILES)))
+
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
+SIZES = PARAMS.sizes()
 CONDA_ENV = "../../envs/prdit.yaml"
 EXTRACTOR_WEIGHTS = [PARAMS.evaluate.weights] if PARAMS.evaluate.weights else []
+INGEST_SHARDS = PARAMS.ingest.shards
+PREPROCESS_SHARDS = PARAMS.preprocess.shards
+SAMPLE_SHARDS = PARAMS.sample.shards
+TRAIN_STAGES = ("local", "global", "highres") if HIGHRES else ("local", "global")
+# Stage 2 trains on the frozen stage 1, stage 3 on the frozen stage 2.
+PARENT_STAGE = {"global": "local", "highres": "global"}
 
 
 wildcard_constraints:
     dataset="|".join(PARAMS.datasets),
+    stage="|".join(TRAIN_STAGES),
+    size="|".join(str(s) for s in SIZES),
+    shard=r"\d+",
 
 
 def _canonical(value):
@@ -43,5 +59,111 @@ def _canonical(value):
 
 
 def used(stage):
-    """The params a stage reads (prdit.config.STAGE_PARAMS): a change to them, and only that, re-runs the rule."""
-    return lambda wildcards: _canonical(PARAMS.used(stage, wildcards.get("dataset")))
+    """The params a stage reads (prdit.config.STAGE_PARAMS): a change to them, and only that, re-runs the
+    rule. `stage` may be a function of the wildcards (the training stage)."""
+
+    def values(wildcards):
+        name = stage(wildcards) if callable(stage) else stage
+        return _canonical(PARAMS.used(name, wildcards.get("dataset")))
+
+    return values
+
+
+# ------------------------------------------------------------------------------------------- data stages
+def ingest_shards(wildcards):
+    """ingest.shards = N > 1: the plan and the N shard tables the assembly waits for."""
+    if INGEST_SHARDS == 1:
+        return []
+    shards = expand(
+        "data/interim/{dataset}.shards/{shard}.csv",
+        dataset=wildcards.dataset,
+        shard=range(INGEST_SHARDS),
+    )
+    return [f"data/interim/{wildcards.dataset}.shards/plan.json", *shards]
+
+
+def ingest_plan_arg(wildcards):
+    if INGEST_SHARDS == 1:
+        return ""
+    return f"--plan data/interim/{wildcards.dataset}.shards/plan.json"
+
+
+def preprocess_shards(wildcards):
+    if PREPROCESS_SHARDS == 1:
+        return []
+    return expand(
+        "data/processed/{dataset}.shards/{shard}.csv",
+        dataset=wildcards.dataset,
+        shard=range(PREPROCESS_SHARDS),
+    )
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_inputs(wildcards):
+    """The dataset, its split, and for stages 2 and 3 the frozen parent model."""
+    inputs = {
+        "data": f"data/processed/{wildcards.dataset}",
+        "splits": expand(
+            "data/splits/{dataset}/{part}.txt",
+            dataset=wildcards.dataset,
+            part=("train", "val", "test"),
+        ),
+    }
+    if wildcards.stage in PARENT_STAGE:
+        inputs["parent"] = (
+            f"models/{wildcards.dataset}/{PARENT_STAGE[wildcards.stage]}/model.pt"
+        )
+    return inputs
+
+
+def train_stage(wildcards):
+    return f"train-{wildcards.stage}"
+
+
+def train_resource(name):
+    """resources.train.<stage>.<name> of the params files: GPUs and nodes per training stage (default 1).
+    No stage reads them, so changing them never re-runs a job; the profile's set-resources of rule `train`
+    applies to every stage."""
+
+    def value(wildcards):
+        stages = PARAMS.raw.get("resources", {}).get("train", {})
+        return stages.get(wildcards.stage, {}).get(name, 1)
+
+    return value
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def sample_model(wildcards):
+    """The backbone size samples from the stage-2 model, the stage-3 size from the highres model (which
+    carries its frozen backbone)."""
+    stage = "global" if int(wildcards.size) == SIZE else "highres"
+    return f"models/{wildcards.dataset}/{stage}/model.pt"
+
+
+def sample_output():
+    if SAMPLE_SHARDS == 1:
+        return directory("samples/{dataset}/{size}")
+    return temp(directory("samples/{dataset}/{size}.shards/{shard}"))
+
+
+def sample_tag():
+    """The log/benchmark name of one sampling job (the shard wildcard when sharded)."""
+    return "{dataset}.{size}" if SAMPLE_SHARDS == 1 else "{dataset}.{size}.shard{shard}"
+
+
+def shard_arg(wildcards):
+    return f"--shard {wildcards.shard}" if SAMPLE_SHARDS > 1 else ""
+
+
+def sample_shards(wildcards):
+    return expand(
+        "samples/{dataset}/{size}.shards/{shard}",
+        dataset=wildcards.dataset,
+        size=wildcards.size,
+        shard=range(SAMPLE_SHARDS),
+    )
+
+
+def per_size(backbone, highres):
+    """A resource that grows with the working size (the stage-3 size needs more memory and time)."""
+    return lambda wildcards: highres if int(wildcards.size) == HIGHRES else backbone

@@ -1,3 +1,4 @@
+# Downloads run where Snakemake runs (login nodes have the internet access compute nodes often lack).
 localrules:
     download,
 
@@ -18,7 +19,7 @@ rule download:
     params:
         used=used("download"),
     shell:
-        "prdit download {PRDIT_PARAMS:q} --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit download --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 # Ingest and preprocess compute each case once per (inputs, params) into the per-case cache
@@ -28,37 +29,6 @@ rule download:
 # every N-th case each; under SLURM N sbatch jobs, e.g. 20 for ~1,000 series), which fill the cache;
 # rule ingest / preprocess then assembles the folder (and qc.csv of every case) from the cache.
 # ingest_plan discovers the DICOM series once for all of them. N = 1 (the default) is one job.
-INGEST_SHARDS = PARAMS.ingest.shards
-PREPROCESS_SHARDS = PARAMS.preprocess.shards
-
-
-def ingest_shards(wildcards):
-    if INGEST_SHARDS == 1:
-        return []
-    shards = expand(
-        "data/interim/{dataset}.shards/{shard}.csv",
-        dataset=wildcards.dataset,
-        shard=range(INGEST_SHARDS),
-    )
-    return [f"data/interim/{wildcards.dataset}.shards/plan.json", *shards]
-
-
-def ingest_plan_arg(wildcards):
-    return (
-        f"--plan data/interim/{wildcards.dataset}.shards/plan.json"
-        if INGEST_SHARDS > 1
-        else ""
-    )
-
-
-def preprocess_shards(wildcards):
-    if PREPROCESS_SHARDS == 1:
-        return []
-    return expand(
-        "data/processed/{dataset}.shards/{shard}.csv",
-        dataset=wildcards.dataset,
-        shard=range(PREPROCESS_SHARDS),
-    )
 
 
 rule ingest:
@@ -81,7 +51,7 @@ rule ingest:
         plan=ingest_plan_arg,
         used=used("ingest"),
     shell:
-        "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
+        "prdit ingest --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
 
 
 rule preprocess:
@@ -103,7 +73,7 @@ rule preprocess:
     params:
         used=used("preprocess"),
     shell:
-        "prdit preprocess {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+        "prdit preprocess --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
 
 
 if INGEST_SHARDS > 1:
@@ -127,7 +97,7 @@ if INGEST_SHARDS > 1:
         params:
             used=used("ingest"),
         shell:
-            "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
+            "prdit ingest --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
             "> {log} 2>&1"
 
     rule ingest_shard:
@@ -139,8 +109,6 @@ if INGEST_SHARDS > 1:
             "logs/ingest/{dataset}.shard{shard}.log",
         benchmark:
             "logs/benchmarks/ingest/{dataset}.shard{shard}.tsv"
-        wildcard_constraints:
-            shard=r"\d+",
         conda:
             CONDA_ENV
         threads: 8
@@ -150,7 +118,7 @@ if INGEST_SHARDS > 1:
         params:
             used=used("ingest"),
         shell:
-            "prdit ingest {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
+            "prdit ingest --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
             "--threads {threads} > {log} 2>&1"
 
 
@@ -165,8 +133,6 @@ if PREPROCESS_SHARDS > 1:
             "logs/preprocess/{dataset}.shard{shard}.log",
         benchmark:
             "logs/benchmarks/preprocess/{dataset}.shard{shard}.tsv"
-        wildcard_constraints:
-            shard=r"\d+",
         conda:
             CONDA_ENV
         threads: 8
@@ -176,7 +142,7 @@ if PREPROCESS_SHARDS > 1:
         params:
             used=used("preprocess"),
         shell:
-            "prdit preprocess {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --shard {wildcards.shard} "
+            "prdit preprocess --dataset {wildcards.dataset} --shard {wildcards.shard} "
             "--threads {threads} > {log} 2>&1"
 
 
@@ -198,4 +164,4 @@ rule split:
     params:
         used=used("split"),
     shell:
-        "prdit split {PRDIT_PARAMS:q} --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit split --dataset {wildcards.dataset} > {log} 2>&1"

@@ -1,6 +1,6 @@
-# Metrics of generated volumes against the real training set, beside the real-vs-real floor (held-out vs train).
-# Outputs marked report() make up `snakemake --report report.html`; the reports/ folder also holds report.md,
-# montages and the CSVs behind them (evaluate replaces the folder as a whole).
+# Metrics of generated volumes ({size}) against the real training set, beside the real-vs-real floor
+# (held-out vs train). Outputs marked report() make up `snakemake --report report.html`; the reports/ folder
+# also holds report.md, montages and the CSVs behind them (evaluate replaces the folder as a whole).
 
 
 if EXTRACTOR_WEIGHTS:
@@ -25,31 +25,33 @@ if EXTRACTOR_WEIGHTS:
             mem_mb=1000,
             runtime=60,
         shell:
-            "prdit fetch-weights {PRDIT_PARAMS:q} > {log} 2>&1"
+            "prdit fetch-weights > {log} 2>&1"
 
 
-rule evaluate_base:
+rule evaluate:
     input:
-        samples=f"samples/{{dataset}}/{SIZE}",
+        samples="samples/{dataset}/{size}",
         data="data/processed/{dataset}",
         weights=EXTRACTOR_WEIGHTS,
-        splits=rules.split.output,
+        splits=expand(
+            "data/splits/{{dataset}}/{part}.txt", part=("train", "val", "test")
+        ),
     output:
         metrics=report(
-            f"metrics/{{dataset}}/{SIZE}.json",
+            "metrics/{dataset}/{size}.json",
             caption="../report/metrics.rst",
             category="Metrics",
         ),
         html=report(
-            f"reports/{{dataset}}/{SIZE}/report.html",
+            "reports/{dataset}/{size}/report.html",
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
-        histogram=f"reports/{{dataset}}/{SIZE}/hu_histogram.csv",
+        histogram="reports/{dataset}/{size}/hu_histogram.csv",
     log:
-        f"logs/evaluate/{{dataset}}.{SIZE}.log",
+        "logs/evaluate/{dataset}.{size}.log",
     benchmark:
-        f"logs/benchmarks/evaluate/{{dataset}}.{SIZE}.tsv"
+        "logs/benchmarks/evaluate/{dataset}.{size}.tsv"
     conda:
         CONDA_ENV
     threads: 4
@@ -58,43 +60,6 @@ rule evaluate_base:
         runtime=6 * 60,
         gpu=1,
     params:
-        size=SIZE,
         used=used("evaluate"),
     shell:
-        "prdit evaluate {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"
-
-
-rule evaluate_highres:
-    input:
-        samples=f"samples/{{dataset}}/{HIGHRES}",
-        data="data/processed/{dataset}",
-        weights=EXTRACTOR_WEIGHTS,
-        splits=rules.split.output,
-    output:
-        metrics=report(
-            f"metrics/{{dataset}}/{HIGHRES}.json",
-            caption="../report/metrics.rst",
-            category="Metrics",
-        ),
-        html=report(
-            f"reports/{{dataset}}/{HIGHRES}/report.html",
-            caption="../report/evaluation.rst",
-            category="Evaluation",
-        ),
-        histogram=f"reports/{{dataset}}/{HIGHRES}/hu_histogram.csv",
-    log:
-        f"logs/evaluate/{{dataset}}.{HIGHRES}.log",
-    benchmark:
-        f"logs/benchmarks/evaluate/{{dataset}}.{HIGHRES}.tsv"
-    conda:
-        CONDA_ENV
-    threads: 4
-    resources:
-        mem_mb=32000,
-        runtime=6 * 60,
-        gpu=1,
-    params:
-        size=HIGHRES,
-        used=used("evaluate"),
-    shell:
-        "prdit evaluate {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --size {params.size} > {log} 2>&1"
+        "prdit evaluate --dataset {wildcards.dataset} --size {wildcards.size} > {log} 2>&1"

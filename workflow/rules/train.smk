@@ -1,83 +1,39 @@
-# The three training stages. model.pt holds EMA weights + config + provenance; last.pt beside it is the
-# resumable checkpoint that survives a killed or preempted job (Snakemake deletes only model.pt).
-# `prdit train` exits 75 after a SIGTERM/SIGUSR1 checkpoint; the profiles' `retries` resubmit the job and it
-# resumes from last.pt (a rule-level `retries:` would also restart inside a SLURM allocation about to end).
-# torchrun starts one process per GPU the rule asks for (resources.gpu; raise it in the profile). `exec` lets
-# SLURM's warning signal reach the trainer instead of killing the shell. Logs are appended across attempts.
+# The three training stages, one rule: {stage} is local (stage 1), global (stage 2, on the frozen stage 1)
+# or highres (stage 3, on the frozen stage 2). model.pt holds EMA weights + config + provenance; last.pt
+# beside it is the resumable checkpoint that survives a killed or preempted job (Snakemake deletes only
+# model.pt). `prdit train` exits 75 after a SIGTERM/SIGUSR1 checkpoint; the profiles' `retries` resubmit the
+# job and it resumes from last.pt (a rule-level `retries:` would also restart inside a SLURM allocation about
+# to end).
+# `prdit launch` starts torchrun with one process per GPU (resources.train.<stage>.gpu in the params files).
+# With resources.train.<stage>.nodes = N > 1 (SLURM) it starts one srun step with one torchrun per node, the
+# rendezvous taken from SLURM's variables (prdit/train/launch.py); under SLURM even one node runs in that
+# step, which is what SLURM's warning signal (--signal=TERM@300) reaches. `mpi=0` makes the slurm-jobstep
+# executor run the command in the batch script (as for MPI jobs, without its own one-task srun, which would
+# hold the allocation's GPUs) while the submit side adds no MPI task options. `exec` lets signals reach the
+# launcher instead of the shell. Logs are appended across attempts.
 
 
-rule train_local:
+rule train:
     input:
-        data="data/processed/{dataset}",
-        splits=rules.split.output,
+        unpack(train_inputs),
     output:
-        model="models/{dataset}/local/model.pt",
-        metrics="models/{dataset}/local/metrics.json",
+        model="models/{dataset}/{stage}/model.pt",
+        metrics="models/{dataset}/{stage}/metrics.json",
     log:
-        "logs/train/{dataset}.local.log",
+        "logs/train/{dataset}.{stage}.log",
     benchmark:
-        "logs/benchmarks/train/{dataset}.local.tsv"
+        "logs/benchmarks/train/{dataset}.{stage}.tsv"
     conda:
         CONDA_ENV
     threads: 8
     resources:
         mem_mb=64000,
         runtime=72 * 60,
-        gpu=1,
+        gpu=train_resource("gpu"),
+        nodes=train_resource("nodes"),
+        mpi=0,
     params:
-        used=used("train-local"),
+        used=used(train_stage),
     shell:
-        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage local >> {log} 2>&1"
-
-
-rule train_global:
-    input:
-        data="data/processed/{dataset}",
-        splits=rules.split.output,
-        parent="models/{dataset}/local/model.pt",
-    output:
-        model="models/{dataset}/global/model.pt",
-        metrics="models/{dataset}/global/metrics.json",
-    log:
-        "logs/train/{dataset}.global.log",
-    benchmark:
-        "logs/benchmarks/train/{dataset}.global.tsv"
-    conda:
-        CONDA_ENV
-    threads: 8
-    resources:
-        mem_mb=64000,
-        runtime=72 * 60,
-        gpu=1,
-    params:
-        used=used("train-global"),
-    shell:
-        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage global >> {log} 2>&1"
-
-
-rule train_highres:
-    input:
-        data="data/processed/{dataset}",
-        splits=rules.split.output,
-        parent="models/{dataset}/global/model.pt",
-    output:
-        model="models/{dataset}/highres/model.pt",
-        metrics="models/{dataset}/highres/metrics.json",
-    log:
-        "logs/train/{dataset}.highres.log",
-    benchmark:
-        "logs/benchmarks/train/{dataset}.highres.tsv"
-    conda:
-        CONDA_ENV
-    threads: 8
-    resources:
-        mem_mb=64000,
-        runtime=72 * 60,
-        gpu=1,
-    params:
-        used=used("train-highres"),
-    shell:
-        "exec torchrun --no-python --standalone --nproc-per-node {resources.gpu} --shutdown-timeout 300 "
-        "prdit train {PRDIT_PARAMS:q} --dataset {wildcards.dataset} --stage highres >> {log} 2>&1"
+        "exec prdit launch --nodes {resources.nodes} --gpus {resources.gpu} --cpus {threads} -- "
+        "prdit train --dataset {wildcards.dataset} --stage {wildcards.stage} >> {log} 2>&1"
