@@ -247,5 +247,5 @@ def test_an_override_file_re_runs_only_the_rules_that_read_what_it_changes(built
     # sample at the backbone size. Last, since it leaves that folder built with other params.
     more = project / "over rides" / "one more.yaml"
     more.write_text(yaml.safe_dump({"sample": {"n": p["sample"]["n"] + 1}}))
-    run(["snakemake", "--cores", "2", "--configfile", str(more), "samples/phantom/16"], project)
+    run(["snakemake", "--cores", "2", "samples/phantom/16", "--configfile", str(more)], project)
     assert len(list((project / "samples/phantom/16").glob("*.nii.gz"))) == p["sample"]["n"] + 1

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from prdit.errors import PrditError
 from prdit.io import write_json
 from prdit.train import checkpoint as ckpt
-from prdit.train import data, distributed, stages
+from prdit.train import data, distributed, signals, stages
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
 from prdit.train.signals import EXIT_OK, StopRequest
@@ -590,8 +590,10 @@ def run_train(p: Any, dataset: str, stage: str) -> int:
     if env.device.type == "cuda":  # fp32 leftovers of bf16 autocast (EMA, optimizer, norms) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    lock = signals.exclusive(stages.model_dir(dataset, stage)) if env.is_main else contextlib.nullcontext()
     try:
-        with StopRequest() as stop:
+        with lock, StopRequest() as stop:
+            signals.stop_when_orphaned()
             torch.manual_seed(p.train.common.seed)  # identical initial weights on every rank
             sm = stages.build(p, dataset, stage)
             size = sm.input_size

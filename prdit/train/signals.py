@@ -13,10 +13,17 @@ Exit statuses of `prdit train` (`run_train`'s return value):
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
+
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +68,44 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+def stop_when_orphaned(interval_s: float = 1.0) -> threading.Thread | None:
+    """Under torchrun, stop (SIGTERM to this process: checkpoint, exit 75) once the launcher is gone.
+
+    torchrun starts its workers in sessions of their own, so killing the workflow's process group (e.g.
+    `kill -9` of Snakemake and its job shells) would leave them training, parent 1, while a re-run starts
+    a second trainer on the same files. Only under torchrun (TORCHELASTIC_RUN_ID): a `prdit train` started
+    by hand under nohup keeps running when its shell goes."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            threading.Event().wait(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="prdit-orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+class AlreadyTraining(PrditError):
+    """Another `prdit train` holds the stage's folder."""
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold `folder`/.train.lock while training: a second trainer on the same stage fails at once with one
+    line instead of writing the same last.pt. The lock (flock) goes with the process, however it ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".train.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyTraining(
+                f"{folder}: another prdit train is running on this stage (it holds {folder / '.train.lock'}); "
+                "stop it first"
+            ) from None
+        yield

@@ -2,6 +2,7 @@
 # (data.smk, train.smk, sample.smk, evaluate.smk) only declare files and call `prdit <command>`.
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from prdit.config import load, from_dict
@@ -27,6 +28,18 @@ if load(PARAM_FILES).raw != PARAMS.raw:
 # are then exactly dvc.yaml's. Under a cluster executor each job re-reads this file with the same
 # --configfiles, and sets the variable again (set, not read: no `envvars:` to assert).
 os.environ.update(PRDIT_PARAM_FILES=os.pathsep.join(map(str, PARAM_FILES)))
+
+# Data you already have (`download: none`) must be where `path` says before any job runs: the download job
+# of a mistyped path would otherwise start, and Snakemake removes a job's old outputs (manifest.csv) before
+# it runs, so fixing the typo would re-run every stage downstream. Checked where the workflow is planned.
+if not workflow.remote_exec:
+    for name in PARAMS.datasets:
+        source = PARAMS.sources[name]
+        if source.download == "none" and not os.path.exists(source.path):
+            raise WorkflowError(
+                f"sources.{name}.path: {source.path} does not exist (download: none reads your copy of the "
+                "data there); fix the path, or set download: to fetch it"
+            )
 
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
