@@ -11,7 +11,7 @@ import torch
 import prdit.model as models
 from prdit.config import load
 from prdit.io import sha256_file
-from prdit.train import checkpoint as ckpt
+from prdit.train import resume as ckpt
 from prdit.train import stages
 from prdit.train.engine import fit, job_from_params
 

@@ -12,8 +12,8 @@ import torch
 import prdit.model as models
 from prdit.config import load
 from prdit.diffusion import q_sample
-from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, stages
+from prdit.train import resume as ckpt
 from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
 from tests.training_checks import (
     assert_same_adam_weights,

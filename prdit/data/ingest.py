@@ -96,7 +96,7 @@ def ingest_dicom(
 
 def ingest_file(case: str, patient_id: str, path: str, fmt: str, source: str, out: str) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
-    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_volume(Path(path))
+    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_hu_image(Path(path))
     row = _describe(case, patient_id, source, image, out)
     row["files"] = 1
     return row

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, stages
+from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
 from prdit.train.signals import EXIT_OK, StopRequest
