@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from prdit import paths
 from prdit.config import STAGES, ConfigError, load
 from prdit.errors import PrditError
 
@@ -36,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prdit", description="PRDiT pipeline: raw chest CT to generated volumes and metrics."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="project folder (params.yaml, Snakefile) to work in (default: $PRDIT_ROOT, else the current one)",
+    )
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = subs.add_parser("phantom", help="write the synthetic chest-CT DICOM dataset")
@@ -107,7 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_ARGS = ("out", "spool", "plan", "write_plan")
+
+
+def _enter_root(args: argparse.Namespace) -> None:
+    """Check the project root and work there; paths given on the command line stay relative to here."""
+    root = paths.project_root(args.root)
+    here = Path.cwd()
+    args.params = [here / p for p in args.params] if args.params else None
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            setattr(args, name, here / value)
+    os.chdir(root)
+
+
 def _run(args: argparse.Namespace) -> int | None:
+    _enter_root(args)
     params = load(args.params or ["params.yaml"])
     cmd = args.command
     dataset = getattr(args, "dataset", None)

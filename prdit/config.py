@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from prdit import paths
 from prdit.errors import PrditError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
@@ -315,7 +316,7 @@ def _check(raw: dict[str, Any], origin: str) -> None:
             "stages share the timestep embedding",
         )
     for name, src in raw["sources"].items():
-        if src["download"] != "none" and Path(src["path"]) != Path("data/raw") / name:
+        if src["download"] != "none" and Path(src["path"]) != paths.raw(name):
             fail(
                 f"sources.{name}.path",
                 f"a dataset that prdit downloads or generates lives in data/raw/{name}; "

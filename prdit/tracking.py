@@ -26,7 +26,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +379,7 @@ def dataset_digest(paths: list[Path], params: Mapping[str, Any] | None = None) -
 
 def log_split(
     run: StageRun,
-    params: Any,
+    params: Params,
     dataset: str,
     size: int | None,
     split: str,
@@ -407,7 +410,7 @@ def _drain(q: queue.Queue) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def stage_run(
-    params: Any,
+    params: Params,
     stage: str,
     dataset: str | None = None,
     size: int | None = None,
@@ -473,7 +476,7 @@ PIPELINE_START_TIMEOUT_S = 15.0
 
 
 def start_pipeline_run(
-    params: Any,
+    params: Params,
     param_files: list[str | Path],
     command: str = "snakemake",
     timeout: float = PIPELINE_START_TIMEOUT_S,
@@ -527,7 +530,7 @@ def start_pipeline_run(
 
 
 def end_pipeline_run(
-    params: Any,
+    params: Params,
     status: str = "FINISHED",
     run_id: str | None = None,
     timeout: float = PIPELINE_START_TIMEOUT_S,

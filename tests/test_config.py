@@ -111,6 +111,7 @@ def test_used_params_narrow_download_to_its_source() -> None:
 def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preprocess": {"size": 20}}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
     res = subprocess.run(
         [
             "prdit",

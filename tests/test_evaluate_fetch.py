@@ -83,6 +83,7 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PRDIT_TRACKING", "off")
     root = Path(__file__).resolve().parent.parent
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())  # a project root
     override = tmp_path / "weights.yaml"
     override.write_text(
         yaml.safe_dump(

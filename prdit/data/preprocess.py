@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from prdit import paths
 from prdit.data.cache import (
     CACHE_VERSION,
     CaseCache,
@@ -42,6 +44,9 @@ from prdit.data.cache import (
 from prdit.data.dicom import AIR_HU
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.io import atomic_path
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ QC_COLUMNS = [
 
 
 def processed_dir(dataset: str) -> Path:
-    return Path("data") / "processed" / dataset
+    return paths.processed(dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +304,7 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
     return 1.0 - frac
 
 
-def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
     desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
     return digest(
@@ -315,10 +320,12 @@ def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
 
 def shards_dir(dataset: str) -> Path:
     """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs)."""
-    return Path("data") / "processed" / f"{dataset}.shards"
+    return paths.shards(paths.processed(dataset))
 
 
-def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None) -> int:
+def run_preprocess(
+    p: Params, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None
+) -> int:
     """`prdit preprocess`: every ingested case to data/processed/<dataset>/<size>/; 0 if any case succeeded.
 
     Cases come from the per-case cache when their interim volume and the preprocess params are
@@ -330,7 +337,7 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
 
     pp = p.preprocess
     sizes = p.sizes()
-    src_dir = Path("data") / "interim" / dataset
+    src_dir = paths.interim(dataset)
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
     cache = CaseCache("preprocess", dataset)
@@ -396,7 +403,7 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
     return batch_exit("preprocess", dataset, len(ok), len(table), strict)
 
 
-def _key_or_missing(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def _key_or_missing(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """The case's key; for an unreadable input a key that is never cached twice (the case fails anyway)."""
     try:
         return case_key(p, dataset, job, cache)

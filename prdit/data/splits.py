@@ -11,9 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prdit.data.qc import read_ok
 from prdit.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: f
     }
 
 
-def run_split(p, dataset: str) -> None:
+def run_split(p: Params, dataset: str) -> None:
     """Write data/splits/<dataset>/{train,val,test}.txt (one case id per line) and summary.json."""
     from prdit import tracking
 

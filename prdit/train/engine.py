@@ -36,13 +36,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+import prdit.model as models
+from prdit import tracking
 from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
+from prdit.data.dataset import VolumeDataset
+from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
+from prdit.tracking import git_commit
 from prdit.train import data, distributed, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
+from prdit.train.provenance import data_hash
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
 
@@ -414,7 +420,6 @@ def _finalize(
     env: DistEnv,
     run: Any,
 ) -> None:
-    import prdit.model as models
 
     bad = ckpt.all_finite(dict(ema_model.state_dict()))
     if bad is not None:
@@ -513,7 +518,6 @@ def peak_memory_gb(env: DistEnv) -> float:
 
 def diffusion_loss(job: Job) -> LossFn:
     """prdit.diffusion's IaN loss, fed with each sample's own diffusion time and noise (data.draw)."""
-    from prdit.diffusion import loss as ian_loss
 
     seed, timesteps, noise_std = job.common.seed, job.diffusion.timesteps, job.diffusion.noise_std
 
@@ -534,8 +538,6 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
     `parents` maps the parent model files to their sha256 (StageModel.parents). The fingerprint holds
     every setting that decides the weights (config.trajectory: all but those marked SCHEDULE).
     """
-    from prdit.tracking import git_commit
-    from prdit.train.provenance import data_hash
 
     c, s = p.train.common, p.train.stage(stage)
     size = stages.input_size(p, stage)
@@ -571,8 +573,6 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
 
 def run_train(p: Params, dataset: str, stage: str) -> int:
     """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
-    from prdit import tracking
-    from prdit.data.dataset import VolumeDataset
 
     env = distributed.setup()
     if env.device.type == "cuda":  # fp32 leftovers of bf16 autocast (EMA, optimizer, norms) on tensor cores
