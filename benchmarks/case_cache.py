@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from prdit.data.cache import CaseCache  # noqa: E402
+
 COUNTS = re.compile(r"(ingest|preprocess) (.+?): (\d+) case\(s\) computed, (\d+) reused from the cache")
 
 
@@ -61,7 +65,8 @@ def project(work: Path, raw: Path) -> list[str]:
     work.mkdir(parents=True)
     over = {"sources": {"bench": {"format": "dicom", "path": str(raw), "download": "none"}}}
     (work / "over.yaml").write_text(json.dumps(over))  # JSON is YAML
-    return ["--params", str(ROOT / "params.yaml"), "--params", "over.yaml"]
+    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+    return ["--params", "params.yaml", "--params", "over.yaml"]
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -70,18 +75,6 @@ def digests(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.suffix in (".gz", ".npy")
     }
-
-
-def finished(cache: Path) -> int:
-    """Cases with a complete cache entry (temporary folders come and go while we look)."""
-    n = 0
-    for case in cache.iterdir() if cache.is_dir() else []:
-        if case.is_dir() and not case.name.startswith("."):
-            try:
-                n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
-            except FileNotFoundError:
-                pass
-    return n
 
 
 def main() -> None:
@@ -108,9 +101,8 @@ def main() -> None:
         (gen / "o.yaml").write_text(
             json.dumps({"phantom": {"patients": args.patients, "matrix": args.matrix}})
         )
-        seconds, _ = prdit(
-            gen, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw"
-        )
+        (gen / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+        seconds, _ = prdit(gen, "phantom", "--params", "params.yaml", "--params", "o.yaml", "--out", "raw")
         everyone = sorted(p for p in (gen / "raw").iterdir() if p.is_dir())
         results["phantom_s"] = round(seconds, 1)
         print(f"{len(everyone)} phantom patients in {seconds:.1f} s", flush=True)
@@ -130,7 +122,7 @@ def main() -> None:
 
         # a fresh project over all N cases: ingest killed at half, then resumed
         params = project(base / "b", raw)
-        cache = base / "b" / ".prdit/cache/ingest/bench"
+        cache = CaseCache("ingest", "bench", base / "b" / ".prdit" / "cache")
         start = time.perf_counter()
         proc = subprocess.Popen(
             ["prdit", "ingest", *params, "--dataset", "bench", "--threads", str(args.threads)],
@@ -140,7 +132,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        while finished(cache) < args.patients // 2:
+        while cache.complete_entries() < args.patients // 2:
             if proc.poll() is not None:
                 sys.exit("ingest ended before half of the cases")
             time.sleep(0.05)
@@ -149,7 +141,7 @@ def main() -> None:
         killed_after = time.perf_counter() - start
         results["resume"] = {
             "killed_after_s": round(killed_after, 2),
-            "finished_before_kill": finished(cache),
+            "finished_before_kill": cache.complete_entries(),
             **stages(base / "b", params, args.threads),
         }
         same = all(

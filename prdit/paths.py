@@ -3,7 +3,8 @@
 Every path is relative to the project root (the folder holding params.yaml and the Snakefile): prdit's
 commands run there (`prdit --root DIR` or PRDIT_ROOT move there first), as Snakemake and DVC do. The
 functions take wildcard-friendly arguments (str or int), so workflow/*.smk can build its patterns with
-them, e.g. `paths.processed("{dataset}", "{size}")`.
+them, e.g. `str(paths.processed("{dataset}", "{size}"))` or
+`str(paths.shards(paths.interim("{dataset}")) / "{shard}.csv")`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class NotAProjectError(PrditError, FileNotFoundError):
 def raw(dataset: str) -> Path:
     """data/raw/<dataset>: where a downloaded or generated dataset lives."""
     return RAW / str(dataset)
+
+
+def manifest(dataset: str) -> Path:
+    """data/raw/<dataset>/manifest.csv: what a download or the phantom wrote, with checksums."""
+    return raw(dataset) / "manifest.csv"
 
 
 def interim(dataset: str) -> Path:
@@ -85,6 +91,11 @@ def samples(dataset: str, size: str | int | None = None) -> Path:
 def metrics(dataset: str, size: str | int) -> Path:
     """metrics/<dataset>/<size>.json: the evaluation's numbers (DVC metrics)."""
     return METRICS / str(dataset) / f"{size}.json"
+
+
+def reports(dataset: str, size: str | int) -> Path:
+    """reports/<dataset>/<size>: the evaluation's report.html and its figures and tables."""
+    return REPORTS / str(dataset) / str(size)
 
 
 def is_root(folder: Path) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from prdit.evaluate.run import evaluate, numeric, run_evaluate
 from prdit.evaluate.volumes import unit_to_hu
 from prdit.io import write_nifti
+from tests.conftest import params_with
 
 WINDOW = (-1000.0, 1000.0)
 SIZE = 16
@@ -154,11 +155,8 @@ def test_missing_samples_is_a_clear_error(toy_eval):
 
 
 def test_run_evaluate_reads_params_and_flattens_metrics(toy_eval, monkeypatch):
-    from prdit import config
 
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    root = Path(__file__).resolve().parent.parent
-    p = config.load(root / "params.yaml", overrides={"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
+    p = params_with({"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
     run_evaluate(p, "toy", SIZE)
     m = json.loads(Path(f"metrics/toy/{SIZE}.json").read_text())
     assert m["n"]["bootstrap"] == 5 and m["n"]["ms_ssim_pairs"] == 2

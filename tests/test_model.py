@@ -16,8 +16,8 @@ import prdit.diffusion as D
 from prdit.model import VARIANTS, create, from_reference_state_dict, load, save
 from prdit.model.layers import Attention, grid_pos_embed, sincos_code
 from prdit.model.patches import extract_patches, unpatchify
+from tests import reference
 
-REF_REPO = Path("/work/.mirror/Fredy-Zhang+PRDiT/repo")
 STUB = Path(__file__).parent / "reference_stub"
 
 
@@ -72,22 +72,11 @@ def test_every_registered_variant_has_the_right_output_shape():
 
 # ---------------------------------------------------------------- the reference implementation
 def _reference_models(tmp_path: Path) -> Path:
-    """Extract the reference's models/ package with git show (nothing of it is kept in the repo)."""
-    if not (REF_REPO / "HEAD").exists():
-        pytest.skip(f"reference mirror {REF_REPO} not present")
-    files = subprocess.run(
-        ["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    (tmp_path / "models").mkdir()
-    for f in files:
-        text = subprocess.run(
-            ["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True
-        ).stdout
-        (tmp_path / f).write_bytes(text)
-    return tmp_path
+    """The reference's models/ package, extracted from the clone $PRDIT_REFERENCE names (else skip, saying so)."""
+    why = reference.unavailable()
+    if why:
+        pytest.skip(why)
+    return reference.extract_models(tmp_path)
 
 
 def _probe(ref: Path, *args: str) -> str:

@@ -11,14 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from prdit.config import load
 from prdit.data.dataset import VolumeDataset, case_ids
 from prdit.data.ingest import run_ingest
 from prdit.data.phantom import uid, write_ct_series
 from prdit.data.preprocess import avg_pool2, resample_cube, run_preprocess
 from prdit.data.splits import run_split
+from tests.conftest import params_with
 
-ROOT = Path(__file__).resolve().parent.parent
 CENTRE = np.array([14.0, -21.0, 9.0])  # LPS mm
 RADIUS = 24.0
 SPHERE_HU = 300.0
@@ -61,7 +60,7 @@ def params(raw: Path, **preprocess):
         "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
         "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
     }
-    return load(ROOT / "params.yaml", overrides=over)
+    return params_with(over)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +153,6 @@ def out_origin(image: sitk.Image, size: int, spacing: float) -> list[float]:
 
 
 def test_reference_mode_min_max_per_volume(preprocessed, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(preprocessed)
     p = params(preprocessed / "raw", mode="reference", size=32, highres_size=64)
     assert run_preprocess(p, "t") == 0
@@ -182,7 +180,6 @@ def test_volume_dataset_reads_the_cache(preprocessed, monkeypatch):
 
 
 def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     interim = tmp_path / "data" / "interim" / "t"
     interim.mkdir(parents=True)
@@ -203,7 +200,6 @@ def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
 
 
 def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     ct = np.full((160, 150, 150), -1000, np.int16)  # smaller than the 256^3 crop: padded with air
     ct[10:150, 10:140, 10:140] = 40
@@ -214,7 +210,7 @@ def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
         "sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
         "preprocess": {"mode": "reference", "size": 64, "highres_size": 128},
     }
-    p = load(ROOT / "params.yaml", overrides=over)
+    p = params_with(over)
     assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0
     out = tmp_path / "data" / "processed" / "rad"
     img = sitk.ReadImage(str(out / "128" / "trn00001.nii.gz"))

@@ -260,9 +260,12 @@ def test_the_job_holds_the_typed_settings_and_every_trajectory_setting_is_in_the
     for section, settings in (("common", tiny_train.train.common), ("local", tiny_train.train.local)):
         for f in dataclasses.fields(settings):
             old = getattr(settings, f.name)
-            new = not old if isinstance(old, bool) else "PRDiT-T/8/1" if f.name == "model" else old + 1
-            if f.name == "ema_decay":
-                new = old / 2
+            if isinstance(old, bool):
+                new = not old
+            elif isinstance(old, str):
+                new = "PRDiT-T/8/1"  # another valid model (the only text setting)
+            else:  # a rate in (0, 1) stays in it halved; counts and the rest grow
+                new = old / 2 if isinstance(old, float) and 0 < old < 1 else old + 1
             moved = fingerprint(section, f.name, new) != job.fingerprint
             assert moved == (f.metadata.get("trajectory", True)), f"train.{section}.{f.name}"
 

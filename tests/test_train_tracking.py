@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prdit.config import load
 from prdit.train.engine import run_train
+from tests.conftest import params_with
 
-ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
 
 
@@ -33,9 +32,8 @@ def train_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     splits.mkdir(parents=True)
     (splits / "train.txt").write_text("\n".join(cases[:4]) + "\n")
     (splits / "val.txt").write_text("\n".join(cases[4:]) + "\n")
-    return load(
-        ROOT / "params.yaml",
-        overrides={
+    return params_with(
+        {
             "experiment": "train-test",
             "preprocess": {"size": 16, "highres_size": 32},
             "train": {

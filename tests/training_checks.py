@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
-from prdit.config import Params, load
+from prdit.config import Params
 from prdit.diffusion import q_sample
 from prdit.train import data
 from prdit.train.engine import Job, fit, job_from_params
 from prdit.train.stages import StageModel, build
 from prdit.train.validate import LossFn
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import params_with
 
 # Worst-case relative rounding of a float32 sum of n terms is n * 2^-24 of the sum of |terms| (~1e-3 for
 # the ~1e4-term gradient sums of these tiny models; typically sqrt(n) * 2^-24 ~ 1e-5). A broken all-reduce
@@ -64,7 +63,7 @@ def sgd_instead_of_adamw(params, lr: float, **_: object) -> torch.optim.Optimize
 
 def make_job(out_dir: Path, stage: str = "local", **changes: Any) -> Job:
     """A Job with the project's params.yaml settings for `stage`, changed by name (Job.but)."""
-    p = load(ROOT / "params.yaml")
+    p = params_with()
     job = Job(
         stage=stage, out_dir=out_dir, train=p.train.stage(stage), common=p.train.common, diffusion=p.diffusion
     )

@@ -23,13 +23,11 @@ import SimpleITK as sitk
 from prdit import paths
 from prdit.data import dicom, inputs
 from prdit.data.cache import (
-    CACHE_VERSION,
     CaseCache,
     assemble,
-    digest,
+    entry_key,
     run_cached,
     shard_of,
-    stage_params,
     unique_key,
 )
 from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
@@ -246,15 +244,7 @@ def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     files = job.get("files") or [job["path"]]
     desc = {k: v for k, v in job.items() if k not in ("files", "path", "out")}
     inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
-    return digest(
-        {
-            "stage": "ingest",
-            "version": CACHE_VERSION,
-            "params": stage_params(p.used("ingest", dataset)),
-            "job": desc,
-            "inputs": inputs,
-        }
-    )
+    return entry_key("ingest", p.used("ingest", dataset), desc, inputs=inputs)
 
 
 def _key_or_unique(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:

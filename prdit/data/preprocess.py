@@ -32,13 +32,11 @@ from scipy import ndimage
 
 from prdit import paths
 from prdit.data.cache import (
-    CACHE_VERSION,
     CaseCache,
     assemble,
-    digest,
+    entry_key,
     run_cached,
     shard_of,
-    stage_params,
     unique_key,
 )
 from prdit.data.dicom import AIR_HU
@@ -307,15 +305,8 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
 def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
     desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
-    return digest(
-        {
-            "stage": "preprocess",
-            "version": CACHE_VERSION,
-            "params": stage_params(p.used("preprocess", dataset)),
-            "job": desc,
-            "input": cache.content_hashes(job["case"], [job["path"]])[0],
-        }
-    )
+    content = cache.content_hashes(job["case"], [job["path"]])[0]
+    return entry_key("preprocess", p.used("preprocess", dataset), desc, input=content)
 
 
 def shards_dir(dataset: str) -> Path:

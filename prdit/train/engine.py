@@ -43,7 +43,6 @@ from prdit.data.dataset import VolumeDataset
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.tracking import git_commit
 from prdit.train import data, distributed, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
@@ -556,7 +555,7 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
         "stage": stage,
         "dataset": dataset,
         "params_hash": p.section_hash(*used),
-        "git_commit": git_commit(),
+        "git_commit": tracking.git_commit(),
         "params": used,
         **extra,
     }
