@@ -28,6 +28,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prdit import paths
+
 if TYPE_CHECKING:
     from prdit.config import Params
 
@@ -394,7 +396,7 @@ def log_split(
     except Exception:  # noqa: BLE001 - a params object without the preprocess section
         prep = {}
     name = "/".join(str(x) for x in (dataset, size, split) if x is not None)
-    run.log_dataset(name, Path(root) / "data" / "splits" / dataset / f"{split}.txt", context, prep)
+    run.log_dataset(name, Path(root) / paths.splits(dataset, split), context, prep)
 
 
 def _drain(q: queue.Queue) -> list[dict[str, Any]]:

@@ -103,3 +103,50 @@ def test_the_checker_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> None:
     graph = import_graph(tmp_path)
     assert graph["prdit.sub.c"] == set()
     assert find_cycle(graph) == ["prdit.sub.a", "prdit.sub.b", "prdit.sub.a"]
+
+
+LAYOUT = {
+    "data",
+    "raw",
+    "interim",
+    "processed",
+    "splits",
+    "features",
+    "models",
+    "samples",
+    "metrics",
+    "reports",
+}
+
+
+def layout_spellings(path: Path) -> list[int]:
+    """Lines of `path` that build a project path by hand: Path("data/...") or x / "processed" and alike."""
+
+    def is_layout(node: ast.AST) -> bool:
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            return False
+        return node.value in LAYOUT or node.value.split("/")[0] in LAYOUT - {"raw"} and "/" in node.value
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            if is_layout(node.left) or is_layout(node.right):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Path":
+            if node.args and is_layout(node.args[0]):
+                lines.append(node.lineno)
+    return lines
+
+
+# download code moving into its own package (issue 17): it switches to prdit.paths there
+NOT_YET = {"prdit.data.download", "prdit.evaluate.fetch"}
+
+
+def test_only_paths_py_spells_the_project_layout() -> None:
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for name, path in module_names().items()
+        if name != "prdit.paths" and name not in NOT_YET and (lines := layout_spellings(path))
+    }
+    assert found == {}, f"build these paths with prdit.paths: {found}"
+    assert layout_spellings(ROOT / "prdit" / "paths.py")  # the check sees the spellings where they are
