@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prdit import paths
+from prdit import io, paths, tracking, viz
 from prdit.diffusion.sampler import sample
+from prdit.errors import PrditError
+from prdit.model import load
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -77,7 +79,6 @@ MONTAGE_ROWS = 4
 
 
 def _montage(previews: list[np.ndarray], path: Path) -> None:
-    from prdit import viz
 
     viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
 
@@ -89,8 +90,6 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
     With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn, into
     samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
     """
-    from prdit import io, tracking
-    from prdit.model import load
 
     path = model_path(p, dataset, size)
     s, n = p.sample, p.sample.n
@@ -153,9 +152,6 @@ def merge_samples(p: Params, dataset: str, size: int) -> None:
     byte what one unsharded `prdit sample` writes.
     """
     import shutil
-
-    from prdit import io, tracking
-    from prdit.errors import PrditError
 
     s = p.sample
     dest = out_dir(dataset, size)
