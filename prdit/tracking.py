@@ -26,12 +26,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prdit import paths
-
-if TYPE_CHECKING:
-    from prdit.config import Params
+from prdit.config import Params, load
 
 log = logging.getLogger(__name__)
 
@@ -558,8 +556,6 @@ def end_pipeline_run(
 def _main(argv: list[str] | None = None) -> int:
     """`python -m prdit.tracking pipeline-start|pipeline-end` for shells (e.g. around `dvc repro`)."""
     import argparse
-
-    from prdit.config import load
 
     ap = argparse.ArgumentParser(prog="python -m prdit.tracking")
     ap.add_argument("action", choices=["pipeline-start", "pipeline-end"])

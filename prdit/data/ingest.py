@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from prdit import paths
+from prdit import paths, tracking
 from prdit.data import dicom, inputs
 from prdit.data.cache import (
     CaseCache,
@@ -33,6 +33,7 @@ from prdit.data.cache import (
 from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
 from prdit.errors import PrditError
 from prdit.io import write_image, write_json
+from prdit.viz import montage
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -296,8 +297,6 @@ def run_ingest(
     the run without `shard` then assembles the output folder. `plan_file` (from --write-plan) saves
     discovering the cases again.
     """
-    from prdit import tracking
-    from prdit.viz import montage
 
     out_dir = interim_dir(dataset)
     cache = CaseCache("ingest", dataset)

@@ -25,6 +25,7 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
+from prdit import tracking
 from prdit.io import atomic_dir, atomic_path, sha256_file
 from prdit.progress import progress
 
@@ -567,7 +568,6 @@ def write_phantom(p: Params, out: Path) -> dict[str, int]:
 
 def run_phantom(p: Params, out: Path) -> None:
     """`prdit phantom`: the synthetic dataset as a stage of its own (one MLflow run)."""
-    from prdit import tracking
 
     with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
         run.log_metrics(write_phantom(p, out))

@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit import paths
+from prdit import paths, tracking
 from prdit.data.cache import (
     CaseCache,
     assemble,
@@ -42,6 +42,7 @@ from prdit.data.cache import (
 from prdit.data.dicom import AIR_HU
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.io import atomic_path
+from prdit.viz import montage
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -323,8 +324,6 @@ def run_preprocess(
     unchanged. With `shard` (K of preprocess.shards) only that shard's cases are computed, into the
     cache, and their rows written to <dataset>.shards/<K>.csv; the run without `shard` assembles.
     """
-    from prdit import tracking
-    from prdit.viz import montage
 
     pp = p.preprocess
     sizes = p.sizes()

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prdit import paths
+from prdit import paths, tracking
 from prdit.data.qc import read_ok
 from prdit.io import atomic_path, write_json
 
@@ -50,7 +50,6 @@ def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: f
 
 def run_split(p: Params, dataset: str) -> None:
     """Write data/splits/<dataset>/{train,val,test}.txt (one case id per line) and summary.json."""
-    from prdit import tracking
 
     cfg = p.split
     with tracking.stage_run(p, stage="split", dataset=dataset, used=p.used("split", dataset)) as run:
