@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from prdit import paths  # noqa: E402
 from prdit.data.cache import CaseCache  # noqa: E402
 
 COUNTS = re.compile(r"(ingest|preprocess) (.+?): (\d+) case\(s\) computed, (\d+) reused from the cache")
@@ -145,8 +146,8 @@ def main() -> None:
             **stages(base / "b", params, args.threads),
         }
         same = all(
-            digests(base / "a" / "data" / s / "bench") == digests(base / "b" / "data" / s / "bench")
-            for s in ("interim", "processed")
+            digests(base / "a" / where) == digests(base / "b" / where)
+            for where in (paths.interim("bench"), paths.processed("bench"))
         )
         results["resume"]["outputs_identical_to_full_run"] = same
         print("resume", results["resume"], flush=True)

@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prdit import paths  # noqa: E402
 from prdit.config import load  # noqa: E402
 from prdit.data.dataset import VolumeDataset  # noqa: E402
 from prdit.train import distributed, stages  # noqa: E402
@@ -56,11 +57,11 @@ def make_cache(root: Path, sizes: list[int], n: int = 16) -> None:
     rng = np.random.default_rng(0)
     cases = [f"c{i:03d}" for i in range(n)]
     for size in sizes:
-        folder = root / "data" / "processed" / DS / str(size)
+        folder = root / paths.processed(DS, size)
         folder.mkdir(parents=True, exist_ok=True)
         for c in cases:
             np.save(folder / f"{c}.npy", rng.uniform(-1, 1, (size,) * 3).astype(np.float16))
-    splits = root / "data" / "splits" / DS
+    splits = root / paths.splits(DS)
     splits.mkdir(parents=True, exist_ok=True)
     (splits / "train.txt").write_text("\n".join(cases) + "\n")
     (splits / "val.txt").write_text("")
