@@ -17,6 +17,7 @@ from prdit.model import VARIANTS, create, from_reference_state_dict, load, save
 from prdit.model.layers import Attention, grid_pos_embed, sincos_code
 from prdit.model.patches import extract_patches, unpatchify
 from tests import reference
+from tests.training_checks import adamw_step
 
 STUB = Path(__file__).parent / "reference_stub"
 
@@ -124,26 +125,17 @@ def test_output_is_exactly_zero_at_initialisation(name):
     assert torch.count_nonzero(model(x, t)) == 0
 
 
-def _train_step(model, x0, seed=0):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    loss, _ = D.loss(model, x0, generator=torch.Generator().manual_seed(seed))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def test_stage2_step_leaves_stage1_bitwise_unchanged_and_gradient_free():
     stage1 = create("PRDiT-T/10/0", 32)
     x0 = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     for _ in range(2):  # give stage 1 non-zero weights everywhere
-        _train_step(stage1, x0)
+        adamw_step(stage1, x0)
     model = create("PRDiT-T/10/2", 32)
     model.load_local(stage1)
     frozen = {k: v.clone() for m in model.local_modules() for k, v in m.state_dict().items()}
     seen = []
     model.local.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
-    loss = _train_step(model, x0)
+    loss = adamw_step(model, x0)
     assert seen == [False], "stage-1 output must be computed without autograd"
     assert torch.isfinite(loss)
     for m in model.local_modules():

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from prdit.config import Params
+from prdit.diffusion import loss as ian_loss
 from prdit.diffusion import q_sample
 from prdit.train import data
 from prdit.train.engine import Job, fit, job_from_params
@@ -100,3 +101,13 @@ def train_stage(p: Params, dataset: str, stage: str, **changes: Any) -> tuple[St
     vols = volumes(4, sm.input_size)
     assert fit(job, sm, vols, vols[:2]) == 0
     return sm, job
+
+
+def adamw_step(model: torch.nn.Module, x0: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One AdamW step (lr 1e-3) of the trainable parameters on the IaN loss; returns the loss."""
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+    loss, _ = ian_loss(model, x0, generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
