@@ -30,6 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from prdit import paths  # noqa: E402
+from prdit.data.cache import CaseCache  # noqa: E402
+
 COUNTS = re.compile(r"(ingest|preprocess) (.+?): (\d+) case\(s\) computed, (\d+) reused from the cache")
 
 
@@ -61,7 +66,8 @@ def project(work: Path, raw: Path) -> list[str]:
     work.mkdir(parents=True)
     over = {"sources": {"bench": {"format": "dicom", "path": str(raw), "download": "none"}}}
     (work / "over.yaml").write_text(json.dumps(over))  # JSON is YAML
-    return ["--params", str(ROOT / "params.yaml"), "--params", "over.yaml"]
+    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+    return ["--params", "params.yaml", "--params", "over.yaml"]
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -70,18 +76,6 @@ def digests(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.suffix in (".gz", ".npy")
     }
-
-
-def finished(cache: Path) -> int:
-    """Cases with a complete cache entry (temporary folders come and go while we look)."""
-    n = 0
-    for case in cache.iterdir() if cache.is_dir() else []:
-        if case.is_dir() and not case.name.startswith("."):
-            try:
-                n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
-            except FileNotFoundError:
-                pass
-    return n
 
 
 def main() -> None:
@@ -108,9 +102,8 @@ def main() -> None:
         (gen / "o.yaml").write_text(
             json.dumps({"phantom": {"patients": args.patients, "matrix": args.matrix}})
         )
-        seconds, _ = prdit(
-            gen, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw"
-        )
+        (gen / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+        seconds, _ = prdit(gen, "phantom", "--params", "params.yaml", "--params", "o.yaml", "--out", "raw")
         everyone = sorted(p for p in (gen / "raw").iterdir() if p.is_dir())
         results["phantom_s"] = round(seconds, 1)
         print(f"{len(everyone)} phantom patients in {seconds:.1f} s", flush=True)
@@ -130,7 +123,7 @@ def main() -> None:
 
         # a fresh project over all N cases: ingest killed at half, then resumed
         params = project(base / "b", raw)
-        cache = base / "b" / ".prdit/cache/ingest/bench"
+        cache = CaseCache("ingest", "bench", base / "b" / ".prdit" / "cache")
         start = time.perf_counter()
         proc = subprocess.Popen(
             ["prdit", "ingest", *params, "--dataset", "bench", "--threads", str(args.threads)],
@@ -140,7 +133,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        while finished(cache) < args.patients // 2:
+        while cache.complete_entries() < args.patients // 2:
             if proc.poll() is not None:
                 sys.exit("ingest ended before half of the cases")
             time.sleep(0.05)
@@ -149,12 +142,12 @@ def main() -> None:
         killed_after = time.perf_counter() - start
         results["resume"] = {
             "killed_after_s": round(killed_after, 2),
-            "finished_before_kill": finished(cache),
+            "finished_before_kill": cache.complete_entries(),
             **stages(base / "b", params, args.threads),
         }
         same = all(
-            digests(base / "a" / "data" / s / "bench") == digests(base / "b" / "data" / s / "bench")
-            for s in ("interim", "processed")
+            digests(base / "a" / where) == digests(base / "b" / where)
+            for where in (paths.interim("bench"), paths.processed("bench"))
         )
         results["resume"]["outputs_identical_to_full_run"] = same
         print("resume", results["resume"], flush=True)

@@ -1,7 +1,7 @@
 """Speed and memory of the PRDiT networks and samplers (fp32 CPU; bf16 + MFU when a GPU is present).
 
     python benchmarks/model.py                      # B/12/4 and B/12/0 at 128^3: s/train step, s/forward, peak RSS
-    python benchmarks/model.py --reference          # same, plus the reference implementation on this machine
+    python benchmarks/model.py --reference          # same, plus the reference implementation ($PRDIT_REFERENCE)
     python benchmarks/model.py --sampling-memory    # peak memory of 50 vs 1000 sampler steps
     python benchmarks/model.py --highres-memory     # 256^3 branch step: analytic estimate + CPU calibration
 
@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REF_REPO = Path("/work/.mirror/Fredy-Zhang+PRDiT/repo")
+sys.path.insert(0, str(ROOT))
+
+from tests import reference  # noqa: E402
+
 STUB = ROOT / "tests" / "reference_stub"
 TARGET = {"PRDiT-B/12/4": (7.2 * 0.7, 2.0 * 0.7)}  # the issue's 0.7 x (7.2 s/step, 2.0 s/forward)
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -322,23 +325,6 @@ def run_worker(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def extract_reference(dest: Path) -> str:
-    files = subprocess.run(
-        ["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    (dest / "models").mkdir()
-    for f in files:
-        (dest / f).write_bytes(
-            subprocess.run(
-                ["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True
-            ).stdout
-        )
-    return str(dest)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["PRDiT-B/12/4", "PRDiT-B/12/0"])
@@ -377,9 +363,11 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
+    if a.reference and (why := reference.unavailable()):
+        sys.exit(f"--reference: {why}")
     if not a.skip_speed:
         with tempfile.TemporaryDirectory() as tmp:
-            ref_dir = extract_reference(Path(tmp)) if a.reference else None
+            ref_dir = str(reference.extract_models(Path(tmp))) if a.reference else None
             for name in a.variants:
                 impls = ["ours"] + (["reference"] if a.reference else [])
                 for impl in impls:  # alone in a process: peak memory, and times when there is no reference

@@ -41,20 +41,17 @@ def _fmt(v: float | None) -> str:
 
 def _from_files(project: Path, dataset: str, size: int, window: list[float]) -> dict:
     """The diagnostics from the volumes themselves (for a metrics file that predates them)."""
+    from prdit import paths
+    from prdit.data.dataset import case_ids
     from prdit.evaluate.volumes import read_volume, sample_paths
 
-    train = [
-        ln.strip()
-        for ln in (project / "data/splits" / dataset / "train.txt").read_text().splitlines()
-        if ln.strip()
-    ]
     real = [
-        read_volume(project / "data/processed" / dataset / str(size) / f"{c}.nii.gz", size, "real", window)
-        for c in train
+        read_volume(project / paths.processed(dataset, size) / f"{c}.nii.gz", size, "real", window)
+        for c in case_ids(dataset, "train", project)
     ]
     gen = [
         read_volume(p, size, "generated", window)
-        for p in sample_paths(project / "samples" / dataset / str(size))
+        for p in sample_paths(project / paths.samples(dataset, size))
     ]
     return compare(gen, real)
 

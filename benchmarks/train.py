@@ -14,7 +14,6 @@ Checkpoints, validation and previews are off (they are not per step).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prdit import paths  # noqa: E402
 from prdit.config import load  # noqa: E402
 from prdit.data.dataset import VolumeDataset  # noqa: E402
 from prdit.train import distributed, stages  # noqa: E402
@@ -57,11 +57,11 @@ def make_cache(root: Path, sizes: list[int], n: int = 16) -> None:
     rng = np.random.default_rng(0)
     cases = [f"c{i:03d}" for i in range(n)]
     for size in sizes:
-        folder = root / "data" / "processed" / DS / str(size)
+        folder = root / paths.processed(DS, size)
         folder.mkdir(parents=True, exist_ok=True)
         for c in cases:
             np.save(folder / f"{c}.npy", rng.uniform(-1, 1, (size,) * 3).astype(np.float16))
-    splits = root / "data" / "splits" / DS
+    splits = root / paths.splits(DS)
     splits.mkdir(parents=True, exist_ok=True)
     (splits / "train.txt").write_text("\n".join(cases) + "\n")
     (splits / "val.txt").write_text("")
@@ -72,15 +72,14 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
     sm = stages.build(p, DS, stage)
     job = job_from_params(p, DS, stage, sm.parents)
     steps = args.warmup + args.steps
-    job = dataclasses.replace(
-        job,
+    job = job.but(
         steps=steps,
         checkpoint_every=10**9,
         val_every=10**9,
         log_every=1,
         preview_n=0,
-        batch_size=args.batch or job.batch_size,
-        num_workers=job.num_workers if args.workers is None else args.workers,
+        batch_size=args.batch or job.train.batch_size,
+        num_workers=job.common.num_workers if args.workers is None else args.workers,
     )
     rec = Recorder()
     start = time.perf_counter()
@@ -94,8 +93,8 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
         "stage": stage,
         "model": p.train.stage(stage).model,
         "size": sm.input_size,
-        "batch": job.batch_size,
-        "workers": job.num_workers,
+        "batch": job.train.batch_size,
+        "workers": job.common.num_workers,
         "device": str(env.device),
         "trained_params_M": sum(q.numel() for n, q in sm.model.named_parameters() if n in set(sm.trained))
         / 1e6,
@@ -103,7 +102,7 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
         "min_step_time_s": fastest,
         "data_wait_s": wait,
         "data_wait_pct": 100 * wait / step,
-        "volumes_per_s": job.batch_size / step,
+        "volumes_per_s": job.train.batch_size / step,
         "peak_memory_gb": rows[-1]["perf/peak_memory_gb"],
         "wall_s": wall,
     }

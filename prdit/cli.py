@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from prdit import paths
 from prdit.config import STAGES, ConfigError, load
 from prdit.errors import PrditError
 
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prdit", description="PRDiT pipeline: raw chest CT to generated volumes and metrics."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="project folder (params.yaml, Snakefile) to work in (default: $PRDIT_ROOT, else the current one)",
+    )
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = subs.add_parser("phantom", help="write the synthetic chest-CT DICOM dataset")
@@ -121,9 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def param_files(args: argparse.Namespace) -> list[str]:
-    """--params, else the files Snakemake merged (PRDIT_PARAM_FILES, set by workflow/rules/common.smk), else
-    params.yaml (what DVC stages and a user at the shell get)."""
+PATH_ARGS = ("out", "spool", "plan", "write_plan")
+
+
+def _enter_root(args: argparse.Namespace) -> None:
+    """Check the project root and work there; paths given on the command line stay relative to here."""
+    root = paths.project_root(args.root)
+    here = Path.cwd()
+    args.params = [here / p for p in args.params] if args.params else None
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            setattr(args, name, here / value)
+    os.chdir(root)
+
+
+def param_files(args: argparse.Namespace) -> list:
+    """--params, else the files Snakemake merged (PRDIT_PARAM_FILES, set by workflow/rules/common.smk, relative
+    to the project root), else params.yaml (what DVC stages and a user at the shell get)."""
     if args.params:
         return args.params
     from_env = os.environ.get("PRDIT_PARAM_FILES")
@@ -132,11 +154,12 @@ def param_files(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int | None:
     cmd = args.command
-    if cmd == "launch":  # reads no parameters: it only starts the command it is given
+    if cmd == "launch":  # reads no parameters and no project files: it only starts the command it is given
         from prdit.train.launch import run_launch
 
         argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return run_launch(args.nodes, args.gpus, argv, node_task=args.node_task, cpus=args.cpus)
+    _enter_root(args)
     params = load(param_files(args))
     dataset = getattr(args, "dataset", None)
     if dataset is not None and dataset not in params.sources:

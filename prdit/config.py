@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from prdit import paths
 from prdit.errors import PrditError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
@@ -94,27 +95,41 @@ class Diffusion:
     noise_std: float
 
 
+# Metadata of a training setting that changes when or how things happen, never the weights a run reaches:
+# it stays out of the resume fingerprint, so changing it keeps last.pt. Every other setting is in it.
+SCHEDULE = {"trajectory": False}
+
+
+def trajectory(settings: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass that decide the weights a run reaches (all not marked SCHEDULE)."""
+    return {f.name: getattr(settings, f.name) for f in fields(settings) if f.metadata.get("trajectory", True)}
+
+
 @dataclass(frozen=True)
 class TrainCommon:
+    """train.common: settings shared by the three stages; the engine reads them from this object."""
+
     seed: int
     ema_decay: float
     grad_clip: float
     weight_decay: float
     warmup_steps: int
     grad_accum: int
-    checkpoint_every: int
-    val_every: int
-    preview_every: int
-    log_every: int
-    num_workers: int
-    compile: bool
-    max_nonfinite: int
+    checkpoint_every: int = field(metadata=SCHEDULE)
+    val_every: int = field(metadata=SCHEDULE)
+    preview_every: int = field(metadata=SCHEDULE)
+    log_every: int = field(metadata=SCHEDULE)
+    num_workers: int = field(metadata=SCHEDULE)
+    compile: bool = field(metadata=SCHEDULE)
+    max_nonfinite: int = field(metadata=SCHEDULE)
 
 
 @dataclass(frozen=True)
 class TrainStage:
+    """train.<stage>: what one stage builds and how long it trains."""
+
     model: str
-    steps: int
+    steps: int = field(metadata=SCHEDULE)  # a run continues from last.pt when steps grows
     batch_size: int
     lr: float
     checkpointing: bool = False
@@ -301,7 +316,7 @@ def _check(raw: dict[str, Any], origin: str) -> None:
             "stages share the timestep embedding",
         )
     for name, src in raw["sources"].items():
-        if src["download"] != "none" and Path(src["path"]) != Path("data/raw") / name:
+        if src["download"] != "none" and Path(src["path"]) != paths.raw(name):
             fail(
                 f"sources.{name}.path",
                 f"a dataset that prdit downloads or generates lives in data/raw/{name}; "

@@ -28,6 +28,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from prdit import paths
+from prdit.config import Params, load
+
 log = logging.getLogger(__name__)
 
 # MLflow's HTTP client retries for minutes by default; a background logger should fail fast and spool.
@@ -376,7 +379,7 @@ def dataset_digest(paths: list[Path], params: Mapping[str, Any] | None = None) -
 
 def log_split(
     run: StageRun,
-    params: Any,
+    params: Params,
     dataset: str,
     size: int | None,
     split: str,
@@ -391,7 +394,7 @@ def log_split(
     except Exception:  # noqa: BLE001 - a params object without the preprocess section
         prep = {}
     name = "/".join(str(x) for x in (dataset, size, split) if x is not None)
-    run.log_dataset(name, Path(root) / "data" / "splits" / dataset / f"{split}.txt", context, prep)
+    run.log_dataset(name, Path(root) / paths.splits(dataset, split), context, prep)
 
 
 def _drain(q: queue.Queue) -> list[dict[str, Any]]:
@@ -407,7 +410,7 @@ def _drain(q: queue.Queue) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def stage_run(
-    params: Any,
+    params: Params,
     stage: str,
     dataset: str | None = None,
     size: int | None = None,
@@ -473,7 +476,7 @@ PIPELINE_START_TIMEOUT_S = 15.0
 
 
 def start_pipeline_run(
-    params: Any,
+    params: Params,
     param_files: list[str | Path],
     command: str = "snakemake",
     timeout: float = PIPELINE_START_TIMEOUT_S,
@@ -527,7 +530,7 @@ def start_pipeline_run(
 
 
 def end_pipeline_run(
-    params: Any,
+    params: Params,
     status: str = "FINISHED",
     run_id: str | None = None,
     timeout: float = PIPELINE_START_TIMEOUT_S,
@@ -553,8 +556,6 @@ def end_pipeline_run(
 def _main(argv: list[str] | None = None) -> int:
     """`python -m prdit.tracking pipeline-start|pipeline-end` for shells (e.g. around `dvc repro`)."""
     import argparse
-
-    from prdit.config import load
 
     ap = argparse.ArgumentParser(prog="python -m prdit.tracking")
     ap.add_argument("action", choices=["pipeline-start", "pipeline-end"])

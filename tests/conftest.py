@@ -1,4 +1,5 @@
-"""Shared fixtures: a throw-away copy of the project to run the real tools in."""
+"""Shared test scaffolding: the project root, params with overrides, tracking off by default, and a
+throw-away copy of the project to run the real tools in (`project_copy`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,40 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prdit.config import deep_merge
+from prdit.config import Params, deep_merge, load
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+
+
+def params_with(overrides: dict | None = None) -> Params:
+    """The project's params.yaml with `overrides` merged in (Snakemake's --config semantics), validated."""
+    return load(ROOT / "params.yaml", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+    """Demo params shrunk to 16^3 (stage 3 at 32^3) and a few steps, run in an empty project folder."""
+    monkeypatch.chdir(tmp_path)
+    common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
+    return params_with(
+        {
+            "preprocess": {"size": 16, "highres_size": 32},
+            "train": {
+                "common": common,
+                "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
+                "global": {"model": "PRDiT-T/8/1", "steps": 3, "batch_size": 2},
+                "highres": {"model": "PRDiT-HR-T/8/1", "steps": 2, "batch_size": 1},
+            },
+            "sample": {"steps": 2, "k": 1},
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MLflow unless a test asks for it (by deleting PRDIT_TRACKING): most tests are about files."""
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
 
 
 def project_files() -> list[str]:
@@ -34,6 +65,9 @@ def tool_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop(
+        "PRDIT_TRACKING", None
+    )  # the tools track unless a test says otherwise (tracking_off is in-process)
     env.update(extra)
     return env
 
@@ -58,5 +92,6 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project_copy(tmp_path: Path) -> Path:
+    """A git-committed copy of the project with tiny.yaml baked into params.yaml."""
     return make_project(tmp_path / "project")

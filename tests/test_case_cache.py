@@ -21,6 +21,7 @@ import pydicom
 import pytest
 import yaml
 
+from prdit.data.cache import CaseCache
 from tests.conftest import ROOT, make_project, tool_env
 
 COUNTS = re.compile(r"(ingest|preprocess) (.+?): (\d+) case\(s\) computed, (\d+) reused from the cache")
@@ -56,7 +57,8 @@ def write_params(cwd: Path, raw: Path, **sections) -> list[str]:
     for name, values in sections.items():
         over[name] = {**over.get(name, {}), **values}
     (cwd / "over.yaml").write_text(yaml.safe_dump(over))
-    return ["--params", str(ROOT / "params.yaml"), "--params", "over.yaml"]
+    (cwd / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+    return ["--params", "params.yaml", "--params", "over.yaml"]
 
 
 def run_stages(cwd: Path, args: list[str], threads: int = 2) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -88,7 +90,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "o.yaml").write_text(
         yaml.safe_dump({"phantom": {"patients": 8, "matrix": 48, "z_extent_mm": 240.0}})
     )
-    prdit(d, "phantom", "--params", str(ROOT / "params.yaml"), "--params", "o.yaml", "--out", "raw")
+    (d / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
+    prdit(d, "phantom", "--params", "params.yaml", "--params", "o.yaml", "--out", "raw")
     return d / "raw"
 
 
@@ -141,16 +144,7 @@ def test_new_case_changed_params_and_cache_hits(phantoms: Path, tmp_path: Path) 
 
 
 def cached_cases(work: Path, stage: str = "ingest") -> int:
-    """Cases with a complete cache entry (temporary folders come and go while we look)."""
-    n = 0
-    cache = work / ".prdit/cache" / stage / "t"
-    for case in cache.iterdir() if cache.is_dir() else []:
-        if case.is_dir() and not case.name.startswith("."):
-            try:
-                n += sum((entry / "row.json").is_file() for entry in case.iterdir() if entry.is_dir())
-            except FileNotFoundError:
-                pass
-    return n
+    return CaseCache(stage, "t", work / ".prdit" / "cache").complete_entries()
 
 
 def test_killed_ingest_resumes_with_the_rest_and_ends_identical(phantoms: Path, tmp_path: Path) -> None:

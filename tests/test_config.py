@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from prdit.config import ConfigError, load
-from tests.conftest import ROOT, tool_env
+from tests.conftest import ROOT, params_with, tool_env
 
 
 def test_defaults_validate_and_describe_the_demo() -> None:
-    p = load(ROOT / "params.yaml")
+    p = params_with()
     assert p.datasets == ("phantom",)
     assert p.sizes() == [p.preprocess.size, 2 * p.preprocess.size]
     assert p.train.stage("global") is p.train.global_
@@ -41,20 +41,31 @@ def test_defaults_validate_and_describe_the_demo() -> None:
 )
 def test_bad_values_name_their_key(override: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"key '{key}'"):
-        load(ROOT / "params.yaml", overrides=override)
+        params_with(override)
 
 
 def test_later_files_override_earlier(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({"sample": {"steps": 7}}))
     p = load([ROOT / "params.yaml", extra])
-    assert p.sample.steps == 7 and p.sample.k == load(ROOT / "params.yaml").sample.k
+    assert p.sample.steps == 7 and p.sample.k == params_with().sample.k
 
 
-def test_paper_configs_validate() -> None:
+def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_paper_configs_validate_and_every_value_they_set_is_in_effect() -> None:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         p = load([ROOT / "params.yaml", path])
-        assert p.preprocess.size % 8 == 0, path
+        for key, value in _leaves(yaml.safe_load(path.read_text())).items():
+            assert p.section(key) == value, f"{path.name}: {key}"
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
@@ -103,7 +114,7 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
 
 
 def test_used_params_narrow_download_to_its_source() -> None:
-    p = load(ROOT / "params.yaml")
+    p = params_with()
     assert set(p.used("download", "phantom")) == {"sources.phantom", "phantom"}
     assert set(p.used("sample")) == {"sample", "diffusion", "preprocess.window", "preprocess.fov_mm"}
 
@@ -111,6 +122,7 @@ def test_used_params_narrow_download_to_its_source() -> None:
 def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preprocess": {"size": 20}}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
     res = subprocess.run(
         [
             "prdit",

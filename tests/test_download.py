@@ -21,8 +21,8 @@ from fake_servers import FakeServer, ct_series_files, zip_bytes
 from prdit import config
 from prdit.data import archive, fetch
 from prdit.data.download import run_download
+from tests.conftest import ROOT, params_with
 
-ROOT = Path(__file__).resolve().parent.parent
 TCIA_OUT = Path("data/raw/lidc-idri")
 ZEN_OUT = Path("data/raw/rad-chestct")
 
@@ -50,7 +50,7 @@ def overrides(server: FakeServer, **extra: dict) -> dict:
 
 
 def load(server: FakeServer, **extra: dict) -> config.Params:
-    return config.load(ROOT / "params.yaml", overrides=overrides(server, **extra))
+    return params_with(overrides(server, **extra))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,6 @@ def dicom(tmp_path_factory) -> dict[str, dict[str, bytes]]:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
     return tmp_path
 
@@ -474,9 +473,7 @@ def test_downloaded_data_flows_through_ingest(env, zenodo, dicom):
 
 
 def test_other_source_kinds(env, server, monkeypatch):
-    p = config.load(
-        ROOT / "params.yaml", overrides={**overrides(server), "phantom": {"patients": 1, "matrix": 32}}
-    )
+    p = params_with({**overrides(server), "phantom": {"patients": 1, "matrix": 32}})
     assert run_download(p, "phantom") == 0  # download: phantom writes the synthetic set
     assert (Path(p.sources["phantom"].path) / "manifest.csv").is_file()
     assert list(Path(p.sources["phantom"].path).rglob("*.dcm"))
@@ -484,7 +481,7 @@ def test_other_source_kinds(env, server, monkeypatch):
 
     mine = env / "elsewhere"
     source = {"format": "dicom", "path": str(mine), "download": "none"}
-    p = config.load(ROOT / "params.yaml", overrides={"sources": {"mine": source}})
+    p = params_with({"sources": {"mine": source}})
     with pytest.raises(fetch.DownloadError, match="does not exist"):
         run_download(p, "mine")
     mine.mkdir()

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from prdit.config import load
 from prdit.data.download import run_download
 from prdit.data.fetch import DownloadError
-from tests.conftest import ROOT
+from tests.conftest import params_with
 
 
 def params_for(path: Path):
-    return load(
-        ROOT / "params.yaml",
-        overrides={
+    return params_with(
+        {
             "datasets": ["mine"],
             "sources": {"mine": {"format": "nifti", "path": str(path), "download": "none"}},
         },
@@ -26,7 +24,6 @@ def params_for(path: Path):
 
 def test_user_data_is_inventoried_not_modified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     data = tmp_path / "elsewhere"
     (data / "a").mkdir(parents=True)
     (data / "a" / "x.nii.gz").write_bytes(b"1234")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from prdit.evaluate.fetch import FetchError, run_fetch_weights
+from tests.conftest import ROOT, make_project, tool_env
 
 PAYLOAD = b"MedicalNet stand-in " * 5000
 
@@ -81,8 +82,7 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
     from prdit.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
     override = tmp_path / "weights.yaml"
     override.write_text(
         yaml.safe_dump(
@@ -95,14 +95,14 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
             }
         )
     )
-    assert main(["fetch-weights", "--params", str(root / "params.yaml"), "--params", str(override)]) == 0
+    assert main(["fetch-weights", "--params", str(ROOT / "params.yaml"), "--params", str(override)]) == 0
     assert (tmp_path / "models/medicalnet/resnet_50.pth").read_bytes() == PAYLOAD
     override.write_text(
         yaml.safe_dump(
             {"evaluate": {"weights": "w.pth", "sha256": "1" * 64, "url": f"{server}/resnet_50.pth"}}
         )
     )
-    assert main(["fetch-weights", "--params", str(root / "params.yaml"), "--params", str(override)]) == 1
+    assert main(["fetch-weights", "--params", str(ROOT / "params.yaml"), "--params", str(override)]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err  # a clear one-line error, no traceback
     assert not (tmp_path / "w.pth").exists()
 
@@ -113,8 +113,6 @@ def test_snakemake_fetches_configured_weights_once_and_protects_them(server, tmp
     import os
     import stat
     import subprocess
-
-    from tests.conftest import make_project, tool_env
 
     weights = "models/medicalnet/w.pth"
     project = make_project(

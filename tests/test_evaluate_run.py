@@ -12,6 +12,7 @@ import pytest
 from prdit.evaluate.run import evaluate, numeric, run_evaluate
 from prdit.evaluate.volumes import unit_to_hu
 from prdit.io import write_nifti
+from tests.conftest import params_with
 
 WINDOW = (-1000.0, 1000.0)
 SIZE = 16
@@ -29,7 +30,7 @@ def _phantom(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
+def toy_eval(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     spacing = (8.0, 8.0, 8.0)
@@ -51,7 +52,7 @@ def _run(**kw):
     return evaluate("toy", SIZE, WINDOW, None, None, ms_ssim_pairs=4, n_boot=20, seed=0, **kw)
 
 
-def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
+def test_evaluate_writes_metrics_report_floors_and_audit(toy_eval, caplog):
     caplog.set_level(logging.INFO)
     m, metrics_path, report = _run()
     assert metrics_path == Path(f"metrics/toy/{SIZE}.json")
@@ -114,7 +115,7 @@ def test_evaluate_writes_metrics_report_floors_and_audit(project, caplog):
     assert "6 to extract" in caplog.text
 
 
-def test_evaluate_is_deterministic_and_reuses_cached_real_features(project, caplog):
+def test_evaluate_is_deterministic_and_reuses_cached_real_features(toy_eval, caplog):
     _run()
     first = Path(f"metrics/toy/{SIZE}.json").read_bytes()
     cache = Path(f"data/features/toy/{SIZE}/real.npz")
@@ -135,7 +136,7 @@ def test_evaluate_is_deterministic_and_reuses_cached_real_features(project, capl
     assert "5 cached, 1 to extract" in caplog.text
 
 
-def test_too_few_volumes_gives_nulls_with_reasons(project):
+def test_too_few_volumes_gives_nulls_with_reasons(toy_eval):
     for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
         if f.name != "0.nii.gz":
             f.unlink()
@@ -146,19 +147,16 @@ def test_too_few_volumes_gives_nulls_with_reasons(project):
     assert "FID (generated)" in text and "MS-SSIM (generated)" in text and "unbiased MMD (generated)" in text
 
 
-def test_missing_samples_is_a_clear_error(project):
+def test_missing_samples_is_a_clear_error(toy_eval):
     for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
         f.unlink()
     with pytest.raises(FileNotFoundError, match=f"samples/toy/{SIZE}: no generated volumes"):
         _run()
 
 
-def test_run_evaluate_reads_params_and_flattens_metrics(project, monkeypatch):
-    from prdit import config
+def test_run_evaluate_reads_params_and_flattens_metrics(toy_eval, monkeypatch):
 
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    root = Path(__file__).resolve().parent.parent
-    p = config.load(root / "params.yaml", overrides={"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
+    p = params_with({"evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}})
     run_evaluate(p, "toy", SIZE)
     m = json.loads(Path(f"metrics/toy/{SIZE}.json").read_text())
     assert m["n"]["bootstrap"] == 5 and m["n"]["ms_ssim_pairs"] == 2
@@ -172,7 +170,7 @@ def test_run_evaluate_reads_params_and_flattens_metrics(project, monkeypatch):
     assert not any(k.startswith(("extractor", "input")) for k in flat)
 
 
-def test_seam_and_texture_diagnostics_reach_metrics_report_and_mlflow_view(project):
+def test_seam_and_texture_diagnostics_reach_metrics_report_and_mlflow_view(toy_eval):
     m, metrics_path, report = _run()
     on_disk = json.loads(metrics_path.read_text())
     for key in (
@@ -221,7 +219,7 @@ def test_seam_and_texture_diagnostics_reach_metrics_report_and_mlflow_view(proje
     } <= set(flat)
 
 
-def test_tiled_samples_have_a_seam_ratio_above_the_real_one(project):
+def test_tiled_samples_have_a_seam_ratio_above_the_real_one(toy_eval):
     rng = np.random.default_rng(3)
     cells = np.kron(rng.normal(0, 0.15, (2, 2, 2)), np.ones((8, 8, 8)))  # one constant per 8^3 token cell
     for i in range(5):

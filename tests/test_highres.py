@@ -14,6 +14,7 @@ from prdit.model import create, load, save
 from prdit.model.bridge import bridge, lift
 from prdit.model.highres import consistent_x0
 from tests.test_sampler import MixtureOracle
+from tests.training_checks import adamw_step
 
 T, STD = 1000, 0.5
 
@@ -184,15 +185,6 @@ def test_highres_rejects_a_backbone_of_the_wrong_size():
         create("PRDiT-HR-T/8/1", 48, backbone=_backbone())
 
 
-def _step(model, x0, seed=0):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    loss, _ = D.loss(model, x0, generator=torch.Generator().manual_seed(seed))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def test_only_the_branch_trains_and_the_backbone_gets_no_gradients():
     backbone = _backbone()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -200,7 +192,7 @@ def test_only_the_branch_trains_and_the_backbone_gets_no_gradients():
     seen = []
     model.backbone.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     model.train()
-    _step(model, torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    adamw_step(model, torch.rand(1, 1, 32, 32, 32) * 2 - 1)
     assert seen == [False]
     assert all(torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())

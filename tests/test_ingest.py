@@ -12,17 +12,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from prdit.config import load
 from prdit.data.ingest import run_ingest
 from prdit.data.qc import run_cases
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import params_with
 
 
 def params(source: Path, fmt: str = "dicom"):
-    return load(
-        ROOT / "params.yaml",
-        overrides={"sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}}},
+    return params_with(
+        {"sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}}},
     )
 
 
@@ -94,7 +91,6 @@ def test_raw_input_untouched_no_identity_leaks_and_exit_codes(ingested):
 
 
 def test_exit_status_is_nonzero_when_no_case_succeeds(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     raw = tmp_path / "raw"
     corpus.write(raw / "p1" / "s", corpus.axial(n=1), "p1", "ct")
     (raw / "notes.txt").write_text("hello")
@@ -105,7 +101,6 @@ def test_exit_status_is_nonzero_when_no_case_succeeds(tmp_path, monkeypatch):
 
 
 def test_npz_and_nifti_inputs(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     ct = np.full((20, 24, 28), -1000, np.int16)
     ct[5:15, 6:18, 7:21] = 50

@@ -16,8 +16,9 @@ import prdit.diffusion as D
 from prdit.model import VARIANTS, create, from_reference_state_dict, load, save
 from prdit.model.layers import Attention, grid_pos_embed, sincos_code
 from prdit.model.patches import extract_patches, unpatchify
+from tests import reference
+from tests.training_checks import adamw_step
 
-REF_REPO = Path("/work/.mirror/Fredy-Zhang+PRDiT/repo")
 STUB = Path(__file__).parent / "reference_stub"
 
 
@@ -72,22 +73,11 @@ def test_every_registered_variant_has_the_right_output_shape():
 
 # ---------------------------------------------------------------- the reference implementation
 def _reference_models(tmp_path: Path) -> Path:
-    """Extract the reference's models/ package with git show (nothing of it is kept in the repo)."""
-    if not (REF_REPO / "HEAD").exists():
-        pytest.skip(f"reference mirror {REF_REPO} not present")
-    files = subprocess.run(
-        ["git", "-C", str(REF_REPO), "ls-tree", "--name-only", "HEAD", "models/"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    (tmp_path / "models").mkdir()
-    for f in files:
-        text = subprocess.run(
-            ["git", "-C", str(REF_REPO), "show", f"HEAD:{f}"], check=True, capture_output=True
-        ).stdout
-        (tmp_path / f).write_bytes(text)
-    return tmp_path
+    """The reference's models/ package, extracted from the clone $PRDIT_REFERENCE names (else skip, saying so)."""
+    why = reference.unavailable()
+    if why:
+        pytest.skip(why)
+    return reference.extract_models(tmp_path)
 
 
 def _probe(ref: Path, *args: str) -> str:
@@ -135,26 +125,17 @@ def test_output_is_exactly_zero_at_initialisation(name):
     assert torch.count_nonzero(model(x, t)) == 0
 
 
-def _train_step(model, x0, seed=0):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    loss, _ = D.loss(model, x0, generator=torch.Generator().manual_seed(seed))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def test_stage2_step_leaves_stage1_bitwise_unchanged_and_gradient_free():
     stage1 = create("PRDiT-T/10/0", 32)
     x0 = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     for _ in range(2):  # give stage 1 non-zero weights everywhere
-        _train_step(stage1, x0)
+        adamw_step(stage1, x0)
     model = create("PRDiT-T/10/2", 32)
     model.load_local(stage1)
     frozen = {k: v.clone() for m in model.local_modules() for k, v in m.state_dict().items()}
     seen = []
     model.local.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
-    loss = _train_step(model, x0)
+    loss = adamw_step(model, x0)
     assert seen == [False], "stage-1 output must be computed without autograd"
     assert torch.isfinite(loss)
     for m in model.local_modules():

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 import prdit.model as models
-from prdit.config import load
 from prdit.io import sha256_file
-from prdit.train import checkpoint as ckpt
+from prdit.train import resume as ckpt
 from prdit.train import stages
-from prdit.train.engine import fit, job_from_params
+from prdit.train.engine import job_from_params
+from tests.training_checks import train_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
 
 
@@ -69,45 +67,18 @@ def test_training_checkpoint_writer_is_byte_deterministic(tmp_path: Path) -> Non
     assert (tmp_path / "x" / "last.pt").read_bytes() == (tmp_path / "y" / "last.pt").read_bytes()
 
 
-@pytest.fixture
-def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
-    return load(
-        ROOT / "params.yaml",
-        overrides={
-            "preprocess": {"size": 16, "highres_size": 32},
-            "train": {
-                "common": common,
-                "local": {"model": "PRDiT-T/8/0", "steps": 2, "batch_size": 2},
-                "global": {"model": "PRDiT-T/8/1", "steps": 2, "batch_size": 2},
-            },
-        },
-    )
-
-
-def _train(p, stage: str) -> tuple[stages.StageModel, object]:
-    sm = stages.build(p, DS, stage)
-    job = dataclasses.replace(job_from_params(p, DS, stage, sm.parents), preview_n=0)
-    g = torch.Generator().manual_seed(0)
-    vols = [torch.rand(1, 16, 16, 16, generator=g) * 2 - 1 for _ in range(4)]
-    assert fit(job, sm, vols, vols[:2]) == 0
-    return sm, job
-
-
-def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(params) -> None:
-    _train(params, "local")
+def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(tiny_train) -> None:
+    train_stage(tiny_train, DS, "local", preview_n=0)
     local = stages.model_dir(DS, "local") / "model.pt"
-    _, job = _train(params, "global")
+    _, job = train_stage(tiny_train, DS, "global", preview_n=0)
     last = stages.model_dir(DS, "global") / "last.pt"
     assert last.exists()
     # the parent re-written (another commit, say): other provenance, same weights -> the child's last.pt resumes
     models.save(
         local, models.load(local), meta={**models.load(local).meta, "git_commit": "0" * 40 + "-dirty"}
     )
-    again = stages.build(params, DS, "global")
-    job2 = job_from_params(params, DS, "global", again.parents)
+    again = stages.build(tiny_train, DS, "global")
+    job2 = job_from_params(tiny_train, DS, "global", again.parents)
     assert job2.fingerprint == job.fingerprint
     state, why = ckpt.load(last, job2.fingerprint)
     assert why is None and state is not None
@@ -116,6 +87,6 @@ def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
     models.save(local, changed, meta=changed.meta)
-    job3 = job_from_params(params, DS, "global", stages.build(params, DS, "global").parents)
+    job3 = job_from_params(tiny_train, DS, "global", stages.build(tiny_train, DS, "global").parents)
     state, why = ckpt.load(last, job3.fingerprint)
     assert state is None and "parents" in why

@@ -11,11 +11,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import UID
 
-from prdit.config import load
 from prdit.data.phantom import run_phantom, write_patient
 from prdit.io import sha256_file
+from tests.conftest import params_with
 
-ROOT = Path(__file__).resolve().parent.parent
 KW = dict(matrix=64, fov_mm=(330.0, 380.0), slice_mm=(2.5, 5.0), z_extent_mm=280.0)
 
 
@@ -93,8 +92,7 @@ def test_patients_vary_and_generation_is_deterministic(patients, tmp_path):
 
 
 def test_run_phantom_writes_layout_and_manifest(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    p = load(ROOT / "params.yaml", overrides={"phantom": {"patients": 2, "matrix": 48}})
+    p = params_with({"phantom": {"patients": 2, "matrix": 48}})
     out = tmp_path / "raw" / "phantom"
     run_phantom(p, out)
     series = sorted(out.glob("*/*/*/"))

@@ -11,14 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from prdit.config import load
 from prdit.data.dataset import VolumeDataset, case_ids
 from prdit.data.ingest import run_ingest
 from prdit.data.phantom import uid, write_ct_series
 from prdit.data.preprocess import avg_pool2, resample_cube, run_preprocess
 from prdit.data.splits import run_split
+from tests.conftest import params_with
 
-ROOT = Path(__file__).resolve().parent.parent
 CENTRE = np.array([14.0, -21.0, 9.0])  # LPS mm
 RADIUS = 24.0
 SPHERE_HU = 300.0
@@ -61,11 +60,11 @@ def params(raw: Path, **preprocess):
         "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
         "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
     }
-    return load(ROOT / "params.yaml", overrides=over)
+    return params_with(over)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def preprocessed(tmp_path_factory):
     work = tmp_path_factory.mktemp("proj")
     raw = work / "raw"
     write_sphere_series(raw / "P1" / "s", "P1", n=140)
@@ -90,8 +89,8 @@ def physical_grid(image: sitk.Image) -> np.ndarray:
 
 @pytest.mark.parametrize("case", ["P1", "P2"])
 @pytest.mark.parametrize("size", [64, 128])
-def test_sphere_volume_centroid_and_hu_survive(project, case, size):
-    image = sitk.ReadImage(str(project / "data" / "processed" / "t" / str(size) / f"{case}.nii.gz"))
+def test_sphere_volume_centroid_and_hu_survive(preprocessed, case, size):
+    image = sitk.ReadImage(str(preprocessed / "data" / "processed" / "t" / str(size) / f"{case}.nii.gz"))
     voxel = 256.0 / size
     assert image.GetSpacing() == pytest.approx((voxel,) * 3)
     hu = (sitk.GetArrayFromImage(image) + 1.0) / 2.0 * 2000.0 - 1000.0
@@ -107,8 +106,8 @@ def test_sphere_volume_centroid_and_hu_survive(project, case, size):
     assert abs(centre_hu - SPHERE_HU) < 10
 
 
-def test_base_size_is_the_average_pool_of_highres_and_caches_match(project):
-    out = project / "data" / "processed" / "t"
+def test_base_size_is_the_average_pool_of_highres_and_caches_match(preprocessed):
+    out = preprocessed / "data" / "processed" / "t"
     hi = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "128" / "P1.nii.gz")))
     lo = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "64" / "P1.nii.gz")))
     np.testing.assert_allclose(lo, avg_pool2(hi), atol=1.1e-3)  # both quantised to 1e-3 in the NIfTI
@@ -118,17 +117,17 @@ def test_base_size_is_the_average_pool_of_highres_and_caches_match(project):
     assert lo.min() >= -1 and lo.max() <= 1 and lo.min() == -1  # air padding outside the field of view
 
 
-def test_nifti_affine_is_true_spacing_in_ras(project):
-    img = nib.load(project / "data" / "processed" / "t" / "128" / "P1.nii.gz")
+def test_nifti_affine_is_true_spacing_in_ras(preprocessed):
+    img = nib.load(preprocessed / "data" / "processed" / "t" / "128" / "P1.nii.gz")
     assert np.allclose(np.diag(img.affine)[:3], [-2.0, -2.0, 2.0])  # LPS grid -> RAS affine, 2 mm voxels
     assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
 
 
-def test_qc_table_and_montage(project):
-    qc = pd.read_csv(project / "data" / "processed" / "t" / "qc.csv", dtype=str, keep_default_na=False)
+def test_qc_table_and_montage(preprocessed):
+    qc = pd.read_csv(preprocessed / "data" / "processed" / "t" / "qc.csv", dtype=str, keep_default_na=False)
     assert qc["status"].tolist() == ["ok", "ok"]
     assert qc["sizes"].tolist() == ["64 128"] * 2
-    assert (project / "data" / "processed" / "t" / "qc.png").is_file()
+    assert (preprocessed / "data" / "processed" / "t" / "qc.png").is_file()
 
 
 def test_downsampling_does_not_alias():
@@ -153,23 +152,24 @@ def out_origin(image: sitk.Image, size: int, spacing: float) -> list[float]:
     return [c - (size - 1) / 2 * spacing for c in centre]
 
 
-def test_reference_mode_min_max_per_volume(project, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    monkeypatch.chdir(project)
-    p = params(project / "raw", mode="reference", size=32, highres_size=64)
+def test_reference_mode_min_max_per_volume(preprocessed, monkeypatch):
+    monkeypatch.chdir(preprocessed)
+    p = params(preprocessed / "raw", mode="reference", size=32, highres_size=64)
     assert run_preprocess(p, "t") == 0
     for size in (32, 64):
-        v = np.load(project / "data" / "processed" / "t" / str(size) / "P1.npy").astype(np.float32)
+        v = np.load(preprocessed / "data" / "processed" / "t" / str(size) / "P1.npy").astype(np.float32)
         assert v.shape == (size,) * 3 and v.min() == pytest.approx(-1, abs=1e-3)
-    img = sitk.ReadImage(str(project / "data" / "processed" / "t" / "64" / "P1.nii.gz"))
+    img = sitk.ReadImage(str(preprocessed / "data" / "processed" / "t" / "64" / "P1.nii.gz"))
     assert img.GetSpacing() == pytest.approx((4.0,) * 3)  # 1 mm x 256 crop, pooled 4x
-    v = sitk.GetArrayFromImage(sitk.ReadImage(str(project / "data" / "processed" / "t" / "64" / "P1.nii.gz")))
+    v = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(preprocessed / "data" / "processed" / "t" / "64" / "P1.nii.gz"))
+    )
     assert v.max() <= 1.0 and v.max() > 0.5
-    run_preprocess(params(project / "raw"), "t")  # restore the default outputs for other tests
+    run_preprocess(params(preprocessed / "raw"), "t")  # restore the default outputs for other tests
 
 
-def test_volume_dataset_reads_the_cache(project, monkeypatch):
-    monkeypatch.chdir(project)
+def test_volume_dataset_reads_the_cache(preprocessed, monkeypatch):
+    monkeypatch.chdir(preprocessed)
     ids = case_ids("t", "train") + case_ids("t", "val") + case_ids("t", "test")
     assert sorted(ids) == ["P1", "P2"]
     ds = VolumeDataset("t", 64, "train")
@@ -180,7 +180,6 @@ def test_volume_dataset_reads_the_cache(project, monkeypatch):
 
 
 def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     interim = tmp_path / "data" / "interim" / "t"
     interim.mkdir(parents=True)
@@ -201,7 +200,6 @@ def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
 
 
 def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     ct = np.full((160, 150, 150), -1000, np.int16)  # smaller than the 256^3 crop: padded with air
     ct[10:150, 10:140, 10:140] = 40
@@ -212,7 +210,7 @@ def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
         "sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
         "preprocess": {"mode": "reference", "size": 64, "highres_size": 128},
     }
-    p = load(ROOT / "params.yaml", overrides=over)
+    p = params_with(over)
     assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0
     out = tmp_path / "data" / "processed" / "rad"
     img = sitk.ReadImage(str(out / "128" / "trn00001.nii.gz"))

@@ -6,13 +6,13 @@ import math
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 import prdit.diffusion as D
 from prdit.model import create
+from tests.conftest import params_with
 
 T, STD = 1000, 0.5
 
@@ -165,29 +165,28 @@ def test_sampling_memory_does_not_grow_with_the_number_of_steps():
     assert long - short < 16 * 1024, (short, long)
 
 
-def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, monkeypatch):
-    from prdit import config
-    from prdit.diffusion.generate import run_sample
-    from prdit.io import read_nifti
+@pytest.fixture
+def sampling(tmp_path, monkeypatch):
+    """An empty project folder holding a random 16^3 stage-2 model; returns sample-params(**sample)."""
     from prdit.model import save
 
-    root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     model = create("PRDiT-T/8/1", 16)
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+        for q in model.parameters():
+            q.normal_(0, 0.02)
     save(tmp_path / "models/phantom/global/model.pt", model, meta={})
+    base = {"preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0}}
+    return lambda **sample: params_with({**base, "sample": {"steps": 3, "k": 2, **sample}})
+
+
+def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, sampling):
+    from prdit.diffusion.generate import run_sample
+    from prdit.io import read_nifti
+
     vols = {}
     for bs in (1, 3):
-        p = config.load(
-            root / "params.yaml",
-            {
-                "preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0},
-                "sample": {"n": 3, "batch_size": bs, "steps": 3, "k": 2},
-            },
-        )
+        p = sampling(n=3, batch_size=bs)
         run_sample(p, "phantom", 16)
         out = tmp_path / "samples/phantom/16"
         assert sorted(f.name for f in out.iterdir()) == ["0.nii.gz", "1.nii.gz", "2.nii.gz", "montage.png"]
@@ -216,29 +215,18 @@ def test_shard_batches_split_whole_batches():
         shard_batches(4, 2, 3, 0)
 
 
-def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, monkeypatch):
+def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, sampling):
     from prdit import config
     from prdit.diffusion.generate import merge_samples, run_sample
     from prdit.errors import PrditError
-    from prdit.model import save
 
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    model = create("PRDiT-T/8/1", 16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    save(tmp_path / "models/phantom/global/model.pt", model, meta={})
-    sample = {"n": 5, "batch_size": 2, "steps": 3, "k": 2}
-    base = {"preprocess": {"size": 16, "highres_size": None, "fov_mm": 256.0}}
-    one = config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 1}})
+    one = sampling(n=5, batch_size=2, shards=1)
     run_sample(one, "phantom", 16)
     out = tmp_path / "samples/phantom/16"
     ref = {f.name: f.read_bytes() for f in out.iterdir()}
     assert sorted(ref) == ["0.nii.gz", "1.nii.gz", "2.nii.gz", "3.nii.gz", "4.nii.gz", "montage.png"]
 
-    three = config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 3}})
+    three = sampling(n=5, batch_size=2, shards=3)
     for k in (2, 0, 1):
         run_sample(three, "phantom", 16, shard=k)
     shard_files = {
@@ -263,4 +251,4 @@ def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, monkeypatch
         merge_samples(three, "phantom", 16)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == ref  # a failed merge leaves the old folder
     with pytest.raises(config.ConfigError, match="sample.shards"):
-        config.load(root / "params.yaml", {**base, "sample": {**sample, "shards": 4}})
+        sampling(n=5, batch_size=2, shards=4)

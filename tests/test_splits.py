@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-from prdit.config import load
 from prdit.data.splits import assign, run_split
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import params_with
 
 
 def test_assign_counts_and_determinism():
@@ -39,16 +35,14 @@ def test_adding_patients_moves_few(tmp_path):
 
 
 def test_run_split_is_patient_level(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
     monkeypatch.chdir(tmp_path)
     qc = tmp_path / "data" / "processed" / "d" / "qc.csv"
     qc.parent.mkdir(parents=True)
     rows = [{"case": f"c{i}", "patient_id": f"p{i // 2}", "status": "ok"} for i in range(20)]
     rows.append({"case": "bad", "patient_id": "p99", "status": "rejected"})
     pd.DataFrame(rows).to_csv(qc, index=False)
-    p = load(
-        ROOT / "params.yaml",
-        overrides={"sources": {"d": {"format": "dicom", "path": "x", "download": "none"}}},
+    p = params_with(
+        {"sources": {"d": {"format": "dicom", "path": "x", "download": "none"}}},
     )
     run_split(p, "d")
     out = tmp_path / "data" / "splits" / "d"

@@ -11,13 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from prdit import tracking
-from prdit.config import load
-from tests.conftest import ROOT
+from tests.conftest import params_with
 
 
 @pytest.fixture
 def params():
-    return load(ROOT / "params.yaml", overrides={"experiment": "tracking-test"})
+    return params_with({"experiment": "tracking-test"})
 
 
 @pytest.fixture(autouse=True)

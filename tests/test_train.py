@@ -10,88 +10,40 @@ import pytest
 import torch
 
 import prdit.model as models
-from prdit.config import load
-from prdit.diffusion import q_sample
-from prdit.train import checkpoint as ckpt
+from prdit.config import deep_merge, from_dict
 from prdit.train import data, distributed, stages
+from prdit.train import resume as ckpt
 from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
 from tests.training_checks import (
     assert_same_adam_weights,
     assert_same_sgd_updates,
     flat_update,
+    make_job,
+    per_sample_loss,
     sgd_instead_of_adamw,
+    train_stage,
+    volumes,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
-
-
-def volumes(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, size, size, size, generator=g) * 2 - 1 for _ in range(n)]
-
-
-def per_sample_loss(job: Job):
-    """The IaN loss with the engine's per-sample (t, noise): a batch is the sum of its samples."""
-
-    def loss_fn(model, x0, positions, stream):
-        t, noise = data.draw(
-            positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device, stream=stream
-        )
-        eps = noise * job.noise_std
-        out = model(q_sample(x0, t, eps, job.timesteps), t)
-        loss_eps = (out[:, :1] - eps).square().mean()
-        loss_x0 = (out[:, 1:] - x0).square().mean()
-        return loss_eps + loss_x0, {"loss_eps": loss_eps.detach(), "loss_x0": loss_x0.detach()}
-
-    return loss_fn
-
-
-@pytest.fixture
-def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Demo params shrunk to 16^3 (stage 3 at 32^3), run in an empty project folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    common = {"checkpoint_every": 2, "val_every": 2, "log_every": 1, "preview_every": 0}
-    return load(
-        ROOT / "params.yaml",
-        overrides={
-            "preprocess": {"size": 16, "highres_size": 32},
-            "train": {
-                "common": common,
-                "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
-                "global": {"model": "PRDiT-T/8/1", "steps": 3, "batch_size": 2},
-                "highres": {"model": "PRDiT-HR-T/8/1", "steps": 2, "batch_size": 1},
-            },
-            "sample": {"steps": 2, "k": 1},
-        },
-    )
-
-
-def _train(p, stage: str, **job_changes) -> stages.StageModel:
-    sm = stages.build(p, DS, stage)
-    job = dataclasses.replace(job_from_params(p, DS, stage, sm.parents), **job_changes)
-    vols = volumes(4, sm.input_size)
-    assert fit(job, sm, vols, vols[:2]) == 0
-    return sm
 
 
 def _frozen(model: torch.nn.Module, trained: list[str]) -> dict[str, torch.Tensor]:
     return {n: q.detach().clone() for n, q in model.named_parameters() if n not in set(trained)}
 
 
-def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(params) -> None:
-    _train(params, "local", preview_n=0)
+def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -> None:
+    train_stage(tiny_train, DS, "local", preview_n=0)
     local_file = Path("models", DS, "local", "model.pt")
     local_sd = torch.load(local_file, weights_only=True)["state_dict"]
     assert json.loads(Path("models", DS, "local", "metrics.json").read_text())["steps"] == 3
 
-    sm = stages.build(params, DS, "global")
+    sm = stages.build(tiny_train, DS, "global")
     before = _frozen(sm.model, sm.trained)
     assert before and all(n.startswith(("t_embed.shared", "t_embed.local_head", "local.")) for n in before)
     assert all(torch.equal(before[n], local_sd[n]) for n in before)  # the stage-1 weights came from its file
     trained_before = {n: q.detach().clone() for n, q in sm.model.named_parameters() if n in sm.trained}
-    job = dataclasses.replace(job_from_params(params, DS, "global", sm.parents), preview_n=1, preview_steps=2)
+    job = job_from_params(tiny_train, DS, "global", sm.parents).but(preview_n=1, preview_steps=2)
     vols = volumes(4, 16)
     assert fit(job, sm, vols, vols[:2]) == 0
     for n, q in sm.model.named_parameters():
@@ -107,12 +59,12 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(params) -> No
     assert str(local_file) in saved.meta["parents"]
     assert Path("models", DS, "global", "previews", "step_0000003.png").exists()
 
-    hr = stages.build(params, DS, "highres")
+    hr = stages.build(tiny_train, DS, "highres")
     assert hr.input_size == 32
     backbone = _frozen(hr.model, hr.trained)
     global_sd = saved.state_dict()
     assert len(backbone) >= len(global_sd) and hr.trained
-    job = dataclasses.replace(job_from_params(params, DS, "highres", hr.parents), preview_n=0)
+    job = job_from_params(tiny_train, DS, "highres", hr.parents).but(preview_n=0)
     vols = volumes(2, 32)
     assert fit(job, hr, vols, vols[:1]) == 0
     for n, q in hr.model.named_parameters():
@@ -121,9 +73,9 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(params) -> No
     assert models.load(Path("models", DS, "highres", "model.pt")).meta["stage"] == "highres"
 
 
-def test_missing_parent_is_a_clear_error(params) -> None:
+def test_missing_parent_is_a_clear_error(tiny_train) -> None:
     with pytest.raises(FileNotFoundError, match="models/phantom/local/model.pt.*--stage local"):
-        stages.build(params, DS, "global")
+        stages.build(tiny_train, DS, "global")
 
 
 def test_grad_accumulation_matches_the_full_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,9 +86,8 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path: Path, monkeypatch: p
         torch.manual_seed(0)
         model = models.create("PRDiT-T/8/0", 16)
         sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
-        job = Job(
-            stage="local",
-            out_dir=tmp_path / out,
+        job = make_job(
+            tmp_path / out,
             steps=3,
             batch_size=4,
             grad_accum=accum,
@@ -160,7 +111,7 @@ def _nan_after(job: Job, bad: set[int]):
 
     def loss_fn(model, x0, positions, stream):
         loss, parts = base(model, x0, positions, stream)
-        if stream == 0 and positions[0] // job.batch_size in bad:
+        if stream == 0 and positions[0] // job.train.batch_size in bad:
             loss = loss * float("nan")
         return loss, parts
 
@@ -171,7 +122,7 @@ def _tiny_job(out: Path, **kw) -> tuple[Job, stages.StageModel]:
     torch.manual_seed(0)
     model = models.create("PRDiT-T/8/0", 16)
     sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
-    job = Job(stage="local", out_dir=out, batch_size=2, lr=1e-3, log_every=1, preview_n=0, **kw)
+    job = make_job(out, batch_size=2, lr=1e-3, log_every=1, preview_n=0, **kw)
     return job, sm
 
 
@@ -181,7 +132,7 @@ def test_nonfinite_losses_are_skipped_and_counted(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["nonfinite_skipped"] == 2 and metrics["steps"] == 4
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["step"] == 4 and state["data_position"] == 6 * job.batch_size
+    assert state["step"] == 4 and state["data_position"] == 6 * job.train.batch_size
 
 
 def test_nonfinite_run_aborts_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -292,3 +243,40 @@ def test_warmup_ramps_the_learning_rate(tmp_path: Path) -> None:
     run = Run()
     assert fit(job, sm, volumes(2, 16), None, run=run) == 0
     assert run.lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+
+
+def test_the_job_holds_the_typed_settings_and_every_trajectory_setting_is_in_the_fingerprint(
+    tiny_train,
+) -> None:
+    """A parameter added to TrainCommon/TrainStage reaches the loop and the resume check without copying."""
+    job = job_from_params(tiny_train, DS, "local")
+    assert job.common is tiny_train.train.common and job.train is tiny_train.train.local
+    assert job.diffusion is tiny_train.diffusion
+
+    def fingerprint(section: str, name: str, value: object) -> dict:
+        changed = from_dict(deep_merge(tiny_train.raw, {"train": {section: {name: value}}}))
+        return job_from_params(changed, DS, "local").fingerprint
+
+    for section, settings in (("common", tiny_train.train.common), ("local", tiny_train.train.local)):
+        for f in dataclasses.fields(settings):
+            old = getattr(settings, f.name)
+            if isinstance(old, bool):
+                new = not old
+            elif isinstance(old, str):
+                new = "PRDiT-T/8/1"  # another valid model (the only text setting)
+            else:  # a rate in (0, 1) stays in it halved; counts and the rest grow
+                new = old / 2 if isinstance(old, float) and 0 < old < 1 else old + 1
+            moved = fingerprint(section, f.name, new) != job.fingerprint
+            assert moved == (f.metadata.get("trajectory", True)), f"train.{section}.{f.name}"
+
+
+def test_job_but_changes_a_setting_in_its_section_and_refuses_unknown_names(tmp_path: Path) -> None:
+    job = make_job(tmp_path, steps=7, ema_decay=0.5, noise_std=0.25, preview_n=0)
+    assert (job.train.steps, job.common.ema_decay, job.diffusion.noise_std, job.preview_n) == (
+        7,
+        0.5,
+        0.25,
+        0,
+    )
+    with pytest.raises(TypeError, match="'stepz' is not a setting"):
+        job.but(stepz=3)

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from tests.training_checks import (
     assert_same_adam_weights,
     assert_same_sgd_updates,
     flat_update,
+    make_job,
+    per_sample_loss,
     sgd_instead_of_adamw,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 STEPS = 4
 LR = 1e-3
@@ -50,9 +52,8 @@ class _NoSyncDDP(torch.nn.Module):
 def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
     torch.set_num_threads(1)
     import prdit.model as models
-    from prdit.diffusion import q_sample
-    from prdit.train import data, distributed, engine
-    from prdit.train.engine import Job, fit
+    from prdit.train import distributed, engine
+    from prdit.train.engine import fit
     from prdit.train.stages import StageModel
 
     if broken:
@@ -67,9 +68,8 @@ def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
             torch.manual_seed(0)
             model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
             sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
-            job = Job(
-                stage="local",
-                out_dir=out / name,
+            job = make_job(
+                out / name,
                 steps=STEPS,
                 batch_size=global_batch,
                 grad_accum=accum,
@@ -81,23 +81,7 @@ def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
                 log_every=2,
                 preview_n=0,
             )
-
-            def loss_fn(
-                net, x0, positions, stream, job=job
-            ):  # IaN loss with the engine's per-sample t and noise
-                t, noise = data.draw(
-                    positions,
-                    x0.shape[1:],
-                    seed=job.seed,
-                    timesteps=job.timesteps,
-                    device=x0.device,
-                    stream=stream,
-                )
-                eps = noise * job.noise_std
-                pred = net(q_sample(x0, t, eps, job.timesteps), t)
-                loss = (pred[:, :1] - eps).square().mean() + (pred[:, 1:] - x0).square().mean()
-                return loss, {}
-
+            loss_fn = per_sample_loss(job)
             status = fit(job, sm, volumes, volumes[:3], env=env, loss_fn=loss_fn)
             if status:
                 return status

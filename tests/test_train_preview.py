@@ -12,9 +12,10 @@ from PIL import Image
 import prdit.model as models
 from prdit.diffusion import sample
 from prdit.train import stages
-from prdit.train.engine import Job, fit
+from prdit.train.engine import fit
 from prdit.train.validate import PREVIEW_SEED, preview
 from prdit.viz import montage
+from tests.training_checks import make_job
 
 SIZE = 16
 CPU = torch.device("cpu")
@@ -81,9 +82,8 @@ def test_previews_during_training_show_the_same_samples_as_the_saved_model(tmp_p
     model = models.create("PRDiT-T/8/0", SIZE)
     sm = stages.StageModel(model, SIZE, [n for n, _ in model.named_parameters()])
     out = tmp_path / "run"
-    job = Job(
-        stage="local",
-        out_dir=out,
+    job = make_job(
+        out,
         steps=4,
         batch_size=2,
         lr=1e-2,

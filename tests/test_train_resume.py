@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+from tests.training_checks import make_job
+
 STEPS = 20
 SIZE = 16
 
@@ -26,7 +28,7 @@ def _child(out: Path, steps: int, mode: str) -> int:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import prdit.model as models
-    from prdit.train.engine import Job, fit
+    from prdit.train.engine import fit
     from prdit.train.signals import StopRequest
     from prdit.train.stages import StageModel
 
@@ -50,9 +52,8 @@ def _child(out: Path, steps: int, mode: str) -> int:
     torch.manual_seed(0)
     model = models.create("PRDiT-T/8/1", SIZE, freeze_local=False)
     sm = StageModel(model, SIZE, [n for n, q in model.named_parameters() if q.requires_grad])
-    job = Job(
-        stage="local",
-        out_dir=out,
+    job = make_job(
+        out,
         steps=steps,
         batch_size=2,
         lr=1e-3,

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prdit.config import load
 from prdit.train.engine import run_train
+from tests.conftest import params_with
 
-ROOT = Path(__file__).resolve().parents[1]
 DS = "phantom"
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def train_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An empty project folder with splits and a 16^3 float16 training cache of 6 cases."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PRDIT_TRACKING", raising=False)
@@ -33,9 +32,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     splits.mkdir(parents=True)
     (splits / "train.txt").write_text("\n".join(cases[:4]) + "\n")
     (splits / "val.txt").write_text("\n".join(cases[4:]) + "\n")
-    return load(
-        ROOT / "params.yaml",
-        overrides={
+    return params_with(
+        {
             "experiment": "train-test",
             "preprocess": {"size": 16, "highres_size": 32},
             "train": {
@@ -49,11 +47,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_run_train_logs_losses_throughput_and_previews_to_mlflow(
-    project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    train_params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert run_train(project, DS, "local") == 0
+    assert run_train(train_params, DS, "local") == 0
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("train-test").experiment_id])
@@ -90,12 +88,12 @@ def test_run_train_logs_losses_throughput_and_previews_to_mlflow(
     import prdit.model as models
 
     meta = models.load(out / "model.pt").meta
-    assert meta["params_hash"] == project.section_hash(*project.used("train-local"))
+    assert meta["params_hash"] == train_params.section_hash(*train_params.used("train-local"))
     assert meta["data_hash"] == run.data.tags["prdit.data_hash"] and meta["git_commit"]
 
 
 def test_training_completes_promptly_when_the_tracking_server_refuses(
-    project, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    train_params, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as s:  # a port on 127.0.0.1 where nothing listens
         s.bind(("127.0.0.1", 0))
@@ -103,7 +101,7 @@ def test_training_completes_promptly_when_the_tracking_server_refuses(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     caplog.set_level(logging.WARNING)
     start = time.monotonic()
-    assert run_train(project, DS, "local") == 0
+    assert run_train(train_params, DS, "local") == 0
     elapsed = time.monotonic() - start
     # MLflow's client defaults would retry each call for minutes
     assert elapsed < 90, f"training took {elapsed:.0f} s with the tracking server down"

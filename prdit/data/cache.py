@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prdit.data.qc import run_cases
+from prdit.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,12 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def entry_key(stage: str, used: dict[str, Any], job: dict[str, Any], **content: Any) -> str:
+    """The key of one case: its stage, the cache format, the params the stage reads (scheduling left
+    out), the job's description and the content of its inputs (named as the stage names them)."""
+    return digest(
+        {"stage": stage, "version": CACHE_VERSION, "params": stage_params(used), "job": job, **content}
+    )
 
 
 class CaseCache:
@@ -73,6 +74,17 @@ class CaseCache:
 
     def entry(self, case: str, key: str) -> Path:
         return self.dir / case / key
+
+    def complete_entries(self) -> int:
+        """How many entries are complete (their row written last); safe while a run adds entries."""
+        n = 0
+        for case in self.dir.iterdir() if self.dir.is_dir() else []:
+            if case.is_dir() and not case.name.startswith("."):
+                try:
+                    n += sum((entry / ROW).is_file() for entry in case.iterdir() if entry.is_dir())
+                except FileNotFoundError:  # a temporary folder gone while we look
+                    pass
+        return n
 
     def lookup(self, case: str, key: str) -> dict | None:
         try:
@@ -94,7 +106,7 @@ class CaseCache:
             st = os.stat(path)
             stat = [st.st_size, st.st_mtime_ns, st.st_ino]
             known = memo.get(path)
-            sha = known[1] if known and known[0] == stat else file_sha256(path)
+            sha = known[1] if known and known[0] == stat else sha256_file(path)
             fresh[path] = [stat, sha]
             out.append(sha)
         if fresh != memo:

@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from prdit import paths
+
 
 def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
     """Case ids listed in data/splits/<dataset>/<split>.txt."""
-    path = Path(root) / "data" / "splits" / dataset / f"{split}.txt"
+    path = Path(root) / paths.splits(dataset, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -23,7 +25,7 @@ class VolumeDataset(Dataset):
     def __init__(
         self, dataset: str, size: int, split: str, root: str | Path = ".", flip: bool = False
     ) -> None:
-        self.folder = Path(root) / "data" / "processed" / dataset / str(size)
+        self.folder = Path(root) / paths.processed(dataset, size)
         self.cases = case_ids(dataset, split, root)
         self.size = size
         self.flip = flip

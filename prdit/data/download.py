@@ -19,12 +19,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prdit import tracking
 from prdit.data import fetch, tcia, zenodo
 from prdit.io import atomic_path
 from prdit.progress import progress
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
 
 
 def run_download(
-    p: Any,
+    p: Params,
     dataset: str,
     *,
     patients: Sequence[str] | None = None,

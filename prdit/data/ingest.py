@@ -15,24 +15,28 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+from prdit import paths, tracking
 from prdit.data import dicom, inputs
 from prdit.data.cache import (
-    CACHE_VERSION,
     CaseCache,
     assemble,
-    digest,
+    entry_key,
     run_cached,
     shard_of,
-    stage_params,
     unique_key,
 )
 from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
 from prdit.errors import PrditError
 from prdit.io import write_image, write_json
+from prdit.viz import montage
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ HEADERS = "dicom-headers.json"  # in the ingest cache folder of a dataset, besid
 
 
 def interim_dir(dataset: str) -> Path:
-    return Path("data") / "interim" / dataset
+    return paths.interim(dataset)
 
 
 def safe_case_id(name: str) -> str:
@@ -96,7 +100,7 @@ def ingest_dicom(
 
 def ingest_file(case: str, patient_id: str, path: str, fmt: str, source: str, out: str) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
-    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_volume(Path(path))
+    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_hu_image(Path(path))
     row = _describe(case, patient_id, source, image, out)
     row["files"] = 1
     return row
@@ -122,7 +126,7 @@ def _describe(case: str, patient_id: str, source: str, image: sitk.Image, out: s
     }
 
 
-def plan(p, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
     """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series).
 
     A job names its output relative to the case's cache entry (prdit.data.cache)."""
@@ -235,24 +239,16 @@ def _unique(case: str, used: set[str]) -> str:
     return name
 
 
-def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's output: ingest params, the job, and its raw files (relative path, content)."""
     root = Path(p.sources[dataset].path)
     files = job.get("files") or [job["path"]]
     desc = {k: v for k, v in job.items() if k not in ("files", "path", "out")}
     inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
-    return digest(
-        {
-            "stage": "ingest",
-            "version": CACHE_VERSION,
-            "params": stage_params(p.used("ingest", dataset)),
-            "job": desc,
-            "inputs": inputs,
-        }
-    )
+    return entry_key("ingest", p.used("ingest", dataset), desc, inputs=inputs)
 
 
-def _key_or_unique(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def _key_or_unique(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     try:
         return case_key(p, dataset, job, cache)
     except OSError:  # a raw file gone since discovery: the case fails in the pool, with the reason
@@ -261,10 +257,10 @@ def _key_or_unique(p, dataset: str, job: dict, cache: CaseCache) -> str:
 
 def shards_dir(dataset: str) -> Path:
     """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs) and the shared plan."""
-    return Path("data") / "interim" / f"{dataset}.shards"
+    return paths.shards(paths.interim(dataset))
 
 
-def write_plan(p, dataset: str, path: Path, threads: int = 1) -> int:
+def write_plan(p: Params, dataset: str, path: Path, threads: int = 1) -> int:
     """`prdit ingest --write-plan`: discover the cases once, for the shard jobs and the final assembly."""
     jobs, rejected, skipped = plan(p, dataset, threads)
     write_json(path, {"dataset": dataset, "jobs": jobs, "rejected": rejected, "skipped": skipped})
@@ -286,7 +282,7 @@ def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[di
 
 
 def run_ingest(
-    p,
+    p: Params,
     dataset: str,
     threads: int = 1,
     strict: bool = False,
@@ -301,8 +297,6 @@ def run_ingest(
     the run without `shard` then assembles the output folder. `plan_file` (from --write-plan) saves
     discovering the cases again.
     """
-    from prdit import tracking
-    from prdit.viz import montage
 
     out_dir = interim_dir(dataset)
     cache = CaseCache("ingest", dataset)

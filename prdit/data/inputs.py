@@ -60,7 +60,7 @@ def read_npz(path: Path) -> sitk.Image:
     return image
 
 
-def read_volume(path: Path) -> sitk.Image:
+def read_hu_image(path: Path) -> sitk.Image:
     """A NIfTI (or other ITK-readable) volume in HU, reoriented to LPS, as int16."""
     try:
         image = sitk.ReadImage(str(path))

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,8 +25,12 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
+from prdit import tracking
 from prdit.io import atomic_dir, atomic_path, sha256_file
 from prdit.progress import progress
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +552,7 @@ def _write_localizer(
     )
 
 
-def write_phantom(p, out: Path) -> dict[str, int]:
+def write_phantom(p: Params, out: Path) -> dict[str, int]:
     """Write p.phantom.patients synthetic DICOM patients to `out` (atomically); return counts for tracking."""
     cfg = p.phantom
     out = Path(out)
@@ -561,9 +566,8 @@ def write_phantom(p, out: Path) -> dict[str, int]:
     return {"patients": len(written), "slices": sum(w.shape_zyx[0] for w in written)}
 
 
-def run_phantom(p, out: Path) -> None:
+def run_phantom(p: Params, out: Path) -> None:
     """`prdit phantom`: the synthetic dataset as a stage of its own (one MLflow run)."""
-    from prdit import tracking
 
     with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
         run.log_metrics(write_phantom(p, out))

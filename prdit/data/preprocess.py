@@ -23,25 +23,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from prdit import paths, tracking
 from prdit.data.cache import (
-    CACHE_VERSION,
     CaseCache,
     assemble,
-    digest,
+    entry_key,
     run_cached,
     shard_of,
-    stage_params,
     unique_key,
 )
 from prdit.data.dicom import AIR_HU
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.io import atomic_path
+from prdit.viz import montage
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ QC_COLUMNS = [
 
 
 def processed_dir(dataset: str) -> Path:
-    return Path("data") / "processed" / dataset
+    return paths.processed(dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,38 +303,31 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
     return 1.0 - frac
 
 
-def case_key(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
     desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
-    return digest(
-        {
-            "stage": "preprocess",
-            "version": CACHE_VERSION,
-            "params": stage_params(p.used("preprocess", dataset)),
-            "job": desc,
-            "input": cache.content_hashes(job["case"], [job["path"]])[0],
-        }
-    )
+    content = cache.content_hashes(job["case"], [job["path"]])[0]
+    return entry_key("preprocess", p.used("preprocess", dataset), desc, input=content)
 
 
 def shards_dir(dataset: str) -> Path:
     """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs)."""
-    return Path("data") / "processed" / f"{dataset}.shards"
+    return paths.shards(paths.processed(dataset))
 
 
-def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None) -> int:
+def run_preprocess(
+    p: Params, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None
+) -> int:
     """`prdit preprocess`: every ingested case to data/processed/<dataset>/<size>/; 0 if any case succeeded.
 
     Cases come from the per-case cache when their interim volume and the preprocess params are
     unchanged. With `shard` (K of preprocess.shards) only that shard's cases are computed, into the
     cache, and their rows written to <dataset>.shards/<K>.csv; the run without `shard` assembles.
     """
-    from prdit import tracking
-    from prdit.viz import montage
 
     pp = p.preprocess
     sizes = p.sizes()
-    src_dir = Path("data") / "interim" / dataset
+    src_dir = paths.interim(dataset)
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
     cache = CaseCache("preprocess", dataset)
@@ -396,7 +393,7 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
     return batch_exit("preprocess", dataset, len(ok), len(table), strict)
 
 
-def _key_or_missing(p, dataset: str, job: dict, cache: CaseCache) -> str:
+def _key_or_missing(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """The case's key; for an unreadable input a key that is never cached twice (the case fails anyway)."""
     try:
         return case_key(p, dataset, job, cache)

@@ -11,9 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prdit import paths, tracking
 from prdit.data.qc import read_ok
 from prdit.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +26,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_dir(dataset: str) -> Path:
-    return Path("data") / "splits" / dataset
+    return paths.splits(dataset)
 
 
 def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -43,13 +48,12 @@ def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: f
     }
 
 
-def run_split(p, dataset: str) -> None:
+def run_split(p: Params, dataset: str) -> None:
     """Write data/splits/<dataset>/{train,val,test}.txt (one case id per line) and summary.json."""
-    from prdit import tracking
 
     cfg = p.split
     with tracking.stage_run(p, stage="split", dataset=dataset, used=p.used("split", dataset)) as run:
-        cases = read_ok(Path("data") / "processed" / dataset / "qc.csv")
+        cases = read_ok(paths.processed(dataset) / "qc.csv")
         if cases.empty:
             raise ValueError(f"data/processed/{dataset}/qc.csv: no preprocessed case to split")
         patients = [pid or case for pid, case in zip(cases["patient_id"], cases["case"])]

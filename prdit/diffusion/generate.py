@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from prdit import io, paths, tracking, viz
 from prdit.diffusion.sampler import sample
+from prdit.errors import PrditError
+from prdit.model import load
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +33,14 @@ def to_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(x, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
 
 
-def model_path(p: Any, dataset: str, size: int) -> Path:
+def model_path(p: Params, dataset: str, size: int) -> Path:
     """The model file that generates `size`: the highres model at highres_size, else the stage-2 model."""
     if size not in p.sizes():
         raise ValueError(
             f"size {size} is not one of this config's sizes {p.sizes()} (preprocess.size / highres_size)"
         )
     stage = "highres" if size == p.preprocess.highres_size else "global"
-    return Path("models") / dataset / stage / "model.pt"
+    return paths.model_file(dataset, stage)
 
 
 def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = None) -> list[list[int]]:
@@ -65,28 +71,25 @@ def from_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def out_dir(dataset: str, size: int, shard: int | None = None) -> Path:
     """samples/<dataset>/<size>, or for one shard samples/<dataset>/<size>.shards/<shard>."""
-    base = Path("samples") / dataset
-    return base / str(size) if shard is None else base / f"{size}.shards" / str(shard)
+    base = paths.samples(dataset, size)
+    return base if shard is None else paths.shards(base) / str(shard)
 
 
 MONTAGE_ROWS = 4
 
 
 def _montage(previews: list[np.ndarray], path: Path) -> None:
-    from prdit import viz
 
     viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
 
 
-def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> None:
+def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> None:
     """Write p.sample.n volumes to samples/<dataset>/<size>/<i>.nii.gz (HU, spacing fov/size mm).
 
     The folder is replaced atomically and also holds montage.png (mid-slices of the first samples).
     With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn, into
     samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
     """
-    from prdit import io, tracking
-    from prdit.model import load
 
     path = model_path(p, dataset, size)
     s, n = p.sample, p.sample.n
@@ -141,7 +144,7 @@ def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> Non
             run.log_image(dest / "montage.png", artifact_path="montages")
 
 
-def merge_samples(p: Any, dataset: str, size: int) -> None:
+def merge_samples(p: Params, dataset: str, size: int) -> None:
     """Join samples/<dataset>/<size>.shards/{0..shards-1}/ into samples/<dataset>/<size>/ (atomically).
 
     Every sample index must come from exactly the shard that owns it; files are hard-linked (copied
@@ -149,9 +152,6 @@ def merge_samples(p: Any, dataset: str, size: int) -> None:
     byte what one unsharded `prdit sample` writes.
     """
     import shutil
-
-    from prdit import io, tracking
-    from prdit.errors import PrditError
 
     s = p.sample
     dest = out_dir(dataset, size)

@@ -11,6 +11,8 @@ import torch
 
 from prdit.diffusion.ian import NOISE_STD, TIMESTEPS
 from prdit.diffusion.respace import timestep_grid
+from prdit.io import atomic_path
+from prdit.progress import progress
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,8 +86,6 @@ def sample(
 
     order = range(steps)
     if progress_desc:
-        from prdit.progress import progress
-
         order = progress(order, desc=progress_desc, total=steps)
     for i in order:
         label = torch.full((b,), min(grid[i], timesteps - 1), device=device, dtype=torch.long)
@@ -111,7 +111,6 @@ def sample(
 
 
 def _save_step(folder: Path, step: int, t: int, x: torch.Tensor, x0_hat: torch.Tensor) -> None:
-    from prdit.io import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / f"step_{step:05d}.pt") as tmp:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from prdit import paths
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
 from prdit.evaluate.texture import STRIDE, volume_stats
 from prdit.evaluate.volumes import Summary, hu_histogram, read_volume, thumbnail
@@ -28,7 +29,7 @@ CACHE_VERSION = 2  # 2: per-case seam/texture stats
 SPLITS = ("train", "val", "test")
 
 
-def cache_path(dataset: str, size: int, root: Path = Path("data/features")) -> Path:
+def cache_path(dataset: str, size: int, root: Path = paths.FEATURES) -> Path:
     return root / dataset / str(size) / "real.npz"
 
 
@@ -105,9 +106,9 @@ def real_summaries(
     model: nn.Module,
     info: ExtractorInfo,
     errors: list[str],
-    processed_root: Path = Path("data/processed"),
-    splits_root: Path = Path("data/splits"),
-    cache_root: Path = Path("data/features"),
+    processed_root: Path = paths.PROCESSED,
+    splits_root: Path = paths.SPLITS,
+    cache_root: Path = paths.FEATURES,
 ) -> dict[str, Summary]:
     """Summaries of the real train/val/test cases, extracting only what the cache lacks."""
     meta = {

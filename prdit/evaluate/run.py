@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from prdit import tracking
+from prdit import paths, tracking
 from prdit.evaluate.extractor import build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.fetch import DEFAULT_OUT, fetch_weights
@@ -21,6 +21,9 @@ from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
 from prdit.evaluate.volumes import Summary, hist_edges, read_volume, sample_paths
 from prdit.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,12 @@ def evaluate(
     n_boot: int,
     seed: int,
     num_samples: int | None = None,
-    samples_root: Path = Path("samples"),
-    processed_root: Path = Path("data/processed"),
-    splits_root: Path = Path("data/splits"),
-    features_root: Path = Path("data/features"),
-    metrics_root: Path = Path("metrics"),
-    reports_root: Path = Path("reports"),
+    samples_root: Path = paths.SAMPLES,
+    processed_root: Path = paths.PROCESSED,
+    splits_root: Path = paths.SPLITS,
+    features_root: Path = paths.FEATURES,
+    metrics_root: Path = paths.METRICS,
+    reports_root: Path = paths.REPORTS,
 ) -> tuple[dict, Path, Path]:
     """Compute every number and write the metrics file and report; returns (metrics, json path, report dir)."""
     t0 = time.monotonic()
@@ -244,14 +247,14 @@ def numeric(m: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def run_evaluate(p: Any, dataset: str, size: int) -> None:
+def run_evaluate(p: Params, dataset: str, size: int) -> None:
     """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures."""
     ev = p.evaluate
     used = {"evaluate": p.raw.get("evaluate", {}), "preprocess.window": list(p.preprocess.window)}
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
         for split in ("train", "val", "test"):  # the real reference and floor sets
             tracking.log_split(run, p, dataset, size, split, "evaluation")
-        run.log_dataset(f"samples/{dataset}/{size}", Path("samples") / dataset / str(size), "samples")
+        run.log_dataset(f"samples/{dataset}/{size}", paths.samples(dataset, size), "samples")
         m, metrics_path, report_dir = evaluate(
             dataset,
             size,
@@ -261,7 +264,7 @@ def run_evaluate(p: Any, dataset: str, size: int) -> None:
             ev.ms_ssim_pairs,
             ev.bootstrap,
             ev.seed,
-            getattr(ev, "num_samples", None),
+            ev.num_samples,
         )
         run.set_tags(
             {
@@ -278,11 +281,11 @@ def run_evaluate(p: Any, dataset: str, size: int) -> None:
                 run.log_artifact(f, artifact_path="report")
 
 
-def run_fetch_weights(p: Any, out: Path | None = None) -> int:
+def run_fetch_weights(p: Params, out: Path | None = None) -> int:
     """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
     ev = p.evaluate
     target = Path(out or ev.weights or DEFAULT_OUT)
-    fetch_weights(getattr(ev, "url", None), target, ev.sha256)
+    fetch_weights(ev.url, target, ev.sha256)
     if ev.weights is None or Path(ev.weights) != target:
         log.info(
             "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target

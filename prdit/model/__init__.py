@@ -1,7 +1,7 @@
 """PRDiT networks: stage-1 local denoiser, stage-2 global residual DiT, stage-3 highres branch."""
 
 from prdit.model.backbone import PRDiT
-from prdit.model.checkpoint import (
+from prdit.model.files import (
     content_hash,
     from_file_dict,
     from_reference_state_dict,

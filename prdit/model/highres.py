@@ -25,7 +25,6 @@ about 75 steps never evaluate the model there.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -135,7 +134,7 @@ class HighResPRDiT(nn.Module):
     def __init__(
         self,
         input_size: int,
-        backbone: nn.Module | dict[str, Any],
+        backbone: nn.Module,
         hidden_size: int,
         depth: int,
         num_heads: int,
@@ -149,10 +148,6 @@ class HighResPRDiT(nn.Module):
         upsample: str = "lift",
     ):
         super().__init__()
-        if isinstance(backbone, dict):
-            from prdit.model.registry import create
-
-            backbone = create(backbone["name"], backbone["input_size"], **backbone.get("overrides", {}))
         backbone = getattr(backbone, "_orig_mod", backbone)
         if not hasattr(backbone, "input_size") or 2 * backbone.input_size != input_size:
             raise ValueError(

@@ -8,6 +8,9 @@ from typing import Any
 
 import torch.nn as nn
 
+from prdit.model.backbone import PRDiT
+from prdit.model.highres import HighResPRDiT
+
 SIZES = {"T": (96, 4), "XS": (192, 6), "S": (384, 6), "B": (768, 12), "L": (1024, 16), "XL": (1152, 16)}
 PATCHES = (10, 12, 14, 16)
 DEPTHS = (0, 1, 2, 3, 4, 8, 10, 12)
@@ -45,12 +48,13 @@ def create(name: str, input_size: int, **overrides: Any) -> nn.Module:
     kind = spec.pop("kind")
     spec.update(overrides)
     if kind == "highres":
-        from prdit.model.highres import HighResPRDiT
-
+        backbone = spec.get("backbone")
+        if isinstance(backbone, dict):  # the spec a model file stores: rebuild the (frozen) backbone first
+            spec["backbone"] = create(
+                backbone["name"], backbone["input_size"], **backbone.get("overrides", {})
+            )
         model: nn.Module = HighResPRDiT(input_size=input_size, **spec)
     else:
-        from prdit.model.backbone import PRDiT
-
         model = PRDiT(input_size=input_size, **spec)
     model.spec = {"name": name, "input_size": input_size, "overrides": _plain(overrides)}
     return model

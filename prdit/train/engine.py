@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 import math
 import resource
@@ -37,12 +36,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+import prdit.model as models
+from prdit import tracking
+from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
+from prdit.data.dataset import VolumeDataset
+from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.train import checkpoint as ckpt
 from prdit.train import data, distributed, signals, stages
+from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
+from prdit.train.provenance import data_hash
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
 
@@ -55,33 +60,39 @@ class NonFiniteLossError(PrditError, RuntimeError):
 
 @dataclass(frozen=True)
 class Job:
-    """Everything the loop needs, resolved from params.yaml (or set directly by tests)."""
+    """One stage's run: the typed settings from params.yaml themselves, where to write, what resumes.
+
+    The loop reads `train` (train.<stage>), `common` (train.common) and `diffusion` directly: a new
+    training parameter is a field of one of those dataclasses and reaches the loop without copying.
+    """
 
     stage: str
     out_dir: Path
-    steps: int
-    batch_size: int  # global batch per optimizer step (all processes, all micro-steps)
-    lr: float
-    seed: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    checkpoint_every: int = 1000
-    val_every: int = 1000
-    preview_every: int = 0  # 0: one preview at the end only
-    log_every: int = 100
-    num_workers: int = 0
-    compile: bool = False
-    max_nonfinite: int = 5
-    timesteps: int = 1000
-    noise_std: float = 0.5
+    train: TrainStage
+    common: TrainCommon
+    diffusion: Diffusion
     preview_n: int = 2  # 0: no previews
     preview_steps: int = 25  # fixed, not sample.*: a sampling parameter never touches training
     preview_k: int = 2
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
     meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
+
+    def but(self, **changes: Any) -> Job:
+        """A copy with settings changed by name, whichever of train/common/diffusion holds them."""
+        sections: dict[str, dict[str, Any]] = {"train": {}, "common": {}, "diffusion": {}}
+        own: dict[str, Any] = {}
+        for key, value in changes.items():
+            homes = [s for s in sections if key in {f.name for f in dataclasses.fields(getattr(self, s))}]
+            if key in {f.name for f in dataclasses.fields(self)}:
+                own[key] = value
+            elif len(homes) == 1:
+                sections[homes[0]][key] = value
+            else:
+                raise TypeError(f"Job.but: {key!r} is {'ambiguous' if homes else 'not a setting'}")
+        for name, kv in sections.items():
+            if kv:
+                own[name] = dataclasses.replace(getattr(self, name), **kv)
+        return dataclasses.replace(self, **own)
 
 
 class NullRun:
@@ -106,7 +117,7 @@ def fit(
     stop: StopRequest | None = None,
     loss_fn: LossFn | None = None,
 ) -> int:
-    """Train `stage_model` for `job.steps` optimizer steps (resuming from last.pt); return the exit status."""
+    """Train `stage_model` for `job.train.steps` optimizer steps (resuming from last.pt); return the exit status."""
     loop = _Loop(
         job,
         stage_model,
@@ -130,9 +141,9 @@ class _Loop:
         self.owned = {k for k in self.raw.state_dict() if k not in frozen}  # what last.pt stores
         # fused: one kernel for all tensors, on CUDA and on the CPU (4x the default's speed there)
         self.opt = torch.optim.AdamW(
-            self.params, lr=job.lr, betas=(0.9, 0.999), weight_decay=job.weight_decay, fused=True
+            self.params, lr=job.train.lr, betas=(0.9, 0.999), weight_decay=job.common.weight_decay, fused=True
         )
-        self.ema = EMA(self.raw, job.ema_decay, sm.trained)
+        self.ema = EMA(self.raw, job.common.ema_decay, sm.trained)
         self.step = self.position = self.skipped = 0
         self.saved_step = -1
         self.net: nn.Module = self.raw
@@ -142,7 +153,7 @@ class _Loop:
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
-        if job.compile:
+        if job.common.compile:
             self.net = torch.compile(self.net)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -153,8 +164,8 @@ class _Loop:
     # checkpoints -------------------------------------------------------------------------------
     def restore(self) -> None:
         state, foreign = ckpt.load(self.last_path, self.job.fingerprint)  # on the CPU: RNG states live there
-        if state is not None and state["step"] > self.job.steps:
-            state, foreign = None, f"it is at step {state['step']}, past train steps={self.job.steps}"
+        if state is not None and state["step"] > self.job.train.steps:
+            state, foreign = None, f"it is at step {state['step']}, past train steps={self.job.train.steps}"
         distributed.barrier(self.env)  # every rank has read last.pt before it may move
         if foreign and self.env.is_main:
             ckpt.move_aside(self.last_path, foreign)
@@ -205,26 +216,33 @@ class _Loop:
         """
         job, env = self.job, self.env
         for g in self.opt.param_groups:
-            g["lr"] = job.lr * min(1.0, (self.step + 1) / job.warmup_steps) if job.warmup_steps else job.lr
+            g["lr"] = (
+                job.train.lr * min(1.0, (self.step + 1) / job.common.warmup_steps)
+                if job.common.warmup_steps
+                else job.train.lr
+            )
         self.opt.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
         wait = 0.0
-        for a in range(job.grad_accum):
+        for a in range(job.common.grad_accum):
             t0 = time.perf_counter()
             x, pos = next(batches)
             x = x.to(env.device, non_blocking=True)
             wait += time.perf_counter() - t0
-            last = a == job.grad_accum - 1
+            last = a == job.common.grad_accum - 1
             with self.net.no_sync() if env.distributed and not last else contextlib.nullcontext():
                 with self.autocast():
                     loss, parts = self.loss_fn(self.net, x, pos.tolist(), 0)
-                (loss / job.grad_accum).backward()
+                (loss / job.common.grad_accum).backward()
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = (
-                    sums.get(k, 0) + torch.as_tensor(v, device=env.device).detach().float() / job.grad_accum
+                    sums.get(k, 0)
+                    + torch.as_tensor(v, device=env.device).detach().float() / job.common.grad_accum
                 )
-        self.position += job.batch_size
-        norm = torch.nn.utils.clip_grad_norm_(self.params, job.grad_clip if job.grad_clip > 0 else math.inf)
+        self.position += job.train.batch_size
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.params, job.common.grad_clip if job.common.grad_clip > 0 else math.inf
+        )
         values = dict(zip([*sums, "grad_norm"], torch.stack([*sums.values(), norm.float()]).tolist()))
         bad = not all(math.isfinite(v) for v in values.values())
         bad, stopping = distributed.any_rank(env, bad, stop.requested)
@@ -249,13 +267,13 @@ class _Loop:
         pin = env.device.type == "cuda"
         loader = data.train_loader(
             train_set,
-            seed=job.seed,
+            seed=job.common.seed,
             start=self.position,
-            global_batch=job.batch_size,
-            accum=job.grad_accum,
+            global_batch=job.train.batch_size,
+            accum=job.common.grad_accum,
             rank=env.rank,
             world_size=env.world_size,
-            workers=job.num_workers,
+            workers=job.common.num_workers,
             pin=pin,
         )
         micro = loader.batch_sampler.micro  # type: ignore[attr-defined]
@@ -266,10 +284,10 @@ class _Loop:
                 batch=micro,
                 rank=env.rank,
                 world_size=env.world_size,
-                workers=job.num_workers,
+                workers=job.common.num_workers,
                 pin=pin,
             )
-        meter = _Meter(env, job.batch_size)
+        meter = _Meter(env, job.train.batch_size)
         last_val: dict[str, float] = {}
         bad_in_row = 0
         if env.is_main:
@@ -284,16 +302,16 @@ class _Loop:
                 "%s: steps %d..%d, global batch %d = %d process(es) x %d micro-batch x %d accumulation",
                 job.stage,
                 self.step,
-                job.steps,
-                job.batch_size,
+                job.train.steps,
+                job.train.batch_size,
                 env.world_size,
                 micro,
-                job.grad_accum,
+                job.common.grad_accum,
             )
         self.raw.train()
         batches: Iterator = iter(loader)
         try:
-            while self.step < job.steps:
+            while self.step < job.train.steps:
                 t0 = time.perf_counter()
                 stepped, stopping, values, wait = self.attempt(batches, stop)
                 if stepped:
@@ -310,13 +328,13 @@ class _Loop:
                             bad_in_row,
                             self.skipped,
                         )
-                    if bad_in_row >= job.max_nonfinite:
+                    if bad_in_row >= job.common.max_nonfinite:
                         raise NonFiniteLossError(
                             f"{job.stage}: {bad_in_row} non-finite losses in a row at step {self.step + 1} "
-                            f"(train.common.max_nonfinite={job.max_nonfinite}); the last good checkpoint is "
+                            f"(train.common.max_nonfinite={job.common.max_nonfinite}); the last good checkpoint is "
                             f"{self.last_path}. Lower the learning rate or check the input data."
                         )
-                if stopping and self.step < job.steps:
+                if stopping and self.step < job.train.steps:
                     if self.step != self.saved_step:
                         self.save()
                     if env.is_main:
@@ -343,8 +361,8 @@ class _Loop:
 
     def after_step(self, meter: _Meter, vloader: DataLoader | None, last_val: dict[str, float]) -> None:
         """Logging, validation, previews and checkpoints due at this step."""
-        job, step, end = self.job, self.step, self.step == self.job.steps
-        if step % job.log_every == 0 or end:
+        job, step, end = self.job, self.step, self.step == self.job.train.steps
+        if step % job.common.log_every == 0 or end:
             metrics = meter.flush()
             metrics.update(
                 {"train/lr": self.opt.param_groups[0]["lr"], "train/nonfinite_skipped": self.skipped}
@@ -355,19 +373,19 @@ class _Loop:
                     "%s step %d/%d loss %.5f | %.3f s/step, data wait %.3f s | %.2f vol/s",
                     job.stage,
                     step,
-                    job.steps,
+                    job.train.steps,
                     metrics["train/loss"],
                     metrics["perf/step_time_s"],
                     metrics["perf/data_wait_s"],
                     metrics["perf/volumes_per_s"],
                 )
-        if vloader is not None and (step % job.val_every == 0 or end):
+        if vloader is not None and (step % job.common.val_every == 0 or end):
             last_val.update(self.validate(vloader))
             if self.env.is_main:
                 self.tracker.log_metrics(last_val, step=step)
-        if job.preview_n and job.preview_every and step % job.preview_every == 0 and not end:
+        if job.preview_n and job.common.preview_every and step % job.common.preview_every == 0 and not end:
             self.preview()
-        if step % job.checkpoint_every == 0 or end:
+        if step % job.common.checkpoint_every == 0 or end:
             self.save()
 
     def preview(self) -> None:
@@ -383,8 +401,8 @@ class _Loop:
                     k=job.preview_k,
                     device=self.env.device,
                     title=f"{job.stage} step {step}",
-                    timesteps=job.timesteps,
-                    noise_std=job.noise_std,
+                    timesteps=job.diffusion.timesteps,
+                    noise_std=job.diffusion.noise_std,
                 )
                 self.tracker.log_image(png, artifact_path="previews")
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run
@@ -401,17 +419,16 @@ def _finalize(
     env: DistEnv,
     run: Any,
 ) -> None:
-    import prdit.model as models
 
     bad = ckpt.all_finite(dict(ema_model.state_dict()))
     if bad is not None:
         raise ckpt.NonFiniteWeightsError(f"EMA weight {bad!r} is not finite: model.pt not written")
-    models.save(job.out_dir / "model.pt", ema_model, meta={**job.meta, "steps": job.steps})
+    models.save(job.out_dir / "model.pt", ema_model, meta={**job.meta, "steps": job.train.steps})
     totals = meter.totals()
     metrics = {
         "stage": job.stage,
-        "steps": job.steps,
-        "global_batch": job.batch_size,
+        "steps": job.train.steps,
+        "global_batch": job.train.batch_size,
         "world_size": env.world_size,
         "final_train_loss": meter.final_loss,
         "val_loss": last_val.get("val/loss"),
@@ -421,7 +438,9 @@ def _finalize(
     }
     metrics = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
     write_json(job.out_dir / "metrics.json", metrics)
-    run.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=job.steps)
+    run.log_metrics(
+        {f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=job.train.steps
+    )
     run.log_artifact(job.out_dir / "metrics.json")
     run.log_model_file(job.out_dir / "model.pt")  # the stage's weights, reachable from its run under model/
     log.info("%s done: %s", job.stage, ", ".join(f"{k}={v}" for k, v in metrics.items()))
@@ -498,52 +517,37 @@ def peak_memory_gb(env: DistEnv) -> float:
 
 def diffusion_loss(job: Job) -> LossFn:
     """prdit.diffusion's IaN loss, fed with each sample's own diffusion time and noise (data.draw)."""
-    from prdit.diffusion import loss as ian_loss
 
-    takes_noise = "noise" in inspect.signature(ian_loss).parameters
+    seed, timesteps, noise_std = job.common.seed, job.diffusion.timesteps, job.diffusion.noise_std
 
     def loss_fn(
         model: nn.Module, x0: torch.Tensor, positions: list[int], stream: int
     ) -> tuple[torch.Tensor, dict]:
         t, noise = data.draw(
-            positions, x0.shape[1:], seed=job.seed, timesteps=job.timesteps, device=x0.device, stream=stream
+            positions, x0.shape[1:], seed=seed, timesteps=timesteps, device=x0.device, stream=stream
         )
-        kw = dict(timesteps=job.timesteps, noise_std=job.noise_std)
-        if takes_noise:
-            return ian_loss(model, x0, t=t, noise=noise * job.noise_std, **kw)
-        # without a noise argument the noise comes from one generator per micro-batch: resume stays
-        # exact, equality across process counts (a rank's micro-batch draws differ) does not
-        g = torch.Generator(device=x0.device).manual_seed(data.seed_of(job.seed, stream, positions[0]))
-        return ian_loss(model, x0, t=t, generator=g, **kw)
+        return ian_loss(model, x0, t=t, noise=noise * noise_std, timesteps=timesteps, noise_std=noise_std)
 
     return loss_fn
 
 
-def job_from_params(p: Any, dataset: str, stage: str, parents: dict[str, str] | None = None) -> Job:
+def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str] | None = None) -> Job:
     """The Job of `stage` on `dataset` from params.yaml, with its resume fingerprint and provenance.
 
-    `parents` maps the parent model files to their sha256 (StageModel.parents).
+    `parents` maps the parent model files to their sha256 (StageModel.parents). The fingerprint holds
+    every setting that decides the weights (config.trajectory: all but those marked SCHEDULE).
     """
-    from prdit.tracking import git_commit
-    from prdit.train.provenance import data_hash
 
     c, s = p.train.common, p.train.stage(stage)
-    extra = {"data_hash": data_hash(dataset, stages.input_size(p, stage)), "parents": dict(parents or {})}
+    size = stages.input_size(p, stage)
+    extra = {"data_hash": data_hash(dataset, size), "parents": dict(parents or {})}
     used = p.used(f"train-{stage}")
     fingerprint = {
         "stage": stage,
         "dataset": dataset,
-        "model": s.model,
-        "input_size": stages.input_size(p, stage),
-        "batch_size": s.batch_size,
-        "lr": s.lr,
-        "seed": c.seed,
-        "ema_decay": c.ema_decay,
-        "grad_clip": c.grad_clip,
-        "weight_decay": c.weight_decay,
-        "warmup_steps": c.warmup_steps,
-        "grad_accum": c.grad_accum,
-        "checkpointing": s.checkpointing,
+        "input_size": size,
+        **trajectory(s),
+        **trajectory(c),
         "diffusion": dataclasses.asdict(p.diffusion),
         **extra,
     }
@@ -551,40 +555,23 @@ def job_from_params(p: Any, dataset: str, stage: str, parents: dict[str, str] | 
         "stage": stage,
         "dataset": dataset,
         "params_hash": p.section_hash(*used),
-        "git_commit": git_commit(),
+        "git_commit": tracking.git_commit(),
         "params": used,
         **extra,
     }
     return Job(
         stage=stage,
         out_dir=stages.model_dir(dataset, stage),
-        steps=s.steps,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        seed=c.seed,
-        weight_decay=c.weight_decay,
-        grad_clip=c.grad_clip,
-        ema_decay=c.ema_decay,
-        warmup_steps=c.warmup_steps,
-        grad_accum=c.grad_accum,
-        checkpoint_every=c.checkpoint_every,
-        val_every=c.val_every,
-        preview_every=c.preview_every,
-        log_every=c.log_every,
-        num_workers=c.num_workers,
-        compile=c.compile,
-        max_nonfinite=c.max_nonfinite,
-        timesteps=p.diffusion.timesteps,
-        noise_std=p.diffusion.noise_std,
+        train=s,
+        common=c,
+        diffusion=p.diffusion,
         fingerprint=fingerprint,
         meta=meta,
     )
 
 
-def run_train(p: Any, dataset: str, stage: str) -> int:
+def run_train(p: Params, dataset: str, stage: str) -> int:
     """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
-    from prdit import tracking
-    from prdit.data.dataset import VolumeDataset
 
     env = distributed.setup()
     if env.device.type == "cuda":  # fp32 leftovers of bf16 autocast (EMA, optimizer, norms) on tensor cores

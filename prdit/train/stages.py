@@ -14,6 +14,8 @@ from pathlib import Path
 
 from torch import nn
 
+import prdit.model as models
+from prdit import paths
 from prdit.config import Params
 from prdit.errors import PrditError
 
@@ -39,7 +41,7 @@ class StageModel:
 
 
 def model_dir(dataset: str, stage: str) -> Path:
-    return Path("models") / dataset / stage
+    return paths.model_dir(dataset, stage)
 
 
 def input_size(p: Params, stage: str) -> int:
@@ -59,7 +61,6 @@ def parent_path(dataset: str, stage: str) -> Path | None:
 
 def build(p: Params, dataset: str, stage: str) -> StageModel:
     """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns."""
-    import prdit.model as models
 
     cfg = p.train.stage(stage)
     size = input_size(p, stage)

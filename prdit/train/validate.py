@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from prdit.diffusion import sample
 from prdit.train.distributed import DistEnv, all_sum
+from prdit.viz import montage
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,6 @@ def preview(
     same axial/coronal/sagittal mid-slices in the same layout and fixed grey scale ([-1, 1]). So a run's
     previews differ only by the weights, and anatomy can be watched appearing step by step.
     """
-    from prdit.diffusion import sample
-    from prdit.viz import montage
 
     was_training = model.training
     model.eval()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from prdit.io import write_torch
 from prdit.model.registry import create
 
 FORMAT = "prdit-model/1"
@@ -48,7 +51,6 @@ def save(path: str | Path, model: nn.Module, *, meta: dict[str, Any]) -> None:
 
     `meta` must hold nothing time- or path-random (a child stage's resume check and DVC hash model files).
     """
-    from prdit.io import write_torch
 
     write_torch(path, to_file_dict(model, meta))
 
@@ -59,8 +61,6 @@ def content_hash(path: str | Path) -> str:
     `meta` (provenance: git commit, params, data hash) is left out, so a parent re-saved with the same
     weights under another commit still matches the checkpoints of the stages that build on it.
     """
-    import hashlib
-    import json
 
     path = Path(path)
     try:
