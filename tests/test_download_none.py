@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from prdit.config import load
-from prdit.data.download import run_download
-from prdit.data.fetch import DownloadError
+from prdit.acquire.stage import run_download
+from prdit.acquire.http import DownloadError
 from tests.conftest import ROOT
 
 

@@ -1,4 +1,6 @@
-"""`prdit download <dataset>`: fetch a public dataset into `sources.<dataset>.path`, resumable and verified.
+"""The stage functions of `prdit download` and `prdit fetch-weights`.
+
+`prdit download <dataset>` fetches a public dataset into `sources.<dataset>.path`, verified.
 
 The source's `download` key picks the client: `lidc-idri` (TCIA NBIA API, one zip per DICOM series),
 `rad-chestct` (Zenodo record files), `phantom` (write the synthetic set) or `none` (the folder already
@@ -6,6 +8,7 @@ holds the data). Each run lists what is published, skips what is already on disk
 further network), fetches the rest in parallel, and rewrites `<path>/manifest.csv`
 (patient, study, series, path, files, bytes, checksum, status, message). One failed item never stops
 the others; the run returns 1 (the CLI's exit status) if any failed, after logging which and why.
+A client (tcia, zenodo) is a module with list_items, done_row, needed_bytes, fetch_item and finish.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from prdit import tracking
-from prdit.data import fetch, tcia, zenodo
+from prdit.acquire import http, tcia, zenodo
+from prdit.acquire.weights import DEFAULT_OUT, fetch_weights
+from prdit.config import Downloader, Params
 from prdit.io import atomic_path
 from prdit.progress import progress
 
@@ -83,22 +89,24 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
             "message": "user-provided (download: none)",
         }
     if not rows:
-        raise fetch.DownloadError(f"{root}: no files found (download: none expects the data there)")
+        raise http.DownloadError(f"{root}: no files found (download: none expects the data there)")
     return rows
 
 
 def run_download(
-    p: Any,
+    p: Params,
     dataset: str,
     *,
     patients: Sequence[str] | None = None,
     limit: int | None = None,
     threads: int | None = None,
+    manifest: str | Path | None = None,
 ) -> int:
     """Download `dataset`; return 0 when every selected item is on disk and verified, 1 otherwise.
 
-    `patients`/`limit`/`threads` override `download.<name>.patients/limit/workers`. Problems with the
-    whole run (listing unreachable, not enough disk space) raise fetch.DownloadError.
+    `patients`/`limit`/`threads`/`manifest` override `download.<name>.patients/limit/workers/manifest`.
+    Problems with the whole run (listing unreachable, access refused, not enough disk space) raise
+    http.DownloadError.
     """
     if dataset not in p.sources:
         raise KeyError(f"dataset {dataset!r} has no entry under 'sources' (known: {', '.join(p.sources)})")
@@ -106,7 +114,7 @@ def run_download(
     out = Path(src.path)
     if src.download == "none":
         if not out.exists():
-            raise fetch.DownloadError(
+            raise http.DownloadError(
                 f"sources.{dataset}.path: {out} does not exist (download: none expects the data there)"
             )
         log.info("%s: download: none, using the data already in %s", dataset, out)
@@ -122,13 +130,15 @@ def run_download(
         return 0
     client = CLIENTS[src.download]
     cfg = p.download[src.download]
+    if manifest is not None:
+        cfg = replace(cfg, manifest=str(manifest))
     patients = tuple(cfg.patients if patients is None else patients)
     limit = cfg.limit if limit is None else limit
     workers = max(1, threads or cfg.workers)
-    policy = fetch.RetryPolicy(retries=cfg.retries, backoff_s=getattr(cfg, "backoff_s", None))
+    policy = http.RetryPolicy(retries=cfg.retries)
     used = {
         **p.used("download", dataset),
-        "cli": {"patients": list(patients), "limit": limit, "threads": workers},
+        "cli": {"patients": list(patients), "limit": limit, "threads": workers, "manifest": cfg.manifest},
     }
     with tracking.stage_run(p, stage="download", dataset=dataset, used=used) as run:
         status, metrics = _download(
@@ -141,9 +151,9 @@ def run_download(
 
 def _download(
     client: ModuleType,
-    cfg: Any,
+    cfg: Downloader,
     out: Path,
-    policy: fetch.RetryPolicy,
+    policy: http.RetryPolicy,
     *,
     patients: Sequence[str],
     limit: int | None,
@@ -174,7 +184,7 @@ def _download(
     if todo:
         needed = sum(sizes) + workers * max(sizes)  # + the files being staged at any one time
         if needed:
-            fetch.check_space(out, needed, label)
+            http.check_space(out, needed, label)
         else:
             log.warning("%s: the listing gives no sizes; skipping the disk-space check", label)
     listing_keys = [row["series"] or f"patient:{row['patient']}" for row in failed_listing]
@@ -183,7 +193,7 @@ def _download(
     last_write = time.monotonic()
     total = sum(sizes) or None
     out.mkdir(parents=True, exist_ok=True)
-    with fetch.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
+    with http.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_fetch_one, client, item, out, cfg, policy, bar): item for item in todo}
         try:
             for future in progress(as_completed(futures), desc=f"{label} items", total=len(futures)):
@@ -194,16 +204,14 @@ def _download(
                     write_manifest(manifest, {**rows, **results})
                     last_write = time.monotonic()
         except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
-            fetch.STOP.set()
+            http.STOP.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            fetch.STOP.clear()
+            http.STOP.clear()
             write_manifest(manifest, {**rows, **results})
             raise
     received = bar.done
     write_manifest(manifest, {**rows, **results})
-    staging = out / tcia.STAGING
-    if staging.is_dir() and not any(staging.iterdir()):
-        staging.rmdir()
+    client.finish(out)
 
     selected = [results[k] for k in [i.key for i in items] + listing_keys]
     failed = [r for r in selected if r["status"] != "ok"]
@@ -223,7 +231,7 @@ def _download(
         ok,
         present,
         len(failed),
-        fetch.human_bytes(received),
+        http.human_bytes(received),
         manifest,
     )
     if failed:
@@ -235,14 +243,19 @@ def _download(
 
 
 def _fetch_one(
-    client: ModuleType, item: Any, out: Path, cfg: Any, policy: fetch.RetryPolicy, bar: fetch.ByteProgress
+    client: ModuleType,
+    item: Any,
+    out: Path,
+    cfg: Downloader,
+    policy: http.RetryPolicy,
+    bar: http.ByteProgress,
 ) -> tuple[dict[str, str], int]:
     """Fetch one item; any error becomes a failed manifest row naming the item and the reason."""
     try:
         return client.fetch_item(item, out, cfg, policy, bar)
     except Exception as exc:  # one bad item never stops the batch
         message = (
-            str(exc) if isinstance(exc, fetch.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
+            str(exc) if isinstance(exc, http.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
         )
         log.error("%s", message)
         patient = getattr(item, "patient", "")
@@ -257,3 +270,15 @@ def _fetch_one(
             "status": "failed",
             "message": message,
         }, 0
+
+
+def run_fetch_weights(p: Params, out: Path | None = None) -> int:
+    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
+    ev = p.evaluate
+    target = Path(out or ev.weights or DEFAULT_OUT)
+    fetch_weights(ev.url, target, ev.sha256)
+    if ev.weights is None or Path(ev.weights) != target:
+        log.info(
+            "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target
+        )
+    return 0
