@@ -123,14 +123,8 @@ def _run(args: argparse.Namespace) -> int | None:
     if cmd == "download":
         from prdit.acquire.stage import run_download
 
-        return run_download(
-            params,
-            args.dataset,
-            patients=args.patients,
-            limit=args.limit,
-            threads=args.threads,
-            manifest=args.manifest,
-        )
+        options = {k: getattr(args, k) for k in ("patients", "limit", "threads", "manifest")}
+        return run_download(params, args.dataset, **options)
     if cmd == "ingest":
         from prdit.data.ingest import run_ingest, write_plan
 

@@ -314,19 +314,15 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             return self._bytes(req, uid, data, "application/zip", ranges=False, fault=fault)
 
         def _text(self, req: Request, text: str, status: int) -> None:
-            body = text.encode()
-            req.status = status
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._send(req, text.encode(), "text/plain", status)
 
         def _json(self, req: Request, obj: object, status: int = 200) -> None:
-            body = json.dumps(obj).encode()
+            self._send(req, json.dumps(obj).encode(), "application/json", status)
+
+        def _send(self, req: Request, body: bytes, ctype: str, status: int) -> None:
             req.status = status
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -223,16 +223,7 @@ def download(
     furthest = size_of(part)
     while True:
         try:
-            received += _fetch_to_part(
-                url,
-                part,
-                size=size,
-                on_bytes=on_bytes,
-                what=what,
-                headers=headers,
-                params=params,
-                resume=resume,
-            )
+            received += _fetch_to_part(url, part, size, on_bytes, what, headers, params, resume)
         except _Transient as exc:
             # Only a partial file that grew past its best size counts as progress: a server that
             # ignores Range and drops at the same byte every time must still run out of retries.
@@ -280,7 +271,6 @@ class _Transient(Exception):
 def _fetch_to_part(
     url: str,
     part: Path,
-    *,
     size: int | None,
     on_bytes: Callable[[int], None] | None,
     what: str,

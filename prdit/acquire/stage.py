@@ -13,7 +13,6 @@ A client (tcia, zenodo) is a module with list_items, done_row, needed_bytes, fet
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -26,35 +25,16 @@ from types import ModuleType
 from typing import Any
 
 from prdit import tracking
-from prdit.acquire import http, tcia, zenodo
+from prdit.acquire import http, records, tcia, zenodo
+from prdit.acquire.records import MANIFEST
 from prdit.acquire.weights import DEFAULT_OUT, fetch_weights
 from prdit.config import Downloader, Params
-from prdit.io import atomic_path
 from prdit.progress import progress
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.csv"
-COLUMNS = ("patient", "study", "series", "path", "files", "bytes", "checksum", "status", "message")
 CLIENTS: dict[str, ModuleType] = {"lidc-idri": tcia, "rad-chestct": zenodo}
 MANIFEST_EVERY_S = 5.0
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of an earlier manifest keyed by `series` (series UID or file key); {} if there is none."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = [row for row in csv.DictReader(fh) if row.get("series")]
-    return {row["series"]: {c: row.get(c) or "" for c in COLUMNS} for row in rows}
-
-
-def write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for key in sorted(rows, key=lambda k: (rows[k]["patient"], rows[k]["study"], k)):
-            writer.writerow(rows[key])
 
 
 def inventory(root: Path) -> dict[str, dict[str, str]]:
@@ -77,17 +57,15 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
             total += st.st_size
             digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         rel = str(Path(folder).relative_to(root))
-        rows[rel] = {
-            "patient": "",
-            "study": "",
-            "series": rel,
-            "path": str(Path(folder)),
-            "files": str(len(files)),
-            "bytes": str(total),
-            "checksum": "listing-sha256:" + digest.hexdigest(),
-            "status": "present",
-            "message": "user-provided (download: none)",
-        }
+        rows[rel] = records.row(
+            series=rel,
+            path=Path(folder),
+            files=len(files),
+            bytes=total,
+            checksum="listing-sha256:" + digest.hexdigest(),
+            status="present",
+            message="user-provided (download: none)",
+        )
     if not rows:
         raise http.DownloadError(f"{root}: no files found (download: none expects the data there)")
     return rows
@@ -118,7 +96,7 @@ def run_download(
                 f"sources.{dataset}.path: {out} does not exist (download: none expects the data there)"
             )
         log.info("%s: download: none, using the data already in %s", dataset, out)
-        write_manifest(Path("data/raw") / dataset / MANIFEST, inventory(out))
+        records.write(Path("data/raw") / dataset / MANIFEST, inventory(out))
         return 0
     if src.download == "phantom":
         from prdit.data.phantom import write_phantom
@@ -162,7 +140,7 @@ def _download(
 ) -> tuple[int, dict[str, float]]:
     items, failed_listing = client.list_items(cfg, policy, patients=patients, limit=limit)
     manifest = out / MANIFEST
-    rows = read_manifest(manifest)
+    rows = records.read(manifest)
     results: dict[str, dict[str, str]] = {}
     todo = []
     for item in items:
@@ -201,16 +179,16 @@ def _download(
                 row, _ = future.result()
                 results[item.key] = row
                 if time.monotonic() - last_write >= MANIFEST_EVERY_S:
-                    write_manifest(manifest, {**rows, **results})
+                    records.write(manifest, {**rows, **results})
                     last_write = time.monotonic()
         except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
             http.STOP.set()
             pool.shutdown(wait=True, cancel_futures=True)
             http.STOP.clear()
-            write_manifest(manifest, {**rows, **results})
+            records.write(manifest, {**rows, **results})
             raise
     received = bar.done
-    write_manifest(manifest, {**rows, **results})
+    records.write(manifest, {**rows, **results})
     client.finish(out)
 
     selected = [results[k] for k in [i.key for i in items] + listing_keys]
@@ -258,18 +236,8 @@ def _fetch_one(
             str(exc) if isinstance(exc, http.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
         )
         log.error("%s", message)
-        patient = getattr(item, "patient", "")
-        return {
-            "patient": patient,
-            "study": getattr(item, "study", ""),
-            "series": item.key,
-            "path": "",
-            "files": "",
-            "bytes": "",
-            "checksum": "",
-            "status": "failed",
-            "message": message,
-        }, 0
+        where = {"patient": getattr(item, "patient", ""), "study": getattr(item, "study", "")}
+        return records.row(**where, series=item.key, status="failed", message=message), 0
 
 
 def run_fetch_weights(p: Params, out: Path | None = None) -> int:

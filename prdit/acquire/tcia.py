@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prdit.acquire import archive, http
+from prdit.acquire import archive, http, records
 from prdit.config import Downloader
 from prdit.errors import PrditError
 from prdit.io import file_digest
@@ -61,7 +61,7 @@ class Series:
         return out / self.patient / self.study / self.key
 
 
-def read_manifest(path: str | Path) -> list[str]:
+def read_tcia_manifest(path: str | Path) -> list[str]:
     """The SeriesInstanceUIDs of a TCIA portal `.tcia` manifest, in order, without duplicates."""
     path = Path(path)
     try:
@@ -143,7 +143,7 @@ def list_items(
     With a manifest its series are taken whatever their modality (the manifest is the selection);
     a manifest series missing from the collection's listing becomes a failure row naming it.
     """
-    wanted = read_manifest(cfg.manifest) if cfg.manifest else None
+    wanted = read_tcia_manifest(cfg.manifest) if cfg.manifest else None
     modality = "" if wanted is not None else cfg.modality
     records, failed = _records(cfg, policy, patients, modality)
     series: dict[str, Series] = {}
@@ -179,19 +179,7 @@ def list_items(
 
 
 def _row(patient: str, study: str, series: str, **fields: Any) -> dict[str, str]:
-    row = {
-        "patient": patient,
-        "study": study,
-        "series": series,
-        "path": "",
-        "files": "",
-        "bytes": "",
-        "checksum": "",
-        "status": "",
-        "message": "",
-    }
-    row.update({k: str(v) for k, v in fields.items()})
-    return row
+    return records.row(patient=patient, study=study, series=series, **fields)
 
 
 def _dicom_files(files: Sequence[Path]) -> list[Path]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from prdit.acquire import http
+from prdit.acquire import http, records
 from prdit.config import Downloader
 from prdit.io import file_digest
 
@@ -196,19 +196,8 @@ def list_items(
 
 
 def _row(key: str, **fields: Any) -> dict[str, str]:
-    row = {
-        "patient": Path(key).stem if key.endswith(VOLUME_SUFFIX) else "",
-        "study": "",
-        "series": key,
-        "path": key,
-        "files": "1",
-        "bytes": "",
-        "checksum": "",
-        "status": "",
-        "message": "",
-    }
-    row.update({k: str(v) for k, v in fields.items()})
-    return row
+    patient = Path(key).stem if key.endswith(VOLUME_SUFFIX) else ""
+    return records.row(patient=patient, series=key, path=key, files=1, **fields)
 
 
 def done_row(item: RemoteFile, out: Path, previous: dict[str, str] | None) -> dict[str, str] | None:
