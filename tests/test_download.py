@@ -326,6 +326,18 @@ def test_nbia_answers_400_with_a_reason_that_reaches_the_user(server):
         http.get_json(server.tcia_url + "/getImage", params={"SeriesInstanceUID": "1.2.3"}, what="x")
 
 
+def test_a_share_token_never_reaches_messages(tmp_path):
+    """requests quotes the URL, query included, in its errors; those go to logs and manifest.csv."""
+    dead = "http://127.0.0.1:9/api/records/1/files"
+    fast = http.RetryPolicy(retries=0)
+    with pytest.raises(http.DownloadError) as listing:
+        http.get_json(dead, params={"token": "s3cret-link"}, policy=fast, what="listing")
+    with pytest.raises(http.DownloadError) as content:
+        http.download(dead + "/a/content", tmp_path / "a", params={"token": "s3cret-link"}, policy=fast)
+    for err in (listing, content):
+        assert "token=***" in str(err.value) and "s3cret-link" not in str(err.value)
+
+
 MANIFEST_HEADER = """downloadServerUrl=https://nbia.cancerimagingarchive.net/nbia-download/servlet/DownloadServlet
 includeAnnotation=true
 noOfrRetry=4

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import random
+import re
 import shutil
 import sys
 import threading
@@ -99,6 +100,17 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+_SECRET_PARAM = re.compile(r"((?:access_)?token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the values of token query parameters (a share link's secret) replaced by '***'.
+
+    Error messages of requests/urllib3 quote the URL with its query; they go to logs and manifest.csv.
+    """
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
 _local = threading.local()
 
 
@@ -156,7 +168,7 @@ def get_json(
         except requests.exceptions.JSONDecodeError as exc:
             raise DownloadError(f"{what}: the server's answer is not JSON ({exc})") from None
         except requests.RequestException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {redact(str(exc))}"
         if attempt > policy.retries:
             raise DownloadError(f"{what}: giving up after {policy.retries} retries: {reason}")
         delay = policy.wait(attempt, response)
@@ -329,7 +341,8 @@ def _fetch_to_part(
         ConnectionError,
         TimeoutError,
     ) as exc:
-        raise _Transient(f"connection failed after {got} bytes: {type(exc).__name__}: {exc}") from None
+        reason = f"connection failed after {got} bytes: {type(exc).__name__}: {redact(str(exc))}"
+        raise _Transient(reason) from None
     return got
 
 
