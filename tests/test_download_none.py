@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from prdit.config import load
-from prdit.acquire.stage import run_download
 from prdit.acquire.http import DownloadError
+from prdit.acquire.stage import run_download
+from prdit.config import load
 from tests.conftest import ROOT
 
 

@@ -275,4 +275,3 @@ def run_evaluate(p: Any, dataset: str, size: int) -> None:
                 run.log_image(f, artifact_path="report")
             else:
                 run.log_artifact(f, artifact_path="report")
-
