@@ -389,6 +389,14 @@ def test_bad_tcia_manifest_is_one_clear_line(env, server, text, why):
     assert str(cohort) in str(err.value) and not server.log
 
 
+def test_tcia_manifest_for_another_source_is_refused(env, zenodo):
+    cohort = env / "cohort.tcia"
+    cohort.write_text(MANIFEST_HEADER + "1.2.3\n")
+    with pytest.raises(tcia.ManifestError, match="selects TCIA series, not rad-chestct"):
+        run_download(load(zenodo), "rad-chestct", manifest=cohort)
+    assert not zenodo.log
+
+
 def test_disk_space_is_checked_before_downloading(env, server, dicom):
     for s in server.series.values():
         s["FileSize"] = 10**17  # 100 PB each

@@ -110,6 +110,12 @@ def run_download(
     cfg = p.download[src.download]
     if manifest is not None:
         cfg = replace(cfg, manifest=str(manifest))
+    if cfg.manifest:  # checked before any run is recorded or request made
+        if client is not tcia:
+            raise tcia.ManifestError(
+                f"{cfg.manifest}: a .tcia manifest selects TCIA series, not {dataset} files"
+            )
+        tcia.read_tcia_manifest(cfg.manifest)
     patients = tuple(cfg.patients if patients is None else patients)
     limit = cfg.limit if limit is None else limit
     workers = max(1, threads or cfg.workers)
