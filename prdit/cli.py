@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", nargs="*", default=None, help="only these patient ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many series/files")
     p.add_argument("--threads", type=int, default=None, help="parallel downloads (default: params)")
+    p.add_argument(
+        "--manifest", type=Path, default=None, help="lidc-idri: only the series of this TCIA .tcia manifest"
+    )
 
     p = subs.add_parser("ingest", help="DICOM series / npz / NIfTI -> HU NIfTI volumes + qc.csv")
     _common(p, threads=True)
@@ -169,11 +172,10 @@ def _run(args: argparse.Namespace) -> int | None:
 
         return run_phantom(params, args.out)
     if cmd == "download":
-        from prdit.data.download import run_download
+        from prdit.acquire.stage import run_download
 
-        return run_download(
-            params, args.dataset, patients=args.patients, limit=args.limit, threads=args.threads
-        )
+        options = {k: getattr(args, k) for k in ("patients", "limit", "threads", "manifest")}
+        return run_download(params, args.dataset, **options)
     if cmd == "ingest":
         from prdit.data.ingest import run_ingest, write_plan
 
@@ -214,7 +216,7 @@ def _run(args: argparse.Namespace) -> int | None:
 
         return run_evaluate(params, args.dataset, args.size)
     if cmd == "fetch-weights":
-        from prdit.evaluate.run import run_fetch_weights
+        from prdit.acquire.stage import run_fetch_weights
 
         return run_fetch_weights(params, args.out)
     if cmd == "tracking-import":

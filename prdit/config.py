@@ -180,6 +180,8 @@ class Downloader:
     retries: int = 6
     patients: tuple[str, ...] = ()
     limit: int | None = None
+    manifest: str | None = None  # lidc-idri: a TCIA portal .tcia manifest choosing the series
+    md5: bool = True  # lidc-idri: verify every image against NBIA's published MD5
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,24 @@
-"""A local HTTP server on 127.0.0.1 speaking enough of TCIA's NBIA API and Zenodo's REST API, with faults.
+"""A local HTTP server on 127.0.0.1 that behaves like TCIA's NBIA API, Zenodo's REST API and a weights host.
 
-NBIA (under /nbia-api/services/v1): `getSeries?Collection=&Modality=&PatientID=` -> JSON list of series,
-`getImage?SeriesInstanceUID=` -> the series as a zip. Zenodo (under /api): `records/<id>` -> JSON with
-`files[]` (key, size, checksum "md5:…", links.self), `records/<id>/files/<key>/content` -> bytes. Both
-byte endpoints honour `Range: bytes=N-`. Faults are queued per series UID or file key and consumed one
-per request: "drop" (connection closed mid-body), "429" (with Retry-After), "500", "503", "truncate"
-(a complete response whose body is cut short), "ignore-range" (200 with the whole body).
-Every request is recorded in `server.log` (path, query, Range header, status, bytes sent).
+NBIA (under /nbia-api/services/v1), as its server code does: `getSeries?Collection=&Modality=&PatientID=`
+-> JSON list of series; `getImage?SeriesInstanceUID=&NewFileNames=` -> the series as a zip;
+`getImageWithMD5Hash?SeriesInstanceUID=` -> the zip plus `md5hashes.csv` (`Filename,MD5Hash`). A
+parameter the endpoint does not know, a missing SeriesInstanceUID or a series it does not serve is
+answered 400 with a one-line reason. The zips are built per request and Range is ignored (200, the
+whole body).
+
+Zenodo (under /api): `records/<id>` -> JSON with `files[]` (key, size, checksum "md5:…", links.self);
+`records/<id>/files` -> `{"entries": [...]}`; `records/<id>/files/<key>/content` -> bytes, Range
+ignored unless `zenodo_ranges` is set. With `restricted` set the record lists no files and both file
+endpoints answer 403 unless the request carries `Authorization: Bearer <personal_token>` or
+`?token=<share_token>`.
+
+Weights host: `/files/<name>` -> bytes, honouring `Range: bytes=N-` (as the Hugging Face hub does).
+
+Faults are queued per series UID, file key or name and consumed one per byte request: "drop"
+(connection closed mid-body), "429" (with Retry-After), "500", "503", "truncate" (a complete response
+whose body is cut short), "bad-md5" (md5hashes.csv publishes a wrong MD5 for the first image).
+Every request is recorded in `server.log` (path, query, Range and Authorization headers, status, bytes sent).
 """
 
 from __future__ import annotations
@@ -28,6 +40,21 @@ import numpy as np
 
 NBIA = "/nbia-api/services/v1"
 ZENODO = "/api"
+WEIGHTS = "/files"
+NBIA_PARAMS = {  # what each NBIA endpoint accepts (anything else: 400)
+    "getSeries": {
+        "Collection",
+        "PatientID",
+        "StudyInstanceUID",
+        "Modality",
+        "BodyPartExamined",
+        "ManufacturerModelName",
+        "Manufacturer",
+        "format",
+    },
+    "getImage": {"SeriesInstanceUID", "NewFileNames"},
+    "getImageWithMD5Hash": {"SeriesInstanceUID"},
+}
 
 
 @dataclass
@@ -35,6 +62,7 @@ class Request:
     path: str
     query: dict[str, str]
     range: str | None
+    auth: str | None = None
     status: int = 0
     sent: int = 0
     t: float = field(default_factory=time.monotonic)
@@ -87,8 +115,13 @@ class FakeServer:
 
     def __init__(self, collection: str = "LIDC-IDRI", record: str = "4242") -> None:
         self.collection, self.record = collection, record
-        self.series: dict[str, dict] = {}  # uid -> listing entry + "zip"
+        self.series: dict[str, dict] = {}  # uid -> listing entry + "files" (+ "zip": served instead)
         self.files: dict[str, bytes] = {}  # Zenodo key -> bytes
+        self.weights: dict[str, bytes] = {}  # weights host: name -> bytes
+        self.zenodo_ranges = False  # Zenodo's content endpoint reportedly ignores Range
+        self.restricted = False
+        self.personal_token = "pat-secret"
+        self.share_token = "share-secret"
         self.published_checksum: dict[str, str] = {}  # key -> checksum to publish instead of the true one
         self.faults: dict[str, list[str]] = defaultdict(list)
         self.retry_after = 1
@@ -111,6 +144,10 @@ class FakeServer:
     def zenodo_url(self) -> str:
         return self.base + ZENODO
 
+    @property
+    def weights_url(self) -> str:
+        return self.base + WEIGHTS
+
     def __enter__(self) -> FakeServer:
         self._thread.start()
         return self
@@ -130,7 +167,6 @@ class FakeServer:
         modality: str = "CT",
         zip_data: bytes | None = None,
     ) -> None:
-        data = zip_data if zip_data is not None else zip_bytes(files)
         self.series[uid] = {
             "SeriesInstanceUID": uid,
             "StudyInstanceUID": study,
@@ -143,7 +179,8 @@ class FakeServer:
             "Manufacturer": "FAKE",
             "ImageCount": len(files) if image_count is None else image_count,
             "FileSize": sum(len(v) for v in files.values()),
-            "zip": data,
+            "files": dict(files),
+            **({"zip": zip_data} if zip_data is not None else {}),
         }
 
     def add_file(self, key: str, data: bytes) -> None:
@@ -153,9 +190,28 @@ class FakeServer:
         with self._lock:
             self.faults[target].extend(kinds)
 
+    def series_zip(self, uid: str, md5: bool, fault: str | None = None) -> bytes:
+        """The zip NBIA would build now for series `uid` (with md5hashes.csv for getImageWithMD5Hash)."""
+        s = self.series[uid]
+        if "zip" in s:
+            return s["zip"]
+        files = dict(s["files"])
+        if md5:
+            sums = {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+            if fault == "bad-md5" and sums:
+                sums[min(sums)] = "0" * 32
+            files["md5hashes.csv"] = (
+                "Filename,MD5Hash\n" + "".join(f"{n},{h}\n" for n, h in sums.items())
+            ).encode()
+        return zip_bytes(files)
+
     def requests(self, path_part: str = "", target: str | None = None) -> list[Request]:
         def hit(r: Request) -> bool:
-            return r.query.get("SeriesInstanceUID") == target or r.path.endswith(f"/{target}/content")
+            return (
+                r.query.get("SeriesInstanceUID") == target
+                or r.path.endswith(f"/{target}/content")
+                or r.path == f"{WEIGHTS}/{target}"
+            )
 
         return [r for r in self.log if path_part in r.path and (target is None or hit(r))]
 
@@ -166,7 +222,10 @@ class FakeServer:
         with self._lock:
             return self.faults[target].pop(0) if self.faults.get(target) else None
 
-    def _record_json(self) -> dict:
+    def _authorised(self, req: Request) -> bool:
+        return req.auth == f"Bearer {self.personal_token}" or req.query.get("token") == self.share_token
+
+    def _file_entries(self) -> list[dict]:
         entries = []
         for key, data in sorted(self.files.items()):
             md5 = "md5:" + hashlib.md5(data).hexdigest()
@@ -179,11 +238,15 @@ class FakeServer:
                     "links": {"self": f"{self.zenodo_url}/records/{self.record}/files/{key}/content"},
                 }
             )
+        return entries
+
+    def _record_json(self) -> dict:
+        access = "restricted" if self.restricted else "open"
         return {
             "id": int(self.record),
             "recid": self.record,
-            "metadata": {"title": "Fake RAD-ChestCT"},
-            "files": entries,
+            "metadata": {"title": "Fake RAD-ChestCT", "access_right": access},
+            **({} if self.restricted else {"files": self._file_entries()}),
             "links": {"self": f"{self.zenodo_url}/records/{self.record}"},
         }
 
@@ -198,45 +261,84 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            req = Request(url.path, query, self.headers.get("Range"))
+            req = Request(url.path, query, self.headers.get("Range"), self.headers.get("Authorization"))
             with server._lock:
                 server.log.append(req)
             path = unquote(url.path)
-            if path == f"{NBIA}/getSeries":
-                rows = [
-                    {k: v for k, v in s.items() if k != "zip"}
-                    for s in server.series.values()
-                    if all(
-                        s.get(k) == query[k] for k in ("Collection", "Modality", "PatientID") if k in query
-                    )
-                ]
-                return self._json(req, rows)
-            if path == f"{NBIA}/getImage":
-                uid = query.get("SeriesInstanceUID", "")
-                if uid not in server.series:
-                    return self._json(req, {"error": "unknown series"}, status=404)
-                return self._bytes(req, uid, server.series[uid]["zip"], "application/zip")
+            if path.startswith(NBIA + "/"):
+                return self._nbia(req, path[len(NBIA) + 1 :], query)
             prefix = f"{ZENODO}/records/{server.record}"
             if path == prefix:
                 return self._json(req, server._record_json())
+            if path.startswith(prefix + "/files") and server.restricted and not server._authorised(req):
+                return self._json(req, {"status": 403, "message": "Permission denied."}, status=403)
+            if path == prefix + "/files":
+                return self._json(req, {"entries": server._file_entries()})
             if path.startswith(prefix + "/files/") and path.endswith("/content"):
                 key = path[len(prefix + "/files/") : -len("/content")]
                 if key not in server.files:
                     return self._json(req, {"status": 404, "message": "not found"}, status=404)
-                return self._bytes(req, key, server.files[key], "application/octet-stream")
+                data = server.files[key]
+                return self._bytes(req, key, data, "application/octet-stream", ranges=server.zenodo_ranges)
+            if path.startswith(WEIGHTS + "/") and path[len(WEIGHTS) + 1 :] in server.weights:
+                name = path[len(WEIGHTS) + 1 :]
+                return self._bytes(req, name, server.weights[name], "application/octet-stream", ranges=True)
             return self._json(req, {"status": 404, "message": "no such endpoint"}, status=404)
 
+        def _nbia(self, req: Request, endpoint: str, query: dict[str, str]) -> None:
+            if endpoint not in NBIA_PARAMS:
+                return self._text(req, f"no such endpoint: {endpoint}", 404)
+            unknown = sorted(set(query) - NBIA_PARAMS[endpoint])
+            if unknown:
+                return self._text(req, f"Unrecognized parameter(s) for {endpoint}: {', '.join(unknown)}", 400)
+            if endpoint == "getSeries":
+                rows = [
+                    {k: v for k, v in s.items() if k not in ("zip", "files")}
+                    for s in server.series.values()
+                    if all(
+                        s.get(k) == query[k]
+                        for k in ("Collection", "Modality", "PatientID", "StudyInstanceUID")
+                        if k in query
+                    )
+                ]
+                return self._json(req, rows)
+            uid = query.get("SeriesInstanceUID")
+            if not uid:
+                return self._text(req, "A parameter, SeriesInstanceUID, is required for this API call.", 400)
+            if uid not in server.series:
+                return self._text(
+                    req, f"Image with given SeriesInstanceUID,{uid}, is not in public domain.", 400
+                )
+            fault = server._next_fault(uid)
+            data = server.series_zip(uid, md5=endpoint == "getImageWithMD5Hash", fault=fault)
+            return self._bytes(req, uid, data, "application/zip", ranges=False, fault=fault)
+
+        def _text(self, req: Request, text: str, status: int) -> None:
+            self._send(req, text.encode(), "text/plain", status)
+
         def _json(self, req: Request, obj: object, status: int = 200) -> None:
-            body = json.dumps(obj).encode()
+            self._send(req, json.dumps(obj).encode(), "application/json", status)
+
+        def _send(self, req: Request, body: bytes, ctype: str, status: int) -> None:
             req.status = status
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def _bytes(self, req: Request, target: str, data: bytes, ctype: str) -> None:
-            fault = server._next_fault(target)
+        def _bytes(
+            self,
+            req: Request,
+            target: str,
+            data: bytes,
+            ctype: str,
+            *,
+            ranges: bool,
+            fault: str | None = "next",
+        ) -> None:
+            if fault == "next":
+                fault = server._next_fault(target)
             if fault in ("429", "500", "503"):
                 req.status = int(fault)
                 self.send_response(req.status)
@@ -248,7 +350,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             if fault == "truncate":
                 data = data[: len(data) * 6 // 10]
             start = 0
-            if req.range and fault != "ignore-range":
+            if req.range and ranges:
                 start = int(req.range.split("=")[1].split("-")[0])
                 if start >= len(data):
                     req.status = 416
@@ -261,7 +363,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             req.status = 206 if start else 200
             self.send_response(req.status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Accept-Ranges", "bytes" if ranges else "none")
             self.send_header("Content-Length", str(len(body)))
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

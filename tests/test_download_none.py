@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from prdit.data.download import run_download
-from prdit.data.fetch import DownloadError
+from prdit.acquire.http import DownloadError
+from prdit.acquire.stage import run_download
 from tests.conftest import params_with
 
 

@@ -1,77 +1,87 @@
-"""`prdit fetch-weights` against an HTTP server this test runs on 127.0.0.1."""
+"""`prdit fetch-weights` through the acquisition client, against a weights host this test runs on 127.0.0.1."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
+from fake_servers import FakeServer
 
-from prdit.evaluate.fetch import FetchError, run_fetch_weights
+from prdit.acquire import http
+from prdit.acquire.weights import fetch_weights
 from tests.conftest import ROOT, make_project, tool_env
 
 PAYLOAD = b"MedicalNet stand-in " * 5000
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+FAST = http.RetryPolicy(retries=1, backoff_s=0.01)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    hits = 0
+class _Weights:
+    """The fake's weights host, with the URL of the one published file and a count of its requests."""
 
-    def do_GET(self):  # noqa: N802
-        type(self).hits += 1
-        if self.path != "/resnet_50.pth":
-            self.send_error(404, "no such file")
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
+    def __init__(self, srv: FakeServer):
+        self.srv = srv
+        self.url = f"{srv.weights_url}/resnet_50.pth"
 
-    def log_message(self, *args):
-        pass
+    @property
+    def hits(self) -> int:
+        return len(self.srv.requests(target="resnet_50.pth"))
+
+    def __str__(self) -> str:
+        return self.srv.weights_url
 
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    _Handler.hits = 0
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-SHA = hashlib.sha256(PAYLOAD).hexdigest()
+    with FakeServer() as srv:
+        srv.weights["resnet_50.pth"] = PAYLOAD
+        yield _Weights(srv)
 
 
 def test_download_verifies_and_places_the_file(server, tmp_path):
     out = tmp_path / "models" / "resnet_50.pth"
-    assert run_fetch_weights(f"{server}/resnet_50.pth", out, SHA) == out
+    assert fetch_weights(server.url, out, SHA) == out
     assert out.read_bytes() == PAYLOAD
-    run_fetch_weights(f"{server}/resnet_50.pth", out, SHA.upper())  # present and verified: no second download
-    assert _Handler.hits == 1
+    fetch_weights(server.url, out, SHA.upper())  # present and verified: no second download
+    assert server.hits == 1
     assert [p.name for p in out.parent.iterdir()] == ["resnet_50.pth"]
 
 
 def test_wrong_checksum_leaves_no_file(server, tmp_path):
     out = tmp_path / "resnet_50.pth"
-    with pytest.raises(FetchError, match="sha256 mismatch"):
-        run_fetch_weights(f"{server}/resnet_50.pth", out, "0" * 64)
+    with pytest.raises(http.DownloadError, match="checksum mismatch"):
+        fetch_weights(server.url, out, "0" * 64, policy=FAST)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_partial_file_is_resumed_where_the_host_allows(server, tmp_path):
+    out = tmp_path / "resnet_50.pth"
+    http.part_path(out).write_bytes(PAYLOAD[:40000])  # left by a dropped connection or Ctrl-C
+    fetch_weights(server.url, out, SHA)
+    [req] = server.srv.requests(target="resnet_50.pth")
+    assert (req.range, req.status, req.sent) == ("bytes=40000-", 206, len(PAYLOAD) - 40000)
+    assert out.read_bytes() == PAYLOAD and not http.part_path(out).exists()
+
+
+def test_dropped_connection_is_retried(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(http, "BACKOFF_S", 0.01)
+    server.srv.fault("resnet_50.pth", "drop", "503")
+    out = fetch_weights(server.url, tmp_path / "w.pth", SHA)
+    assert out.read_bytes() == PAYLOAD
+    assert [r.status for r in server.srv.requests(target="resnet_50.pth")] == [200, 503, 206]
+
+
 def test_http_error_and_unreachable_host_are_clear(server, tmp_path):
-    with pytest.raises(FetchError, match="HTTP 404"):
-        run_fetch_weights(f"{server}/missing.pth", tmp_path / "w.pth", SHA)
-    with pytest.raises(FetchError, match="download failed"):
-        run_fetch_weights("http://127.0.0.1:9/w.pth", tmp_path / "w.pth", SHA, timeout=5)
+    with pytest.raises(http.DownloadError, match="HTTP 404"):
+        fetch_weights(f"{server}/missing.pth", tmp_path / "w.pth", SHA, policy=FAST)
+    with pytest.raises(http.DownloadError, match="giving up after 1 retries: connection failed"):
+        fetch_weights("http://127.0.0.1:9/w.pth", tmp_path / "w.pth", SHA, policy=FAST)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_without_checksum_the_file_is_kept_and_reported(server, tmp_path, caplog):
-    out = run_fetch_weights(f"{server}/resnet_50.pth", Path(tmp_path / "w.pth"), None)
+    out = fetch_weights(server.url, Path(tmp_path / "w.pth"), None)
     assert out.read_bytes() == PAYLOAD
     assert SHA in caplog.text
 
@@ -90,7 +100,7 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
                 "evaluate": {
                     "weights": "models/medicalnet/resnet_50.pth",
                     "sha256": SHA,
-                    "url": f"{server}/resnet_50.pth",
+                    "url": server.url,
                 }
             }
         )
@@ -98,12 +108,11 @@ def test_cli_fetch_weights_reads_url_path_and_checksum_from_params(server, tmp_p
     assert main(["fetch-weights", "--params", str(ROOT / "params.yaml"), "--params", str(override)]) == 0
     assert (tmp_path / "models/medicalnet/resnet_50.pth").read_bytes() == PAYLOAD
     override.write_text(
-        yaml.safe_dump(
-            {"evaluate": {"weights": "w.pth", "sha256": "1" * 64, "url": f"{server}/resnet_50.pth"}}
-        )
+        yaml.safe_dump({"evaluate": {"weights": "w.pth", "sha256": "1" * 64, "url": server.url}})
     )
     assert main(["fetch-weights", "--params", str(ROOT / "params.yaml"), "--params", str(override)]) == 1
-    assert "sha256 mismatch" in capsys.readouterr().err  # a clear one-line error, no traceback
+    err = capsys.readouterr().err.strip()
+    assert "checksum mismatch" in err and len(err.splitlines()) == 1  # a clear one-line error, no traceback
     assert not (tmp_path / "w.pth").exists()
 
 
@@ -117,7 +126,7 @@ def test_snakemake_fetches_configured_weights_once_and_protects_them(server, tmp
     weights = "models/medicalnet/w.pth"
     project = make_project(
         tmp_path / "project",
-        {"evaluate": {"weights": weights, "url": f"{server}/resnet_50.pth", "sha256": SHA}},
+        {"evaluate": {"weights": weights, "url": server.url, "sha256": SHA}},
     )
 
     def snakemake(*args: str) -> str:
@@ -138,6 +147,6 @@ def test_snakemake_fetches_configured_weights_once_and_protects_them(server, tmp
     path = project / weights
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA
     assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)  # protected
-    hits = _Handler.hits
+    hits = server.hits
     assert "Nothing to be done" in snakemake(weights)
-    assert _Handler.hits == hits and "rule fetch_weights:" not in snakemake("-n", "all")
+    assert server.hits == hits and "rule fetch_weights:" not in snakemake("-n", "all")

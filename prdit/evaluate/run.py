@@ -13,7 +13,6 @@ import torch
 from prdit import paths, tracking
 from prdit.evaluate.extractor import build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
-from prdit.evaluate.fetch import DEFAULT_OUT, fetch_weights
 from prdit.evaluate.memorization import audit
 from prdit.evaluate.ms_ssim import ms_ssim, pair_indices, scales_for
 from prdit.evaluate.report import write_report
@@ -279,15 +278,3 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
                 run.log_image(f, artifact_path="report")
             else:
                 run.log_artifact(f, artifact_path="report")
-
-
-def run_fetch_weights(p: Params, out: Path | None = None) -> int:
-    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
-    ev = p.evaluate
-    target = Path(out or ev.weights or DEFAULT_OUT)
-    fetch_weights(ev.url, target, ev.sha256)
-    if ev.weights is None or Path(ev.weights) != target:
-        log.info(
-            "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target
-        )
-    return 0

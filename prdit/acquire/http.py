@@ -1,7 +1,12 @@
-"""Shared HTTP for the downloaders: retries with backoff + jitter, Range resume of `.part` files, checksums.
+"""The one HTTP client of prdit: retries with backoff + jitter, `.part` files, resume where allowed, checksums.
 
-A file only ever gets its final name after it was received completely and verified; until then it
-lives beside it as `<name>.part`, which a later run resumes with an HTTP Range request.
+Every download (TCIA series zips, Zenodo files, the MedicalNet weights) goes through `download`:
+a file only ever gets its final name after it was received completely and verified; until then it
+lives beside it as `<name>.part`. With `resume=True` a later attempt or run asks for the rest with an
+HTTP Range request and starts over when the server answers with the whole body instead; with
+`resume=False` (servers that build the body anew per request, like NBIA's series zips) a partial
+file is always fetched again from its first byte. Ctrl-C (STOP) stops every transfer after its
+current block and keeps the `.part`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import random
+import re
 import shutil
 import sys
 import threading
@@ -24,6 +30,7 @@ import requests
 import urllib3
 
 from prdit.errors import PrditError
+from prdit.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,14 @@ USER_AGENT = "prdit-download (python-requests)"
 
 class DownloadError(PrditError, RuntimeError):
     """One file or series could not be fetched; the message names it and says why."""
+
+
+class HTTPStatusError(DownloadError):
+    """The server answered with an error status that retrying will not change (`status` holds it)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class Cancelled(DownloadError):
@@ -85,6 +100,17 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+_SECRET_PARAM = re.compile(r"((?:access_)?token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the values of token query parameters (a share link's secret) replaced by '***'.
+
+    Error messages of requests/urllib3 quote the URL with its query; they go to logs and manifest.csv.
+    """
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
 _local = threading.local()
 
 
@@ -101,14 +127,23 @@ def session(headers: Mapping[str, str] | None = None) -> requests.Session:
 
 
 def _describe_status(response: requests.Response) -> str:
+    """'HTTP 400 Bad Request: <the server's one-line reason>' (the body's first line for a 4xx)."""
     hint = {
         401: " (authentication needed: is an access token set?)",
         403: " (access denied)",
         404: " (not found)",
     }
-    return f"HTTP {response.status_code} {response.reason or ''}".rstrip() + hint.get(
+    text = f"HTTP {response.status_code} {response.reason or ''}".rstrip() + hint.get(
         response.status_code, ""
     )
+    if 400 <= response.status_code < 500:
+        try:
+            body = response.text.strip().splitlines()
+        except (requests.RequestException, UnicodeDecodeError):
+            body = []
+        if body and body[0].strip():
+            text += f": {body[0].strip()[:200]}"
+    return text
 
 
 def get_json(
@@ -129,11 +164,11 @@ def get_json(
                 return response.json() if response.content.strip() else None
             reason = _describe_status(response)
             if response.status_code not in RETRY_STATUS:
-                raise DownloadError(f"{what}: {reason}")
+                raise HTTPStatusError(f"{what}: {reason}", response.status_code)
         except requests.exceptions.JSONDecodeError as exc:
             raise DownloadError(f"{what}: the server's answer is not JSON ({exc})") from None
         except requests.RequestException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {redact(str(exc))}"
         if attempt > policy.retries:
             raise DownloadError(f"{what}: giving up after {policy.retries} retries: {reason}")
         delay = policy.wait(attempt, response)
@@ -144,15 +179,6 @@ def get_json(
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file with a hashlib algorithm name (md5, sha256, ...)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
@@ -185,31 +211,35 @@ def download(
     what: str = "",
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
+    resume: bool = True,
 ) -> Fetched:
-    """Fetch `url` into `dest` via `dest.part`, resuming it with Range; rename only after size/checksum/verify pass.
+    """Fetch `url` into `dest` via `dest.part`; rename only after size/checksum/verify pass.
 
-    Transient failures (connection drops, 408/429/5xx) are retried; an attempt that made progress
-    does not use up a retry. Data that arrives but fails verification (IntegrityError from the size,
-    checksum or `verify`) is discarded and fetched once more from scratch; any other DownloadError from
-    `verify` discards it for good. Raises DownloadError naming `what` and the reason.
+    `resume`: continue a partial `.part` with a Range request (the server may still send everything);
+    False for servers whose body differs per request, where a partial file always restarts.
+    Transient failures (connection drops, 408/429/5xx) are retried; an attempt that made resumable
+    progress does not use up a retry. Data that arrives but fails verification (IntegrityError from
+    the size, checksum or `verify`) is discarded and fetched once more from scratch; any other
+    DownloadError from `verify` discards it for good. Raises DownloadError naming `what` and the reason.
     """
     what = what or dest.name
     expected = parse_checksum(checksum)
     part = part_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if not resume and part.exists():
+        log.info("%s: a partial download cannot be resumed on this server; starting over", what)
+        part.unlink()
     received = 0
     fresh_tries = 2  # verification failures allowed before we give up
     attempt = 0
     furthest = size_of(part)
     while True:
         try:
-            received += _fetch_to_part(
-                url, part, size=size, on_bytes=on_bytes, what=what, headers=headers, params=params
-            )
+            received += _fetch_to_part(url, part, size, on_bytes, what, headers, params, resume)
         except _Transient as exc:
             # Only a partial file that grew past its best size counts as progress: a server that
             # ignores Range and drops at the same byte every time must still run out of retries.
-            progressed = size_of(part) > furthest
+            progressed = resume and size_of(part) > furthest
             furthest = max(furthest, size_of(part))
             attempt = 0 if progressed else attempt + 1
             if attempt > policy.retries:
@@ -253,15 +283,15 @@ class _Transient(Exception):
 def _fetch_to_part(
     url: str,
     part: Path,
-    *,
     size: int | None,
     on_bytes: Callable[[int], None] | None,
     what: str,
     headers: Mapping[str, str] | None,
     params: Mapping[str, Any] | None,
+    resume: bool,
 ) -> int:
-    """One HTTP attempt appending to `part`; returns bytes received. Raises _Transient or DownloadError."""
-    offset = size_of(part)
+    """One HTTP attempt appending to `part` (or rewriting it); returns bytes received. Raises _Transient or DownloadError."""
+    offset = size_of(part) if resume else 0
     if size is not None and offset > size:
         log.warning("%s: partial file is larger than the published size; starting over", what)
         part.unlink()
@@ -285,7 +315,7 @@ def _fetch_to_part(
             if status in RETRY_STATUS:
                 raise _Transient(_describe_status(response), response)
             if status not in (200, 206):
-                raise DownloadError(f"{what}: {_describe_status(response)}")
+                raise HTTPStatusError(f"{what}: {_describe_status(response)}", status)
             if status == 206:
                 start = _content_range_start(response.headers.get("Content-Range", ""))
                 if start != offset:
@@ -311,7 +341,8 @@ def _fetch_to_part(
         ConnectionError,
         TimeoutError,
     ) as exc:
-        raise _Transient(f"connection failed after {got} bytes: {type(exc).__name__}: {exc}") from None
+        reason = f"connection failed after {got} bytes: {type(exc).__name__}: {redact(str(exc))}"
+        raise _Transient(reason) from None
     return got
 
 

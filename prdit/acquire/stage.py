@@ -1,4 +1,6 @@
-"""`prdit download <dataset>`: fetch a public dataset into `sources.<dataset>.path`, resumable and verified.
+"""The stage functions of `prdit download` and `prdit fetch-weights`.
+
+`prdit download <dataset>` fetches a public dataset into `sources.<dataset>.path`, verified.
 
 The source's `download` key picks the client: `lidc-idri` (TCIA NBIA API, one zip per DICOM series),
 `rad-chestct` (Zenodo record files), `phantom` (write the synthetic set) or `none` (the folder already
@@ -6,24 +8,27 @@ holds the data). Each run lists what is published, skips what is already on disk
 further network), fetches the rest in parallel, and rewrites `<path>/manifest.csv`
 (patient, study, series, path, files, bytes, checksum, status, message). One failed item never stops
 the others; the run returns 1 (the CLI's exit status) if any failed, after logging which and why.
+A client (tcia, zenodo) is a module with list_items, done_row, needed_bytes, fetch_item and finish.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from prdit import tracking
-from prdit.data import fetch, tcia, zenodo
-from prdit.io import atomic_path
+from prdit import paths, tracking
+from prdit.acquire import http, records, tcia, zenodo
+from prdit.acquire.records import MANIFEST
+from prdit.acquire.weights import DEFAULT_OUT, fetch_weights
+from prdit.config import Downloader, Params
 from prdit.progress import progress
 
 if TYPE_CHECKING:
@@ -31,27 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.csv"
-COLUMNS = ("patient", "study", "series", "path", "files", "bytes", "checksum", "status", "message")
 CLIENTS: dict[str, ModuleType] = {"lidc-idri": tcia, "rad-chestct": zenodo}
 MANIFEST_EVERY_S = 5.0
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of an earlier manifest keyed by `series` (series UID or file key); {} if there is none."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = [row for row in csv.DictReader(fh) if row.get("series")]
-    return {row["series"]: {c: row.get(c) or "" for c in COLUMNS} for row in rows}
-
-
-def write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for key in sorted(rows, key=lambda k: (rows[k]["patient"], rows[k]["study"], k)):
-            writer.writerow(rows[key])
 
 
 def inventory(root: Path) -> dict[str, dict[str, str]]:
@@ -74,19 +60,17 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
             total += st.st_size
             digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         rel = str(Path(folder).relative_to(root))
-        rows[rel] = {
-            "patient": "",
-            "study": "",
-            "series": rel,
-            "path": str(Path(folder)),
-            "files": str(len(files)),
-            "bytes": str(total),
-            "checksum": "listing-sha256:" + digest.hexdigest(),
-            "status": "present",
-            "message": "user-provided (download: none)",
-        }
+        rows[rel] = records.row(
+            series=rel,
+            path=Path(folder),
+            files=len(files),
+            bytes=total,
+            checksum="listing-sha256:" + digest.hexdigest(),
+            status="present",
+            message="user-provided (download: none)",
+        )
     if not rows:
-        raise fetch.DownloadError(f"{root}: no files found (download: none expects the data there)")
+        raise http.DownloadError(f"{root}: no files found (download: none expects the data there)")
     return rows
 
 
@@ -97,11 +81,13 @@ def run_download(
     patients: Sequence[str] | None = None,
     limit: int | None = None,
     threads: int | None = None,
+    manifest: str | Path | None = None,
 ) -> int:
     """Download `dataset`; return 0 when every selected item is on disk and verified, 1 otherwise.
 
-    `patients`/`limit`/`threads` override `download.<name>.patients/limit/workers`. Problems with the
-    whole run (listing unreachable, not enough disk space) raise fetch.DownloadError.
+    `patients`/`limit`/`threads`/`manifest` override `download.<name>.patients/limit/workers/manifest`.
+    Problems with the whole run (listing unreachable, access refused, not enough disk space) raise
+    http.DownloadError.
     """
     if dataset not in p.sources:
         raise KeyError(f"dataset {dataset!r} has no entry under 'sources' (known: {', '.join(p.sources)})")
@@ -109,11 +95,11 @@ def run_download(
     out = Path(src.path)
     if src.download == "none":
         if not out.exists():
-            raise fetch.DownloadError(
+            raise http.DownloadError(
                 f"sources.{dataset}.path: {out} does not exist (download: none expects the data there)"
             )
         log.info("%s: download: none, using the data already in %s", dataset, out)
-        write_manifest(Path("data/raw") / dataset / MANIFEST, inventory(out))
+        records.write(paths.manifest(dataset), inventory(out))
         return 0
     if src.download == "phantom":
         from prdit.data.phantom import write_phantom
@@ -125,13 +111,21 @@ def run_download(
         return 0
     client = CLIENTS[src.download]
     cfg = p.download[src.download]
+    if manifest is not None:
+        cfg = replace(cfg, manifest=str(manifest))
+    if cfg.manifest:  # checked before any run is recorded or request made
+        if client is not tcia:
+            raise tcia.ManifestError(
+                f"{cfg.manifest}: a .tcia manifest selects TCIA series, not {dataset} files"
+            )
+        tcia.read_tcia_manifest(cfg.manifest)
     patients = tuple(cfg.patients if patients is None else patients)
     limit = cfg.limit if limit is None else limit
     workers = max(1, threads or cfg.workers)
-    policy = fetch.RetryPolicy(retries=cfg.retries, backoff_s=getattr(cfg, "backoff_s", None))
+    policy = http.RetryPolicy(retries=cfg.retries)
     used = {
         **p.used("download", dataset),
-        "cli": {"patients": list(patients), "limit": limit, "threads": workers},
+        "cli": {"patients": list(patients), "limit": limit, "threads": workers, "manifest": cfg.manifest},
     }
     with tracking.stage_run(p, stage="download", dataset=dataset, used=used) as run:
         status, metrics = _download(
@@ -144,9 +138,9 @@ def run_download(
 
 def _download(
     client: ModuleType,
-    cfg: Any,
+    cfg: Downloader,
     out: Path,
-    policy: fetch.RetryPolicy,
+    policy: http.RetryPolicy,
     *,
     patients: Sequence[str],
     limit: int | None,
@@ -155,7 +149,7 @@ def _download(
 ) -> tuple[int, dict[str, float]]:
     items, failed_listing = client.list_items(cfg, policy, patients=patients, limit=limit)
     manifest = out / MANIFEST
-    rows = read_manifest(manifest)
+    rows = records.read(manifest)
     results: dict[str, dict[str, str]] = {}
     todo = []
     for item in items:
@@ -177,7 +171,7 @@ def _download(
     if todo:
         needed = sum(sizes) + workers * max(sizes)  # + the files being staged at any one time
         if needed:
-            fetch.check_space(out, needed, label)
+            http.check_space(out, needed, label)
         else:
             log.warning("%s: the listing gives no sizes; skipping the disk-space check", label)
     listing_keys = [row["series"] or f"patient:{row['patient']}" for row in failed_listing]
@@ -186,7 +180,7 @@ def _download(
     last_write = time.monotonic()
     total = sum(sizes) or None
     out.mkdir(parents=True, exist_ok=True)
-    with fetch.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
+    with http.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_fetch_one, client, item, out, cfg, policy, bar): item for item in todo}
         try:
             for future in progress(as_completed(futures), desc=f"{label} items", total=len(futures)):
@@ -194,19 +188,17 @@ def _download(
                 row, _ = future.result()
                 results[item.key] = row
                 if time.monotonic() - last_write >= MANIFEST_EVERY_S:
-                    write_manifest(manifest, {**rows, **results})
+                    records.write(manifest, {**rows, **results})
                     last_write = time.monotonic()
         except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
-            fetch.STOP.set()
+            http.STOP.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            fetch.STOP.clear()
-            write_manifest(manifest, {**rows, **results})
+            http.STOP.clear()
+            records.write(manifest, {**rows, **results})
             raise
     received = bar.done
-    write_manifest(manifest, {**rows, **results})
-    staging = out / tcia.STAGING
-    if staging.is_dir() and not any(staging.iterdir()):
-        staging.rmdir()
+    records.write(manifest, {**rows, **results})
+    client.finish(out)
 
     selected = [results[k] for k in [i.key for i in items] + listing_keys]
     failed = [r for r in selected if r["status"] != "ok"]
@@ -226,7 +218,7 @@ def _download(
         ok,
         present,
         len(failed),
-        fetch.human_bytes(received),
+        http.human_bytes(received),
         manifest,
     )
     if failed:
@@ -238,25 +230,32 @@ def _download(
 
 
 def _fetch_one(
-    client: ModuleType, item: Any, out: Path, cfg: Any, policy: fetch.RetryPolicy, bar: fetch.ByteProgress
+    client: ModuleType,
+    item: Any,
+    out: Path,
+    cfg: Downloader,
+    policy: http.RetryPolicy,
+    bar: http.ByteProgress,
 ) -> tuple[dict[str, str], int]:
     """Fetch one item; any error becomes a failed manifest row naming the item and the reason."""
     try:
         return client.fetch_item(item, out, cfg, policy, bar)
     except Exception as exc:  # one bad item never stops the batch
         message = (
-            str(exc) if isinstance(exc, fetch.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
+            str(exc) if isinstance(exc, http.DownloadError) else f"{item.key}: {type(exc).__name__}: {exc}"
         )
         log.error("%s", message)
-        patient = getattr(item, "patient", "")
-        return {
-            "patient": patient,
-            "study": getattr(item, "study", ""),
-            "series": item.key,
-            "path": "",
-            "files": "",
-            "bytes": "",
-            "checksum": "",
-            "status": "failed",
-            "message": message,
-        }, 0
+        where = {"patient": getattr(item, "patient", ""), "study": getattr(item, "study", "")}
+        return records.row(**where, series=item.key, status="failed", message=message), 0
+
+
+def run_fetch_weights(p: Params, out: Path | None = None) -> int:
+    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
+    ev = p.evaluate
+    target = Path(out or ev.weights or DEFAULT_OUT)
+    fetch_weights(ev.url, target, ev.sha256)
+    if ev.weights is None or Path(ev.weights) != target:
+        log.info(
+            "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target
+        )
+    return 0

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +103,16 @@ def check(zip_path: Path, label: str | None = None) -> list[tuple[zipfile.ZipInf
     return members
 
 
-def extract(zip_path: Path, target: Path, *, label: str | None = None) -> Extracted:
-    """Check `zip_path`, then extract its files into `target` atomically (the folder appears complete or not at all)."""
+def extract(
+    zip_path: Path, target: Path, *, label: str | None = None, exclude: Sequence[str] = ()
+) -> Extracted:
+    """Check `zip_path`, then extract its files into `target` atomically (the folder appears complete or not at all).
+
+    `exclude`: top-level member names (case-insensitive) left out, e.g. a checksum list already used.
+    """
     label = label or zip_path.name
-    members = check(zip_path, label)
+    skip = {name.lower() for name in exclude}
+    members = [(info, name) for info, name in check(zip_path, label) if name.lower() not in skip]
     target.parent.mkdir(parents=True, exist_ok=True)
     need, free = sum(info.file_size for info, _ in members), shutil.disk_usage(target.parent).free
     if need > free:
@@ -127,3 +134,24 @@ def extract(zip_path: Path, target: Path, *, label: str | None = None) -> Extrac
                     total += len(block)
             tree.update(f"{name}\0{digest.hexdigest()}\n".encode())
     return Extracted(sorted(Path(n) for _, n in members), total, f"sha256:{tree.hexdigest()}")
+
+
+def member_digests(
+    zip_path: Path, members: Sequence[tuple[zipfile.ZipInfo, str]], algorithm: str = "md5"
+) -> dict[str, str]:
+    """Hex digest of each checked member's content (as `check` returned them), keyed by its safe name."""
+    out: dict[str, str] = {}
+    with zipfile.ZipFile(zip_path) as zf:
+        for info, name in members:
+            digest = hashlib.new(algorithm)
+            with zf.open(info) as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+            out[name] = digest.hexdigest()
+    return out
+
+
+def read_text(zip_path: Path, info: zipfile.ZipInfo) -> str:
+    """A small text member (e.g. a checksum list), decoded as UTF-8."""
+    with zipfile.ZipFile(zip_path) as zf:
+        return zf.read(info).decode("utf-8", "replace")
