@@ -211,6 +211,18 @@ EXPECT: dict[str, tuple[str, str]] = {
     "feet-first": ("ok", ""),
     "padding": ("ok", ""),
     "overlapping": ("rejected", "same position"),
+    "enhanced-ct": ("ok", ""),  # one multi-frame Enhanced CT file
+    "no-meta": ("ok", ""),  # files without preamble and file meta (implicit VR), as old exports write
+    "other-objects": ("ok", ""),  # the CT beside CR, RT structure set, SEG, ECG and multi-frame SC objects
+    "mixed-a": ("ok", ""),  # two patients' series in one folder
+    "mixed-b": ("ok", ""),
+    "multiframe-sc": ("rejected", "Multi-frame Grayscale Word Secondary Capture Image Storage"),
+}
+NON_IMAGE_OBJECTS = {  # file name -> (modality, SOP class): what a PACS export puts beside the CT
+    "cr.dcm": ("CR", "1.2.840.10008.5.1.4.1.1.1"),
+    "rtstruct.dcm": ("RTSTRUCT", "1.2.840.10008.5.1.4.1.1.481.3"),
+    "seg.dcm": ("SEG", "1.2.840.10008.5.1.4.1.1.66.4"),
+    "ecg.dcm": ("ECG", "1.2.840.10008.5.1.4.1.1.9.1.1"),
 }
 HAS_JPEG_LS_ENCODER = get_encoder(JPEGLSLossless).is_available  # pyjpegls (test-only dependency)
 if HAS_JPEG_LS_ENCODER:
@@ -317,7 +329,53 @@ def build(root: Path) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PixelData = (ds.pixel_array + 300).astype(np.int16).tobytes()
     ds.save_as(files[0].parent / "IM_other.dcm", enforce_file_format=True)
+
+    classic = series("enhanced-ct", sub="classic")
+    to_enhanced(classic, root / "enhanced-ct" / "ct" / "enhanced.dcm")
+    shutil.rmtree(root / "enhanced-ct" / "classic")
+
+    for f in series("no-meta"):
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        with open(f, "wb") as fh:
+            pydicom.filewriter.dcmwrite(fh, ds, implicit_vr=True, little_endian=True)
+
+    series("other-objects")
+    for name, (modality, sop_class) in NON_IMAGE_OBJECTS.items():
+        _non_image(root / "other-objects" / "objects" / name, "other-objects", modality, sop_class)
+    multiframe_secondary_capture(root / "other-objects" / "objects" / "sc.dcm", "other-objects")
+
+    names = iter(f"{rng.getrandbits(40):x}.dcm" for _ in range(60))
+    for patient in ("mixed-a", "mixed-b"):
+        write(
+            root / "several-patients" / "dicom",
+            axial(),
+            patient,
+            "ct",
+            names=[next(names) for _ in range(30)],
+        )
+
+    multiframe_secondary_capture(root / "multiframe-sc" / "sc" / "sc.dcm", "multiframe-sc")
     return root
+
+
+def _non_image(path: Path, patient: str, modality: str, sop_class: str) -> None:
+    """A DICOM object of another kind (header only): same patient, its own series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uid("object", patient, path.name)
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient
+    ds.StudyInstanceUID = uid("corpus", patient, "study")
+    ds.SeriesInstanceUID = uid("corpus", patient, path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
 
 
 def _dose_report(path: Path) -> None:

@@ -57,7 +57,17 @@ def test_readable_cases_recover_the_physical_object(discovered, case):
     assert note in report.notes()
 
 
-SAME_AS_GOOD = ["shuffled", "feet-first", "jpeg-lossless", "rle", "jpeg2000", "duplicate-slice"]
+SAME_AS_GOOD = [
+    "shuffled",
+    "feet-first",
+    "jpeg-lossless",
+    "rle",
+    "jpeg2000",
+    "duplicate-slice",
+    "enhanced-ct",
+    "no-meta",
+    "mixed-a",
+]
 
 
 @pytest.mark.parametrize("case", SAME_AS_GOOD + (["jpeg-ls"] if corpus.HAS_JPEG_LS_ENCODER else []))
@@ -93,11 +103,15 @@ def test_discovery_selects_by_rule_and_records_skips(root, discovered):
     }
     assert reasons["non-dicom-files/ct/README.txt"] == "not a DICOM file"
     assert reasons["non-dicom-files/ct/empty.dcm"] == "not a DICOM file"
-    assert "localizer" in reasons["localizer-mixed/ct"]
-    assert "modality SR" in reasons["dose-report/sr"]
+    assert "localizer" in reasons["localizer-mixed/ct/scout.dcm"]
+    assert "modality SR" in reasons["dose-report/sr/dose.dcm"]
     assert "modality MR" in reasons["non-ct/ct"]
     assert "not selected" in reasons["two-series/ct"]
-    assert "fewer than ingest.min_slices" in reasons["single-slice/ct"]
+    assert "fewer than ingest.min_slices" in reasons["single-slice/ct/IM00001.dcm"]
+    for name, (modality, _) in corpus.NON_IMAGE_OBJECTS.items():
+        assert reasons[f"other-objects/objects/{name}"] == f"modality {modality} (not CT)"
+    assert "Multi-frame Grayscale Word Secondary Capture" in reasons["other-objects/objects/sc.dcm"]
+    assert len(chosen["mixed-a"].files) == len(chosen["mixed-b"].files) == 30
 
 
 def test_read_series_on_a_folder(root):

@@ -60,6 +60,7 @@ def params(raw: Path, **preprocess):
     over = {
         "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
         "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
+        "ingest": {"min_extent_mm": [50.0, 50.0, 50.0]},  # the test spheres' fields of view are ~112 mm
     }
     return load(ROOT / "params.yaml", overrides=over)
 
@@ -211,6 +212,7 @@ def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
     over = {
         "sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
         "preprocess": {"mode": "reference", "size": 64, "highres_size": 128},
+        "ingest": {"min_extent_mm": [50.0, 50.0, 50.0]},  # a 120 mm test volume
     }
     p = load(ROOT / "params.yaml", overrides=over)
     assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0

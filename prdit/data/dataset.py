@@ -8,12 +8,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from prdit.errors import MissingInputError, PrditError
+
+
+class CacheFileError(PrditError, ValueError):
+    """A training cache file is empty, truncated or of the wrong shape; the message names it."""
+
 
 def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
     """Case ids listed in data/splits/<dataset>/<split>.txt."""
     path = Path(root) / "data" / "splits" / dataset / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
+        raise MissingInputError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -29,19 +35,35 @@ class VolumeDataset(Dataset):
         self.flip = flip
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
                 f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)"
             )
+
+        for case in self.cases:  # headers only (memory-mapped): a broken file fails here, before training
+            self._open(self.folder / f"{case}.npy", dataset)
+
+    def _open(self, path: Path, dataset: str = "<dataset>") -> np.ndarray:
+        """The memory-mapped cache of one case; CacheFileError naming the file if unusable."""
+        try:
+            volume = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CacheFileError(
+                f"{path}: unreadable training cache ({type(exc).__name__}: {exc}); "
+                f"delete it and run `prdit preprocess --dataset {dataset}`"
+            ) from None
+        if volume.shape != (self.size,) * 3:
+            raise CacheFileError(
+                f"{path}: shape {volume.shape}, expected {(self.size,) * 3}; "
+                f"delete it and run `prdit preprocess --dataset {dataset}`"
+            )
+        return volume
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.folder / f"{self.cases[index]}.npy"
-        volume = np.load(path, mmap_mode="r")
-        if volume.shape != (self.size,) * 3:
-            raise ValueError(f"{path}: shape {volume.shape}, expected {(self.size,) * 3}")
+        volume = self._open(self.folder / f"{self.cases[index]}.npy")
         x = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
         if self.flip and torch.rand(()) < 0.5:
             x = torch.flip(x, dims=[-1])

@@ -34,7 +34,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
 from prdit.errors import PrditError
@@ -100,6 +100,11 @@ class Series:
     @property
     def folder(self) -> Path:
         return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+    @property
+    def where(self) -> Path:
+        """What to name in a report: the file of a one-file series, else the folder."""
+        return self.files[0] if len(self.files) == 1 else self.folder
 
 
 @dataclass(frozen=True)
@@ -329,7 +334,7 @@ def discover(
         for s in group:
             why = rule_out(s, min_slices)
             if why:
-                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                skipped.append(Skipped(str(s.where), why, s.uid, patient))
                 log.info("patient %s: skip series %s: %s", patient, s.uid, why)
             else:
                 candidates.append(s)
@@ -337,7 +342,7 @@ def discover(
         for s in candidates:
             if s is not chosen[patient]:
                 why = f"not selected: series {chosen[patient].uid} preferred (ORIGINAL, more slices, thinner)"
-                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                skipped.append(Skipped(str(s.where), why, s.uid, patient))
                 log.info("patient %s: skip series %s: %s", patient, s.uid, why)
         if chosen[patient] is not None:
             log.info(
@@ -431,6 +436,7 @@ def read_files(
         except Exception as exc:  # noqa: BLE001
             report.dropped.append(f"{f.name}: {type(exc).__name__}")
             continue
+        _assume_transfer_syntax(ds)
         frames = _frame_headers(ds, f)
         for frame in frames:
             _check_consistent(frame, ref)
@@ -516,6 +522,19 @@ def read_files(
     image.SetOrigin(tuple(float(v) for v in slices[0].position))
     image.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
     return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
+
+
+def _assume_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """A file without file meta (no 'DICM' preamble, as old exports write) is uncompressed; its transfer
+    syntax is the encoding pydicom parsed it with, which its pixel decoder needs to be told."""
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
 
 
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
