@@ -31,6 +31,7 @@ class VolumeDataset(Dataset):
     ) -> None:
         self.folder = Path(root) / "data" / "processed" / dataset / str(size)
         self.cases = case_ids(dataset, split, root)
+        self.dataset = dataset
         self.size = size
         self.flip = flip
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]
@@ -41,21 +42,21 @@ class VolumeDataset(Dataset):
             )
 
         for case in self.cases:  # headers only (memory-mapped): a broken file fails here, before training
-            self._open(self.folder / f"{case}.npy", dataset)
+            self._open(self.folder / f"{case}.npy")
 
-    def _open(self, path: Path, dataset: str = "<dataset>") -> np.ndarray:
+    def _open(self, path: Path) -> np.ndarray:
         """The memory-mapped cache of one case; CacheFileError naming the file if unusable."""
         try:
             volume = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise CacheFileError(
                 f"{path}: unreadable training cache ({type(exc).__name__}: {exc}); "
-                f"delete it and run `prdit preprocess --dataset {dataset}`"
+                f"delete it and run `prdit preprocess --dataset {self.dataset}`"
             ) from None
         if volume.shape != (self.size,) * 3:
             raise CacheFileError(
                 f"{path}: shape {volume.shape}, expected {(self.size,) * 3}; "
-                f"delete it and run `prdit preprocess --dataset {dataset}`"
+                f"delete it and run `prdit preprocess --dataset {self.dataset}`"
             )
         return volume
 
