@@ -33,7 +33,7 @@ from prdit.data.cache import (
     unique_key,
 )
 from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
-from prdit.errors import PrditError
+from prdit.errors import MissingInputError, PrditError
 from prdit.io import write_image, write_json
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,14 @@ def write_plan(p, dataset: str, path: Path, threads: int = 1) -> int:
 
 
 def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MissingInputError(
+            f"{path}: plan not found; write it with `prdit ingest --write-plan`"
+        ) from None
+    except ValueError as exc:
+        raise PrditError(f"{path}: not a plan file ({exc}); write it again with --write-plan") from None
     if data.get("dataset") != dataset:
         raise PrditError(f"{path}: a plan of dataset {data.get('dataset')!r}, not {dataset!r}")
     return data["jobs"], data["rejected"], data["skipped"]
