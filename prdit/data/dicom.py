@@ -289,8 +289,8 @@ def rule_out(s: Series, min_slices: int) -> str:
             f"multi-frame ({s.frames} frames in {len(s.files)} file(s)) " if s.frames > len(s.files) else ""
         )
         return (
-            f"{multi}SOP class {sop_name(s.sop_class)} is not a CT image (CT, Enhanced CT or Legacy "
-            "Converted Enhanced CT Image Storage); e.g. a dose report, SR, SEG, RT or secondary capture"
+            f"{multi}SOP class {sop_name(s.sop_class)} is not a CT image (read: CT, Enhanced CT and "
+            "Legacy Converted Enhanced CT Image Storage)"
         )
     if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(s.image_type):
         return "localizer/scout (ImageType " + "\\".join(s.image_type) + ")"
