@@ -488,11 +488,15 @@ def read_files(
     dz = float(np.median(gaps))
     worst = int(np.argmax(gaps))
     if gaps[worst] > max_gap_factor * dz:
+        cause = (  # an undecodable file is the likely cause of a gap: say so first
+            f"{len(report.dropped)} undecodable file(s) ({'; '.join(report.dropped[:3])}) leave "
+            if report.dropped
+            else ""
+        )
         raise SeriesError(
-            f"missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
+            f"{cause}missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
             f"{pos[worst + 1]:.2f} mm along the normal (median spacing {dz:.2f} mm, "
             f"limit ingest.max_gap_factor={max_gap_factor})"
-            + (f"; {report.notes()}" if report.dropped else "")
         )
 
     ps_row, ps_col = ref["spacing"]
