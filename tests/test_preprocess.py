@@ -13,8 +13,8 @@ import torch
 
 from prdit.config import load
 from prdit.data.dataset import VolumeDataset, case_ids
-from prdit.data.ingest import run_ingest
 from prdit.data.dicom_writer import uid, write_ct_series
+from prdit.data.ingest import run_ingest
 from prdit.data.preprocess import avg_pool2, resample_cube, run_preprocess
 from prdit.data.splits import run_split
 
