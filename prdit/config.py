@@ -69,6 +69,7 @@ class Phantom:
 class Ingest:
     min_slices: int
     max_gap_factor: float
+    min_extent_mm: tuple[float, float, float]  # x, y, z (LPS): less coverage is rejected
     shards: int = 1  # Snakemake jobs the cases are spread over (scheduling only; outputs do not depend on it)
 
 
@@ -397,7 +398,7 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
                 "slice_thickness_mm": tuple(raw["phantom"]["slice_thickness_mm"]),
             }
         ),
-        ingest=Ingest(**raw["ingest"]),
+        ingest=Ingest(**{**raw["ingest"], "min_extent_mm": tuple(raw["ingest"]["min_extent_mm"])}),
         preprocess=Preprocess(**{**raw["preprocess"], "window": tuple(raw["preprocess"]["window"])}),
         split=Split(**raw["split"]),
         diffusion=Diffusion(**raw["diffusion"]),

@@ -3,3 +3,7 @@
 
 class PrditError(Exception):
     """Base of every error caused by input, parameters or the outside world rather than by a bug."""
+
+
+class MissingInputError(PrditError, FileNotFoundError):
+    """What a stage reads is not there (yet): the message names the path and the command that makes it."""

@@ -18,7 +18,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from prdit.data.phantom import uid, write_ct_series
+from prdit.data.dicom_writer import uid, write_ct_series
 
 SPHERE_C = np.array([10.0, -15.0, 20.0])  # LPS mm
 SPHERE_R = 22.0
@@ -211,6 +211,18 @@ EXPECT: dict[str, tuple[str, str]] = {
     "feet-first": ("ok", ""),
     "padding": ("ok", ""),
     "overlapping": ("rejected", "same position"),
+    "enhanced-ct": ("ok", ""),  # one multi-frame Enhanced CT file
+    "no-meta": ("ok", ""),  # files without preamble and file meta (implicit VR), as old exports write
+    "other-objects": ("ok", ""),  # the CT beside CR, RT structure set, SEG, ECG and multi-frame SC objects
+    "mixed-a": ("ok", ""),  # two patients' series in one folder
+    "mixed-b": ("ok", ""),
+    "multiframe-sc": ("rejected", "Multi-frame Grayscale Word Secondary Capture Image Storage"),
+}
+NON_IMAGE_OBJECTS = {  # file name -> (modality, SOP class): what a PACS export puts beside the CT
+    "cr.dcm": ("CR", "1.2.840.10008.5.1.4.1.1.1"),
+    "rtstruct.dcm": ("RTSTRUCT", "1.2.840.10008.5.1.4.1.1.481.3"),
+    "seg.dcm": ("SEG", "1.2.840.10008.5.1.4.1.1.66.4"),
+    "ecg.dcm": ("ECG", "1.2.840.10008.5.1.4.1.1.9.1.1"),
 }
 HAS_JPEG_LS_ENCODER = get_encoder(JPEGLSLossless).is_available  # pyjpegls (test-only dependency)
 if HAS_JPEG_LS_ENCODER:
@@ -317,7 +329,53 @@ def build(root: Path) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PixelData = (ds.pixel_array + 300).astype(np.int16).tobytes()
     ds.save_as(files[0].parent / "IM_other.dcm", enforce_file_format=True)
+
+    classic = series("enhanced-ct", sub="classic")
+    to_enhanced(classic, root / "enhanced-ct" / "ct" / "enhanced.dcm")
+    shutil.rmtree(root / "enhanced-ct" / "classic")
+
+    for f in series("no-meta"):
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        with open(f, "wb") as fh:
+            pydicom.filewriter.dcmwrite(fh, ds, implicit_vr=True, little_endian=True)
+
+    series("other-objects")
+    for name, (modality, sop_class) in NON_IMAGE_OBJECTS.items():
+        _non_image(root / "other-objects" / "objects" / name, "other-objects", modality, sop_class)
+    multiframe_secondary_capture(root / "other-objects" / "objects" / "sc.dcm", "other-objects")
+
+    names = iter(f"{rng.getrandbits(40):x}.dcm" for _ in range(60))
+    for patient in ("mixed-a", "mixed-b"):
+        write(
+            root / "several-patients" / "dicom",
+            axial(),
+            patient,
+            "ct",
+            names=[next(names) for _ in range(30)],
+        )
+
+    multiframe_secondary_capture(root / "multiframe-sc" / "sc" / "sc.dcm", "multiframe-sc")
     return root
+
+
+def _non_image(path: Path, patient: str, modality: str, sop_class: str) -> None:
+    """A DICOM object of another kind (header only): same patient, its own series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uid("object", patient, path.name)
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient
+    ds.StudyInstanceUID = uid("corpus", patient, "study")
+    ds.SeriesInstanceUID = uid("corpus", patient, path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
 
 
 def _dose_report(path: Path) -> None:
@@ -338,3 +396,144 @@ def _dose_report(path: Path) -> None:
     ds.SeriesInstanceUID = uid("corpus", "dose-report", "sr")
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-frame objects: Enhanced CT (read) and other multi-frame kinds (rejected)
+# --------------------------------------------------------------------------------------------
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture
+
+
+def to_enhanced(
+    files: list[Path], path: Path, *, shuffle: int | None = 0, per_frame_orientation: bool = False
+) -> Path:
+    """Re-encode a classic one-file-per-slice CT series as one Enhanced CT file at `path`.
+
+    Geometry and rescale move into the functional groups as a scanner writes them: pixel measures,
+    orientation and rescale shared (orientation per frame if asked), position per frame; frames in a
+    shuffled order (seeded) so a reader must sort by position. Classic files are left untouched.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+
+    slices = [pydicom.dcmread(f) for f in files]
+    order = list(range(len(slices)))
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(order)
+    first = slices[0]
+    sop = uid("enhanced", first.SeriesInstanceUID)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ENHANCED_CT
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "FrameOfReferenceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "SeriesNumber",
+        "Manufacturer",
+        "Modality",
+        "PatientPosition",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    ):
+        if keyword in first:
+            setattr(ds, keyword, first[keyword].value)
+    ds.SOPClassUID = ENHANCED_CT
+    ds.SOPInstanceUID = sop
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20000101", "120000", "20000101120000"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.NumberOfFrames = len(slices)
+    ds.BurnedInAnnotation = "NO"
+    ds.PresentationLUTShape = "IDENTITY"
+    dim_uid = uid("enhanced", "dimensions", first.SeriesInstanceUID)
+    ds.DimensionOrganizationSequence = Seq([Dataset()])
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_uid
+    index = Dataset()
+    index.DimensionOrganizationUID = dim_uid
+    index.DimensionIndexPointer = pydicom.tag.Tag("InStackPositionNumber")
+    index.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    ds.DimensionIndexSequence = Seq([index])
+
+    def item(**values) -> Seq:
+        d = Dataset()
+        for k, v in values.items():
+            setattr(d, k, v)
+        return Seq([d])
+
+    shared = Dataset()
+    shared.PixelMeasuresSequence = item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)
+    if not per_frame_orientation:
+        shared.PlaneOrientationSequence = item(ImageOrientationPatient=first.ImageOrientationPatient)
+    shared.PixelValueTransformationSequence = item(
+        RescaleIntercept=first.RescaleIntercept, RescaleSlope=first.RescaleSlope, RescaleType="HU"
+    )
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    normal = np.cross(*np.reshape([float(v) for v in first.ImageOrientationPatient], (2, 3)))
+    rank = np.argsort(
+        np.argsort([float(np.dot([float(v) for v in s.ImagePositionPatient], normal)) for s in slices])
+    )
+    per = []
+    for k in order:
+        s = slices[k]
+        frame = Dataset()
+        frame.PlanePositionSequence = item(ImagePositionPatient=s.ImagePositionPatient)
+        if per_frame_orientation:
+            frame.PlaneOrientationSequence = item(ImageOrientationPatient=s.ImageOrientationPatient)
+        frame.FrameContentSequence = item(
+            StackID="1", InStackPositionNumber=int(rank[k]) + 1, DimensionIndexValues=[int(rank[k]) + 1]
+        )
+        per.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Seq(per)
+    if "PixelPaddingValue" in first:
+        ds.PixelPaddingValue = first.PixelPaddingValue
+    dtype = "<i2" if int(first.PixelRepresentation) else "<u2"
+    ds.PixelData = b"".join(np.asarray(slices[k].pixel_array, dtype).tobytes() for k in order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def multiframe_secondary_capture(path: Path, patient: str, frames: int = 20) -> Path:
+    """A multi-frame grayscale word secondary capture labelled CT: a multi-frame object that is no CT image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MULTIFRAME_WORD_SC
+    meta.MediaStorageSOPInstanceUID = uid("sc", patient)
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MULTIFRAME_WORD_SC, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientID = patient
+    ds.StudyInstanceUID = uid("corpus", patient, "study")
+    ds.SeriesInstanceUID = uid("corpus", patient, "sc")
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.zeros((frames, 16, 16), np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -102,3 +102,34 @@ def test_run_phantom_writes_layout_and_manifest(tmp_path, monkeypatch):
     assert {r["patient_id"] for r in rows} == {"PHANTOM-0001", "PHANTOM-0002"}
     assert all(sha256_file(out / r["file"]) == r["sha256"] for r in rows)
     assert not list(tmp_path.glob("raw/.*"))  # no temporary folder left behind
+
+
+def test_dicom_writer_encodes_what_pydicom_writes(tmp_path):
+    """The fast encoder (prdit.data.dicom_writer) writes byte for byte what pydicom's own writer would."""
+    import io
+
+    from prdit.data.dicom_writer import uid, write_ct_series
+
+    hu = np.random.default_rng(0).integers(-1000, 2000, (3, 6, 5)).astype(np.float32)
+    ipp = np.array([[-10.0, -12.0, z] for z in (0.0, 2.5, 5.0)])
+    paths = write_ct_series(
+        tmp_path,
+        hu,
+        ipp,
+        (1, 0, 0, 0, 1, 0),
+        (0.7, 0.8),
+        slice_thickness=2.5,
+        patient_id="p",
+        study_uid=uid("s"),
+        series_uid=uid("s", "1"),
+        padding_mask=np.eye(6, 5, dtype=bool)[None],
+    )
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        again = io.BytesIO()
+        ds.save_as(again, enforce_file_format=True)
+        assert again.getvalue() == path.read_bytes()
+        stored = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        keep = ~np.eye(6, 5, dtype=bool)
+        np.testing.assert_array_equal(stored[keep], hu[k][keep])
+        assert [float(v) for v in ds.ImagePositionPatient] == ipp[k].tolist()

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 import torch
 
 from prdit.data.dataset import VolumeDataset, case_ids
+from prdit.data.dicom_writer import uid, write_ct_series
 from prdit.data.ingest import run_ingest
-from prdit.data.phantom import uid, write_ct_series
 from prdit.data.preprocess import avg_pool2, resample_cube, run_preprocess
 from prdit.data.splits import run_split
 from tests.conftest import params_with
@@ -59,6 +59,7 @@ def params(raw: Path, **preprocess):
     over = {
         "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
         "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
+        "ingest": {"min_extent_mm": [50.0, 50.0, 50.0]},  # the test spheres' fields of view are ~112 mm
     }
     return params_with(over)
 
@@ -209,6 +210,7 @@ def test_reference_mode_for_rad_chestct_npz(tmp_path, monkeypatch):
     over = {
         "sources": {"rad": {"format": "npz", "path": "raw", "download": "none"}},
         "preprocess": {"mode": "reference", "size": 64, "highres_size": 128},
+        "ingest": {"min_extent_mm": [50.0, 50.0, 50.0]},  # a 120 mm test volume
     }
     p = params_with(over)
     assert run_ingest(p, "rad") == 0 and run_preprocess(p, "rad") == 0

@@ -9,13 +9,18 @@ import torch
 from torch.utils.data import Dataset
 
 from prdit import paths
+from prdit.errors import MissingInputError, PrditError
+
+
+class CacheFileError(PrditError, ValueError):
+    """A training cache file is empty, truncated or of the wrong shape; the message names it."""
 
 
 def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
     """Case ids listed in data/splits/<dataset>/<split>.txt."""
     path = Path(root) / paths.splits(dataset, split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
+        raise MissingInputError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -27,23 +32,40 @@ class VolumeDataset(Dataset):
     ) -> None:
         self.folder = Path(root) / paths.processed(dataset, size)
         self.cases = case_ids(dataset, split, root)
+        self.dataset = dataset
         self.size = size
         self.flip = flip
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
                 f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)"
             )
+
+        for case in self.cases:  # headers only (memory-mapped): a broken file fails here, before training
+            self._open(self.folder / f"{case}.npy")
+
+    def _open(self, path: Path) -> np.ndarray:
+        """The memory-mapped cache of one case; CacheFileError naming the file if unusable."""
+        try:
+            volume = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CacheFileError(
+                f"{path}: unreadable training cache ({type(exc).__name__}: {exc}); "
+                f"delete it and run `prdit preprocess --dataset {self.dataset}`"
+            ) from None
+        if volume.shape != (self.size,) * 3:
+            raise CacheFileError(
+                f"{path}: shape {volume.shape}, expected {(self.size,) * 3}; "
+                f"delete it and run `prdit preprocess --dataset {self.dataset}`"
+            )
+        return volume
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.folder / f"{self.cases[index]}.npy"
-        volume = np.load(path, mmap_mode="r")
-        if volume.shape != (self.size,) * 3:
-            raise ValueError(f"{path}: shape {volume.shape}, expected {(self.size,) * 3}")
+        volume = self._open(self.folder / f"{self.cases[index]}.npy")
         x = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
         if self.flip and torch.rand(()) < 0.5:
             x = torch.flip(x, dims=[-1])

@@ -3,6 +3,10 @@
 Choices a reviewer should know about:
 - Slices are ordered by ImagePositionPatient projected on the slice normal (row x column cosines),
   never by InstanceNumber or file name.
+- Enhanced CT (one multi-frame file per series) is read frame by frame from its functional groups
+  (plane position and orientation, pixel measures, pixel value transformation; per-frame values win
+  over shared ones), then treated exactly like a classic series. Other multi-frame objects
+  (secondary capture, ultrasound, angiography, ...) are rejected by SOP class with its name.
 - HU = stored * RescaleSlope + RescaleIntercept, per slice. Pixels equal to PixelPaddingValue (or in
   its range) and values below -1500 HU (the -2000 / -3024 "outside the field of view" fill) become
   air (-1000 HU); remaining values below -1024 HU are clipped to -1024.
@@ -30,7 +34,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
 from prdit.errors import PrditError
@@ -46,9 +50,11 @@ AXIAL_MIN_COS = (
 )
 OUTPUT_ORIENTATION = "LPS"
 IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT (rejected later with a reason: multi-frame)
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage: one slice per file
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage: multi-frame, functional groups
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage: the same layout
 }
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 HEADER_TAGS = [
     "SOPClassUID",
     "Modality",
@@ -60,6 +66,8 @@ HEADER_TAGS = [
     "SeriesNumber",
     "SliceThickness",
     "SeriesDescription",
+    "NumberOfFrames",
+    "SharedFunctionalGroupsSequence",
 ]
 
 
@@ -87,10 +95,16 @@ class Series:
     normal: tuple[float, float, float] | None
     slice_thickness: float | None
     files: list[Path] = field(default_factory=list)
+    frames: int = 0  # images over all files: one per classic file, NumberOfFrames per multi-frame file
 
     @property
     def folder(self) -> Path:
         return Path(os.path.commonpath([str(f.parent) for f in self.files]))
+
+    @property
+    def where(self) -> Path:
+        """What to name in a report: the file of a one-file series, else the folder."""
+        return self.files[0] if len(self.files) == 1 else self.folder
 
 
 @dataclass(frozen=True)
@@ -118,11 +132,14 @@ def scan(root: str | Path, threads: int = 1, memo: dict | None = None) -> tuple[
         if isinstance(info, str):
             skipped.append(Skipped(str(path), info))
             continue
+        info = dict(info)
+        frames = int(info.pop("frames", 1))
         s = series.get(info["uid"])
         if s is None:
-            info = dict(info, patient_id=info["patient_id"] or path.relative_to(root).parts[0])
+            info["patient_id"] = info["patient_id"] or path.relative_to(root).parts[0]
             s = series[info["uid"]] = Series(**info)
         s.files.append(path)
+        s.frames += frames
     return list(series.values()), skipped
 
 
@@ -179,6 +196,18 @@ def _header(path: Path) -> dict | str:
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not uid:
         return "not a DICOM image (no series UID)" if "SOPClassUID" not in ds else "no SeriesInstanceUID"
+    frames = max(1, _int(ds.get("NumberOfFrames")))
+    iop = ds.get("ImageOrientationPatient") or _functional(
+        ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
+    if iop is None and frames > 1 and str(ds.get("Modality", "")) == "CT":  # orientation given per frame only
+        try:
+            per = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["PerFrameFunctionalGroupsSequence"]
+            )
+            iop = _functional(per, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
+        except Exception:  # noqa: BLE001 - the reader reports the file's problem with the series
+            iop = None
     return dict(
         uid=uid,
         patient_id=str(ds.get("PatientID", "") or ""),
@@ -188,9 +217,30 @@ def _header(path: Path) -> dict | str:
         image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType", []))),
         description=str(ds.get("SeriesDescription", "")),
         series_number=_int(ds.get("SeriesNumber")),
-        normal=_normal(ds.get("ImageOrientationPatient")),
-        slice_thickness=_float(ds.get("SliceThickness")),
+        normal=_normal(iop),
+        slice_thickness=_float(
+            ds.get("SliceThickness") or _functional(ds, 0, "PixelMeasuresSequence", "SliceThickness")
+        ),
+        frames=frames,
     )
+
+
+def _functional(ds: pydicom.Dataset, frame: int, group: str, keyword: str):
+    """An attribute of a multi-frame image's functional groups: the frame's own value, else the shared one."""
+    for name, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(name)
+        if not items or len(items) <= index:
+            continue
+        inner = items[index].get(group)
+        if inner and keyword in inner[0]:
+            return inner[0][keyword].value
+    return None
+
+
+def sop_name(sop_class: str) -> str:
+    """A SOP class UID with its registered name, e.g. 'Enhanced MR Image Storage (1.2...4.1)'."""
+    name = pydicom.uid.UID(sop_class).name
+    return sop_class if name == sop_class else f"{name} ({sop_class})"
 
 
 def _int(value) -> int:
@@ -235,17 +285,22 @@ def rule_out(s: Series, min_slices: int) -> str:
     if s.modality != "CT":
         return f"modality {s.modality or 'missing'} (not CT)"
     if s.sop_class and s.sop_class not in IMAGE_SOP_CLASSES:
+        multi = (
+            f"multi-frame ({s.frames} frames in {len(s.files)} file(s)) " if s.frames > len(s.files) else ""
+        )
         return (
-            f"SOP class {s.sop_class} is not CT Image Storage (dose report, SR, SEG, RT or secondary capture)"
+            f"{multi}SOP class {sop_name(s.sop_class)} is not a CT image (read: CT, Enhanced CT and "
+            "Legacy Converted Enhanced CT Image Storage)"
         )
     if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(s.image_type):
         return "localizer/scout (ImageType " + "\\".join(s.image_type) + ")"
     if s.normal is None:
-        return "no usable ImageOrientationPatient"
+        where = "PlaneOrientationSequence" if s.sop_class != CT_IMAGE_STORAGE else "ImageOrientationPatient"
+        return f"no usable image orientation ({where} missing or not two unit vectors)"
     if abs(s.normal[2]) < AXIAL_MIN_COS:
         return f"not axial (slice normal {tuple(round(c, 2) for c in s.normal)})"
-    if len(s.files) < min_slices:
-        return f"{len(s.files)} slice(s), fewer than ingest.min_slices={min_slices}"
+    if s.frames < min_slices:
+        return f"{s.frames} slice(s), fewer than ingest.min_slices={min_slices}"
     return ""
 
 
@@ -255,7 +310,7 @@ def select(candidates: Sequence[Series]) -> Series:
         candidates,
         key=lambda s: (
             "ORIGINAL" not in s.image_type,
-            -len(s.files),
+            -s.frames,
             s.slice_thickness or 1e9,
             s.series_number,
             s.uid,
@@ -279,7 +334,7 @@ def discover(
         for s in group:
             why = rule_out(s, min_slices)
             if why:
-                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                skipped.append(Skipped(str(s.where), why, s.uid, patient))
                 log.info("patient %s: skip series %s: %s", patient, s.uid, why)
             else:
                 candidates.append(s)
@@ -287,14 +342,15 @@ def discover(
         for s in candidates:
             if s is not chosen[patient]:
                 why = f"not selected: series {chosen[patient].uid} preferred (ORIGINAL, more slices, thinner)"
-                skipped.append(Skipped(str(s.folder), why, s.uid, patient))
+                skipped.append(Skipped(str(s.where), why, s.uid, patient))
                 log.info("patient %s: skip series %s: %s", patient, s.uid, why)
         if chosen[patient] is not None:
             log.info(
-                "patient %s: selected series %s (%d files)",
+                "patient %s: selected series %s (%d files, %d images)",
                 patient,
                 chosen[patient].uid,
                 len(chosen[patient].files),
+                chosen[patient].frames,
             )
     return chosen, skipped
 
@@ -352,7 +408,7 @@ def read_series(path: str | Path, max_gap_factor: float = 1.5, min_slices: int =
 
 @dataclass
 class _Slice:
-    path: Path
+    name: str  # file name, with ' frame N' for a frame of a multi-frame file
     position: np.ndarray
     stored: np.ndarray | None  # decoded stored values [row, col]; HU = stored * slope + intercept
     slope: float
@@ -380,30 +436,32 @@ def read_files(
         except Exception as exc:  # noqa: BLE001
             report.dropped.append(f"{f.name}: {type(exc).__name__}")
             continue
-        _check_consistent(ds, ref, f)
+        _assume_transfer_syntax(ds)
+        frames = _frame_headers(ds, f)
+        for frame in frames:
+            _check_consistent(frame, ref)
         try:
             stored = _pixels(ds)
         except Exception as exc:  # noqa: BLE001 - truncated pixel data, missing decoder, ...
             report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
             continue
-        if stored.ndim != 2:
+        stored = stored[None] if stored.ndim == 2 else stored
+        if stored.shape != (len(frames), *ref["shape"]):
             raise SeriesError(
-                f"{f}: multi-frame or colour pixel data (shape {stored.shape}) is not supported"
+                f"{f}: pixel data of shape {stored.shape} for {len(frames)} frame(s) of {ref['shape']}"
             )
-        missing = "RescaleIntercept" not in ds or "RescaleSlope" not in ds
-        rescale_missing.append(missing)
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        slices.append(
-            _Slice(
-                f,
-                np.asarray([float(v) for v in ds.ImagePositionPatient]),
-                stored,
-                slope,
-                intercept,
-                _padding_mask(ds, stored),
+        for frame, pixels in zip(frames, stored):
+            rescale_missing.append(frame["slope"] is None or frame["intercept"] is None)
+            slices.append(
+                _Slice(
+                    frame["name"],
+                    np.asarray([float(v) for v in frame["position"]]),
+                    pixels,
+                    float(frame["slope"] or 1.0),
+                    float(frame["intercept"] or 0.0),
+                    _padding_mask(ds, pixels),
+                )
             )
-        )
     if report.dropped:
         log.warning("%d file(s) could not be read: %s", len(report.dropped), "; ".join(report.dropped[:3]))
     if not slices:
@@ -430,11 +488,15 @@ def read_files(
     dz = float(np.median(gaps))
     worst = int(np.argmax(gaps))
     if gaps[worst] > max_gap_factor * dz:
+        cause = (  # an undecodable file is the likely cause of a gap: say so first
+            f"{len(report.dropped)} undecodable file(s) ({'; '.join(report.dropped[:3])}) leave "
+            if report.dropped
+            else ""
+        )
         raise SeriesError(
-            f"missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
+            f"{cause}missing slice(s): gap of {gaps[worst]:.2f} mm between slices at {pos[worst]:.2f} and "
             f"{pos[worst + 1]:.2f} mm along the normal (median spacing {dz:.2f} mm, "
             f"limit ingest.max_gap_factor={max_gap_factor})"
-            + (f"; {report.notes()}" if report.dropped else "")
         )
 
     ps_row, ps_col = ref["spacing"]
@@ -466,6 +528,19 @@ def read_files(
     return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
 
 
+def _assume_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """A file without file meta (no 'DICM' preamble, as old exports write) is uncompressed; its transfer
+    syntax is the encoding pydicom parsed it with, which its pixel decoder needs to be told."""
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     """Stored pixel values: native 16-bit little-endian frames directly, anything else via pydicom's plugins."""
     native = ds.file_meta.get("TransferSyntaxUID") in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -487,16 +562,84 @@ def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def _check_consistent(ds: pydicom.Dataset, ref: dict, f: Path) -> None:
-    """Every slice must share orientation, matrix size and pixel spacing with the first one."""
-    for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+def _frame_headers(ds: pydicom.Dataset, f: Path) -> list[dict]:
+    """Per image in the file: where it is and how its values become HU (name, orientation, position,
+    spacing, matrix, slope, intercept; None where the file does not say).
+
+    A classic file holds one image described by top-level attributes; a multi-frame (Enhanced CT) file
+    describes frame i by its per-frame functional groups, falling back to the shared ones."""
+    for key in ("Rows", "Columns"):
         if key not in ds:
             raise SeriesError(f"{f}: missing {key}")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise SeriesError(f"{f}: colour pixel data (SamplesPerPixel {ds.SamplesPerPixel}) is not a CT image")
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         raise SeriesError(f"{f}: MONOCHROME1 pixels in a CT series (inverted grey scale) are not supported")
-    iop = [float(v) for v in ds.ImageOrientationPatient]
-    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
     shape = (int(ds.Rows), int(ds.Columns))
+    n = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        if n > 1:
+            raise SeriesError(f"{f}: {n} frames but no functional groups: the frames' positions are unknown")
+        return [
+            dict(
+                name=f.name,
+                where=str(f),
+                orientation=ds.get("ImageOrientationPatient"),
+                position=ds.get("ImagePositionPatient"),
+                spacing=ds.get("PixelSpacing"),
+                shape=shape,
+                slope=ds.get("RescaleSlope"),
+                intercept=ds.get("RescaleIntercept"),
+                keys=("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"),
+            )
+        ]
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per) not in (0, n):
+        raise SeriesError(f"{f}: {len(per)} per-frame functional groups for NumberOfFrames {n}")
+    frames = []
+    for i in range(n):
+        frames.append(
+            dict(
+                name=f"{f.name} frame {i + 1}",
+                where=f"{f} frame {i + 1}",
+                orientation=_functional(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                position=_functional(ds, i, "PlanePositionSequence", "ImagePositionPatient"),
+                spacing=_functional(ds, i, "PixelMeasuresSequence", "PixelSpacing"),
+                shape=shape,
+                slope=_rescale(ds, i, "RescaleSlope"),
+                intercept=_rescale(ds, i, "RescaleIntercept"),
+                keys=(
+                    "ImageOrientationPatient (PlaneOrientationSequence)",
+                    "ImagePositionPatient (PlanePositionSequence)",
+                    "PixelSpacing (PixelMeasuresSequence)",
+                ),
+            )
+        )
+    return frames
+
+
+def _rescale(ds: pydicom.Dataset, frame: int, keyword: str):
+    """A frame's rescale value: its PixelValueTransformationSequence, else the top-level attribute."""
+    value = _functional(ds, frame, "PixelValueTransformationSequence", keyword)
+    return ds.get(keyword) if value is None else value
+
+
+def _check_consistent(frame: dict, ref: dict) -> None:
+    """Every image must share orientation, matrix size and pixel spacing with the first one."""
+    where = frame["where"]
+    for key, value in zip(frame["keys"], (frame["orientation"], frame["position"], frame["spacing"])):
+        if value is None:
+            raise SeriesError(f"{where}: missing {key}")
+    try:
+        iop = [float(v) for v in frame["orientation"]]
+        position = [float(v) for v in frame["position"]]
+        spacing = tuple(float(v) for v in frame["spacing"])
+    except (TypeError, ValueError):
+        raise SeriesError(f"{where}: orientation, position or pixel spacing is not numeric") from None
+    if len(iop) != 6 or len(position) != 3 or len(spacing) != 2:
+        raise SeriesError(f"{where}: orientation, position or pixel spacing has the wrong number of values")
+    shape = frame["shape"]
+    f = where
     if not ref:
         if min(spacing) <= 0:
             raise SeriesError(f"{f}: PixelSpacing {spacing} is not positive")
@@ -527,7 +670,7 @@ def _drop_duplicates(slices: list[_Slice], normal: np.ndarray, report: SeriesRep
         if abs(float((s.position - prev.position) @ normal)) < 0.01:
             if np.abs(s.hu - prev.hu).mean() > 1.0:
                 raise SeriesError(
-                    f"two different images at the same position ({s.path.name}, {prev.path.name}): "
+                    f"two different images at the same position ({s.name}, {prev.name}): "
                     "overlapping acquisitions in one series"
                 )
             report.duplicates += 1

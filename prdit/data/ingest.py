@@ -2,7 +2,9 @@
 
 Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.csv (one row per
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
-qc.png (mid-slices of a sample of cases). The raw input is only read, never modified or deleted.
+qc.png (mid-slices of a sample of cases). A volume is rejected when it covers less than
+ingest.min_extent_mm along an axis (too little anatomy: it would be mostly padding in the training
+cube), has fewer than ingest.min_slices slices, or holds no tissue at all. The raw input is only read, never modified or deleted.
 Each case is computed once per (raw files, ingest params) and kept in the per-case cache
 (prdit.data.cache); the output folder is assembled from it, so re-runs compute only what changed.
 """
@@ -31,7 +33,7 @@ from prdit.data.cache import (
     unique_key,
 )
 from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
-from prdit.errors import PrditError
+from prdit.errors import MissingInputError, PrditError
 from prdit.io import write_image, write_json
 from prdit.viz import montage
 
@@ -53,6 +55,7 @@ QC_COLUMNS = [
     "spacing_y",
     "spacing_z",
     "shape_zyx",
+    "extent_mm",
     "orientation",
     "source_iop",
     "tilt_deg",
@@ -63,7 +66,12 @@ QC_COLUMNS = [
     "seconds",
 ]
 MONTAGE_CASES = 8
-HEADERS = "dicom-headers.json"  # in the ingest cache folder of a dataset, beside the case folders
+HEADERS = "dicom-headers.v2.json"  # in the ingest cache folder of a dataset, beside the case folders
+TISSUE_HU = -500.0  # a volume with no voxel above this holds no anatomy (all air, or empty)
+
+
+class SourceError(PrditError):
+    """The dataset's raw input cannot be used at all (missing folder, nothing readable in it)."""
 
 
 def interim_dir(dataset: str) -> Path:
@@ -84,10 +92,11 @@ def ingest_dicom(
     out: str,
     max_gap_factor: float,
     min_slices: int,
+    min_extent_mm: list[float],
 ) -> dict:
     """Read one selected DICOM series and write it as HU NIfTI; returns its QC row."""
     image, report = dicom.read_files(files, max_gap_factor=max_gap_factor, min_slices=min_slices)
-    row = _describe(case, patient_id, source, image, out)
+    row = _describe(case, patient_id, source, image, out, min_extent_mm)
     row.update(
         series_uid=series_uid,
         files=report.files,
@@ -98,15 +107,53 @@ def ingest_dicom(
     return row
 
 
-def ingest_file(case: str, patient_id: str, path: str, fmt: str, source: str, out: str) -> dict:
+def ingest_file(
+    case: str,
+    patient_id: str,
+    path: str,
+    fmt: str,
+    source: str,
+    out: str,
+    min_slices: int,
+    min_extent_mm: list[float],
+) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
     image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_hu_image(Path(path))
-    row = _describe(case, patient_id, source, image, out)
+    if image.GetSize()[2] < min_slices:
+        raise dicom.SeriesError(f"{image.GetSize()[2]} slice(s), fewer than ingest.min_slices={min_slices}")
+    row = _describe(case, patient_id, source, image, out, min_extent_mm)
     row["files"] = 1
     return row
 
 
-def _describe(case: str, patient_id: str, source: str, image: sitk.Image, out: str) -> dict:
+def extent_mm(image: sitk.Image) -> tuple[float, float, float]:
+    """Physical extent (x, y, z in mm, LPS image axes) the voxels cover, edge to edge: size x spacing."""
+    return tuple(float(n * s) for n, s in zip(image.GetSize(), image.GetSpacing()))
+
+
+def check_content(image: sitk.Image, min_extent_mm: list[float]) -> tuple[float, float, float]:
+    """The image's extent; SeriesError when it covers too little anatomy or no tissue at all."""
+    extent = extent_mm(image)
+    short = [axis for axis, e, m in zip("xyz", extent, min_extent_mm) if e < m]
+    if short:
+        raise dicom.SeriesError(
+            "covers {:.1f} x {:.1f} x {:.1f} mm (x, y, z), less than ingest.min_extent_mm=[{}] along {}: "
+            "too little anatomy for a chest CT".format(
+                *extent, ", ".join(f"{m:g}" for m in min_extent_mm), " and ".join(short)
+            )
+        )
+    peak = float(sitk.GetArrayViewFromImage(image).max())
+    if peak < TISSUE_HU:
+        raise dicom.SeriesError(
+            f"no tissue: every voxel is below {TISSUE_HU:g} HU (maximum {peak:g}): all air"
+        )
+    return extent
+
+
+def _describe(
+    case: str, patient_id: str, source: str, image: sitk.Image, out: str, min_extent_mm: list[float]
+) -> dict:
+    extent = check_content(image, min_extent_mm)
     write_image(out, image)
     hu = sitk.GetArrayViewFromImage(image)
     sx, sy, sz = image.GetSpacing()
@@ -121,6 +168,7 @@ def _describe(case: str, patient_id: str, source: str, image: sitk.Image, out: s
         "spacing_y": round(sy, 4),
         "spacing_z": round(sz, 4),
         "shape_zyx": "x".join(map(str, hu.shape)),
+        "extent_mm": " ".join(f"{e:.1f}" for e in extent),
         "orientation": dicom.OUTPUT_ORIENTATION + (f" (oblique {oblique:.1f} deg)" if oblique > 0.1 else ""),
         **percentiles(hu),
     }
@@ -131,15 +179,14 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
 
     A job names its output relative to the case's cache entry (prdit.data.cache)."""
     src = p.sources[dataset]
-    root = Path(src.path)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"sources.{dataset}.path: {root} is not a folder (download or phantom first?)"
-        )
+    root = check_source(p, dataset)
+    min_extent = [float(v) for v in p.ingest.min_extent_mm]
     jobs, rejected, skipped = [], [], []
     if src.format == "dicom":
         memo = header_memo(dataset)
         chosen, skips = dicom.discover(root, p.ingest.min_slices, threads, memo=memo)
+        if not chosen:
+            raise SourceError(_nothing_found(root, skips, dataset))
         save_header_memo(dataset, memo)
         skipped = [
             {
@@ -177,11 +224,20 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     out=f"{case}.nii.gz",
                     max_gap_factor=p.ingest.max_gap_factor,
                     min_slices=p.ingest.min_slices,
+                    min_extent_mm=min_extent,
                 )
             )
     elif src.format in ("npz", "nifti"):
         used = set()
-        for f in inputs.find_files(root, src.format):
+        found = inputs.find_files(root, src.format)
+        if not found:
+            seen = sum(1 for f in root.rglob("*") if f.is_file())
+            kinds = "*.npz" if src.format == "npz" else ", ".join("*" + s for s in inputs.NIFTI_SUFFIXES)
+            raise SourceError(
+                f"No {src.format} input found under {root} ({seen} files looked at, none named {kinds}): "
+                f"check sources.{dataset}.path and sources.{dataset}.format"
+            )
+        for f in found:
             case = _unique(safe_case_id(inputs.case_name(f)), used)
             jobs.append(
                 dict(
@@ -191,11 +247,38 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     fmt=src.format,
                     source=_rel(f, root),
                     out=f"{case}.nii.gz",
+                    min_slices=p.ingest.min_slices,
+                    min_extent_mm=min_extent,
                 )
             )
     else:
         raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped
+
+
+def check_source(p, dataset: str) -> Path:
+    """The dataset's raw folder; SourceError naming the key when it is not there (before any work)."""
+    root = Path(p.sources[dataset].path)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise SourceError(
+            f"sources.{dataset}.path: {root} {what}; run `prdit download --dataset {dataset}` "
+            "or point the path at your copy of the data"
+        )
+    return root
+
+
+def _nothing_found(root: Path, skips: list, dataset: str) -> str:
+    """'No DICOM found under <root> (N files looked at, M not DICOM, ...)' for a folder without a series."""
+    seen = len(skips)  # with no series at all, every file was skipped, each with its reason
+    not_dicom = sum(1 for s in skips if s.reason == "not a DICOM file")
+    other = [s.reason for s in skips if s.reason != "not a DICOM file"]
+    detail = f"{seen} files looked at, {not_dicom} not DICOM"
+    if other:
+        detail += f", {len(other)} unusable, e.g. {other[0]}"
+    return (
+        f"No DICOM found under {root} ({detail}): check sources.{dataset}.path and sources.{dataset}.format"
+    )
 
 
 def _header_memo_path(dataset: str) -> Path:
@@ -275,7 +358,14 @@ def write_plan(p: Params, dataset: str, path: Path, threads: int = 1) -> int:
 
 
 def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MissingInputError(
+            f"{path}: plan not found; write it with `prdit ingest --write-plan`"
+        ) from None
+    except ValueError as exc:
+        raise PrditError(f"{path}: not a plan file ({exc}); write it again with --write-plan") from None
     if data.get("dataset") != dataset:
         raise PrditError(f"{path}: a plan of dataset {data.get('dataset')!r}, not {dataset!r}")
     return data["jobs"], data["rejected"], data["skipped"]
@@ -301,8 +391,9 @@ def run_ingest(
     out_dir = interim_dir(dataset)
     cache = CaseCache("ingest", dataset)
     shards = p.ingest.shards
+    # finding the cases comes first: a missing or empty source is a one-line error, no run, no folder
+    jobs, rejected, skipped = read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
     with tracking.stage_run(p, stage="ingest", dataset=dataset, used=p.used("ingest", dataset)) as run:
-        jobs, rejected, skipped = read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
         fmt = p.sources[dataset].format
         fn = ingest_dicom if fmt == "dicom" else ingest_file
         jobs = shard_of(jobs, shard, shards)

@@ -261,7 +261,7 @@ def preprocess_case(
         "in_shape_zyx": "x".join(map(str, reversed(image.GetSize()))),
         "sizes": " ".join(map(str, sorted(cubes))),
         "out_spacing": " ".join(f"{cubes[s][1]:.4g}" for s in sorted(cubes)),
-        "outside_fraction": round(_outside_fraction(image, top, spacing), 4),
+        "outside_fraction": float(f"{_outside_fraction(image, top, spacing):.6g}"),  # 0.99997 stays < 1
         **percentiles(cube, prefix="v"),
     }
 
@@ -291,15 +291,15 @@ def _cube_origin(image: sitk.Image, size: int, spacing: float) -> list[float]:
 
 
 def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
-    """Fraction of the output cube that lies outside the input volume (padded with air)."""
+    """Fraction of the output cube's volume outside the input volume (padded with air), voxel edge to edge."""
     origin, _ = cube_grid(image, size, spacing)
     frac = 1.0
     for axis in range(3):
-        lo = image.TransformIndexToPhysicalPoint([0, 0, 0])[axis]
-        hi = image.TransformIndexToPhysicalPoint([s - 1 for s in image.GetSize()])[axis]
+        lo = image.TransformContinuousIndexToPhysicalPoint([-0.5] * 3)[axis]
+        hi = image.TransformContinuousIndexToPhysicalPoint([s - 0.5 for s in image.GetSize()])[axis]
         lo, hi = min(lo, hi), max(lo, hi)
-        a, b = origin[axis], origin[axis] + (size - 1) * spacing
-        frac *= max(0.0, min(b, hi) - max(a, lo)) / max(b - a, 1e-9)
+        a, b = origin[axis] - spacing / 2, origin[axis] + (size - 0.5) * spacing
+        frac *= max(0.0, min(b, hi) - max(a, lo)) / (b - a)
     return 1.0 - frac
 
 
@@ -331,10 +331,12 @@ def run_preprocess(
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
     cache = CaseCache("preprocess", dataset)
+    cases = read_ok(
+        src_dir / "qc.csv", f"`prdit ingest --dataset {dataset}`"
+    )  # before the run: no FAILED run
     with tracking.stage_run(
         p, stage="preprocess", dataset=dataset, used=p.used("preprocess", dataset)
     ) as run:
-        cases = read_ok(src_dir / "qc.csv")
         jobs = [
             dict(
                 case=r.case,

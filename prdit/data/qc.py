@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from prdit.errors import MissingInputError
 from prdit.io import atomic_path
 from prdit.progress import progress
 
@@ -126,10 +127,10 @@ def batch_exit(stage: str, dataset: str, ok: int, total: int, strict: bool) -> i
     return 0
 
 
-def read_ok(qc_csv: Path) -> pd.DataFrame:
-    """The rows of a qc.csv whose status is ok (clear error when the file is missing)."""
+def read_ok(qc_csv: Path, made_by: str = "the previous stage") -> pd.DataFrame:
+    """The rows of a qc.csv whose status is ok (a one-line error naming `made_by` when it is missing)."""
     if not qc_csv.is_file():
-        raise FileNotFoundError(f"{qc_csv}: not found; run the previous stage first")
+        raise MissingInputError(f"{qc_csv}: not found; run {made_by} first")
     frame = pd.read_csv(qc_csv, dtype={"case": str, "patient_id": str}, keep_default_na=False)
     return frame[frame["status"] == "ok"]
 
