@@ -15,11 +15,7 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        expand(
-            "metrics/{dataset}/{size}.json",
-            dataset=PARAMS.datasets,
-            size=PARAMS.sizes(),
-        ),
+        expand(METRICS, dataset=PARAMS.datasets, size=SIZES),
 
 
 # One MLflow pipeline run per invocation that has work to do: the stage runs nest under it (PRDIT_PIPELINE_RUN,

@@ -5,6 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from prdit import paths
 from prdit.config import load, from_dict
 
 validate(config, "../schemas/params.schema.yaml")
@@ -40,6 +41,23 @@ if not workflow.remote_exec:
                 f"sources.{name}.path: {source.path} does not exist (download: none reads your copy of the "
                 "data there); fix the path, or set download: to fetch it"
             )
+
+# The files of every stage, as patterns of prdit.paths (the one module that knows the layout; dvc.yaml spells
+# the same paths, which tests/test_parity.py checks).
+MANIFEST = str(paths.manifest("{dataset}"))
+INTERIM = str(paths.interim("{dataset}"))
+INGEST_PLAN = str(paths.shards(paths.interim("{dataset}")) / "plan.json")
+INGEST_SHARD = str(paths.shards(paths.interim("{dataset}")) / "{shard}.csv")
+PROCESSED = str(paths.processed("{dataset}"))
+PREPROCESS_SHARD = str(paths.shards(paths.processed("{dataset}")) / "{shard}.csv")
+SPLIT_PARTS = ("train", "val", "test")
+SPLITS = [str(paths.splits("{dataset}", part)) for part in SPLIT_PARTS]
+MODEL = str(paths.model_file("{dataset}", "{stage}"))
+TRAIN_METRICS = str(paths.model_dir("{dataset}", "{stage}") / "metrics.json")
+SAMPLES = str(paths.samples("{dataset}", "{size}"))
+SAMPLE_SHARD = str(paths.shards(paths.samples("{dataset}", "{size}")) / "{shard}")
+METRICS = str(paths.metrics("{dataset}", "{size}"))
+REPORT = str(paths.reports("{dataset}", "{size}"))
 
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
@@ -87,27 +105,21 @@ def ingest_shards(wildcards):
     """ingest.shards = N > 1: the plan and the N shard tables the assembly waits for."""
     if INGEST_SHARDS == 1:
         return []
-    shards = expand(
-        "data/interim/{dataset}.shards/{shard}.csv",
-        dataset=wildcards.dataset,
-        shard=range(INGEST_SHARDS),
-    )
-    return [f"data/interim/{wildcards.dataset}.shards/plan.json", *shards]
+    shards = expand(INGEST_SHARD, dataset=wildcards.dataset, shard=range(INGEST_SHARDS))
+    return [INGEST_PLAN.format(dataset=wildcards.dataset), *shards]
 
 
 def ingest_plan_arg(wildcards):
     if INGEST_SHARDS == 1:
         return ""
-    return f"--plan data/interim/{wildcards.dataset}.shards/plan.json"
+    return "--plan " + INGEST_PLAN.format(dataset=wildcards.dataset)
 
 
 def preprocess_shards(wildcards):
     if PREPROCESS_SHARDS == 1:
         return []
     return expand(
-        "data/processed/{dataset}.shards/{shard}.csv",
-        dataset=wildcards.dataset,
-        shard=range(PREPROCESS_SHARDS),
+        PREPROCESS_SHARD, dataset=wildcards.dataset, shard=range(PREPROCESS_SHARDS)
     )
 
 
@@ -115,16 +127,12 @@ def preprocess_shards(wildcards):
 def train_inputs(wildcards):
     """The dataset, its split, and for stages 2 and 3 the frozen parent model."""
     inputs = {
-        "data": f"data/processed/{wildcards.dataset}",
-        "splits": expand(
-            "data/splits/{dataset}/{part}.txt",
-            dataset=wildcards.dataset,
-            part=("train", "val", "test"),
-        ),
+        "data": PROCESSED.format(dataset=wildcards.dataset),
+        "splits": expand(SPLITS, dataset=wildcards.dataset),
     }
     if wildcards.stage in PARENT_STAGE:
-        inputs["parent"] = (
-            f"models/{wildcards.dataset}/{PARENT_STAGE[wildcards.stage]}/model.pt"
+        inputs["parent"] = MODEL.format(
+            dataset=wildcards.dataset, stage=PARENT_STAGE[wildcards.stage]
         )
     return inputs
 
@@ -150,13 +158,13 @@ def sample_model(wildcards):
     """The backbone size samples from the stage-2 model, the stage-3 size from the highres model (which
     carries its frozen backbone)."""
     stage = "global" if int(wildcards.size) == SIZE else "highres"
-    return f"models/{wildcards.dataset}/{stage}/model.pt"
+    return MODEL.format(dataset=wildcards.dataset, stage=stage)
 
 
 def sample_output():
     if SAMPLE_SHARDS == 1:
-        return directory("samples/{dataset}/{size}")
-    return temp(directory("samples/{dataset}/{size}.shards/{shard}"))
+        return directory(SAMPLES)
+    return temp(directory(SAMPLE_SHARD))
 
 
 def sample_tag():
@@ -170,7 +178,7 @@ def shard_arg(wildcards):
 
 def sample_shards(wildcards):
     return expand(
-        "samples/{dataset}/{size}.shards/{shard}",
+        SAMPLE_SHARD,
         dataset=wildcards.dataset,
         size=wildcards.size,
         shard=range(SAMPLE_SHARDS),

@@ -5,7 +5,7 @@ localrules:
 
 rule download:
     output:
-        "data/raw/{dataset}/manifest.csv",
+        MANIFEST,
     log:
         "logs/download/{dataset}.log",
     benchmark:
@@ -33,10 +33,10 @@ rule download:
 
 rule ingest:
     input:
-        "data/raw/{dataset}/manifest.csv",
+        MANIFEST,
         ingest_shards,
     output:
-        directory("data/interim/{dataset}"),
+        directory(INTERIM),
     log:
         "logs/ingest/{dataset}.log",
     benchmark:
@@ -56,10 +56,10 @@ rule ingest:
 
 rule preprocess:
     input:
-        "data/interim/{dataset}",
+        INTERIM,
         preprocess_shards,
     output:
-        directory("data/processed/{dataset}"),
+        directory(PROCESSED),
     log:
         "logs/preprocess/{dataset}.log",
     benchmark:
@@ -81,9 +81,9 @@ if INGEST_SHARDS > 1:
     # Discovery (DICOM headers of every file) once, for every shard and the assembly.
     rule ingest_plan:
         input:
-            "data/raw/{dataset}/manifest.csv",
+            MANIFEST,
         output:
-            temp("data/interim/{dataset}.shards/plan.json"),
+            temp(INGEST_PLAN),
         log:
             "logs/ingest/{dataset}.plan.log",
         benchmark:
@@ -102,9 +102,9 @@ if INGEST_SHARDS > 1:
 
     rule ingest_shard:
         input:
-            plan="data/interim/{dataset}.shards/plan.json",
+            plan=INGEST_PLAN,
         output:
-            temp("data/interim/{dataset}.shards/{shard}.csv"),
+            temp(INGEST_SHARD),
         log:
             "logs/ingest/{dataset}.shard{shard}.log",
         benchmark:
@@ -126,9 +126,9 @@ if PREPROCESS_SHARDS > 1:
 
     rule preprocess_shard:
         input:
-            "data/interim/{dataset}",
+            INTERIM,
         output:
-            temp("data/processed/{dataset}.shards/{shard}.csv"),
+            temp(PREPROCESS_SHARD),
         log:
             "logs/preprocess/{dataset}.shard{shard}.log",
         benchmark:
@@ -148,9 +148,9 @@ if PREPROCESS_SHARDS > 1:
 
 rule split:
     input:
-        "data/processed/{dataset}",
+        PROCESSED,
     output:
-        expand("data/splits/{{dataset}}/{part}.txt", part=("train", "val", "test")),
+        SPLITS,
     log:
         "logs/split/{dataset}.log",
     benchmark:

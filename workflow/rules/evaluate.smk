@@ -30,24 +30,22 @@ if EXTRACTOR_WEIGHTS:
 
 rule evaluate:
     input:
-        samples="samples/{dataset}/{size}",
-        data="data/processed/{dataset}",
+        samples=SAMPLES,
+        data=PROCESSED,
         weights=EXTRACTOR_WEIGHTS,
-        splits=expand(
-            "data/splits/{{dataset}}/{part}.txt", part=("train", "val", "test")
-        ),
+        splits=SPLITS,
     output:
         metrics=report(
-            "metrics/{dataset}/{size}.json",
+            METRICS,
             caption="../report/metrics.rst",
             category="Metrics",
         ),
         html=report(
-            "reports/{dataset}/{size}/report.html",
+            f"{REPORT}/report.html",
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
-        histogram="reports/{dataset}/{size}/hu_histogram.csv",
+        histogram=f"{REPORT}/hu_histogram.csv",
     log:
         "logs/evaluate/{dataset}.{size}.log",
     benchmark:

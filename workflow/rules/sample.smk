@@ -39,7 +39,7 @@ if SAMPLE_SHARDS > 1:
         input:
             sample_shards,
         output:
-            directory("samples/{dataset}/{size}"),
+            directory(SAMPLES),
         log:
             "logs/sample/{dataset}.{size}.merge.log",
         benchmark:

@@ -17,8 +17,8 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model="models/{dataset}/{stage}/model.pt",
-        metrics="models/{dataset}/{stage}/metrics.json",
+        model=MODEL,
+        metrics=TRAIN_METRICS,
     log:
         "logs/train/{dataset}.{stage}.log",
     benchmark:
