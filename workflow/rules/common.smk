@@ -112,7 +112,7 @@ def ingest_shards(wildcards):
 def ingest_plan_arg(wildcards):
     if INGEST_SHARDS == 1:
         return ""
-    return "--plan " + INGEST_PLAN.format(dataset=wildcards.dataset)
+    return f"--plan {INGEST_PLAN.format(dataset=wildcards.dataset)}"
 
 
 def preprocess_shards(wildcards):
