@@ -318,7 +318,13 @@ def reset_training(project: Path, steps: int) -> Path:
     """Set train.local to `steps` steps with a checkpoint every 2, empty its model folder and the
     tracking spool; returns the model folder."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params = deep_merge(params, {"train": {"common": {"checkpoint_every": 2}, "local": {"steps": steps}}})
+    params = deep_merge(
+        params,
+        {
+            "train": {"common": {"checkpoint_every": 2}, "local": {"steps": steps}},
+            "resources": {"train": {"local": {"gpu": 1, "nodes": 1}}},  # whatever an earlier test set
+        },
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model_dir = project / "models/phantom/local"
     for f in model_dir.rglob("*"):
