@@ -79,6 +79,7 @@ class Preprocess:
     size: int
     highres_size: int | None
     shards: int = 1  # Snakemake jobs the cases are spread over (scheduling only; outputs do not depend on it)
+    reference_range: tuple[float, float] = (-1.0, 1.0)  # where mode `reference` maps its [0, 1] min-max
 
 
 @dataclass(frozen=True)
