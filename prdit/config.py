@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from prdit.errors import PrditError
+from prdit.protocol import PAPER_WEIGHTS_NAME
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = ("local", "global", "highres")
@@ -27,19 +28,20 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "phantom": ("phantom",),
     "download": ("sources.{dataset}", "phantom", "download"),  # narrowed per source kind by Params.used
     "ingest": ("sources.{dataset}", "ingest"),
-    "preprocess": ("sources.{dataset}", "preprocess"),
-    "split": ("split",),
-    "train-local": ("train.common", "train.local", "diffusion", "preprocess.size"),
-    "train-global": ("train.common", "train.global", "diffusion", "preprocess.size"),
+    "preprocess": ("sources.{dataset}", "preprocess", "protocol"),
+    "split": ("split", "protocol"),
+    "train-local": ("train.common", "train.local", "diffusion", "preprocess.size", "protocol"),
+    "train-global": ("train.common", "train.global", "diffusion", "preprocess.size", "protocol"),
     "train-highres": (
         "train.common",
         "train.highres",
         "diffusion",
         "preprocess.size",
         "preprocess.highres_size",
+        "protocol",
     ),
-    "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm"),
-    "evaluate": ("evaluate", "preprocess.window"),
+    "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm", "protocol"),
+    "evaluate": ("evaluate", "preprocess.window", "protocol"),
 }
 
 
@@ -289,6 +291,16 @@ def _check(raw: dict[str, Any], origin: str) -> None:
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
+    if (
+        raw.get("protocol") == "paper"
+        and ev.get("weights")
+        and Path(ev["weights"]).name != PAPER_WEIGHTS_NAME
+    ):
+        fail(
+            "evaluate.weights",
+            f"protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} (the reference's evaluation "
+            f"README), got {Path(ev['weights']).name}",
+        )
     local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
     if local and glob and local[1] != glob[1]:
         fail(
@@ -366,6 +378,7 @@ def load(
 
 def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
     """Validate a plain mapping (e.g. Snakemake's `config`) and return its typed view."""
+    raw = {"protocol": "project", **raw}  # prdit.protocol: the project's conventions unless `paper`
     validate_dict(raw, origin)
     stage = lambda d: TrainStage(**d)  # noqa: E731
     tr = raw["train"]

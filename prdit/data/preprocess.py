@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from prdit import protocol
 from prdit.data import paper_recipe
 from prdit.data.cache import (
     CACHE_VERSION,
@@ -316,6 +317,7 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
     from prdit.viz import montage
 
     pp = p.preprocess
+    mode = protocol.preprocess_mode(p)
     sizes = p.sizes()
     src_dir = Path("data") / "interim" / dataset
     out_root = processed_dir(dataset)
@@ -332,11 +334,11 @@ def run_preprocess(p, dataset: str, threads: int = 1, strict: bool = False, shar
                 path=str(src_dir / f"{r.case}.nii.gz"),
                 out_root=".",
                 sizes=sizes,
-                mode=pp.mode,
+                mode=mode,
                 fmt=fmt,
                 fov_mm=pp.fov_mm,
                 window=tuple(pp.window),
-                **({"reference_range": tuple(pp.reference_range)} if pp.mode == "reference" else {}),
+                **({"reference_range": tuple(pp.reference_range)} if mode == "reference" else {}),
             )
             for r in cases.itertuples()
         ]

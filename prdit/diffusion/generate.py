@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prdit import protocol
 from prdit.diffusion.sampler import sample
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,11 @@ def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> Non
     seeds = sample_seeds(s.seed, n)
     spacing = (p.preprocess.fov_mm / size,) * 3
     amp = torch.bfloat16 if device.type == "cuda" else None
+    if protocol.is_paper(p):  # the reference samples in fp32/TF32 with bf16 attention kernels only
+        from prdit.model.layers import set_attention_kernel_dtype
+
+        amp = None
+        set_attention_kernel_dtype(model, torch.bfloat16)
     dest = out_dir(dataset, size, shard)
     with tracking.stage_run(
         p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
