@@ -7,7 +7,10 @@ which) on the volumes of tests/paper_volumes.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import random
 from pathlib import Path
 
 import nibabel as nib
@@ -16,9 +19,19 @@ import pandas as pd
 import paper_volumes as pv
 import pytest
 import SimpleITK as sitk
+import torch
 
-from prdit.config import load
+import prdit.model as models
+from prdit import protocol
+from prdit.config import ConfigError, load
 from prdit.data.preprocess import cubes_reference, preprocess_case, run_preprocess
+from prdit.data.splits import assign_paper
+from prdit.evaluate.extractor import ExtractorInfo
+from prdit.evaluate.run import PaperWeightsError, run_fetch_weights
+from prdit.evaluate.run import evaluate as evaluate_metrics
+from prdit.model.layers import Attention
+from prdit.train import stages
+from prdit.train.engine import fit, job_from_params
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "paper_recipe_reference.json").read_text())
@@ -91,3 +104,203 @@ def test_a_case_under_256_mm_is_rejected_with_the_reason(tmp_path, monkeypatch):
     assert row["status"] == "rejected"
     assert "under 256 mm" in row["reason"] and "z is 200 mm" in row["reason"]
     assert not (tmp_path / "data" / "processed" / "t" / "32" / "short.npy").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the switch
+
+
+def paper_params(**over):
+    return load(ROOT / "params.yaml", overrides={"protocol": "paper", **over})
+
+
+def test_protocol_is_project_by_default_and_paper_implies_the_reference_preprocessing():
+    p = load(ROOT / "params.yaml")
+    assert protocol.name(p) == "project" and protocol.preprocess_mode(p) == "default"
+    assert protocol.preprocess_mode(paper_params()) == "reference"
+    for stage in ("preprocess", "split", "train-local", "train-global", "sample", "evaluate"):
+        assert paper_params().used(stage, "phantom")["protocol"] == "paper"
+    with pytest.raises(ConfigError, match="'protocol'"):
+        load(ROOT / "params.yaml", overrides={"protocol": "paperish"})
+
+
+@pytest.mark.parametrize("config", ["lidc-128.yaml", "lidc-256.yaml", "rad-chestct-256.yaml"])
+def test_paper_configs_read_the_weights_the_reference_readme_names(config):
+    p = load([ROOT / "params.yaml", ROOT / "configs" / config])
+    assert protocol.is_paper(p)
+    assert Path(p.evaluate.weights).name == "resnet_50.pth"
+
+
+def test_paper_protocol_refuses_other_weights_and_has_no_silent_substitute(tmp_path):
+    with pytest.raises(ConfigError, match="evaluate.weights.*resnet_50.pth.*resnet_50_23dataset.pth"):
+        paper_params(evaluate={"weights": "models/medicalnet/resnet_50_23dataset.pth"})
+    p = paper_params(evaluate={"weights": str(tmp_path / "resnet_50.pth")})
+    with pytest.raises(PaperWeightsError, match="MedicalNet_pytorch_files2.tar.gz"):
+        run_fetch_weights(p)  # the public default URL is the 23-dataset file: never fetched under its name
+    assert not (tmp_path / "resnet_50.pth").exists()
+
+
+def test_paper_split_is_the_reference_seeded_hold_out_of_200():
+    patients = [f"LIDC-IDRI-{i:04d}" for i in range(1, 452)]
+    which = assign_paper(list(reversed(patients)), seed=42)  # input order does not matter
+    order = list(which)
+    assert sorted(order) == patients
+    assert [which[p] for p in order] == ["train"] * 251 + ["val"] * 200
+    ref = sorted(patients)
+    random.Random(42).shuffle(ref)  # scripts/split_train_val.py: sorted paths, Random(seed).shuffle
+    assert order == ref
+    assert assign_paper(patients, seed=43) != which
+    assert sum(v == "val" for v in assign_paper(patients[:10], 42).values()) == 2  # a fifth of a tiny set
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2 and precision
+
+
+def xavier_std(w: torch.Tensor, gain: float) -> float:
+    fan_out, fan_in = w.shape
+    return gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def test_stage2_paper_init_statistics_on_the_paper_model():
+    torch.manual_seed(0)
+    model = models.create("PRDiT-B/12/4", 128)
+    qkv = model.dit.blocks[0].attn.qkv.weight
+    assert float(qkv.detach().std()) == pytest.approx(xavier_std(qkv, 1.0), rel=0.01)  # ours: gain 1, 0.0255
+    model.init_global(0.1)
+    assert float(qkv.detach().std()) == pytest.approx(0.00255, abs=0.00005)  # the issue's 0.0026
+    for block in model.dit.blocks:
+        for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+            assert float(lin.weight.detach().std()) == pytest.approx(xavier_std(lin.weight, 0.1), rel=0.02)
+            assert not lin.bias.any()
+        assert not block.adaLN_modulation[-1].weight.any()
+    assert not model.dit.final_layer.linear.weight.any()
+    skip = model.dit.patch_embed.skip.weight
+    assert float(skip.detach().std()) == pytest.approx(xavier_std(skip, 0.1), rel=0.02)
+    assert float(model.t_embed.global_head.weight.detach().std()) == pytest.approx(0.02, rel=0.02)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    common = {"checkpoint_every": 3, "val_every": 3, "log_every": 1, "preview_every": 0}
+    train = {
+        "common": common,
+        "local": {"model": "PRDiT-T/8/0", "steps": 3, "batch_size": 2},
+        "global": {"model": "PRDiT-T/8/2", "steps": 3, "batch_size": 2},
+    }
+    over = {"preprocess": {"size": 32, "highres_size": 64}, "train": train}
+    return load(ROOT / "params.yaml", overrides=over), paper_params(**over)
+
+
+def test_paper_stage2_freezes_the_raw_stage1_weights_and_reinitialises_with_gain_0_1(tiny):
+    project, paper = tiny
+    job = dataclasses.replace(job_from_params(paper, "phantom", "local"), preview_n=0)
+    assert job.final_weights == "raw" and not job.bf16_autocast
+    assert job_from_params(project, "phantom", "local").final_weights == "ema"
+    assert job_from_params(project, "phantom", "local").bf16_autocast
+    assert job_from_params(paper, "phantom", "global").final_weights == "ema"
+    sm = stages.build(paper, "phantom", "local")
+    g = torch.Generator().manual_seed(0)
+    vols = [torch.rand(1, 32, 32, 32, generator=g) * 2 - 1 for _ in range(4)]
+    assert fit(job, sm, vols, vols[:2]) == 0
+    last = torch.load(Path("models/phantom/local/last.pt"), weights_only=True)
+    saved = torch.load(Path("models/phantom/local/model.pt"), weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], last["model"][k]) for k in last["model"])  # raw, as the reference
+    assert any(not torch.equal(saved[k], last["ema"][k]) for k in last["ema"])  # (EMA decay 0.95 differs)
+
+    torch.manual_seed(0)
+    ours = stages.build(project, "phantom", "global").model
+    torch.manual_seed(0)
+    sm2 = stages.build(paper, "phantom", "global")
+    ref = sm2.model
+    qkv, qkv_ours = ref.dit.blocks[0].attn.qkv.weight, ours.dit.blocks[0].attn.qkv.weight
+    assert float(qkv.detach().std()) == pytest.approx(xavier_std(qkv, 0.1), rel=0.05)
+    assert float(qkv_ours.detach().std()) == pytest.approx(xavier_std(qkv, 1.0), rel=0.05)
+    frozen = {n: q for n, q in ref.named_parameters() if n not in set(sm2.trained)}
+    assert frozen and all(torch.equal(q, saved[n]) for n, q in frozen.items())
+    assert ref.spec["overrides"]["pos_max_freq"] == pytest.approx(0.95 * (32 // 8) / 2)
+    assert "pos_max_freq" not in ours.spec["overrides"]
+    kernels = {m.kernel_dtype for m in ref.modules() if isinstance(m, Attention)}
+    assert kernels == {torch.bfloat16}
+    assert {m.kernel_dtype for m in ours.modules() if isinstance(m, Attention)} == {None}
+
+
+def test_positional_top_frequency_is_the_references_at_every_grid():
+    assert protocol.pos_max_freq(128) == pytest.approx(7.6)  # equal to the project's fixed 7.6 at 128^3
+    assert protocol.pos_max_freq(256) == pytest.approx(15.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in extractor: features are the first 2048 voxels; every input batch is kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[np.ndarray] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.extend(v[0].numpy().copy() for v in x)
+        return x.flatten(1)[:, :2048].double() + self.anchor
+
+
+EVAL_SPLITS = {"train": ["c3", "c0", "c2", "c1"], "val": ["c5", "c4"], "test": []}  # paper: shuffled order
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    from prdit.evaluate.volumes import unit_to_hu
+    from prdit.io import write_nifti
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    real = {}
+    for split, ids in EVAL_SPLITS.items():
+        Path("data/splits/toy").mkdir(parents=True, exist_ok=True)
+        Path(f"data/splits/toy/{split}.txt").write_text("".join(f"{c}\n" for c in ids))
+        for case in ids:  # anisotropic blobs: transposing the axes changes them
+            real[case] = np.clip(rng.normal(-0.3, 0.4, (16, 16, 16)), -1, 1).astype(np.float32)
+            real[case][:, :4, :10] = 0.8
+            write_nifti(f"data/processed/toy/16/{case}.nii.gz", real[case], (8.0,) * 3)
+    for i in range(5):
+        vol = np.clip(rng.normal(-0.3, 0.4, (16, 16, 16)), -1, 1).astype(np.float32)
+        write_nifti(f"samples/toy/16/{i}.nii.gz", unit_to_hu(vol, (-1000.0, 1000.0)), (8.0,) * 3)
+    recorder = Recorder()
+    info = ExtractorInfo("recorder", False, "test stand-in")
+    monkeypatch.setattr("prdit.evaluate.run.build_extractor", lambda w, s: (recorder, info))
+    return real, recorder
+
+
+def _evaluate(protocol_name: str):
+    return evaluate_metrics("toy", 16, (-1000.0, 1000.0), None, None, 3, 5, 0, protocol_name=protocol_name)[0]
+
+
+def test_paper_evaluation_feeds_nibabel_axis_order_and_uses_the_references_real_set(toy, monkeypatch):
+    real, recorder = toy
+    m = _evaluate("paper")
+    assert m["protocol"] == "paper" and m["input"]["extractor_axes"] == "xyz"
+    first = recorder.seen[0]  # the first real volume extracted: c3, the first line of train.txt
+    np.testing.assert_allclose(first, real["c3"].transpose(2, 1, 0), atol=1e-3)
+    assert np.abs(first - real["c3"]).max() > 0.5
+    assert m["reference_ids"] == ["c3", "c0", "c2", "c1", "c5", "c4"]  # train + val, in split order
+    assert m["n"]["real_reference"] == 6 and m["n"]["real_train"] == 4
+    assert m["n"]["ms_ssim_pairs"] == 10  # all pairs of the 5 generated volumes, not evaluate.ms_ssim_pairs
+    assert m["n"]["ms_ssim_floor_pairs"] == 3
+
+    recorder.seen.clear()
+    m = _evaluate("project")  # the feature cache was made in the other axis order: rebuilt
+    assert m["protocol"] == "project" and m["input"]["extractor_axes"] == "zyx"
+    np.testing.assert_allclose(recorder.seen[0], real["c3"], atol=1e-3)
+    assert "reference_ids" not in m and m["n"]["ms_ssim_pairs"] == 3 and m["n"]["real_train"] == 4
+
+
+def test_paper_real_set_is_the_first_1000_of_train_plus_val(toy, monkeypatch):
+    monkeypatch.setattr("prdit.evaluate.run.PAPER_REAL_N", 5)
+    m = _evaluate("paper")
+    assert m["reference_ids"] == ["c3", "c0", "c2", "c1", "c5"]
+    assert m["fid_floor"] is not None  # held-out (val) against train, as in the project protocol
