@@ -304,3 +304,45 @@ def test_paper_real_set_is_the_first_1000_of_train_plus_val(toy, monkeypatch):
     m = _evaluate("paper")
     assert m["reference_ids"] == ["c3", "c0", "c2", "c1", "c5"]
     assert m["fid_floor"] is not None  # held-out (val) against train, as in the project protocol
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def test_reference_grid_starts_below_t_1000_and_ends_with_euler_steps(monkeypatch):
+    from prdit.diffusion import sampler
+
+    assert sampler.reference_grid(10) == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    full = sampler.reference_grid(1000)
+    assert full[0] == 999 and full[-2:] == [1, 0] and len(full) == 1000
+    labels, draws = [], []
+    real_randn = sampler._per_sample_randn
+    monkeypatch.setattr(sampler, "_per_sample_randn", lambda *a: draws.append(1) or real_randn(*a))
+
+    def model(x, t):
+        labels.append(int(t[0]))
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, 0.3)], 1)
+
+    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=2, seeds=[0], grid="reference")
+    assert labels == [900, 800, 700, 600, 500, 400, 300, 200, 100]
+    assert len(draws) == 1 + 7  # the start, then a corrector only while t - 2 * 100 > 0 (t = 900..300)
+    draws.clear()
+    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=1, seeds=[0], grid="reference")
+    assert len(draws) == 1  # k = 1: deterministic Euler throughout
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_reference_grid_sampler_reaches_the_data_with_an_exact_model(k):
+    """With the exact (eps, x0) of a one-point data set, the sampler must land on that point."""
+    from prdit.diffusion import sampler
+
+    target = torch.linspace(-0.8, 0.8, 64).reshape(1, 1, 4, 4, 4)
+
+    def oracle(x, t):
+        beta = float(t[0]) * math.pi / 2 / 1000
+        eps = (x - math.cos(beta) * target) / max(math.sin(beta), 1e-6)
+        return torch.cat([eps, target.expand_as(x)], 1)
+
+    out = sampler.sample(oracle, (2, 1, 4, 4, 4), steps=100, k=k, seeds=[1, 2], grid="reference")
+    assert (out - target).abs().max() < 0.05

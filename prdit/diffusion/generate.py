@@ -131,6 +131,7 @@ def run_sample(p: Any, dataset: str, size: int, shard: int | None = None) -> Non
                     timesteps=p.diffusion.timesteps,
                     noise_std=p.diffusion.noise_std,
                     amp_dtype=amp,
+                    grid="reference" if protocol.is_paper(p) else "project",
                     progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
                 )
                 for i, vol in zip(idx, x[:, 0].cpu().numpy()):
