@@ -24,7 +24,7 @@ import torch
 import prdit.model as models
 from prdit import protocol
 from prdit.config import ConfigError, load
-from prdit.data.preprocess import cubes_reference, preprocess_case, run_preprocess
+from prdit.data.preprocess import cubes_reference, run_preprocess
 from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
 from prdit.evaluate.run import PaperWeightsError, run_fetch_weights
@@ -54,18 +54,39 @@ def write_lidc_nifti(path: Path, vol_zyx: np.ndarray, spacing_xyz) -> None:
     nib.save(nib.Nifti1Image(vol_zyx.transpose(2, 1, 0), np.diag([-sx, -sy, sz, 1.0])), path)
 
 
-def test_reference_preprocessing_equals_the_reference_recipe_at_128_and_256(tmp_path):
-    src = tmp_path / "case.nii.gz"
-    write_lidc_nifti(src, pv.lidc_zyx(), pv.LIDC_SPACING_XYZ)
-    row = preprocess_case(
-        "case", "case", str(src), str(tmp_path), [128, 256], "reference", "nifti", 256.0, (-1000.0, 1000.0)
+def test_paper_preprocessing_equals_the_reference_recipe_and_rejects_a_200_mm_case(tmp_path, monkeypatch):
+    """`protocol: paper` alone (preprocess.mode left at default) runs the reference recipe."""
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    monkeypatch.chdir(tmp_path)
+    interim = tmp_path / "data" / "interim" / "t"
+    interim.mkdir(parents=True)
+    write_lidc_nifti(interim / "case.nii.gz", pv.lidc_zyx(), pv.LIDC_SPACING_XYZ)
+    short = pv.chest_zyx((80, 130, 130), seed=3)  # z: 80 x 2.5 mm = 200 mm long
+    write_lidc_nifti(interim / "short.nii.gz", short, (2.0, 2.0, 2.5))
+    pd.DataFrame({"case": ["case", "short"], "patient_id": ["case", "short"], "status": ["ok", "ok"]}).to_csv(
+        interim / "qc.csv", index=False
     )
-    assert row["sizes"] == "128 256"
+    over = {
+        "protocol": "paper",
+        "datasets": ["t"],
+        "sources": {"t": {"format": "nifti", "path": "raw", "download": "none"}},
+        "preprocess": {"size": 128, "highres_size": 256},
+    }
+    p = load(ROOT / "params.yaml", overrides=over)
+    assert p.preprocess.mode == "default"
+    assert run_preprocess(p, "t") == 0
+    out = tmp_path / "data" / "processed" / "t"
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False).set_index("case")
+    assert qc.loc["case", "status"] == "ok" and qc.loc["case", "mode"] == "reference"
+    assert qc.loc["short", "status"] == "rejected"
+    reason = qc.loc["short", "reason"]
+    assert "under 256 mm" in reason and "z is 200 mm" in reason
+    assert not (out / "128" / "short.npy").exists()
     for size in (128, 256):
-        cache = np.load(tmp_path / str(size) / "case.npy")
+        cache = np.load(out / str(size) / "case.npy")
         assert cache.dtype == np.float16
         assert_matches(cache, FIXTURE[f"lidc_{size}"], F16)
-        stored = sitk.ReadImage(str(tmp_path / str(size) / "case.nii.gz"))
+        stored = sitk.ReadImage(str(out / str(size) / "case.nii.gz"))
         assert stored.GetSpacing() == pytest.approx((256 / size,) * 3)
         assert_matches(sitk.GetArrayFromImage(stored), FIXTURE[f"lidc_{size}"], 5e-4 + 1e-6)  # int16/1000
 
@@ -80,30 +101,6 @@ def test_reference_preprocessing_of_rad_chestct_in_both_ranges():
         assert spacing == pytest.approx(0.8 * 256 / size)
         assert_matches(cube, FIXTURE[f"rad_{size}"], 1e-5)
         np.testing.assert_allclose(signed[size][0], 2 * cube - 1, atol=1e-6)
-
-
-def test_a_case_under_256_mm_is_rejected_with_the_reason(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRDIT_TRACKING", "off")
-    monkeypatch.chdir(tmp_path)
-    interim = tmp_path / "data" / "interim" / "t"
-    interim.mkdir(parents=True)
-    short = pv.chest_zyx((80, 130, 130), seed=3)  # z: 80 x 2.5 mm = 200 mm long
-    write_lidc_nifti(interim / "short.nii.gz", short, (2.0, 2.0, 2.5))
-    pd.DataFrame({"case": ["short"], "patient_id": ["short"], "status": ["ok"]}).to_csv(
-        interim / "qc.csv", index=False
-    )
-    over = {
-        "datasets": ["t"],
-        "sources": {"t": {"format": "nifti", "path": "raw", "download": "none"}},
-        "preprocess": {"mode": "reference", "size": 32, "highres_size": 64},
-    }
-    p = load(ROOT / "params.yaml", overrides=over)
-    assert run_preprocess(p, "t") == 1  # no case succeeded
-    qc = pd.read_csv(tmp_path / "data" / "processed" / "t" / "qc.csv", keep_default_na=False)
-    row = qc.set_index("case").loc["short"]
-    assert row["status"] == "rejected"
-    assert "under 256 mm" in row["reason"] and "z is 200 mm" in row["reason"]
-    assert not (tmp_path / "data" / "processed" / "t" / "32" / "short.npy").exists()
 
 
 # ---------------------------------------------------------------------------------------------
