@@ -18,6 +18,7 @@ import yaml
 
 from prdit import paths
 from prdit.errors import PrditError
+from prdit.protocol import PAPER_WEIGHTS_NAME
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = ("local", "global", "highres")
@@ -28,19 +29,20 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "phantom": ("phantom",),
     "download": ("sources.{dataset}", "phantom", "download"),  # narrowed per source kind by Params.used
     "ingest": ("sources.{dataset}", "ingest"),
-    "preprocess": ("sources.{dataset}", "preprocess"),
-    "split": ("split",),
-    "train-local": ("train.common", "train.local", "diffusion", "preprocess.size"),
-    "train-global": ("train.common", "train.global", "diffusion", "preprocess.size"),
+    "preprocess": ("sources.{dataset}", "preprocess", "protocol"),
+    "split": ("split", "protocol"),
+    "train-local": ("train.common", "train.local", "diffusion", "preprocess.size", "protocol"),
+    "train-global": ("train.common", "train.global", "diffusion", "preprocess.size", "protocol"),
     "train-highres": (
         "train.common",
         "train.highres",
         "diffusion",
         "preprocess.size",
         "preprocess.highres_size",
+        "protocol",
     ),
-    "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm"),
-    "evaluate": ("evaluate", "preprocess.window"),
+    "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm", "protocol"),
+    "evaluate": ("evaluate", "preprocess.window", "protocol"),
 }
 
 
@@ -81,6 +83,7 @@ class Preprocess:
     size: int
     highres_size: int | None
     shards: int = 1  # Snakemake jobs the cases are spread over (scheduling only; outputs do not depend on it)
+    reference_range: tuple[float, float] = (-1.0, 1.0)  # where mode `reference` maps its [0, 1] min-max
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,16 @@ def _check(raw: dict[str, Any], origin: str) -> None:
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
+    if (
+        raw.get("protocol") == "paper"
+        and ev.get("weights")
+        and Path(ev["weights"]).name != PAPER_WEIGHTS_NAME
+    ):
+        fail(
+            "evaluate.weights",
+            f"protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} (the reference's evaluation "
+            f"README), got {Path(ev['weights']).name}",
+        )
     local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
     if local and glob and local[1] != glob[1]:
         fail(
@@ -383,6 +396,7 @@ def load(
 
 def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
     """Validate a plain mapping (e.g. Snakemake's `config`) and return its typed view."""
+    raw = {"protocol": "project", **raw}  # prdit.protocol: the project's conventions unless `paper`
     validate_dict(raw, origin)
     stage = lambda d: TrainStage(**d)  # noqa: E731
     tr = raw["train"]

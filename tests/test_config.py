@@ -116,7 +116,13 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
 def test_used_params_narrow_download_to_its_source() -> None:
     p = params_with()
     assert set(p.used("download", "phantom")) == {"sources.phantom", "phantom"}
-    assert set(p.used("sample")) == {"sample", "diffusion", "preprocess.window", "preprocess.fov_mm"}
+    assert set(p.used("sample")) == {
+        "sample",
+        "diffusion",
+        "preprocess.window",
+        "preprocess.fov_mm",
+        "protocol",
+    }
 
 
 def test_cli_rejects_bad_params_before_any_work(tmp_path: Path) -> None:

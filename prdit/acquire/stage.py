@@ -24,12 +24,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from prdit import paths, tracking
+from prdit import paths, protocol, tracking
 from prdit.acquire import http, records, tcia, zenodo
 from prdit.acquire.records import MANIFEST
 from prdit.acquire.weights import DEFAULT_OUT, fetch_weights
 from prdit.config import Downloader, Params
+from prdit.errors import PrditError
 from prdit.progress import progress
+from prdit.protocol import PAPER_WEIGHTS_ARCHIVE, PAPER_WEIGHTS_NAME
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -249,10 +251,20 @@ def _fetch_one(
         return records.row(**where, series=item.key, status="failed", message=message), 0
 
 
+class PaperWeightsError(PrditError, FileNotFoundError):
+    """protocol: paper needs the reference's MedicalNet file, which has no public direct link."""
+
+
 def run_fetch_weights(p: Params, out: Path | None = None) -> int:
     """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
     ev = p.evaluate
     target = Path(out or ev.weights or DEFAULT_OUT)
+    if protocol.is_paper(p) and not ev.url:
+        raise PaperWeightsError(
+            f"{target}: protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} from "
+            f"{PAPER_WEIGHTS_ARCHIVE} (Tencent's MedicalNet release; no direct download link): extract "
+            f"{PAPER_WEIGHTS_NAME} from it to {target}, or set evaluate.url to a copy of that file"
+        )
     fetch_weights(ev.url, target, ev.sha256)
     if ev.weights is None or Path(ev.weights) != target:
         log.info(

@@ -7,10 +7,12 @@ LPS cube of fov_mm centred on the volume's centre, padded with air; scale to [-1
 preprocess.highres_size set, the cube is made at highres_size and the base size is its 2x average
 pool, the same pooling stage 3 uses to bridge the two sizes.
 
-Reference mode reproduces the paper code's recipes for comparable numbers: DICOM/NIfTI (LIDC-IDRI)
-at 1 mm, 256^3 crop, clipped below -1000 HU and above the volume's 0.999 quantile, min-max per volume;
-.npz (RAD-ChestCT) cropped to 256^3 at native spacing, clipped to [-1000, 1000] and at the 0.995
-quantile, min-max per volume. Smaller sizes are 2^k average pools of the 256^3 cube.
+Reference mode (`preprocess.mode: reference`, set by `protocol: paper`) is the paper code's recipe
+(prdit.data.paper_recipe): LIDC-IDRI-like inputs (DICOM/NIfTI) by cubic-spline zoom to 1 mm, integer
+centre crop to 256^3, HU floor -1000 and the cube's 0.999 quantile, per-volume min-max; RAD-ChestCT
+(.npz) cropped to 256^3 at native spacing, clipped to [-1000, 1000] and at the 0.995 quantile, min-max.
+Smaller sizes are 2^k average pools of the 256^3 cube, mapped onto preprocess.reference_range. Cases the
+reference skips (under 256 mm / voxels on an axis) are rejected with that reason in qc.csv.
 
 Outputs in data/processed/<dataset>/<size>/: <case>.nii.gz (values in [-1, 1] read as float by any reader,
 stored as int16 with scl_slope 1/1000; true spacing and orientation)
@@ -30,7 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit import paths, tracking
+from prdit import paths, protocol, tracking
+from prdit.data import paper_recipe
 from prdit.data.cache import (
     CaseCache,
     assemble,
@@ -51,11 +54,6 @@ log = logging.getLogger(__name__)
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 UNIT_SCALE = 1000.0  # processed NIfTI: int16 = round(value * 1000), scl_slope = 1/1000
-REFERENCE = {  # format -> (output spacing mm or None for native, crop voxels, upper quantile, clip to window)
-    "dicom": (1.0, 256, 0.999, False),
-    "nifti": (1.0, 256, 0.999, False),
-    "npz": (None, 256, 0.995, True),
-}
 QC_COLUMNS = [
     "case",
     "patient_id",
@@ -177,47 +175,33 @@ def cubes_default(
 
 
 def cubes_reference(
-    image: sitk.Image, sizes: list[int], fmt: str, window: tuple[float, float]
-) -> dict[int, tuple[np.ndarray, float]]:
-    """{size: ([-1, 1] cube, spacing mm)} following the paper code's recipe for this input format."""
-    spacing, crop, quantile, clip_window = REFERENCE[fmt]
-    if spacing is None:  # RAD-ChestCT: crop at native (isotropic) spacing, no resampling
-        spacing = float(image.GetSpacing()[0])
-        hu = _centre_crop(sitk.GetArrayFromImage(image).astype(np.float32), crop, AIR_HU)
+    image: sitk.Image, sizes: list[int], fmt: str, out_range: tuple[float, float] = (-1.0, 1.0)
+) -> dict[int, tuple[np.ndarray, float, list[float]]]:
+    """{size: (cube in out_range, spacing mm, origin)} by the paper code's recipe for this input format.
+
+    DICOM / NIfTI inputs follow its LIDC-IDRI recipe, .npz its RAD-ChestCT one (prdit.data.paper_recipe);
+    a case the reference would skip raises paper_recipe.ReferenceSkip with the reason.
+    """
+    hu = sitk.GetArrayFromImage(image)
+    in_spacing = tuple(float(s) for s in reversed(image.GetSpacing()))  # z, y, x
+    if fmt == "npz":  # RAD-ChestCT: crop at the native spacing, no resampling
+        unit = paper_recipe.rad_unit_cube(hu)
+        step = np.ones(3)  # input voxels per cube voxel, per axis (z, y, x)
+        nominal = in_spacing[-1]
     else:
-        hu = resample_cube(image, crop, spacing, (AIR_HU, 1e5))
-    if clip_window:
-        hu = np.clip(hu, *window)
-    hu = np.clip(hu, AIR_HU, max(float(np.quantile(hu, quantile)), AIR_HU + 1.0))
-    lo, hi = float(hu.min()), float(hu.max())
-    if hi <= lo:
-        raise ValueError(f"constant volume after the reference clipping (value {lo})")
-    cube = ((hu - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+        zoomed = paper_recipe.zoom_shape(hu.shape, in_spacing)
+        unit = paper_recipe.lidc_unit_cube(hu, in_spacing)
+        step = np.array([(n - 1) / max(m - 1, 1) for n, m in zip(hu.shape, zoomed)])
+        nominal = paper_recipe.LIDC_SPACING_MM
+    shape = hu.shape if fmt == "npz" else zoomed
+    del hu
+    starts = np.array([(n - paper_recipe.CROP) // 2 for n in shape], float)
     out = {}
-    for s in sizes:
-        factor = crop // s
-        if factor * s != crop or factor & (factor - 1):
-            raise ValueError(f"reference mode needs sizes that divide {crop} by a power of two, got {s}")
-        v = cube
-        while v.shape[0] > s:
-            v = avg_pool2(v)
-        out[s] = (v, spacing * factor)
-    return out
-
-
-def _centre_crop(volume: np.ndarray, size: int, fill: float) -> np.ndarray:
-    """Centre crop / pad (with fill) a [z, y, x] volume to size^3, the reference's integer offsets."""
-    out = np.full((size,) * 3, fill, np.float32)
-    src, dst = [], []
-    for n in volume.shape:
-        start = (n - size) // 2
-        if start >= 0:
-            src.append(slice(start, start + size))
-            dst.append(slice(0, size))
-        else:
-            src.append(slice(0, n))
-            dst.append(slice(-start, -start + n))
-    out[tuple(dst)] = volume[tuple(src)]
+    for size, cube in paper_recipe.pooled(unit, sizes, out_range).items():
+        factor = paper_recipe.CROP // size
+        first = (starts + (factor - 1) / 2) * step  # the first output voxel's centre, input index (z, y, x)
+        origin = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in first[::-1]])
+        out[size] = (cube, nominal * factor, list(origin))
     return out
 
 
@@ -236,23 +220,26 @@ def preprocess_case(
     fmt: str,
     fov_mm: float,
     window: tuple[float, float],
+    reference_range: tuple[float, float] = (-1.0, 1.0),
 ) -> dict:
     """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row."""
     image = sitk.ReadImage(path)
     if not np.allclose(image.GetDirection(), IDENTITY, atol=1e-6):
         image = sitk.DICOMOrient(image, "LPS")
     if mode == "reference":
-        cubes = cubes_reference(image, sizes, fmt, window)
+        cubes = cubes_reference(image, sizes, fmt, tuple(reference_range))
     else:
-        cubes = cubes_default(image, sizes, fov_mm, window)
-    for size, (cube, spacing) in cubes.items():
+        cubes = {
+            s: (cube, sp, _cube_origin(image, s, sp))
+            for s, (cube, sp) in cubes_default(image, sizes, fov_mm, window).items()
+        }
+    for size, (cube, spacing, origin) in cubes.items():
         folder = Path(out_root) / str(size)
-        origin = _cube_origin(image, size, spacing)
         write_unit_nifti(folder / f"{case}.nii.gz", cube, spacing, origin)
         with atomic_path(folder / f"{case}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, cube.astype(np.float16))
     top = max(cubes)
-    cube, spacing = cubes[top]
+    cube, spacing, _ = cubes[top]
     return {
         "case": case,
         "patient_id": patient_id,
@@ -261,7 +248,9 @@ def preprocess_case(
         "in_shape_zyx": "x".join(map(str, reversed(image.GetSize()))),
         "sizes": " ".join(map(str, sorted(cubes))),
         "out_spacing": " ".join(f"{cubes[s][1]:.4g}" for s in sorted(cubes)),
-        "outside_fraction": float(f"{_outside_fraction(image, top, spacing):.6g}"),  # 0.99997 stays < 1
+        "outside_fraction": 0.0
+        if mode == "reference"
+        else float(f"{_outside_fraction(image, top, spacing):.6g}"),  # 0.99997 stays < 1
         **percentiles(cube, prefix="v"),
     }
 
@@ -326,6 +315,7 @@ def run_preprocess(
     """
 
     pp = p.preprocess
+    mode = protocol.preprocess_mode(p)
     sizes = p.sizes()
     src_dir = paths.interim(dataset)
     out_root = processed_dir(dataset)
@@ -344,10 +334,11 @@ def run_preprocess(
                 path=str(src_dir / f"{r.case}.nii.gz"),
                 out_root=".",
                 sizes=sizes,
-                mode=pp.mode,
+                mode=mode,
                 fmt=fmt,
                 fov_mm=pp.fov_mm,
                 window=tuple(pp.window),
+                **({"reference_range": tuple(pp.reference_range)} if mode == "reference" else {}),
             )
             for r in cases.itertuples()
         ]

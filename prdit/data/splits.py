@@ -4,16 +4,21 @@ Patients are ranked by a seeded hash of their id, so the split depends only on t
 of patients (not on file order), and adding patients moves few existing ones. All cases of one patient
 land in the same split. The first round(test_fraction * n) patients are test, the next val, the rest train;
 with at least three patients each non-zero fraction gets at least one patient.
+
+Under `protocol: paper` the split is the reference's (scripts/split_train_val.py): the sorted patients
+shuffled by Python's random.Random(split.seed), the last 200 held out as val (prdit.protocol), no test
+split; train.txt and val.txt keep that shuffled order, which the paper's real evaluation set follows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prdit import paths, tracking
+from prdit import paths, protocol, tracking
 from prdit.data.qc import read_ok
 from prdit.io import atomic_path, write_json
 
@@ -48,6 +53,14 @@ def assign(patients: list[str], seed: int, val_fraction: float, test_fraction: f
     }
 
 
+def assign_paper(patients: list[str], seed: int) -> dict[str, str]:
+    """patient -> 'train' | 'val' in the reference's shuffled order (dict order is that order)."""
+    order = sorted(set(patients))
+    random.Random(seed).shuffle(order)
+    n_train = len(order) - protocol.paper_val_count(len(order))
+    return {pid: "train" if i < n_train else "val" for i, pid in enumerate(order)}
+
+
 def run_split(p: Params, dataset: str) -> None:
     """Write data/splits/<dataset>/{train,val,test}.txt (one case id per line) and summary.json."""
 
@@ -57,8 +70,21 @@ def run_split(p: Params, dataset: str) -> None:
         if cases.empty:
             raise ValueError(f"data/processed/{dataset}/qc.csv: no preprocessed case to split")
         patients = [pid or case for pid, case in zip(cases["patient_id"], cases["case"])]
-        which = assign(patients, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-        members = {s: sorted(c for c, pid in zip(cases["case"], patients) if which[pid] == s) for s in SPLITS}
+        if protocol.is_paper(p):
+            which = assign_paper(patients, cfg.seed)
+            rank = {pid: i for i, pid in enumerate(which)}  # the shuffled order
+            pid_of = dict(zip(cases["case"], patients))
+            members = {
+                s: sorted(
+                    (c for c, pid in pid_of.items() if which[pid] == s), key=lambda c: (rank[pid_of[c]], c)
+                )
+                for s in SPLITS
+            }
+        else:
+            which = assign(patients, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+            members = {
+                s: sorted(c for c, pid in zip(cases["case"], patients) if which[pid] == s) for s in SPLITS
+            }
         out = split_dir(dataset)
         for name, ids in members.items():
             with atomic_path(out / f"{name}.txt") as tmp:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prdit import io, paths, tracking, viz
+from prdit import io, paths, protocol, tracking, viz
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
 from prdit.model import load
@@ -101,6 +101,11 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
     seeds = sample_seeds(s.seed, n)
     spacing = (p.preprocess.fov_mm / size,) * 3
     amp = torch.bfloat16 if device.type == "cuda" else None
+    if protocol.is_paper(p):  # the reference samples in fp32/TF32 with bf16 attention kernels only
+        from prdit.model.layers import set_attention_kernel_dtype
+
+        amp = None
+        set_attention_kernel_dtype(model, torch.bfloat16)
     dest = out_dir(dataset, size, shard)
     with tracking.stage_run(
         p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
@@ -128,6 +133,7 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
                     timesteps=p.diffusion.timesteps,
                     noise_std=p.diffusion.noise_std,
                     amp_dtype=amp,
+                    grid="reference" if protocol.is_paper(p) else "project",
                     progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
                 )
                 for i, vol in zip(idx, x[:, 0].cpu().numpy()):

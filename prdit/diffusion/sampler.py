@@ -59,6 +59,7 @@ def sample(
     save_every: int = 0,
     amp_dtype: torch.dtype | None = None,
     progress_desc: str | None = None,
+    grid: str = "project",
 ) -> torch.Tensor:
     """Generate a batch of clean volumes in model space ([-1, 1]); `shape` is [B, C, D, H, W].
 
@@ -69,9 +70,20 @@ def sample(
     t = 0). Sample j draws all its noise from its own generator seeded with seeds[j], so it does
     not depend on the batch it is in. Only the current state is kept; with `trajectory_dir` and
     `save_every` = n, x_t and x0_hat are written there every n steps (step_XXXXX.pt).
+
+    grid="reference" is the PRDiT reference sampler's schedule (protocol paper): the model is called at
+    t = T - T // steps, ..., T // steps (noise taken as that step's state, never t = T), each step
+    targets the next of these and finally 0, and the predictor jumps k of them only while it stays
+    above t = 0; otherwise (the last steps) it takes the plain Euler step.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if grid == "reference":
+        return _sample_reference_grid(
+            model, shape, steps, k, seeds, device, timesteps, noise_std, amp_dtype, progress_desc
+        )
+    if grid != "project":
+        raise ValueError(f"grid must be 'project' or 'reference', got {grid!r}")
     b = shape[0]
     seeds = list(seeds) if seeds is not None else default_seeds(b)
     if len(seeds) != b:
@@ -115,3 +127,62 @@ def _save_step(folder: Path, step: int, t: int, x: torch.Tensor, x0_hat: torch.T
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / f"step_{step:05d}.pt") as tmp:
         torch.save({"step": step, "t": t, "x_t": x.cpu().clone(), "x0_hat": x0_hat.cpu().clone()}, tmp)
+
+
+def reference_grid(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
+    """The reference's visited timesteps, decreasing, then its final target 0 (T // steps spacing)."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in 1..{timesteps} (diffusion.timesteps), got {steps}")
+    skip = timesteps // steps
+    visited = list(range(0, timesteps, skip))[::-1]
+    return [t for t in visited if t > 0] + [0]  # its call at t = 0 takes a zero step: left out
+
+
+def _sample_reference_grid(
+    model: Model,
+    shape: Sequence[int],
+    steps: int,
+    k: int,
+    seeds: Sequence[int] | None,
+    device: torch.device | str | None,
+    timesteps: int,
+    noise_std: float,
+    amp_dtype: torch.dtype | None,
+    progress_desc: str | None,
+) -> torch.Tensor:
+    b = shape[0]
+    seeds = list(seeds) if seeds is not None else default_seeds(b)
+    if len(seeds) != b:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+    device = torch.device(device) if device is not None else _device_of(model)
+    ts = reference_grid(steps, timesteps)
+    beta = [t * math.pi / 2 / timesteps for t in ts]
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    c = shape[1]
+    x = _per_sample_randn(gens, shape[1:], device).mul_(noise_std)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    order = range(len(ts) - 1)
+    if progress_desc:
+        from prdit.progress import progress
+
+        order = progress(order, desc=progress_desc, total=len(ts) - 1)
+    for i in order:
+        t, t_next = ts[i], ts[i + 1]
+        with autocast:
+            out = model(x, torch.full((b,), t, device=device, dtype=torch.long))
+        eps_hat, x0_hat = out[:, :c].float(), out[:, c:].float()
+        t_jump = t - k * (t - t_next)
+        if k > 1 and t_jump > 0:  # predictor k steps along the arc, corrector back to t_next
+            b_jump = t_jump * math.pi / 2 / timesteps
+            h = beta[i] - b_jump
+            x.add_(x0_hat, alpha=h * math.sin(beta[i])).sub_(eps_hat, alpha=h * math.cos(beta[i]))
+            gamma = corrector_gamma(beta[i + 1], b_jump)
+            x.mul_(gamma).add_(
+                _per_sample_randn(gens, shape[1:], device),
+                alpha=noise_std * math.sqrt(max(0.0, 1 - gamma**2)),
+            )
+        else:  # the plain Euler step
+            h = beta[i] - beta[i + 1]
+            x.add_(x0_hat, alpha=h * math.sin(beta[i])).sub_(eps_hat, alpha=h * math.cos(beta[i]))
+        del out, eps_hat, x0_hat
+    return x

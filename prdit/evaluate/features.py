@@ -43,8 +43,15 @@ def summarise(
     errors: list[str],
     batch_size: int = 4,
     desc: str = "features",
+    axes: str = "zyx",
 ) -> Summary:
-    """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped."""
+    """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped.
+
+    `axes` is the axis order the extractor sees: 'zyx' (our arrays) or 'xyz' (nibabel's order, the
+    reference evaluation's); the other statistics do not depend on it.
+    """
+    if axes not in ("zyx", "xyz"):
+        raise ValueError(f"axes must be 'zyx' or 'xyz', got {axes!r}")
     ok_ids, feats, thumbs, hists, stats, batch = [], [], [], [], [], []
 
     def flush() -> None:
@@ -63,7 +70,7 @@ def summarise(
         thumbs.append(thumbnail(x))
         hists.append(hu_histogram(x, window))
         stats.append(volume_stats(x, STRIDE) if min(x.shape) > STRIDE else np.full(3, np.nan))
-        batch.append(x)
+        batch.append(np.ascontiguousarray(x.transpose(2, 1, 0)) if axes == "xyz" else x)
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -109,14 +116,16 @@ def real_summaries(
     processed_root: Path = paths.PROCESSED,
     splits_root: Path = paths.SPLITS,
     cache_root: Path = paths.FEATURES,
+    axes: str = "zyx",
 ) -> dict[str, Summary]:
-    """Summaries of the real train/val/test cases, extracting only what the cache lacks."""
+    """Summaries of the real train/val/test cases (in split-file order), extracting only what the cache lacks."""
     meta = {
         "version": CACHE_VERSION,
         "extractor": info.key,
         "window": [float(w) for w in window],
         "size": size,
         "seam_stride": STRIDE,
+        **({"axes": axes} if axes != "zyx" else {}),
     }
     ids_by_split: dict[str, list[str]] = {}
     for split in SPLITS:
@@ -149,7 +158,15 @@ def real_summaries(
     log.info("real features for %s/%d: %d cached, %d to extract", dataset, size, len(entries), len(todo_ids))
     if todo_ids:
         new = summarise(
-            todo_paths, todo_ids, "real", size, window, model, errors, desc=f"real features {dataset}/{size}"
+            todo_paths,
+            todo_ids,
+            "real",
+            size,
+            window,
+            model,
+            errors,
+            desc=f"real features {dataset}/{size}",
+            axes=axes,
         )
         for k, case in enumerate(new.ids):
             entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k], new.stats[k])

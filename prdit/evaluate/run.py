@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prdit import paths, tracking
+from prdit import paths, protocol, tracking
 from prdit.evaluate.extractor import build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
@@ -20,11 +20,13 @@ from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
 from prdit.evaluate.volumes import Summary, hist_edges, read_volume, sample_paths
 from prdit.io import atomic_dir, write_json
+from prdit.protocol import PAPER_REAL_N
 
 if TYPE_CHECKING:
     from prdit.config import Params
 
 log = logging.getLogger(__name__)
+
 
 MONTAGE_ROWS = 4
 INPUT_NOTE = (
@@ -78,6 +80,7 @@ def evaluate(
     n_boot: int,
     seed: int,
     num_samples: int | None = None,
+    protocol_name: str = "project",
     samples_root: Path = paths.SAMPLES,
     processed_root: Path = paths.PROCESSED,
     splits_root: Path = paths.SPLITS,
@@ -85,7 +88,14 @@ def evaluate(
     metrics_root: Path = paths.METRICS,
     reports_root: Path = paths.REPORTS,
 ) -> tuple[dict, Path, Path]:
-    """Compute every number and write the metrics file and report; returns (metrics, json path, report dir)."""
+    """Compute every number and write the metrics file and report; returns (metrics, json path, report dir).
+
+    protocol_name 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
+    nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
+    all pairs of generated volumes; the floors stay held-out (val) against train.
+    """
+    paper = protocol_name == "paper"
+    axes = "xyz" if paper else "zyx"
     t0 = time.monotonic()
     gen_dir = samples_root / dataset / str(size)
     gen_paths = sample_paths(gen_dir)[:num_samples]
@@ -98,7 +108,7 @@ def evaluate(
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     skipped: list[str] = []
     real = real_summaries(
-        dataset, size, window, model, info, skipped, processed_root, splits_root, features_root
+        dataset, size, window, model, info, skipped, processed_root, splits_root, features_root, axes=axes
     )
     train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
     if not train.ids:
@@ -115,6 +125,7 @@ def evaluate(
         model,
         skipped,
         desc=f"sample features {dataset}/{size}",
+        axes=axes,
     )
     if not generated.ids:
         raise ValueError(
@@ -122,10 +133,16 @@ def evaluate(
         )
     t_feat = time.monotonic() - t0
 
-    scores, notes = feature_scores(train, heldout, generated, n_boot, seed)
+    reference = paper_real_set(real) if paper else train
+    scores, notes = feature_scores(reference, heldout, generated, n_boot, seed)
+    if paper:  # the floors compare held-out with train only: the paper's real set contains val
+        floors, floor_notes = feature_scores(train, heldout, Summary.concat([]), n_boot, seed)
+        scores.update({k: v for k, v in floors.items() if "_floor" in k})
+        notes = [n for n in notes if "held-out" not in n] + [n for n in floor_notes if "held-out" in n]
     ok_gen = [p for p, i in zip(gen_paths, gen_ids) if i in set(generated.ids)]
     train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
-    ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, ms_ssim_pairs, seed, "generated", notes)
+    gen_pairs = len(ok_gen) * (len(ok_gen) - 1) // 2 if paper else ms_ssim_pairs
+    ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, gen_pairs, seed, "generated", notes)
     msf, msf_sd, msf_n = _diversity(
         train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes
     )
@@ -140,6 +157,7 @@ def evaluate(
     m = {
         "dataset": dataset,
         "size": size,
+        "protocol": protocol_name,
         **scores,
         "ms_ssim": ms,
         "ms_ssim_std": ms_sd,
@@ -160,6 +178,7 @@ def evaluate(
         }
         | {"n_near_copies": len(memo["near_copies"])},
         "n": {
+            **({"real_reference": len(reference.ids)} if paper else {}),
             "real_train": len(train.ids),
             "real_heldout": len(heldout.ids),
             "generated": len(generated.ids),
@@ -173,8 +192,14 @@ def evaluate(
             "note": info.note,
             "sha256": info.sha256,
         },
-        "input": {"window": list(window), "note": INPUT_NOTE},
-        "reference_set": "real train split; floors: real val + test vs the same train split",
+        "input": {"window": list(window), "note": INPUT_NOTE, "extractor_axes": axes},
+        "reference_set": (
+            f"protocol paper: the first {PAPER_REAL_N} of real train + val in split order (the reference's "
+            "real set); floors: real val vs real train"
+            if paper
+            else "real train split; floors: real val + test vs the same train split"
+        ),
+        **({"reference_ids": list(reference.ids)} if paper else {}),
         "feature_cache": str(cache_path(dataset, size, features_root)),
         "notes": notes,
         "skipped": skipped,
@@ -189,6 +214,8 @@ def evaluate(
     real_vols = [read_volume(p, size, "real", window) for p in train_paths[:MONTAGE_ROWS]]
     gen_vols = [read_volume(p, size, "generated", window) for p in ok_gen[:MONTAGE_ROWS]]
     info_lines = [
+        f"protocol: {protocol_name} (docs/reproducing.md); extractor input axis order {axes}; "
+        f"MS-SSIM over {ms_n} generated pairs",
         f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
         f"input: {INPUT_NOTE}",
         f"reference set: {m['reference_set']}",
@@ -233,6 +260,12 @@ def evaluate(
     return m, metrics_path, report_dir
 
 
+def paper_real_set(real: dict[str, Summary]) -> Summary:
+    """The reference's real set: train then val in split order, the first PAPER_REAL_N volumes."""
+    both = Summary.concat([real["train"], real["val"]])
+    return both.take(range(min(PAPER_REAL_N, len(both.ids))))
+
+
 def numeric(m: dict, prefix: str = "") -> dict[str, float]:
     """Flat numeric view of the metrics for MLflow (nested keys dotted; intervals keep low and high)."""
     out: dict[str, float] = {}
@@ -249,7 +282,11 @@ def numeric(m: dict, prefix: str = "") -> dict[str, float]:
 def run_evaluate(p: Params, dataset: str, size: int) -> None:
     """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures."""
     ev = p.evaluate
-    used = {"evaluate": p.raw.get("evaluate", {}), "preprocess.window": list(p.preprocess.window)}
+    used = {
+        "evaluate": p.raw.get("evaluate", {}),
+        "preprocess.window": list(p.preprocess.window),
+        "protocol": protocol.name(p),
+    }
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
         for split in ("train", "val", "test"):  # the real reference and floor sets
             tracking.log_split(run, p, dataset, size, split, "evaluation")
@@ -264,9 +301,11 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
             ev.bootstrap,
             ev.seed,
             ev.num_samples,
+            protocol.name(p),
         )
         run.set_tags(
             {
+                "prdit.protocol": m["protocol"],
                 "prdit.extractor": m["extractor"]["name"],
                 "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower(),
             }

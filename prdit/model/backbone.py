@@ -80,6 +80,25 @@ class PRDiT(nn.Module):
         if self.dit is not None:
             self.dit.zero_init()
 
+    @torch.no_grad()
+    def init_global(self, gain: float) -> None:
+        """Re-initialise the stage-2 path with Xavier gain `gain` (the reference uses 0.1 before stage 2).
+
+        Every linear layer of the DiT gets Xavier-uniform(gain) and zero bias, its timestep head N(0, 0.02);
+        then the adaLN gates and the output head go back to zero and the patch skip to gain 0.1, so the
+        residual still starts at exactly zero. The stage-1 path is untouched.
+        """
+        if self.dit is None:
+            raise ValueError("init_global: this model has no DiT (depth 0)")
+        for m in self.dit.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight, gain=gain)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed.global_head.weight, std=0.02)
+        nn.init.zeros_(self.t_embed.global_head.bias)
+        self.dit.zero_init()
+
     def local_modules(self) -> list[nn.Module]:
         """The stage-1 path: what stage 2 freezes and what `load_local` copies."""
         return [self.t_embed.shared, self.t_embed.local_head, self.local]

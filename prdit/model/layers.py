@@ -50,12 +50,26 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.kernel_dtype: torch.dtype | None = None  # on CUDA, run only the SDPA kernel in this dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        dt = self.kernel_dtype
+        if dt is not None and q.is_cuda and q.dtype != dt:
+            x = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt)).to(q.dtype)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+def set_attention_kernel_dtype(model: nn.Module, dtype: torch.dtype | None) -> int:
+    """Run every attention kernel of `model` in `dtype` on CUDA (the reference: bf16 flash attention inside
+    an fp32/TF32 network); returns how many attention layers were set."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.kernel_dtype = dtype
+    return len(layers)
 
 
 def sincos_code(coords: torch.Tensor, dim: int, max_freq: float) -> torch.Tensor:

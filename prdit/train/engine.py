@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
-from prdit import tracking
+from prdit import protocol, tracking
 from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
 from prdit.data.dataset import VolumeDataset
 from prdit.diffusion import loss as ian_loss
@@ -74,6 +74,8 @@ class Job:
     preview_n: int = 2  # 0: no previews
     preview_steps: int = 25  # fixed, not sample.*: a sampling parameter never touches training
     preview_k: int = 2
+    bf16_autocast: bool = True  # on CUDA; protocol paper: fp32/TF32 (its attention kernels bf16, stages.py)
+    final_weights: str = "ema"  # what model.pt holds: "ema", or "raw" (protocol paper, stage 1)
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
     meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
 
@@ -157,7 +159,7 @@ class _Loop:
             self.net = torch.compile(self.net)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.env.device.type == "cuda":
+        if self.env.device.type == "cuda" and self.job.bf16_autocast:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -355,7 +357,8 @@ class _Loop:
         if job.preview_n:
             self.preview()
         if env.is_main:
-            _finalize(job, self.ema.module, meter, last_val, self.skipped, env, run)
+            final = self.raw if job.final_weights == "raw" else self.ema.module
+            _finalize(job, final, meter, last_val, self.skipped, env, run)
         distributed.barrier(env)
         return EXIT_OK
 
@@ -549,6 +552,7 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
         **trajectory(s),
         **trajectory(c),
         "diffusion": dataclasses.asdict(p.diffusion),
+        **({"protocol": "paper"} if protocol.is_paper(p) else {}),  # project runs keep their old last.pt
         **extra,
     }
     meta = {
@@ -559,12 +563,15 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
         "params": used,
         **extra,
     }
+    paper = protocol.is_paper(p)
     return Job(
         stage=stage,
         out_dir=stages.model_dir(dataset, stage),
         train=s,
         common=c,
         diffusion=p.diffusion,
+        bf16_autocast=not paper,
+        final_weights="raw" if paper and stage == "local" else "ema",
         fingerprint=fingerprint,
         meta=meta,
     )

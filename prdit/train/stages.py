@@ -4,6 +4,11 @@ local   PRDiT-*/P/0 at `preprocess.size`, everything trains.
 global  PRDiT-*/P/depth at `preprocess.size`; the stage-1 path is copied from models/<ds>/local/model.pt
         and frozen (no gradients are computed through it); only the DiT residual and its timestep head train.
 highres PRDiT-HR-* at `preprocess.highres_size` around the frozen models/<ds>/global/model.pt.
+
+Under `protocol: paper` (prdit.protocol) the DiT path is re-initialised with Xavier gain 0.1, the
+positional code's top frequency is 0.95 * grid / 2, and attention kernels run in bf16 inside an
+fp32/TF32 network; the local stage's model.pt then holds its raw weights (prdit.train.engine), which
+stage 2 freezes, as the reference freezes its checkpoint's "model" entry.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 import prdit.model as models
-from prdit import paths
+from prdit import paths, protocol
 from prdit.config import Params
 from prdit.errors import PrditError
 
@@ -65,6 +71,9 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
     cfg = p.train.stage(stage)
     size = input_size(p, stage)
     overrides = {"checkpointing": True} if cfg.checkpointing else {}
+    paper = protocol.is_paper(p)
+    if paper and stage != "local":
+        overrides["pos_max_freq"] = protocol.pos_max_freq(size)
     parent = parent_path(dataset, stage)
     parents: dict[str, str] = {}
     if parent is not None:
@@ -86,6 +95,8 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
             raise StageSetupError(
                 f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)"
             )
+        if paper:
+            model.init_global(protocol.PAPER_STAGE2_GAIN)
         model.load_local(frozen)
         model.freeze_local()
     else:
@@ -95,6 +106,10 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         inner = getattr(model, "backbone", None)
         if isinstance(inner, nn.Module):
             inner.requires_grad_(False)
+    if paper:
+        from prdit.model.layers import set_attention_kernel_dtype
+
+        set_attention_kernel_dtype(model, torch.bfloat16)
     trained = [n for n, q in model.named_parameters() if q.requires_grad]
     if not trained:
         raise StageSetupError(
