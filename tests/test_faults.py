@@ -1,0 +1,49 @@
+"""Faults of issue 18 point 6: each fails on the code before the fix (CPU, in-process, tiny)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prdit.model as models
+from prdit.errors import PrditError
+from prdit.model.checkpoint import load as load_model
+from prdit.train import stages
+from prdit.train.engine import Job, fit
+
+
+def _tiny_job(out: Path, **kw) -> tuple[Job, stages.StageModel]:
+    torch.manual_seed(0)
+    model = models.create("PRDiT-T/8/0", 16)
+    sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
+    job = Job(stage="local", out_dir=out, batch_size=2, lr=1e-3, log_every=1, preview_n=0, **kw)
+    return job, sm
+
+
+def _volumes(n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 16, 16, 16, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def test_rerunning_a_finished_stage_changes_nothing(tmp_path: Path) -> None:
+    job, sm = _tiny_job(tmp_path, steps=2, checkpoint_every=100, val_every=100)
+    assert fit(job, sm, _volumes(4), None) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert json.loads(before["metrics.json"])["steps_this_run"] == 2
+    job, sm = _tiny_job(tmp_path, steps=2, checkpoint_every=100, val_every=100)
+    assert fit(job, sm, _volumes(4), None) == 0
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # metrics.json keeps steps_this_run 2 and its loss
+
+
+def test_truncated_model_file_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    models.save(path, models.create("PRDiT-T/8/0", 16), meta={})
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(PrditError, match="model.pt: cannot read model file") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
