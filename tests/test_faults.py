@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +48,28 @@ def test_truncated_model_file_is_a_one_line_error_naming_it(tmp_path: Path) -> N
         load_model(path)
     assert "\n" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_corrupt_training_file_is_named_and_leaves_last_pt(tmp_path: Path) -> None:
+    from prdit.data.dataset import VolumeDataset
+
+    (tmp_path / "data/splits/ds").mkdir(parents=True)
+    (tmp_path / "data/splits/ds/train.txt").write_text("a\nb\n")
+    folder = tmp_path / "data/processed/ds/16"
+    folder.mkdir(parents=True)
+    np.save(folder / "a.npy", np.zeros((16, 16, 16), np.float16))
+    (folder / "b.npy").write_bytes(b"")
+    with pytest.raises(PrditError, match="b.npy: unreadable training cache") as info:
+        VolumeDataset("ds", 16, "train", root=tmp_path)  # before job_from_params/fit touch last.pt
+    assert "\n" not in str(info.value)
+
+
+def test_only_the_newest_stale_checkpoint_is_kept(tmp_path: Path) -> None:
+    from prdit.train import checkpoint as ckpt
+
+    last = tmp_path / "last.pt"
+    for i in range(3):
+        last.write_text(str(i))
+        ckpt.move_aside(last, "test")
+    stale = sorted(tmp_path.glob("last.stale-*.pt"))
+    assert len(stale) == 1 and stale[0].read_text() == "2" and not last.exists()

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from prdit.errors import PrditError
+
+
+class DataFileError(PrditError, ValueError):
+    """A training cache file that cannot be read or has the wrong shape: one line naming it."""
+
 
 def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
     """Case ids listed in data/splits/<dataset>/<split>.txt."""
@@ -33,15 +39,28 @@ class VolumeDataset(Dataset):
                 f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
                 f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)"
             )
+        for case in self.cases:  # header and size only (memory-mapped): fail before any checkpoint is touched
+            self._open(self.folder / f"{case}.npy")
+
+    def _open(self, path: Path) -> np.ndarray:
+        """The memory-mapped volume at `path`, or a DataFileError naming it."""
+        try:
+            volume = np.load(path, mmap_mode="r")
+        except Exception as exc:  # noqa: BLE001 - empty, truncated or foreign: one line naming the file
+            raise DataFileError(
+                f"{path}: unreadable training cache ({type(exc).__name__}: {exc}); "
+                "delete it and re-run `prdit preprocess`"
+            ) from None
+        if volume.shape != (self.size,) * 3:
+            raise DataFileError(f"{path}: shape {volume.shape}, expected {(self.size,) * 3}")
+        return volume
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         path = self.folder / f"{self.cases[index]}.npy"
-        volume = np.load(path, mmap_mode="r")
-        if volume.shape != (self.size,) * 3:
-            raise ValueError(f"{path}: shape {volume.shape}, expected {(self.size,) * 3}")
+        volume = self._open(path)
         x = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None]
         if self.flip and torch.rand(()) < 0.5:
             x = torch.flip(x, dims=[-1])
