@@ -73,3 +73,18 @@ def test_only_the_newest_stale_checkpoint_is_kept(tmp_path: Path) -> None:
         ckpt.move_aside(last, "test")
     stale = sorted(tmp_path.glob("last.stale-*.pt"))
     assert len(stale) == 1 and stale[0].read_text() == "2" and not last.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"", "is empty"), (b"a: [1\n", "not valid YAML at line 2"), (b"\xff\xfe\x00", "cannot read")],
+)
+def test_broken_parameter_file_is_one_line_naming_it(tmp_path: Path, content: bytes, why: str) -> None:
+    from prdit.config import ConfigError, load
+
+    bad = tmp_path / "my params.yaml"
+    bad.write_bytes(content)
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match=why) as info:
+        load([root / "params.yaml", bad])
+    assert str(info.value).startswith(f"{bad}:") and "\n" not in str(info.value)
