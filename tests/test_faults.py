@@ -88,3 +88,28 @@ def test_broken_parameter_file_is_one_line_naming_it(tmp_path: Path, content: by
     with pytest.raises(ConfigError, match=why) as info:
         load([root / "params.yaml", bad])
     assert str(info.value).startswith(f"{bad}:") and "\n" not in str(info.value)
+
+
+def test_spool_replay_is_idempotent_and_survives_a_missing_artifact(tmp_path: Path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from prdit import tracking
+
+    ts = 1_700_000_000_000
+    events = [
+        {"kind": "start", "experiment": "e", "run_name": "r", "tags": {"a": "1"}, "ts": ts},
+        {"kind": "metrics", "metrics": {"loss": 1.0}, "step": 1, "ts": ts + 1},
+        {"kind": "artifact", "path": str(tmp_path / "gone.json"), "artifact_path": None, "ts": ts + 2},
+        {"kind": "metrics", "metrics": {"loss": 0.5}, "step": 2, "ts": ts + 3},
+        {"kind": "end", "status": "FINISHED", "ts": ts + 4},
+    ]
+    spool = tmp_path / "run.jsonl"
+    spool.write_text("".join(json.dumps(e) + "\n" for e in events))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert tracking.import_spool(spool, uri) == 4  # the missing artifact is skipped, the rest sent
+    assert tracking.import_spool(spool, uri) == 0  # a second import adds nothing
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert [r.info.status for r in found] == ["FINISHED"]
+    assert [m.value for m in client.get_metric_history(found[0].info.run_id, "loss")] == [1.0, 0.5]
