@@ -113,3 +113,20 @@ def test_spool_replay_is_idempotent_and_survives_a_missing_artifact(tmp_path: Pa
     found = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert [r.info.status for r in found] == ["FINISHED"]
     assert [m.value for m in client.get_metric_history(found[0].info.run_id, "loss")] == [1.0, 0.5]
+
+
+def test_temporary_folders_of_killed_writers_are_cleaned(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from prdit.io import atomic_dir
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(child.stdout)  # a pid that has exited
+    orphan = tmp_path / f".samples.{dead}.abcd.tmp"
+    orphan.mkdir()
+    (orphan / "x.nii.gz").write_bytes(b"partial")
+    with atomic_dir(tmp_path / "samples") as tmp:
+        (tmp / "y.txt").write_text("ok")
+    assert not orphan.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
