@@ -374,8 +374,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameter file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, binary: one line naming it
+        raise ConfigError(f"{path}: cannot read parameter file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the parameter file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

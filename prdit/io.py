@@ -6,6 +6,7 @@ Arrays are indexed [z, y, x] (SimpleITK's order); spacing and origin tuples are 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -51,7 +52,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    _remove_orphans(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -65,6 +67,24 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_orphans(final: Path) -> None:
+    """Remove temporary folders of `final` left by killed writers (their pid is in the name and gone)."""
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = tmp.name[len(final.name) + 2 :].split(".", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_image(path: str | Path, image: sitk.Image, compress: bool = True) -> None:

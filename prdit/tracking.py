@@ -154,6 +154,16 @@ class _Sender:
             self._stop_monitor()
             self.client.set_terminated(self.run_id, status=event["status"], end_time=event["ts"])
 
+    def already_imported(self, experiment: str, replay_id: str) -> bool:
+        """A run tagged prdit.replay_id=`replay_id` exists in `experiment` (a spool replayed before)."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return False
+        found = self.client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`prdit.replay_id` = '{replay_id}'", max_results=1
+        )
+        return bool(found)
+
     def _link_artifact(self, path: str, artifact_path: str | None) -> bool:
         """Hard-link a big file into a local artifact store instead of copying it; False: copy as usual.
 
@@ -460,14 +470,37 @@ def stage_run(
 
 
 def import_spool(path: str | Path, uri: str | None = None) -> int:
-    """Replay a spool file into MLflow (a new run per 'start' event); returns the number of events sent."""
+    """Replay a spool file into MLflow (one run per 'start' event); returns the number of events sent.
+
+    Idempotent: each replayed run carries the hash of its 'start' event as tag prdit.replay_id, and a run
+    already imported is skipped whole. A missing artifact file is a warning, never a lost remainder.
+    """
+    import hashlib
+
     sender = _Sender(tracking_uri(uri), system_metrics=False)
-    count = 0
+    count, skipping = 0, False
     with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                sender.send(json.loads(line))
-                count += 1
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not a spool event (cut short?); skipped", path, number)
+                continue
+            if event.get("kind") == "start":
+                rid = hashlib.sha256(json.dumps(event, sort_keys=True).encode()).hexdigest()[:32]
+                event = {**event, "tags": {**(event.get("tags") or {}), "prdit.replay_id": rid}}
+                skipping = sender.already_imported(event["experiment"], rid)
+                if skipping:
+                    log.info("%s:%d: run %r was imported before; skipped", path, number, event["run_name"])
+            if skipping:
+                continue
+            if event.get("kind") == "artifact" and not Path(event["path"]).exists():
+                log.warning("%s:%d: artifact %s no longer exists; skipped", path, number, event["path"])
+                continue
+            sender.send(event)
+            count += 1
     return count
 
 

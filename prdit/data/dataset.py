@@ -41,7 +41,6 @@ class VolumeDataset(Dataset):
                 f"{self.folder}: no cache for {len(missing)} case(s) of split {split!r}, "
                 f"e.g. {missing[0]}.npy (run `prdit preprocess --dataset {dataset}`)"
             )
-
         for case in self.cases:  # headers only (memory-mapped): a broken file fails here, before training
             self._open(self.folder / f"{case}.npy")
 

@@ -10,10 +10,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from prdit.errors import PrditError
 from prdit.io import write_torch
 from prdit.model.registry import create
 
 FORMAT = "prdit-model/1"
+
+
+class ModelFileError(PrditError, ValueError):
+    """A model file that is missing, truncated or not ours: one line naming the file."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -39,7 +44,7 @@ def to_file_dict(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
 def from_file_dict(obj: dict[str, Any], source: str = "<dict>") -> nn.Module:
     """Rebuild a model from `to_file_dict` output."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{source}: not a PRDiT model file (expected format {FORMAT!r})")
+        raise ModelFileError(f"{source}: not a PRDiT model file (expected format {FORMAT!r})")
     model = create(obj["name"], obj["input_size"], **obj.get("overrides", {}))
     model.load_state_dict(obj["state_dict"])
     model.meta = obj.get("meta", {})
@@ -65,10 +70,10 @@ def content_hash(path: str | Path) -> str:
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read model file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - truncated or foreign: one line, no chained traceback
+        raise ModelFileError(f"{path}: cannot read model file ({type(e).__name__}); re-create it") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a PRDiT model file (expected format {FORMAT!r})")
+        raise ModelFileError(f"{path}: not a PRDiT model file (expected format {FORMAT!r})")
     digest = hashlib.sha256()
     spec = {k: v for k, v in obj.items() if k not in ("state_dict", "meta")}
     digest.update(json.dumps(spec, sort_keys=True, default=repr).encode())
@@ -86,8 +91,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         raise FileNotFoundError(f"{path}: model file not found")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path}: cannot read model file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line, no chained traceback
+        raise ModelFileError(f"{path}: cannot read model file ({type(e).__name__}); re-create it") from None
     model = from_file_dict(obj, str(path))
     return model.to(map_location)
 

@@ -266,6 +266,13 @@ class _Loop:
     def run(self, train_set: Dataset, val_set: Dataset | None, stop: StopRequest) -> int:
         job, env, run = self.job, self.env, self.tracker
         self.restore()
+        if self.step >= job.train.steps and _finished(job.out_dir):
+            if env.is_main:  # a finished stage re-run changes nothing (model.pt, metrics.json kept)
+                log.info(
+                    "%s already finished at step %d in %s: nothing to do", job.stage, self.step, job.out_dir
+                )
+            distributed.barrier(env)
+            return EXIT_OK
         pin = env.device.type == "cuda"
         loader = data.train_loader(
             train_set,
@@ -411,6 +418,11 @@ class _Loop:
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run
                 log.warning("preview at step %d failed: %s", step, exc)
         distributed.barrier(self.env)
+
+
+def _finished(out_dir: Path) -> bool:
+    """model.pt and metrics.json of a completed run are both there."""
+    return (out_dir / "model.pt").is_file() and (out_dir / "metrics.json").is_file()
 
 
 def _finalize(

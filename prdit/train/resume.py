@@ -92,8 +92,12 @@ def load(
 
 def move_aside(path: Path, why: str) -> None:
     """Rename `path` to <stem>.stale-<n><suffix> (never overwriting) and say why."""
+    older = sorted(path.parent.glob(f"{path.stem}.stale-*{path.suffix}"))
     n = 0
     while (stale := path.with_name(f"{path.stem}.stale-{n}{path.suffix}")).exists():
         n += 1
     os.replace(path, stale)
     log.warning("%s not resumed: %s; moved to %s", path, why, stale.name)
+    for old in older:  # bounded: only the newest set-aside checkpoint is kept (each may be GBs)
+        old.unlink(missing_ok=True)
+        log.warning("removed the older set-aside checkpoint %s", old.name)
