@@ -44,6 +44,26 @@ def _per_sample_randn(
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in gens])
 
 
+def _start(
+    model: torch.nn.Module,
+    shape: Sequence[int],
+    seeds: Sequence[int] | None,
+    device: torch.device | str | None,
+    noise_std: float,
+    amp_dtype: torch.dtype | None,
+) -> tuple[torch.device, list[torch.Generator], torch.Tensor, contextlib.AbstractContextManager]:
+    """What every grid starts from: the device, one generator per sample (its seed), x_T and the autocast."""
+    b = shape[0]
+    seeds = list(seeds) if seeds is not None else default_seeds(b)
+    if len(seeds) != b:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
+    device = torch.device(device) if device is not None else _device_of(model)
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    x = _per_sample_randn(gens, shape[1:], device).mul_(noise_std)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    return device, gens, x, autocast
+
+
 @torch.no_grad()
 def sample(
     model: Model,
@@ -84,17 +104,10 @@ def sample(
         )
     if grid != "project":
         raise ValueError(f"grid must be 'project' or 'reference', got {grid!r}")
-    b = shape[0]
-    seeds = list(seeds) if seeds is not None else default_seeds(b)
-    if len(seeds) != b:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device, gens, x, autocast = _start(model, shape, seeds, device, noise_std, amp_dtype)
     grid = timestep_grid(steps, timesteps)
     betas = [t * math.pi / 2 / timesteps for t in grid]
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    c = shape[1]
-    x = _per_sample_randn(gens, shape[1:], device).mul_(noise_std)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    b, c = shape[0], shape[1]
 
     order = range(steps)
     if progress_desc:
@@ -150,17 +163,10 @@ def _sample_reference_grid(
     amp_dtype: torch.dtype | None,
     progress_desc: str | None,
 ) -> torch.Tensor:
-    b = shape[0]
-    seeds = list(seeds) if seeds is not None else default_seeds(b)
-    if len(seeds) != b:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {b}")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device, gens, x, autocast = _start(model, shape, seeds, device, noise_std, amp_dtype)
     ts = reference_grid(steps, timesteps)
     beta = [t * math.pi / 2 / timesteps for t in ts]
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    c = shape[1]
-    x = _per_sample_randn(gens, shape[1:], device).mul_(noise_std)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    b, c = shape[0], shape[1]
     order = range(len(ts) - 1)
     if progress_desc:
         from prdit.progress import progress
