@@ -146,7 +146,7 @@ def _enter_root(args: argparse.Namespace) -> None:
     os.chdir(root)
 
 
-def param_files(args: argparse.Namespace) -> list:
+def param_files(args: argparse.Namespace) -> list[str | Path]:
     """--params, else the files Snakemake merged (PRDIT_PARAM_FILES, set by workflow/rules/common.smk, relative
     to the project root), else params.yaml (what DVC stages and a user at the shell get)."""
     if args.params:

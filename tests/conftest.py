@@ -16,6 +16,20 @@ from prdit.config import Params, deep_merge, load
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+# the tracked stage runs of one pipeline build (MLflow tag prdit.stage), written out, not derived from the code
+PIPELINE_STAGES = frozenset(
+    {
+        "download",
+        "ingest",
+        "preprocess",
+        "split",
+        "train-local",
+        "train-global",
+        "train-highres",
+        "sample",
+        "evaluate",
+    }
+)
 
 
 def params_with(overrides: dict | None = None) -> Params:

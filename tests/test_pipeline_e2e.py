@@ -13,20 +13,9 @@ import pytest
 import yaml
 
 from prdit.io import read_nifti
-from tests.conftest import make_project, tool_env
+from tests.conftest import PIPELINE_STAGES, make_project, tool_env
 
 pytestmark = pytest.mark.slow
-STAGES = {
-    "download",
-    "ingest",
-    "preprocess",
-    "split",
-    "train-local",
-    "train-global",
-    "train-highres",
-    "sample",
-    "evaluate",
-}
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -124,7 +113,7 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
         assert (project / f"models/phantom/{stage}/model.pt").stat().st_size > 0
 
     runs = mlflow_runs(project / "mlflow.db")
-    assert {stage for stage, _ in runs} == STAGES
+    assert {stage for stage, _ in runs} == PIPELINE_STAGES
     assert all(status == "FINISHED" for _, status in runs)
     assert len(runs) == 11  # one per job: 7 single stages + sample and evaluate at two sizes
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from prdit.config import deep_merge
-from tests.conftest import ROOT, make_project, tool_env
+from tests.conftest import PIPELINE_STAGES, ROOT, make_project, tool_env
 
 START = ROOT / "tests" / "slurm" / "start-cluster.sh"
 STOP = ROOT / "tests" / "slurm" / "stop-cluster.sh"
@@ -35,16 +35,7 @@ PROFILE = "slurm"  # the root link to profiles/slurm: what users type
 # A real cluster wants the plugin's defaults (first status check after 40 s); here jobs take seconds.
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 T = TypeVar("T")
-STAGES = {
-    "ingest",
-    "preprocess",
-    "split",
-    "train-local",
-    "train-global",
-    "train-highres",
-    "sample",
-    "evaluate",
-}
+STAGES = PIPELINE_STAGES - {"download"}  # the jobs SLURM runs (download stays on the submit host)
 
 
 def sh(cmd: list[str], cwd: Path | None = None, **env: str) -> str:

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +84,7 @@ def stop_when_orphaned(interval_s: float = 1.0) -> threading.Thread | None:
 
     def watch() -> None:
         while os.getppid() == launcher:
-            threading.Event().wait(interval_s)
+            time.sleep(interval_s)
         os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=watch, name="prdit-orphan-watch", daemon=True)
