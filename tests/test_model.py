@@ -125,11 +125,10 @@ def test_forward_equals_the_recorded_reference_outputs(name, size):
     tests/fixtures/reference_forward/record.py (runs without a clone)."""
     d = torch.load(FIXTURES / fixture_name(name, size), weights_only=True)
     model = seeded_model(name, size)
-    model.load_state_dict(d["buffers"], strict=False)
     x, t = seeded_input(model)
     with torch.no_grad():
         y = model(x, t)
-    # fp32 with O(1) outputs summed over a few hundred terms: rounding stays far below 1e-4
+    # the live-clone test's tolerance: fp32 on both sides, only summation order differs
     torch.testing.assert_close(y, d["y"], rtol=1e-4, atol=1e-4)
 
 
