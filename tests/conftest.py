@@ -14,6 +14,8 @@ import yaml
 
 from prdit.config import Params, deep_merge, load
 
+pytest_plugins = ["tests.skip_guard"]  # under CI=true an unexpected skip fails the run
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 # the tracked stage runs of one pipeline build (MLflow tag prdit.stage), written out, not derived from the code

@@ -17,7 +17,7 @@ from prdit.model import VARIANTS, create, from_reference_state_dict, load, save
 from prdit.model.layers import Attention, grid_pos_embed, sincos_code
 from prdit.model.patches import extract_patches, unpatchify
 from tests import reference
-from tests.reference_forward import CASES, fixture_name, seeded_input, seeded_model
+from tests.reference_forward import CASES, COUNT_CASES, COUNTS_FILE, fixture_name, seeded_input, seeded_model
 from tests.training_checks import adamw_step
 
 STUB = Path(__file__).parent / "reference_stub"
@@ -74,11 +74,13 @@ def test_every_registered_variant_has_the_right_output_shape():
 
 
 # ---------------------------------------------------------------- the reference implementation
+# Recorded once from the reference (tests/fixtures/reference_forward, runs everywhere) and, when
+# $PRDIT_REFERENCE names a clone, against the live clone (`requires_reference`: deselected otherwise).
 def _reference_models(tmp_path: Path) -> Path:
-    """The reference's models/ package, extracted from the clone $PRDIT_REFERENCE names (else skip, saying so)."""
+    """The reference's models/ package, extracted from the clone $PRDIT_REFERENCE names."""
     why = reference.unavailable()
     if why:
-        pytest.skip(why)
+        pytest.fail(why)  # set but unusable: a misconfiguration, not a reason to skip
     return reference.extract_models(tmp_path)
 
 
@@ -88,14 +90,11 @@ def _probe(ref: Path, *args: str) -> str:
     ).stdout
 
 
-def test_parameter_counts_and_names_equal_the_reference(tmp_path):
-    ref = _reference_models(tmp_path)
-    names = ["PRDiT-B/12/0", "PRDiT-B/12/4", "PRDiT-XL/12/4"]
-    got = json.loads(_probe(ref, "count", *[a for n in names for a in (n, "128")]))
-    for name in names:
+def _assert_counts_and_names_equal(got: dict) -> None:
+    for name, size in COUNT_CASES:
         with torch.device("meta"):
-            ours = create(name, 128)
-        want = got[f"{name}@128"]
+            ours = create(name, size)
+        want = got[f"{name}@{size}"]
         assert sum(p.numel() for p in ours.parameters()) == want["params"], name
         renamed = from_reference_state_dict(
             {k: torch.empty(v, device="meta") for k, v in want["shapes"].items()}
@@ -106,7 +105,20 @@ def test_parameter_counts_and_names_equal_the_reference(tmp_path):
     assert got["PRDiT-B/12/4@128"]["params"] == 93_228_992
 
 
+def test_parameter_counts_and_names_equal_the_recorded_reference():
+    _assert_counts_and_names_equal(json.loads((FIXTURES / COUNTS_FILE).read_text())["counts"])
+
+
+@pytest.mark.requires_reference
+def test_parameter_counts_and_names_equal_the_reference(tmp_path):
+    ref = _reference_models(tmp_path)
+    _assert_counts_and_names_equal(
+        json.loads(_probe(ref, "count", *[str(a) for case in COUNT_CASES for a in case]))
+    )
+
+
 @pytest.mark.slow
+@pytest.mark.requires_reference
 def test_forward_equals_the_reference_with_its_weights(tmp_path):
     """Same weights, same input: same output at 128^3 (also checks positions, token layouts, channel order)."""
     ref = _reference_models(tmp_path)
