@@ -35,7 +35,9 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
+# Prints the page to open (the experiment's training runs), then serves the UI until Ctrl-C.
 mlflow-ui: setup
+	@echo "MLflow UI: open $$($(BIN)/prdit ui-url --port 5000)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
 clean-demo:

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, dataset=False)
     p.add_argument("--out", type=Path, default=None, help="where to write (default: evaluate.weights)")
 
+    p = subs.add_parser("ui-url", help="the MLflow UI page to open: the experiment's training runs")
+    _common(p, dataset=False)
+    p.add_argument("--port", type=int, default=5000, help="the port `mlflow ui` serves on")
+
     p = subs.add_parser("tracking-import", help="replay a tracking spool file into MLflow")
     _common(p, dataset=False)
     p.add_argument("spool", type=Path)
@@ -219,6 +223,11 @@ def _run(args: argparse.Namespace) -> int | None:
         from prdit.acquire.stage import run_fetch_weights
 
         return run_fetch_weights(params, args.out)
+    if cmd == "ui-url":
+        from prdit.tracking import ui_url
+
+        print(ui_url(params, port=args.port))
+        return 0
     if cmd == "tracking-import":
         from prdit.tracking import import_spool
 

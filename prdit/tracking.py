@@ -5,8 +5,8 @@ If the tracking store cannot be reached, the stage goes on, warns once, and the 
 spool file (JSON lines) that `prdit tracking-import FILE` replays into MLflow once it is back.
 Set PRDIT_TRACKING=off to disable tracking entirely.
 
-What the MLflow UI shows: the experiment prdit creates is marked as model development (it opens on the
-training runs); training and sampling runs carry system metrics (`system/*`: CPU, memory, disk, network,
+What the MLflow UI shows: `ui_url` is the page to open, the experiment's runs in the training view (the
+experiment prdit creates is also marked as model development, which MLflow 3.17's UI ignores); training and sampling runs carry system metrics (`system/*`: CPU, memory, disk, network,
 GPU when nvidia-ml-py is installed) sampled every PRDIT_SYSTEM_METRICS_INTERVAL s (default 10;
 PRDIT_SYSTEM_METRICS=off disables them); training runs hold their model under `model/`; runs list the data
 they read as dataset inputs; and the stage runs of one `snakemake`/`dvc repro` invocation are nested under
@@ -584,6 +584,29 @@ def end_pipeline_run(
     thread = threading.Thread(target=work, name="prdit-pipeline-run", daemon=True)
     thread.start()
     thread.join(timeout)
+
+
+# MLflow 3.17's UI ignores mlflow.experimentKind while its GenAI / Model training toggle is shown: the toggle
+# decides, its default in a new browser is GenAI (kept in the browser's local storage, mlflow.workflowType),
+# and the URL parameter below selects the training view for the page it is on.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(params: Params, port: int = 5000, host: str = "127.0.0.1") -> str:
+    """The MLflow UI page to open for `params.experiment`: its training runs, or the experiment list in the
+    training view when the store holds no such experiment yet. Never creates the store."""
+    base = f"http://{host}:{port}/#/experiments"
+    uri = tracking_uri(params.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return f"{base}?{TRAINING_VIEW}"
+    from mlflow.tracking import MlflowClient
+
+    try:
+        exp = MlflowClient(uri).get_experiment_by_name(params.experiment)
+    except Exception as exc:  # an unreachable server: the list is still the right page
+        log.warning("MLflow at %s: %s", uri, exc)
+        exp = None
+    return f"{base}/{exp.experiment_id}/runs?{TRAINING_VIEW}" if exp else f"{base}?{TRAINING_VIEW}"
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -140,6 +139,19 @@ def test_no_pipeline_run_when_tracking_is_off_or_mlflow_is_unreachable(params, m
     assert time.monotonic() - t0 < 6 and "PRDIT_PIPELINE_RUN" not in os.environ
 
 
+def test_the_ui_url_names_the_experiments_training_runs_or_the_list_without_creating_a_store(
+    params, in_tmp: Path
+) -> None:
+    listing = f"http://127.0.0.1:5001/#/experiments?{tracking.TRAINING_VIEW}"
+    assert tracking.ui_url(params, port=5001) == listing
+    assert not (in_tmp / "mlflow.db").exists(), "asking for the URL must not create a store"
+    with tracking.stage_run(params, "split", "phantom"):
+        pass
+    _, exp, _ = client_runs()
+    want = f"http://127.0.0.1:5001/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    assert tracking.ui_url(params, port=5001) == want
+
+
 # The UI itself -------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -159,11 +171,53 @@ def get_json(url: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium, installed with apt once by tests/install-chromium.sh (skip only where apt itself cannot)."""
+    res = subprocess.run(
+        [str(ROOT / "tests" / "install-chromium.sh")], capture_output=True, text=True, timeout=900
+    )
+    if res.returncode == 3:
+        pytest.skip(res.stderr.strip().splitlines()[-1])
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
+def page_text(chromium: str, url: str) -> str:
+    """What headless Chromium shows at `url` once the JS app has rendered: the DOM's text, styles dropped."""
+    out = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    dom = re.sub(r"<style[^>]*>.*?</style>", " ", out.stdout, flags=re.S)
+    return " ".join(re.sub(r"<[^>]*>", " ", dom).split())
+
+
+# Only the GenAI experiment overview shows these; only the training view titles the page "Runs".
+GENAI_OVERVIEW = ("Overview - Experiment", "Token Usage", "Detect Issues")
+
+
+def assert_training_view(page: str) -> None:
+    assert page.startswith("Runs - Experiment"), page[:600]
+    assert "Model registry" in page and "matching runs" in page, page[:2000]
+    assert not [m for m in GENAI_OVERVIEW if m in page], page[:2000]
+
+
 @pytest.mark.slow
-def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params, in_tmp: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+def test_the_mlflow_ui_url_opens_on_training_runs_nested_under_the_pipeline_run(
+    params, in_tmp: Path, chromium: str
+) -> None:
     (in_tmp / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     png = in_tmp / "montage.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -204,11 +258,10 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
             pytest.fail("mlflow server did not come up")
         # What the UI reads (REST, the same server): the experiment's kind, the nesting, the montage.
         exp = get_json(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXP}")["experiment"]
+        exp_id = exp["experiment_id"]
         tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
-        runs = get_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})[
-            "runs"
-        ]
+        runs = get_json(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
         by_name = {r["info"]["run_name"]: r for r in runs}
         for name in ("train-local/phantom/16", "evaluate/phantom/16"):
             run_tags = {t["key"]: t["value"] for t in by_name[name]["data"]["tags"]}
@@ -217,33 +270,27 @@ def test_the_mlflow_ui_shows_training_runs_nested_under_the_pipeline_run(params,
         files = get_json(f"{base}/api/2.0/mlflow/artifacts/list?run_id={eval_id}&path=report")["files"]
         assert [f["path"] for f in files] == ["report/montage.png"]
 
-        # The browser (the JS app rendered by headless Chromium): the experiment opens on "Training runs"
-        # with one top-level row, the pipeline run, whose stage runs are folded under it.
-        def text(url: str) -> str:
-            out = subprocess.run(
-                [
-                    chromium,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--virtual-time-budget=20000",
-                    "--dump-dom",
-                    url,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-            return " ".join(re.sub(r"<[^>]*>", " ", out.stdout).split())
-
-        page = text(f"{base}/#/experiments/{exp['experiment_id']}/runs")
-        assert "Model training" in page and "Training runs" in page, page[:2000]
+        # The browser (the JS app rendered by headless Chromium). The URL `make mlflow-ui` prints
+        # (`prdit ui-url`) opens on the training runs: one top-level row, the pipeline run, whose stage runs
+        # are folded under it; not on the GenAI overview.
+        url = tracking.ui_url(params, port=port)
+        assert url == f"{base}/#/experiments/{exp_id}/runs?{tracking.TRAINING_VIEW}"
+        page = page_text(chromium, url)
+        assert_training_view(page)
         assert re.search(r"\bpipeline \d{4}-\d\d-\d\d", page) and "3 matching runs" in page, page[:2000]
         assert "train-local/phantom/16" not in page, "stage runs are nested under the pipeline run"
+
+        # The experiment list in the training view lists the experiment; its link, opened in a browser that
+        # never switched the toggle, lands on the GenAI overview (MLflow ignores mlflow.experimentKind while
+        # the toggle is shown): why `make mlflow-ui` prints the experiment's own URL (README).
+        listing = page_text(chromium, f"{base}/#/experiments?{tracking.TRAINING_VIEW}")
+        assert listing.startswith("Experiments - MLflow") and EXP in listing, listing[:2000]
+        assert "Overview - Experiment" in page_text(chromium, f"{base}/#/experiments/{exp_id}")
+
         # the evaluation run's artifacts list its montage
-        page = text(
-            f"{base}/#/experiments/{exp['experiment_id']}/runs/{eval_id}/artifacts/report/montage.png"
+        page = page_text(
+            chromium,
+            f"{base}/#/experiments/{exp_id}/runs/{eval_id}/artifacts/report/montage.png?{tracking.TRAINING_VIEW}",
         )
         assert "evaluate/phantom/16" in page and "report/montage.png" in page, page[:2000]
     finally:

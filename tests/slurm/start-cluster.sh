@@ -55,8 +55,10 @@ if ((${#need[@]})); then
         policy_added=1
     fi
     ok=1
-    apt-get update -qq >"$DIR/apt.log" 2>&1 || ok=0
-    ((ok)) && { apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$DIR/apt.log" 2>&1 || ok=0; }
+    # another test may be installing at the same moment (Chromium): wait for dpkg's lock
+    apt=(apt-get -o DPkg::Lock::Timeout=600)
+    "${apt[@]}" update -qq >"$DIR/apt.log" 2>&1 || ok=0
+    ((ok)) && { "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >>"$DIR/apt.log" 2>&1 || ok=0; }
     ((policy_added)) && rm -f /usr/sbin/policy-rc.d
     ((ok)) || cannot "apt-get failed (see $DIR/apt.log)"
 fi
