@@ -634,6 +634,7 @@ def test_ctrl_c_stops_the_transfer_and_keeps_the_part(env, zenodo):
 
 def test_downloaded_data_flows_through_ingest(env, zenodo, dicom):
     from prdit.data import ingest
+
     zenodo.files.clear()
     for i in range(2):
         zenodo.add_file(f"trn{i + 1:05d}.npz", npz_bytes(i, shape=(24, 40, 40)))
