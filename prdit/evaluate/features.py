@@ -44,11 +44,14 @@ def summarise(
     batch_size: int = 4,
     desc: str = "features",
     axes: str = "zyx",
+    keep: list | None = None,
 ) -> Summary:
     """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped.
 
     `axes` is the axis order the extractor sees: 'zyx' (our arrays) or 'xyz' (nibabel's order, the
-    reference evaluation's); the other statistics do not depend on it.
+    reference evaluation's); the other statistics do not depend on it. `keep` (e.g. a VolumeBank) receives
+    each volume read ([D, H, W] in [-1, 1], in the order of the summary's ids), so nothing is read twice.
+    Features are extracted `batch_size` volumes at a time on the extractor's device.
     """
     if axes not in ("zyx", "xyz"):
         raise ValueError(f"axes must be 'zyx' or 'xyz', got {axes!r}")
@@ -67,6 +70,8 @@ def summarise(
             errors.append(msg)
             continue
         ok_ids.append(case)
+        if keep is not None:
+            keep.append(x)
         thumbs.append(thumbnail(x))
         hists.append(hu_histogram(x, window))
         stats.append(volume_stats(x, STRIDE) if min(x.shape) > STRIDE else np.full(3, np.nan))

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from prdit.evaluate.metrics import METRICS  # noqa: E402
 from prdit.viz import montage  # noqa: E402
 
 
@@ -32,37 +33,24 @@ def _ci(ci: dict | None) -> str:
     return "n/a" if not ci else f"[{_fmt(ci['low'])}, {_fmt(ci['high'])}]"
 
 
+def _spread(m: dict, key: str, spread: str | None) -> str:
+    if spread == "ci95":
+        return _ci(m.get(key + "_ci95"))
+    return f"sd {_fmt(m.get(key + '_std'))}" if spread == "std" else "n/a"
+
+
 def table_rows(m: dict) -> list[list[str]]:
-    """Metric | generated vs train | 95% CI | floor: held-out real vs train | 95% CI."""
-    rows = [
-        ("FID (raw, float64)", "fid", "fid_floor"),
-        ("FID x10^3 (paper scale)", "fid_x1e3", "fid_floor_x1e3"),
-        ("MMD reference (paper definition, sqrt of V-statistic)", "mmd_reference", "mmd_reference_floor"),
-        ("MMD^2 unbiased (U-statistic, same bandwidth)", "mmd_unbiased", "mmd_unbiased_floor"),
-    ]
-    out = [
-        [label, _fmt(m.get(k)), _ci(m.get(k + "_ci95")), _fmt(m.get(f)), _ci(m.get(f + "_ci95"))]
-        for label, k, f in rows
-    ]
-    out.append(
+    """Metric | generated vs train | 95% CI | floor: held-out real vs train | 95% CI (one row per METRICS)."""
+    return [
         [
-            "FID at the floor's N (generated subsampled to the held-out count)",
-            _fmt(m.get("fid_at_floor_n")),
-            "n/a",
-            _fmt(m.get("fid_floor")),
-            _ci(m.get("fid_floor_ci95")),
+            metric.label,
+            _fmt(m.get(metric.key)),
+            _spread(m, metric.key, metric.spread),
+            _fmt(m.get(metric.floor)) if metric.floor else "n/a",
+            _spread(m, metric.floor, metric.floor_spread) if metric.floor else "n/a",
         ]
-    )
-    out.append(
-        [
-            "MS-SSIM between samples (diversity; floor = real train pairs)",
-            _fmt(m.get("ms_ssim")),
-            f"sd {_fmt(m.get('ms_ssim_std'))}",
-            _fmt(m.get("ms_ssim_floor")),
-            f"sd {_fmt(m.get('ms_ssim_floor_std'))}",
-        ]
-    )
-    return out
+        for metric in METRICS
+    ]
 
 
 HEADER = ["metric", "generated vs train", "95% CI", "floor: held-out real vs train", "floor 95% CI"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,14 +13,14 @@ import numpy as np
 import torch
 
 from prdit import paths, protocol, tracking
-from prdit.evaluate.extractor import build_extractor
+from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
-from prdit.evaluate.ms_ssim import ms_ssim, pair_indices, scales_for
+from prdit.evaluate.ms_ssim import pair_indices, pairwise_values, scales_for
 from prdit.evaluate.report import write_report
 from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
-from prdit.evaluate.volumes import Summary, hist_edges, read_volume, sample_paths
+from prdit.evaluate.volumes import Summary, VolumeBank, hist_edges, read_volume, sample_paths
 from prdit.io import atomic_dir, write_json
 from prdit.protocol import PAPER_REAL_N
 
@@ -43,34 +45,77 @@ DIAG_NOTE = (
 )
 
 
+@dataclass
+class Scored:
+    """Every number of one evaluation and what it was computed from, before it is laid out as a record."""
+
+    dataset: str
+    size: int
+    protocol: str
+    axes: str
+    window: tuple[float, float]
+    n_boot: int
+    info: ExtractorInfo
+    train: Summary
+    heldout: Summary
+    generated: Summary
+    reference: Summary
+    scores: dict
+    diversity: dict[str, tuple[float | None, float | None, int]]  # 'generated', 'floor': (mean, sd, pairs)
+    memo: dict
+    diag: dict
+    notes: list[str]
+    skipped: list[str]
+    feature_cache: Path
+    montage: dict[str, tuple[list, list[str]]]  # 'real', 'generated': up to MONTAGE_ROWS volumes, labels
+    seconds_features: float = 0.0
+
+
 def _diversity(
-    paths: list[Path],
-    kind: str,
-    size: int,
-    window: Any,
+    volumes: Sequence | dict,
+    n_volumes: int,
     n_pairs: int,
     seed: int,
     label: str,
     notes: list[str],
+    unreadable: dict[int, str] | None = None,
 ) -> tuple[float | None, float | None, int]:
-    if len(paths) < 2 or n_pairs == 0:
+    """Mean and sd of MS-SSIM over `n_pairs` pairs of `n_volumes` volumes held in memory (batched)."""
+    if n_volumes < 2 or n_pairs == 0:
         if n_pairs:
-            notes.append(f"MS-SSIM ({label}): not computed (needs >= 2 volumes, has {len(paths)})")
+            notes.append(f"MS-SSIM ({label}): not computed (needs >= 2 volumes, has {n_volumes})")
         return None, None, 0
-    vals = []
-    for i, j in pair_indices(len(paths), n_pairs, seed):
-        try:
-            vals.append(
-                ms_ssim(read_volume(paths[i], size, kind, window), read_volume(paths[j], size, kind, window))
-            )
-        except ValueError as exc:
-            notes.append(f"MS-SSIM ({label}): pair skipped ({exc})")
-    if not vals:
+    pairs, unreadable = [], unreadable or {}
+    for i, j in pair_indices(n_volumes, n_pairs, seed):
+        if i in unreadable or j in unreadable:
+            notes.append(f"MS-SSIM ({label}): pair skipped ({unreadable.get(i) or unreadable[j]})")
+        else:
+            pairs.append((i, j))
+    try:
+        vals = pairwise_values(volumes, pairs)
+    except ValueError as exc:  # every pair has the same shape: all fail alike (volume below the window)
+        notes.extend([f"MS-SSIM ({label}): pair skipped ({exc})"] * len(pairs))
+        vals = np.zeros(0)
+    if not len(vals):
         return None, None, 0
     return float(np.mean(vals)), float(np.std(vals)), len(vals)
 
 
-def evaluate(
+def _read_each_once(
+    paths: Sequence[Path], idx: Iterable[int], kind: str, size: int, window: Any
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """Volumes `idx` of `paths`, each read once (on the GPU when it has room); unreadable ones with why."""
+    bank, ok, bad = VolumeBank(), {}, {}
+    for i in sorted(set(idx)):
+        try:
+            bank.append(read_volume(paths[i], size, kind, window))
+            ok[i] = bank[-1]
+        except ValueError as exc:
+            bad[i] = str(exc)
+    return ok, bad
+
+
+def score(
     dataset: str,
     size: int,
     window: tuple[float, float],
@@ -85,14 +130,11 @@ def evaluate(
     processed_root: Path = paths.PROCESSED,
     splits_root: Path = paths.SPLITS,
     features_root: Path = paths.FEATURES,
-    metrics_root: Path = paths.METRICS,
-    reports_root: Path = paths.REPORTS,
-) -> tuple[dict, Path, Path]:
-    """Compute every number and write the metrics file and report; returns (metrics, json path, report dir).
+) -> Scored:
+    """Compute every number of the evaluation: features and their scores, MS-SSIM, audit, diagnostics.
 
-    protocol_name 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
-    nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
-    all pairs of generated volumes; the floors stay held-out (val) against train.
+    Each generated volume is read once: feature extraction fills a VolumeBank that MS-SSIM then scores
+    in batches; real train volumes for the MS-SSIM floor are read once each.
     """
     paper = protocol_name == "paper"
     axes = "xyz" if paper else "zyx"
@@ -116,6 +158,7 @@ def evaluate(
             f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}"
         )
     gen_ids = [p.name.removesuffix(".nii.gz") for p in gen_paths]
+    gen_vols = VolumeBank()
     generated = summarise(
         gen_paths,
         gen_ids,
@@ -126,6 +169,7 @@ def evaluate(
         skipped,
         desc=f"sample features {dataset}/{size}",
         axes=axes,
+        keep=gen_vols,
     )
     if not generated.ids:
         raise ValueError(
@@ -139,12 +183,17 @@ def evaluate(
         floors, floor_notes = feature_scores(train, heldout, Summary.concat([]), n_boot, seed)
         scores.update({k: v for k, v in floors.items() if "_floor" in k})
         notes = [n for n in notes if "held-out" not in n] + [n for n in floor_notes if "held-out" in n]
-    ok_gen = [p for p, i in zip(gen_paths, gen_ids) if i in set(generated.ids)]
     train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
-    gen_pairs = len(ok_gen) * (len(ok_gen) - 1) // 2 if paper else ms_ssim_pairs
-    ms, ms_sd, ms_n = _diversity(ok_gen, "generated", size, window, gen_pairs, seed, "generated", notes)
-    msf, msf_sd, msf_n = _diversity(
-        train_paths, "real", size, window, ms_ssim_pairs, seed, "real train", notes
+    n_gen = len(gen_vols)
+    gen_pairs = n_gen * (n_gen - 1) // 2 if paper else ms_ssim_pairs
+    diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes)}
+    floor_pairs = pair_indices(len(train_paths), ms_ssim_pairs, seed) if len(train_paths) >= 2 else []
+    montage_idx = range(min(MONTAGE_ROWS, len(train_paths)))
+    real_vols, unreadable = _read_each_once(
+        train_paths, [k for p in floor_pairs for k in p] + list(montage_idx), "real", size, window
+    )
+    diversity["floor"] = _diversity(
+        real_vols, len(train_paths), ms_ssim_pairs, seed, "real train", notes, unreadable
     )
     memo = audit(generated, train, heldout)
     diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
@@ -154,92 +203,176 @@ def evaluate(
         )
     if memo["threshold_voxel_rmse"] is None:
         notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
-    m = {
-        "dataset": dataset,
-        "size": size,
-        "protocol": protocol_name,
-        **scores,
+    if len(generated.ids) < len(gen_paths):
+        notes.append(
+            f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)"
+        )
+    shown = [i for i in montage_idx if i in real_vols]
+    montage = {
+        "real": ([_host(real_vols[i]) for i in shown], [f"real {train.ids[i]}" for i in shown]),
+        "generated": (
+            [_host(v) for v in gen_vols[:MONTAGE_ROWS]],
+            [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]],
+        ),
+    }
+    return Scored(
+        dataset,
+        size,
+        protocol_name,
+        axes,
+        window,
+        n_boot,
+        info,
+        train,
+        heldout,
+        generated,
+        reference,
+        scores,
+        diversity,
+        memo,
+        diag,
+        notes,
+        skipped,
+        cache_path(dataset, size, features_root),
+        montage,
+        t_feat,
+    )
+
+
+def _host(v: Any) -> np.ndarray:
+    return v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def record(s: Scored) -> dict:
+    """The metrics record (metrics/<dataset>/<size>.json) of a scored evaluation."""
+    paper = s.protocol == "paper"
+    (ms, ms_sd, ms_n), (msf, msf_sd, msf_n) = s.diversity["generated"], s.diversity["floor"]
+    memo_keys = (
+        "near_copy_ratio",
+        "near_copy_ssim",
+        "threshold_voxel_rmse",
+        "near_copies",
+        "median_ratio_feature",
+        "median_ratio_voxel",
+    )
+    return {
+        "dataset": s.dataset,
+        "size": s.size,
+        "protocol": s.protocol,
+        **s.scores,
         "ms_ssim": ms,
         "ms_ssim_std": ms_sd,
         "ms_ssim_floor": msf,
         "ms_ssim_floor_std": msf_sd,
-        "ms_ssim_scales": scales_for(size),
-        **diag,
-        "memorization": {
-            k: memo[k]
-            for k in (
-                "near_copy_ratio",
-                "near_copy_ssim",
-                "threshold_voxel_rmse",
-                "near_copies",
-                "median_ratio_feature",
-                "median_ratio_voxel",
-            )
-        }
-        | {"n_near_copies": len(memo["near_copies"])},
+        "ms_ssim_scales": scales_for(s.size),
+        **s.diag,
+        "memorization": {k: s.memo[k] for k in memo_keys} | {"n_near_copies": len(s.memo["near_copies"])},
         "n": {
-            **({"real_reference": len(reference.ids)} if paper else {}),
-            "real_train": len(train.ids),
-            "real_heldout": len(heldout.ids),
-            "generated": len(generated.ids),
+            **({"real_reference": len(s.reference.ids)} if paper else {}),
+            "real_train": len(s.train.ids),
+            "real_heldout": len(s.heldout.ids),
+            "generated": len(s.generated.ids),
             "ms_ssim_pairs": ms_n,
             "ms_ssim_floor_pairs": msf_n,
-            "bootstrap": n_boot,
+            "bootstrap": s.n_boot,
         },
         "extractor": {
-            "name": info.name,
-            "pretrained": info.pretrained,
-            "note": info.note,
-            "sha256": info.sha256,
+            "name": s.info.name,
+            "pretrained": s.info.pretrained,
+            "note": s.info.note,
+            "sha256": s.info.sha256,
         },
-        "input": {"window": list(window), "note": INPUT_NOTE, "extractor_axes": axes},
+        "input": {"window": list(s.window), "note": INPUT_NOTE, "extractor_axes": s.axes},
         "reference_set": (
             f"protocol paper: the first {PAPER_REAL_N} of real train + val in split order (the reference's "
             "real set); floors: real val vs real train"
             if paper
             else "real train split; floors: real val + test vs the same train split"
         ),
-        **({"reference_ids": list(reference.ids)} if paper else {}),
-        "feature_cache": str(cache_path(dataset, size, features_root)),
-        "notes": notes,
-        "skipped": skipped,
+        **({"reference_ids": list(s.reference.ids)} if paper else {}),
+        "feature_cache": str(s.feature_cache),
+        "notes": s.notes,
+        "skipped": s.skipped,
     }
-    if len(generated.ids) < len(gen_paths):
-        notes.append(
-            f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)"
-        )
-    metrics_path = metrics_root / dataset / f"{size}.json"
-    report_dir = reports_root / dataset / str(size)
-    edges = hist_edges(window)
-    real_vols = [read_volume(p, size, "real", window) for p in train_paths[:MONTAGE_ROWS]]
-    gen_vols = [read_volume(p, size, "generated", window) for p in ok_gen[:MONTAGE_ROWS]]
+
+
+def write(
+    m: dict, s: Scored, metrics_root: Path = paths.METRICS, reports_root: Path = paths.REPORTS
+) -> tuple[Path, Path]:
+    """Write the report folder and the metrics file, each atomically; returns (json path, report dir)."""
+    metrics_path = metrics_root / s.dataset / f"{s.size}.json"
+    report_dir = reports_root / s.dataset / str(s.size)
     info_lines = [
-        f"protocol: {protocol_name} (docs/reproducing.md); extractor input axis order {axes}; "
-        f"MS-SSIM over {ms_n} generated pairs",
-        f"extractor: {info.name} (pretrained: {str(info.pretrained).lower()}). {info.note}",
+        f"protocol: {s.protocol} (docs/reproducing.md); extractor input axis order {s.axes}; "
+        f"MS-SSIM over {m['n']['ms_ssim_pairs']} generated pairs",
+        f"extractor: {s.info.name} (pretrained: {str(s.info.pretrained).lower()}). {s.info.note}",
         f"input: {INPUT_NOTE}",
         f"reference set: {m['reference_set']}",
         f"tiling and texture: {DIAG_NOTE}",
-        f"N: {len(train.ids)} real train, {len(heldout.ids)} real held-out, {len(generated.ids)} generated; "
-        f"{n_boot} bootstrap replicates (95% percentile intervals)",
+        f"N: {len(s.train.ids)} real train, {len(s.heldout.ids)} real held-out, "
+        f"{len(s.generated.ids)} generated; {s.n_boot} bootstrap replicates (95% percentile intervals)",
         f"real-set feature cache: {m['feature_cache']}",
     ]
     with atomic_dir(report_dir) as tmp:
         write_report(
             tmp,
             m,
-            real_vols,
-            [f"real {c}" for c in train.ids[:MONTAGE_ROWS]],
-            gen_vols,
-            [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]],
-            edges,
-            train.hists.mean(0),
-            generated.hists.mean(0),
-            memo,
+            *s.montage["real"],
+            *s.montage["generated"],
+            hist_edges(s.window),
+            s.train.hists.mean(0),
+            s.generated.hists.mean(0),
+            s.memo,
             info_lines,
         )
         write_json(tmp / "metrics.json", m)
     write_json(metrics_path, m)
+    return metrics_path, report_dir
+
+
+def evaluate(
+    dataset: str,
+    size: int,
+    window: tuple[float, float],
+    weights: str | None,
+    sha256: str | None,
+    ms_ssim_pairs: int,
+    n_boot: int,
+    seed: int,
+    num_samples: int | None = None,
+    protocol_name: str = "project",
+    samples_root: Path = paths.SAMPLES,
+    processed_root: Path = paths.PROCESSED,
+    splits_root: Path = paths.SPLITS,
+    features_root: Path = paths.FEATURES,
+    metrics_root: Path = paths.METRICS,
+    reports_root: Path = paths.REPORTS,
+) -> tuple[dict, Path, Path]:
+    """Score, build the record, write the metrics file and report; returns (metrics, json path, report dir).
+
+    protocol_name 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
+    nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
+    all pairs of generated volumes; the floors stay held-out (val) against train.
+    """
+    t0 = time.monotonic()
+    s = score(
+        dataset,
+        size,
+        window,
+        weights,
+        sha256,
+        ms_ssim_pairs,
+        n_boot,
+        seed,
+        num_samples,
+        protocol_name,
+        samples_root,
+        processed_root,
+        splits_root,
+        features_root,
+    )
+    m = record(s)
+    metrics_path, report_dir = write(m, s, metrics_root, reports_root)
     log.info(
         "evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
         "texture ratio %s (floor %s); features %.1f s, total %.1f s",
@@ -254,7 +387,7 @@ def evaluate(
         m["seam_ratio_real"],
         m["texture_ratio"],
         m["texture_ratio_floor"],
-        t_feat,
+        s.seconds_features,
         time.monotonic() - t0,
     )
     return m, metrics_path, report_dir

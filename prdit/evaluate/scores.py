@@ -13,6 +13,7 @@ import numpy as np
 
 from prdit.evaluate.bootstrap import bootstrap_ci
 from prdit.evaluate.fid import fid
+from prdit.evaluate.metrics import scaled
 from prdit.evaluate.mmd import median_gamma, mmd, mmd2
 from prdit.evaluate.volumes import Summary
 
@@ -51,7 +52,6 @@ def feature_scores(
                 f"FID ({label}): not computed (needs >= 2 volumes per set; train {len(x)}, {label} {len(y)})"
             )
         out[f"fid{suffix}"] = f
-        out[f"fid{suffix}_x1e3"] = None if f is None else f * 1e3
         m_ref = m2_ref = m_unb = None
         if gamma is not None and len(y) >= 1:
             m2_ref = mmd2(x, y, gamma, "reference")
@@ -73,14 +73,7 @@ def feature_scores(
                 "indicative only"
             )
         out[f"fid{suffix}_ci95"] = _ci(bootstrap_ci(fid, x, y, boot, seed)) if f is not None else None
-        if out[f"fid{suffix}_ci95"]:
-            out[f"fid{suffix}_x1e3_ci95"] = {
-                **out[f"fid{suffix}_ci95"],
-                "low": out[f"fid{suffix}_ci95"]["low"] * 1e3,
-                "high": out[f"fid{suffix}_ci95"]["high"] * 1e3,
-            }
-        else:
-            out[f"fid{suffix}_x1e3_ci95"] = None
+        out.update(scaled(out, suffix))  # fid_x1e3 and its interval (prdit.evaluate.metrics)
         # Bandwidth fixed from the full training set: a resample with repeated rows would shrink the median.
         out[f"mmd_reference{suffix}_ci95"] = (
             _ci(bootstrap_ci(lambda a, b: mmd(a, b, "reference", gamma=gamma), x, y, boot, seed))

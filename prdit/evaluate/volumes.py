@@ -23,6 +23,7 @@ from prdit.evaluate.texture import STATS
 from prdit.io import read_nifti
 
 N_STATS = len(STATS)
+GPU_HEADROOM = 0.25  # share of the GPU's memory a VolumeBank leaves free (extractor, MS-SSIM chunks)
 THUMB_SIZE = 32  # voxel-space nearest-neighbour search runs on volumes average-pooled to at most 32^3
 HIST_BINS = 64
 
@@ -49,6 +50,27 @@ def read_volume(path: Path, size: int, kind: str, window: Sequence[float]) -> np
     if kind == "generated":
         return hu_to_unit(arr, window)
     return np.clip(arr, -1.0, 1.0).astype(np.float32)
+
+
+class VolumeBank(list):
+    """Volumes read once per evaluation for MS-SSIM, float32 as read: on the GPU while it has room, else host.
+
+    float32, not float16 or uint8, so every pair scores exactly as the per-pair definition (the files hold
+    float32): 8 GiB for 1,000 volumes at 128^3, 64 GiB at 256^3 (a 141 GiB H200 holds them all; on a
+    smaller GPU the rest stays in host memory, which the evaluate rule's mem_mb must then allow for).
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def append(self, x: np.ndarray) -> None:
+        t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            if free - t.nbytes > GPU_HEADROOM * total:
+                t = t.to(self.device)
+        super().append(t)
 
 
 def thumbnail(x: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
