@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, dataset=False)
     p.add_argument("--out", type=Path, default=None, help="where to write (default: evaluate.weights)")
 
+    p = subs.add_parser("plan", help="FLOPs, GPU memory and hours of every GPU job, against its limits")
+    _common(p, dataset=False)
+    p.add_argument("--gpu", default="h100", help="h100, h100-pcie, h200 or a100 (default h100)")
+    p.add_argument("--json", action="store_true", help="a JSON list of jobs instead of the table")
+
     p = subs.add_parser("ui-url", help="the MLflow UI page to open: the experiment's training runs")
     _common(p, dataset=False)
     p.add_argument("--port", type=int, default=5000, help="the port `mlflow ui` serves on")
@@ -223,6 +228,10 @@ def _run(args: argparse.Namespace) -> int | None:
         from prdit.acquire.stage import run_fetch_weights
 
         return run_fetch_weights(params, args.out)
+    if cmd == "plan":
+        from prdit.plan.report import run_plan
+
+        return run_plan(params, args.gpu, as_json=args.json)
     if cmd == "ui-url":
         from prdit.tracking import ui_url
 

@@ -126,6 +126,8 @@ class TrainCommon:
     num_workers: int = field(metadata=SCHEDULE)
     compile: bool = field(metadata=SCHEDULE)
     max_nonfinite: int = field(metadata=SCHEDULE)
+    # the GPU memory `micro_batch: auto` fits into (GiB); None = the device's own (prdit.train.batching)
+    gpu_memory_gib: float | None = field(default=None, metadata=SCHEDULE)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class TrainStage:
     batch_size: int
     lr: float
     checkpointing: bool = False
+    # per-GPU micro-batch: None = train.common.grad_accum decides, an int, or "auto" (fits the GPU); it
+    # changes memory and float summation order only, never the trajectory (prdit.train.batching)
+    micro_batch: int | str | None = field(default=None, metadata=SCHEDULE)
 
 
 @dataclass(frozen=True)

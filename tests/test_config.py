@@ -100,10 +100,14 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
         expected |= {"ingest_plan", "ingest_shard"}
     if p.preprocess.shards > 1:
         expected |= {"preprocess_shard"}
+    if p.sample.shards > 1:  # sampling jobs per size, joined by merge_samples (workflow/rules/sample.smk)
+        expected |= {"merge_samples"}
     assert planned == expected
     stages = 3 if p.preprocess.highres_size else 2  # stage 3 only with a high-resolution size
     assert len(re.findall(r"^rule train:", res.stdout, re.M)) == len(p.datasets) * stages
     assert len(re.findall(r"^rule evaluate:", res.stdout, re.M)) == len(p.datasets) * len(p.sizes())
+    sampling = len(re.findall(r"^rule sample:", res.stdout, re.M))
+    assert sampling == len(p.datasets) * len(p.sizes()) * p.sample.shards
     for rule, shards in (("ingest_shard", p.ingest.shards), ("preprocess_shard", p.preprocess.shards)):
         assert (
             len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M))

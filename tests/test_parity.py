@@ -21,6 +21,7 @@ IGNORED_OPTIONS = {"--plan", "--shard", "--write-plan"}
 # Snakemake-only jobs: the shards of a stage DVC runs whole (their temporary outputs under *.shards/), and
 # fetch_weights (DVC users run `prdit fetch-weights` once, README)
 SNAKEMAKE_ONLY = {"all", "ingest_plan", "ingest_shard", "preprocess_shard", "merge_samples", "fetch_weights"}
+# (sample shards and merge_samples are matched with DVC's sample stage as one job: snakemake_jobs)
 CONFIGS = [None, *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))]
 
 
@@ -47,19 +48,29 @@ def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> list[dict]:
     cmd += [str(ROOT / "configs" / config)] if config else []
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
     assert res.returncode == 0, res.stderr[-3000:]
-    jobs = []
+    jobs, sample_shards, merges = [], {}, []
     for job in json.loads(res.stdout):
+        if job["rule"] == "merge_samples":
+            merges.append(job)
         if job["rule"] in SNAKEMAKE_ONLY:
             continue
-        jobs.append(
-            {
-                "rule": job["rule"],
-                "cmd": _normalise(job["shell"]),
-                "outs": set(job["output"]),
-                "deps": {d for d in job["input"] if ".shards/" not in d},
-                "used": job["used"],
-            }
-        )
+        entry = {
+            "rule": job["rule"],
+            "cmd": _normalise(job["shell"]),
+            "outs": set(job["output"]),
+            "deps": {d for d in job["input"] if ".shards/" not in d},
+            "used": job["used"],
+        }
+        if job["rule"] == "sample" and all(".shards/" in o for o in job["output"]):
+            sample_shards[job["output"][0].split(".shards/")[0]] = entry  # one shard of DVC's sample stage
+        else:
+            jobs.append(entry)
+    # sample.shards > 1: the shards and merge_samples together are DVC's one sample stage (same command
+    # without --shard, the merged folder as output)
+    for merge in merges:
+        (out,) = merge["output"]
+        jobs.append({**sample_shards.pop(out), "outs": {out}})
+    assert not sample_shards, f"sample shards without a merge: {sorted(sample_shards)}"
     return jobs
 
 

@@ -260,7 +260,9 @@ def test_the_job_holds_the_typed_settings_and_every_trajectory_setting_is_in_the
     for section, settings in (("common", tiny_train.train.common), ("local", tiny_train.train.local)):
         for f in dataclasses.fields(settings):
             old = getattr(settings, f.name)
-            if isinstance(old, bool):
+            if old is None:  # the optional settings unset by default
+                new = {"micro_batch": 1, "gpu_memory_gib": 40.0}[f.name]
+            elif isinstance(old, bool):
                 new = not old
             elif isinstance(old, str):
                 new = "PRDiT-T/8/1"  # another valid model (the only text setting)

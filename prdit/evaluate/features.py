@@ -33,6 +33,9 @@ def cache_path(dataset: str, size: int, root: Path = paths.FEATURES) -> Path:
     return root / dataset / str(size) / "real.npz"
 
 
+BATCH = 4  # volumes per extractor forward pass (prdit plan sizes its GPU memory from it)
+
+
 def summarise(
     paths: Sequence[Path],
     ids: Sequence[str],
@@ -41,7 +44,7 @@ def summarise(
     window: Sequence[float],
     model: nn.Module,
     errors: list[str],
-    batch_size: int = 4,
+    batch_size: int = BATCH,
     desc: str = "features",
     axes: str = "zyx",
     keep: list | None = None,

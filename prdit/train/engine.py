@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from prdit.data.dataset import VolumeDataset
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.train import data, distributed, signals, stages
+from prdit.train import batching, data, distributed, signals, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
@@ -546,11 +547,20 @@ def diffusion_loss(job: Job) -> LossFn:
     return loss_fn
 
 
-def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str] | None = None) -> Job:
+def job_from_params(
+    p: Params,
+    dataset: str,
+    stage: str,
+    parents: dict[str, str] | None = None,
+    processes: int = 1,
+    gpu_memory_gib: float | None = None,
+) -> Job:
     """The Job of `stage` on `dataset` from params.yaml, with its resume fingerprint and provenance.
 
     `parents` maps the parent model files to their sha256 (StageModel.parents). The fingerprint holds
-    every setting that decides the weights (config.trajectory: all but those marked SCHEDULE).
+    every setting that decides the weights (config.trajectory: all but those marked SCHEDULE). The
+    accumulation the loop runs is train.<stage>.micro_batch's choice for `processes` processes on a GPU
+    of `gpu_memory_gib` (prdit.train.batching); the fingerprint keeps the configured one.
     """
 
     c, s = p.train.common, p.train.stage(stage)
@@ -576,11 +586,15 @@ def job_from_params(p: Params, dataset: str, stage: str, parents: dict[str, str]
         **extra,
     }
     paper = protocol.is_paper(p)
+    choice = batching.micro_batch(
+        p, stage, processes, budget_gib=gpu_memory_gib, estimate=s.micro_batch == "auto"
+    )
+    log.info("train-%s: %s", stage, choice.note)
     return Job(
         stage=stage,
         out_dir=stages.model_dir(dataset, stage),
         train=s,
-        common=c,
+        common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
         bf16_autocast=not paper,
         final_weights="raw" if paper and stage == "local" else "ema",
@@ -605,7 +619,12 @@ def run_train(p: Params, dataset: str, stage: str) -> int:
             size = sm.input_size
             train_set = VolumeDataset(dataset, size, "train")
             val_set = VolumeDataset(dataset, size, "val")
-            job = job_from_params(p, dataset, stage, sm.parents)
+            memory = (  # what micro_batch: auto fits into: the GPU's memory, on a CPU the host's
+                torch.cuda.get_device_properties(env.device).total_memory / 2**30
+                if env.device.type == "cuda"
+                else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+            )
+            job = job_from_params(p, dataset, stage, sm.parents, env.world_size, memory)
             runs = (
                 tracking.stage_run(
                     p, stage=f"train-{stage}", dataset=dataset, size=size, used=p.used(f"train-{stage}")

@@ -68,14 +68,9 @@ def parent_path(dataset: str, stage: str) -> Path | None:
 def build(p: Params, dataset: str, stage: str) -> StageModel:
     """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns."""
 
-    cfg = p.train.stage(stage)
-    size = input_size(p, stage)
-    overrides = {"checkpointing": True} if cfg.checkpointing else {}
-    paper = protocol.is_paper(p)
-    if paper and stage != "local":
-        overrides["pos_max_freq"] = protocol.pos_max_freq(size)
     parent = parent_path(dataset, stage)
     parents: dict[str, str] = {}
+    frozen = None
     if parent is not None:
         if not parent.exists():
             raise MissingParentError(
@@ -86,6 +81,22 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         # child's last.pt look stale
         parents[str(parent)] = models.content_hash(parent)
         frozen = models.load(parent, map_location="cpu")
+    sm = assemble(p, stage, frozen)
+    sm.parents = parents
+    return sm
+
+
+def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
+    """The stage's model around `frozen` (the parent stage's model, None for local), as training builds it.
+
+    `prdit plan` calls this on fake tensors with a freshly assembled parent (no model file needed)."""
+    cfg = p.train.stage(stage)
+    size = input_size(p, stage)
+    overrides = {"checkpointing": True} if cfg.checkpointing else {}
+    paper = protocol.is_paper(p)
+    if paper and stage != "local":
+        overrides["pos_max_freq"] = protocol.pos_max_freq(size)
+    if frozen is not None:
         frozen.requires_grad_(False)
     if stage == "local":
         model = models.create(cfg.model, input_size=size, **overrides)
@@ -125,4 +136,4 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         n_all / 1e6,
         n_tr / 1e6,
     )
-    return StageModel(model, size, trained, parents)
+    return StageModel(model, size, trained)

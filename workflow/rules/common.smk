@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from prdit import paths
 from prdit.config import load, from_dict
+from prdit.plan import limits
 
 validate(config, "../schemas/params.schema.yaml")
 PARAMS = from_dict(config, origin="snakemake config")
@@ -185,6 +186,14 @@ def sample_shards(wildcards):
     )
 
 
-def per_size(backbone, highres):
-    """A resource that grows with the working size (the stage-3 size needs more memory and time)."""
-    return lambda wildcards: highres if int(wildcards.size) == HIGHRES else backbone
+def job_limit(rule, kind):
+    """resources.runtime (minutes) or mem_mb of a GPU rule: prdit/plan/limits.py, the limits `prdit plan`
+    checks each job's work against (the stage-3 size and stage have their own)."""
+    value = limits.runtime_min if kind == "runtime" else limits.mem_mb
+
+    def of(wildcards):
+        size = getattr(wildcards, "size", None)
+        highres = getattr(wildcards, "stage", None) == "highres"
+        return value(rule, highres or (size is not None and int(size) == HIGHRES))
+
+    return of

@@ -54,8 +54,8 @@ rule evaluate:
         CONDA_ENV
     threads: 4
     resources:
-        mem_mb=32000,
-        runtime=6 * 60,
+        mem_mb=job_limit("evaluate", "mem_mb"),
+        runtime=job_limit("evaluate", "runtime"),
         gpu=1,
     params:
         used=used("evaluate"),

@@ -19,8 +19,8 @@ rule sample:
         CONDA_ENV
     threads: 4
     resources:
-        mem_mb=per_size(32000, 64000),
-        runtime=per_size(12 * 60, 24 * 60),
+        mem_mb=job_limit("sample", "mem_mb"),
+        runtime=job_limit("sample", "runtime"),
         gpu=1,
     params:
         shard=shard_arg,

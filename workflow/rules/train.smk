@@ -27,8 +27,8 @@ rule train:
         CONDA_ENV
     threads: 8
     resources:
-        mem_mb=64000,
-        runtime=72 * 60,
+        mem_mb=job_limit("train", "mem_mb"),
+        runtime=job_limit("train", "runtime"),
         gpu=train_resource("gpu"),
         nodes=train_resource("nodes"),
         mpi=0,
