@@ -60,6 +60,15 @@ def shards(stage_dir: Path) -> Path:
     return stage_dir.with_name(f"{stage_dir.name}.shards")
 
 
+def partial(stage_dir: Path) -> Path:
+    """<stage_dir>.partial: what an interrupted run of a stage has finished so far (resumed by the next run).
+
+    Beside the output, never inside it: Snakemake deletes a failed job's outputs, and the point of this
+    folder is to outlive a killed job.
+    """
+    return stage_dir.with_name(f"{stage_dir.name}.partial")
+
+
 def splits(dataset: str, split: str | None = None) -> Path:
     """data/splits/<dataset>[/<split>.txt]: the patient-level split lists."""
     base = SPLITS / str(dataset)

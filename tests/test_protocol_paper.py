@@ -314,8 +314,8 @@ def test_reference_grid_starts_below_t_1000_and_ends_with_euler_steps(monkeypatc
     full = sampler.reference_grid(1000)
     assert full[0] == 999 and full[-2:] == [1, 0] and len(full) == 1000
     labels, draws = [], []
-    real_randn = sampler._per_sample_randn
-    monkeypatch.setattr(sampler, "_per_sample_randn", lambda *a: draws.append(1) or real_randn(*a))
+    real_randn = sampler.StackedRandomGenerator.randn
+    monkeypatch.setattr(sampler.StackedRandomGenerator, "randn", lambda *a: draws.append(1) or real_randn(*a))
 
     def model(x, t):
         labels.append(int(t[0]))

@@ -252,3 +252,87 @@ def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, sampling):
     assert {f.name: f.read_bytes() for f in out.iterdir()} == ref  # a failed merge leaves the old folder
     with pytest.raises(config.ConfigError, match="sample.shards"):
         sampling(n=5, batch_size=2, shards=4)
+
+
+def _two_loop_sampler(model, shape, steps, k, seeds, grid, noise_std=STD):
+    """The sampler as it was before the one loop (two grid loops, in-place updates), kept as the oracle."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    randn = lambda: torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens])  # noqa: E731
+    x = randn().mul_(noise_std)
+    ts = D.timestep_grid(steps, T) if grid == "project" else D.sampler.reference_grid(steps, T)
+    beta = [t * math.pi / 2 / T for t in ts]
+    for i in range(len(ts) - 1):
+        out = model(x, torch.full((shape[0],), min(ts[i], T - 1), dtype=torch.long))
+        eps_hat, x0_hat = out[:, :1].float(), out[:, 1:].float()
+        if grid == "project":
+            j = min(i + k, steps)
+            b_jump, corrector = beta[j], j > i + 1
+        else:
+            t_jump = ts[i] - k * (ts[i] - ts[i + 1])
+            corrector = k > 1 and t_jump > 0
+            b_jump = t_jump * math.pi / 2 / T if corrector else beta[i + 1]
+        h = beta[i] - b_jump
+        x.add_(x0_hat, alpha=h * math.sin(beta[i])).sub_(eps_hat, alpha=h * math.cos(beta[i]))
+        if corrector:
+            gamma = math.cos(beta[i + 1]) / math.cos(b_jump)
+            x.mul_(gamma).add_(randn(), alpha=noise_std * math.sqrt(max(0.0, 1 - gamma**2)))
+    return x
+
+
+@pytest.mark.parametrize("grid", ["project", "reference"])
+@pytest.mark.parametrize("steps,k", [(1, 2), (3, 2), (7, 3), (10, 1), (26, 2), (100, 4)])
+def test_one_loop_is_bit_identical_to_the_two_grid_loops(grid, steps, k):
+    oracle = GaussianOracle(0.2, 0.3)
+    shape, seeds = (3, 1, 4, 4, 4), [1, 7, 2**61]
+    new = D.sample(oracle, shape, steps=steps, k=k, seeds=seeds, grid=grid)
+    assert torch.equal(new, _two_loop_sampler(oracle, shape, steps, k, seeds, grid))
+
+
+def test_step_plans_of_both_grids():
+    from prdit.diffusion.sampler import step_plan
+
+    assert step_plan(4, 1) == [(1000, 750, 750), (750, 500, 500), (500, 250, 250), (250, 0, 0)]
+    assert step_plan(4, 2) == [(1000, 750, 500), (750, 500, 250), (500, 250, 0), (250, 0, 0)]
+    # the reference: never t = T, a jump only while it stays above 0, then plain Euler steps
+    assert step_plan(4, 2, "reference") == [(750, 500, 250), (500, 250, 250), (250, 0, 0)]
+    assert step_plan(5, 3, "reference") == [(800, 600, 200), (600, 400, 400), (400, 200, 200), (200, 0, 0)]
+    with pytest.raises(ValueError, match="grid"):
+        step_plan(4, 2, "other")
+
+
+def test_stacked_generator_draws_per_sample():
+    from prdit.diffusion.sampler import StackedRandomGenerator
+
+    both = StackedRandomGenerator("cpu", [3, 4]).randn((2, 1, 2, 2, 2))
+    alone = StackedRandomGenerator("cpu", [4]).randn((1, 1, 2, 2, 2))
+    assert torch.equal(both[1:], alone)
+    with pytest.raises(ValueError, match="3 draws from 2"):
+        StackedRandomGenerator("cpu", [3, 4]).randn((3, 1))
+
+
+def test_reference_grid_trajectory_is_written_too(tmp_path):
+    D.sample(
+        GaussianOracle(0.0, 0.3),
+        (1, 1, 4, 4, 4),
+        steps=5,
+        k=2,
+        seeds=[0],
+        grid="reference",
+        trajectory_dir=tmp_path,
+        save_every=2,
+    )
+    saved = {f.name: torch.load(f)["t"] for f in sorted(tmp_path.iterdir())}
+    assert saved == {"step_00002.pt": 400, "step_00004.pt": 0}
+
+
+def test_sampling_precision_follows_the_protocol():
+    from prdit import precision
+
+    assert precision.sampling(paper=False) == precision.training(paper=False)  # project: as it trains
+    paper = precision.sampling(paper=True)  # the reference's sample.py: no autocast, no TF32 matmuls
+    assert paper.autocast is None and not paper.tf32_matmul and paper.attention == torch.bfloat16
+    assert precision.training(paper=True).tf32_matmul  # its train.py:479 sets "high"
+    before = torch.backends.cuda.matmul.allow_tf32
+    precision.set_backends(precision.sampling(paper=False), torch.device("cpu"))
+    assert torch.backends.cuda.matmul.allow_tf32 == before  # on the CPU nothing changes
+    assert precision.autocast_dtype(precision.sampling(paper=False), torch.device("cpu")) is None

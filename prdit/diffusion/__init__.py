@@ -2,11 +2,13 @@
 
 from prdit.diffusion.ian import NOISE_STD, TIMESTEPS, angle, loss, q_sample
 from prdit.diffusion.respace import timestep_grid
-from prdit.diffusion.sampler import corrector_gamma, sample
+from prdit.diffusion.sampler import StackedRandomGenerator, corrector_gamma, sample, step_plan
 
 __all__ = [
     "loss",
     "sample",
+    "step_plan",
+    "StackedRandomGenerator",
     "q_sample",
     "angle",
     "timestep_grid",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from prdit import io, paths, protocol, tracking, viz
+from prdit import io, paths, precision, protocol, tracking, viz
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
-from prdit.model import load
+from prdit.model import content_hash, load
+from prdit.train.signals import EXIT_OK, StopRequest
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -83,30 +86,98 @@ def _montage(previews: list[np.ndarray], path: Path) -> None:
     viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
 
 
-def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> None:
-    """Write p.sample.n volumes to samples/<dataset>/<size>/<i>.nii.gz (HU, spacing fov/size mm).
+def _montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> None:
+    """montage.png of the first samples as written (so every way of producing a folder draws the same)."""
+    previews = [
+        from_hu(io.read_nifti(folder / f"{i}.nii.gz")[0], window) for i in range(min(MONTAGE_ROWS, n))
+    ]
+    _montage(previews, folder / "montage.png")
 
-    The folder is replaced atomically and also holds montage.png (mid-slices of the first samples).
-    With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn, into
-    samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link src to dst (a copy across filesystems): the source stays until the destination is whole."""
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _marker(partial: Path, idx: list[int]) -> Path:
+    return partial / f"batch_{idx[0]}.done"
+
+
+def _batch_done(partial: Path, idx: list[int]) -> bool:
+    """A batch is done when its marker (written after its files) and every one of its files exist."""
+    return _marker(partial, idx).is_file() and all((partial / f"{i}.nii.gz").is_file() for i in idx)
+
+
+def sample_manifest(p: Params, dataset: str, size: int, shard: int | None, device: torch.device) -> dict:
+    """What the files of a sampling run depend on: its partial folder is reused only if this is unchanged."""
+    return {
+        "model": content_hash(model_path(p, dataset, size)),
+        "size": size,
+        "shard": shard,
+        "device": device.type,
+        "params": p.used("sample", dataset),
+    }
+
+
+def open_partial(partial: Path, manifest: dict) -> None:
+    """Make `partial` the folder of this run: keep it if its manifest.json is `manifest`, else start over.
+
+    The manifest names what the files depend on (model content, sampling and diffusion parameters,
+    protocol, size, shard, device), so batches drawn under other settings are never mixed in.
     """
+    manifest = json.loads(json.dumps(manifest, default=str))  # as it reads back
+    if partial.exists():
+        try:
+            old = json.loads((partial / "manifest.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == manifest:
+            return
+        changed = sorted(k for k in set(old or {}) | set(manifest) if (old or {}).get(k) != manifest.get(k))
+        log.warning("%s was drawn with other %s: starting over", partial, ", ".join(changed) or "settings")
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    io.write_json(partial / "manifest.json", manifest)
 
+
+def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> int:
+    """Write p.sample.n volumes to samples/<dataset>/<size>/<i>.nii.gz (HU, spacing fov/size mm); exit status.
+
+    Finished batches are kept in samples/<dataset>/<size>.partial/ (paths.partial) as they are written; a
+    re-run with the same model and settings draws only the missing ones, so a killed job loses at most
+    the batch in progress. SIGTERM/SIGUSR1 (SLURM's warning) stops after the current batch with exit
+    status 75 (signals.EXIT_REQUEUE: rerun to resume). When every batch is there the folder, with
+    montage.png (mid-slices of the first samples), replaces samples/<dataset>/<size>/ atomically and the
+    partial folder goes. With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn,
+    into samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
+    """
+    with StopRequest() as stop:
+        return _run_sample(p, dataset, size, shard, stop)
+
+
+def _run_sample(p: Params, dataset: str, size: int, shard: int | None, stop: StopRequest) -> int:
     path = model_path(p, dataset, size)
     s, n = p.sample, p.sample.n
     batches = shard_batches(n, s.batch_size, s.shards, shard)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    numerics = precision.sampling(protocol.is_paper(p))
+    precision.set_backends(numerics, device)
     model = load(path, map_location=device).eval()
     if model.input_size != size:
         raise ValueError(f"{path}: model works at {model.input_size}^3, asked for {size}^3")
-    seeds = sample_seeds(s.seed, n)
-    spacing = (p.preprocess.fov_mm / size,) * 3
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    if protocol.is_paper(p):  # the reference samples in fp32/TF32 with bf16 attention kernels only
+    if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
         from prdit.model.layers import set_attention_kernel_dtype
 
-        amp = None
-        set_attention_kernel_dtype(model, torch.bfloat16)
+        set_attention_kernel_dtype(model, numerics.attention)
+    seeds = sample_seeds(s.seed, n)
+    spacing = (p.preprocess.fov_mm / size,) * 3
     dest = out_dir(dataset, size, shard)
+    partial = paths.partial(dest)
+    open_partial(partial, sample_manifest(p, dataset, size, shard, device))
+    todo = [idx for idx in batches if not _batch_done(partial, idx)]
     with tracking.stage_run(
         p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
     ) as run:
@@ -119,35 +190,52 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
                 "shard": "all" if shard is None else f"{shard}/{s.shards}",
             }
         )
-        previews: list[np.ndarray] = []
-        written = 0
+        kept = len(batches) - len(todo)
+        log.info("%s: %d of %d batches already done, drawing %d", partial, kept, len(batches), len(todo))
+        drawn = 0
+        for idx in todo:
+            if stop.requested:
+                break
+            x = sample(
+                model,
+                (len(idx), model.in_channels, size, size, size),
+                steps=s.steps,
+                k=s.k,
+                seeds=[seeds[i] for i in idx],
+                device=device,
+                timesteps=p.diffusion.timesteps,
+                noise_std=p.diffusion.noise_std,
+                amp_dtype=precision.autocast_dtype(numerics, device),
+                grid="reference" if protocol.is_paper(p) else "project",
+                progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
+            )
+            for i, vol in zip(idx, x[:, 0].cpu().numpy()):
+                io.write_nifti(partial / f"{i}.nii.gz", to_hu(vol, p.preprocess.window), spacing)
+            io.write_json(_marker(partial, idx), {"samples": idx})
+            drawn += 1
+            run.log_metrics({"batches_drawn": drawn, "batches_done": kept + drawn}, step=kept + drawn)
+        log.info("drew %d of %d batches (%d already done)", drawn, len(batches), kept)
+        if kept + drawn < len(batches):
+            log.warning(
+                "stop signal %s: %d of %d batches kept in %s, exit status %d (rerun to resume)",
+                stop.signum,
+                kept + drawn,
+                len(batches),
+                partial,
+                stop.exit_status,
+            )
+            run.set_tags({"prdit.exit": "requeue"})
+            return stop.exit_status
         with io.atomic_dir(dest) as tmp:
-            for idx in batches:
-                x = sample(
-                    model,
-                    (len(idx), model.in_channels, size, size, size),
-                    steps=s.steps,
-                    k=s.k,
-                    seeds=[seeds[i] for i in idx],
-                    device=device,
-                    timesteps=p.diffusion.timesteps,
-                    noise_std=p.diffusion.noise_std,
-                    amp_dtype=amp,
-                    grid="reference" if protocol.is_paper(p) else "project",
-                    progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
-                )
-                for i, vol in zip(idx, x[:, 0].cpu().numpy()):
-                    hu = to_hu(vol, p.preprocess.window)
-                    io.write_nifti(tmp / f"{i}.nii.gz", hu, spacing)
-                    if shard is None and len(previews) < MONTAGE_ROWS:
-                        previews.append(from_hu(hu, p.preprocess.window))  # as merge_samples sees the files
-                written += len(idx)
-                run.log_metrics({"samples_written": written}, step=written)
+            for i in (i for idx in batches for i in idx):
+                _link(partial / f"{i}.nii.gz", tmp / f"{i}.nii.gz")
             if shard is None:
-                _montage(previews, tmp / "montage.png")
-        log.info("wrote %d samples to %s", written, dest)
+                _montage_from_files(tmp, n, p.preprocess.window)
+        shutil.rmtree(partial)
+        log.info("wrote %d samples to %s", sum(map(len, batches)), dest)
         if shard is None:
             run.log_image(dest / "montage.png", artifact_path="montages")
+    return EXIT_OK
 
 
 def merge_samples(p: Params, dataset: str, size: int) -> None:
@@ -157,8 +245,6 @@ def merge_samples(p: Params, dataset: str, size: int) -> None:
     across filesystems), and montage.png is drawn from the written files, so the folder is byte for
     byte what one unsharded `prdit sample` writes.
     """
-    import shutil
-
     s = p.sample
     dest = out_dir(dataset, size)
     with tracking.stage_run(
@@ -177,14 +263,7 @@ def merge_samples(p: Params, dataset: str, size: int) -> None:
                         f"{sorted(want, key=lambda f: int(f.split('.')[0]))} (re-run its sampling job)"
                     )
                 for name in sorted(want):
-                    try:
-                        (tmp / name).hardlink_to(src / name)
-                    except OSError:
-                        shutil.copy2(src / name, tmp / name)
-            previews = [
-                from_hu(io.read_nifti(tmp / f"{i}.nii.gz")[0], p.preprocess.window)
-                for i in range(min(MONTAGE_ROWS, s.n))
-            ]
-            _montage(previews, tmp / "montage.png")
+                    _link(src / name, tmp / name)
+            _montage_from_files(tmp, s.n, p.preprocess.window)
         log.info("merged %d shards (%d samples) into %s", s.shards, s.n, dest)
         run.log_image(dest / "montage.png", artifact_path="montages")

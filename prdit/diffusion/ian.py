@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 
@@ -10,9 +11,21 @@ TIMESTEPS = 1000
 NOISE_STD = 0.5
 
 
-def angle(t: torch.Tensor | float, timesteps: int = TIMESTEPS) -> torch.Tensor:
-    """b_t = (pi/2) t / T (float32 tensor, same shape as t)."""
-    return torch.as_tensor(t, dtype=torch.float32) * (math.pi / 2 / timesteps)
+@overload
+def angle(t: float, timesteps: int = TIMESTEPS, dtype: torch.dtype = torch.float32) -> float: ...
+@overload
+def angle(
+    t: torch.Tensor, timesteps: int = TIMESTEPS, dtype: torch.dtype = torch.float32
+) -> torch.Tensor: ...
+def angle(
+    t: torch.Tensor | float, timesteps: int = TIMESTEPS, dtype: torch.dtype = torch.float32
+) -> torch.Tensor | float:
+    """b_t = (pi/2) t / T, the one home of the angle: a Python float for a number (the sampler's grid
+    points), else a tensor of `dtype` shaped like t (float32 for the loss, float64 for the bridge)."""
+    rate = math.pi / 2 / timesteps
+    if isinstance(t, (int, float)):
+        return t * rate
+    return torch.as_tensor(t, dtype=dtype) * rate
 
 
 def expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def angle(t: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """IaN angle b = (pi/2) t / T, in float64 (per-sample scalars)."""
-    return t.double() * (math.pi / 2 / timesteps)
+from prdit.diffusion.ian import angle
 
 
 def bridge_angle(beta: torch.Tensor, factor: int = 2) -> torch.Tensor:
@@ -29,7 +26,7 @@ def bridge(
     x_t: torch.Tensor, t: torch.Tensor, timesteps: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pool and rescale x_t [B, C, 2S, 2S, 2S] at timesteps t -> (x_low, t_low nearest int, exact b')."""
-    beta = angle(t, timesteps)
+    beta = angle(t, timesteps, dtype=torch.float64)
     beta_low = bridge_angle(beta)
     scale = (torch.cos(beta_low) / torch.cos(beta).clamp_min(1e-12)).to(x_t.dtype)
     x_low = F.avg_pool3d(x_t, 2) * scale.view(-1, 1, 1, 1, 1)

@@ -24,12 +24,11 @@ about 75 steps never evaluate the model there.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prdit.diffusion.ian import angle
 from prdit.model.bridge import bridge, lift
 from prdit.model.dit import GlobalDiT
 from prdit.model.embed import TimestepEmbedder
@@ -41,7 +40,7 @@ EPS_GUARD_SIN = 0.02  # below this sin(b), eps-hat is shrunk towards 0 instead o
 
 def implied_eps(x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, timesteps: int) -> torch.Tensor:
     """eps with x_t = cos b x0_hat + sin b eps, guarded as sin b -> 0 (see the module docstring)."""
-    beta = t.double() * (math.pi / 2 / timesteps)
+    beta = angle(t, timesteps, dtype=torch.float64)
     sin, cos = torch.sin(beta), torch.cos(beta)
     scale = sin / torch.clamp(sin.square(), min=EPS_GUARD_SIN**2)  # 1 / sin b above the threshold
     shape = (-1,) + (1,) * (x_t.ndim - 1)
@@ -56,7 +55,7 @@ def consistent_x0(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, timesteps
     projection; its sampler direction sin b x0 - cos b eps equals the network's own.
     """
     c = x.shape[1]
-    beta = t.double() * (math.pi / 2 / timesteps)
+    beta = angle(t, timesteps, dtype=torch.float64)
     shape = (-1,) + (1,) * (x.ndim - 1)
     cos, sin = torch.cos(beta).to(x.dtype).view(shape), torch.sin(beta).to(x.dtype).view(shape)
     eps_hat, x0_hat = out[:, :c].to(x.dtype), out[:, c:].to(x.dtype)

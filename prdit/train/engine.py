@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
-from prdit import protocol, tracking
+from prdit import precision, protocol, tracking
 from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
 from prdit.data.dataset import VolumeDataset
 from prdit.diffusion import loss as ian_loss
@@ -596,7 +596,7 @@ def job_from_params(
         train=s,
         common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
-        bf16_autocast=not paper,
+        bf16_autocast=precision.training(paper).autocast == torch.bfloat16,
         final_weights="raw" if paper and stage == "local" else "ema",
         fingerprint=fingerprint,
         meta=meta,
@@ -607,9 +607,7 @@ def run_train(p: Params, dataset: str, stage: str) -> int:
     """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
 
     env = distributed.setup()
-    if env.device.type == "cuda":  # fp32 leftovers of bf16 autocast (EMA, optimizer, norms) on tensor cores
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    precision.set_backends(precision.training(protocol.is_paper(p)), env.device)  # TF32 on CUDA
     lock = signals.exclusive(stages.model_dir(dataset, stage)) if env.is_main else contextlib.nullcontext()
     try:
         with lock, StopRequest() as stop:

@@ -1,10 +1,10 @@
 """Graceful stop on the signals a scheduler sends before it kills a job, and the exit statuses.
 
-Exit statuses of `prdit train` (`run_train`'s return value):
-  0   EXIT_OK       training finished; model.pt and metrics.json are written.
+Exit statuses of `prdit train` (`run_train`'s return value; `prdit sample`, `run_sample`, the same way):
+  0   EXIT_OK       training finished; model.pt and metrics.json are written (sampling: the folder).
   75  EXIT_REQUEUE  stopped by SIGTERM or SIGUSR1 (SLURM time limit / preemption; the slurm profile asks for
                     `--signal=TERM@300`, which reaches every task, not `B:` which reaches only the batch
-                    shell) after writing last.pt. Rerunning the
+                    shell) after writing last.pt (sampling: after the batch in progress). Rerunning the
                     same command resumes exactly (75 is EX_TEMPFAIL of sysexits.h: "try again later";
                     requeue on it, e.g. Snakemake `--retries`, or `scontrol requeue` in a batch script).
   130 EXIT_INTERRUPTED  stopped by Ctrl-C (SIGINT) after writing last.pt; a second Ctrl-C aborts at once.

@@ -17,11 +17,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 import prdit.model as models
-from prdit import paths, protocol
+from prdit import paths, precision, protocol
 from prdit.config import Params
 from prdit.errors import PrditError
 
@@ -117,10 +116,11 @@ def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
         inner = getattr(model, "backbone", None)
         if isinstance(inner, nn.Module):
             inner.requires_grad_(False)
-    if paper:
+    attention = precision.training(paper).attention
+    if attention is not None:
         from prdit.model.layers import set_attention_kernel_dtype
 
-        set_attention_kernel_dtype(model, torch.bfloat16)
+        set_attention_kernel_dtype(model, attention)
     trained = [n for n, q in model.named_parameters() if q.requires_grad]
     if not trained:
         raise StageSetupError(

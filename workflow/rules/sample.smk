@@ -4,6 +4,10 @@
 # drawing whole batches into samples/<dataset>/<size>.shards/<k>/ (temporary); the local rule merge_samples
 # joins them into samples/<dataset>/<size>/, byte for byte what one job writes (so evaluation waits for every
 # shard). N = 1 (the default) is the single job writing the folder itself.
+# Finished batches are kept in <output>.partial/ (beside the output, which Snakemake deletes when a job fails):
+# `prdit sample` stopped by SIGTERM (SLURM's warning, --signal=TERM@300 in the slurm profile) exits 75 after
+# the batch in progress, and the slurm profile's `retries` (or a re-run after kill -9) draw only the missing
+# batches. `exec` lets the signal reach prdit, not the shell; logs are appended across attempts.
 
 
 rule sample:
@@ -26,7 +30,7 @@ rule sample:
         shard=shard_arg,
         used=used("sample"),
     shell:
-        "prdit sample --dataset {wildcards.dataset} --size {wildcards.size} {params.shard} > {log} 2>&1"
+        "exec prdit sample --dataset {wildcards.dataset} --size {wildcards.size} {params.shard} >> {log} 2>&1"
 
 
 if SAMPLE_SHARDS > 1:
