@@ -1,11 +1,11 @@
 """The cost of each GPU job of the DAG from the real models on fake tensors, against its rule's limits.
 
-Time = FLOPs / (peak of the precision the job computes in x MFU), attention at the bf16 peak (its kernels
-run in bf16 under both protocols), the rest at the job's matmul precision (MS-SSIM: its memory traffic at the GPU's bandwidth when that takes
-longer): training bf16 autocast
-(protocol project) or TF32 (paper, the reference's "high"); sampling the same under project and strict
-fp32 under paper; evaluation TF32 (cuDNN convolutions' default). MFU is ASSUMED_MFU unless a calibration
-file measured on the GPU exists (CALIBRATION, written by benchmarks/gpu_check.py).
+Time = FLOPs / (peak of the precision the job computes in x MFU). What each job computes in is
+prdit.precision's: training bf16 autocast (protocol project) or TF32 (paper, the reference's "high");
+sampling as training under project, strict fp32 under paper; attention at the bf16 peak (its kernels run
+in bf16 under both protocols); evaluation TF32 (cuDNN's default), MS-SSIM at its memory traffic over the
+GPU's bandwidth when that takes longer. MFU is ASSUMED_MFU unless a calibration file measured on the GPU
+exists (CALIBRATION, written by benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prdit import protocol
+from prdit import precision, protocol
 from prdit.config import Params
 from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan import limits
@@ -65,8 +65,9 @@ def mfu(gpu: GPU, kind: str) -> float:
     return ASSUMED_MFU[kind]
 
 
-def seconds(f: Flops, gpu: GPU, precision: str, util: float) -> float:
-    return (f.attention / gpu.peak("bf16") + (f.total - f.attention) / gpu.peak(precision)) / util
+def seconds(f: Flops, gpu: GPU, kind: str, util: float) -> float:
+    """Seconds to compute `f`: attention at the bf16 peak, the rest at the `kind` peak, both x `util`."""
+    return (f.attention / gpu.peak("bf16") + (f.total - f.attention) / gpu.peak(kind)) / util
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -80,9 +81,22 @@ def stage_model(p: Params, stage: str) -> torch.nn.Module:
     return assemble(p, stage, frozen).model
 
 
-def _autocast(p: Params) -> torch.autocast:
-    # project trains (and samples) under bf16 autocast; paper in fp32/TF32 (its attention kernels bf16)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=not protocol.is_paper(p))
+def _autocast(prec: precision.Precision) -> torch.autocast:
+    """The CUDA autocast of `prec` mirrored on the CPU, so activations are stored in the dtype they will be."""
+    return torch.autocast("cpu", dtype=prec.autocast or torch.bfloat16, enabled=prec.autocast is not None)
+
+
+def peak_kind(prec: precision.Precision) -> str:
+    """Which peak of prdit.plan.gpus the network's matmuls run at."""
+    return "bf16" if prec.autocast == torch.bfloat16 else "tf32" if prec.tf32_matmul else "fp32"
+
+
+def _training(p: Params) -> precision.Precision:
+    return precision.training(protocol.is_paper(p))
+
+
+def _sampling(p: Params) -> precision.Precision:
+    return precision.sampling(protocol.is_paper(p))
 
 
 def _volume(p: Params, batch: int, size: int, channels: int = 1) -> torch.Tensor:
@@ -98,7 +112,7 @@ def train_step_flops(p: Params, stage: str) -> Flops:
         def step() -> None:
             x0 = _volume(p, 1, size, model.in_channels)
             t = torch.randint(0, p.diffusion.timesteps, (1,))
-            with _autocast(p):
+            with _autocast(_training(p)):
                 loss, _ = ian_loss(model, x0, t=t, noise=torch.randn_like(x0) * p.diffusion.noise_std)
             loss.backward()
 
@@ -118,7 +132,7 @@ def train_step_bytes(p: Params, stage: str, micro: int, ddp: bool = False) -> in
         def step() -> None:
             x0 = _volume(p, micro, size, model.in_channels)
             t = torch.randint(0, p.diffusion.timesteps, (micro,))
-            with _autocast(p):
+            with _autocast(_training(p)):
                 loss, _ = ian_loss(model, x0, t=t, noise=torch.randn_like(x0) * p.diffusion.noise_std)
             loss.backward()
             opt.step()
@@ -155,7 +169,7 @@ def sample_call(p: Params, size: int, batch: int) -> tuple[Flops, int]:
         x = _volume(p, batch, size, model.in_channels)
 
         def call() -> None:
-            with torch.no_grad(), _autocast(p):
+            with torch.no_grad(), _autocast(_sampling(p)):
                 out = model(x, torch.full((batch,), p.diffusion.timesteps // 2))
             x.add_(out[:, : model.in_channels].float(), alpha=0.01)
 
@@ -213,8 +227,8 @@ def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
     per_sample = train_step_flops(p, stage)
     total = per_sample * (cfg.steps * cfg.batch_size)
     util = mfu(gpu, "train")
-    precision = "tf32" if protocol.is_paper(p) else "bf16"
-    gpu_h = seconds(total, gpu, precision, util) / 3600
+    kind = peak_kind(_training(p))
+    gpu_h = seconds(total, gpu, kind, util) / 3600
     wall = gpu_h / gpus
     mem = choice.bytes / GIB + CUDA_OVERHEAD_GIB
     size = p.preprocess.highres_size if highres else p.preprocess.size
@@ -226,7 +240,7 @@ def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
     if verdict == "over GPU memory":
         advice = f"set train.{stage}.micro_batch: auto (or a larger --gpu); {choice.note}"
     return JobCost(
-        f"train-{stage}/{dataset}", gpus, total.total, precision, util, gpu_h, wall, mem, host,
+        f"train-{stage}/{dataset}", gpus, total.total, kind, util, gpu_h, wall, mem, host,
         lim.runtime_h, lim.mem_gib, attempts, verdict, advice,
     )  # fmt: skip
 
@@ -240,8 +254,8 @@ def sample_jobs(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
     shards = max(1, s.shards)
     per_job = per_volume * math.ceil(s.n / shards)
     util = mfu(gpu, "sample")
-    precision = "fp32" if protocol.is_paper(p) else "bf16"
-    gpu_h = seconds(per_job, gpu, precision, util) / 3600
+    kind = peak_kind(_sampling(p))
+    gpu_h = seconds(per_job, gpu, kind, util) / 3600
     mem = peak / GIB + CUDA_OVERHEAD_GIB
     host = HOST_BASE_GIB + 3 * s.batch_size * size**3 * 4 / GIB
     verdict, attempts = _verdict(gpu, mem, host, gpu_h, lim)
@@ -251,7 +265,7 @@ def sample_jobs(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
         advice = f"sample.shards: {need} makes each shard one job of the {lim.runtime_h:g} h limit"
     name = f"sample/{dataset}/{size}" + (f" (each of {shards} shards)" if shards > 1 else "")
     return JobCost(
-        name, 1, per_job.total, precision, util, gpu_h, gpu_h, mem, host, lim.runtime_h, lim.mem_gib,
+        name, 1, per_job.total, kind, util, gpu_h, gpu_h, mem, host, lim.runtime_h, lim.mem_gib,
         attempts, verdict, advice,
     )  # fmt: skip
 
