@@ -180,7 +180,10 @@ def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     interim = tmp_path / "data" / "interim" / "t"
     interim.mkdir(parents=True)
-    img = sitk.GetImageFromArray(np.full((10, 12, 12), -1000, np.int16))
+    hu = np.full((10, 12, 12), -1000, np.int16)
+    hu[3:7, 4:8, 4:8] = 40  # some tissue: an all-air (constant) cube is rejected as no training case
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((4.0, 4.0, 4.0))
     sitk.WriteImage(img, str(interim / "a.nii.gz"))
     (interim / "b.nii.gz").write_bytes(b"not a nifti")
     pd.DataFrame({"case": ["a", "b"], "patient_id": ["a", "b"], "status": ["ok", "ok"]}).to_csv(

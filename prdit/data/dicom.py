@@ -9,7 +9,12 @@ Choices a reviewer should know about:
   (secondary capture, ultrasound, angiography, ...) are rejected by SOP class with its name.
 - HU = stored * RescaleSlope + RescaleIntercept, per slice. Pixels equal to PixelPaddingValue (or in
   its range) and values below -1500 HU (the -2000 / -3024 "outside the field of view" fill) become
-  air (-1000 HU); remaining values below -1024 HU are clipped to -1024.
+  air (-1000 HU); remaining values below -1024 HU are clipped to -1024. A slope that is 0, negative or
+  not finite, or an intercept that is not finite, rejects the series (no HU scale). Either every slice has
+  rescale or none does (a mix is rejected: the bare slices' scale is unknown); with none, every slice
+  must look like HU on its own (air near -1000) or the series is rejected.
+- ImageOrientationPatient, ImagePositionPatient and PixelSpacing must be finite numbers in every image
+  (NaN compares False and would pass every later check): checked before anything reaches ITK.
 - Duplicate slices (same position, same pixels) are dropped; same position with different pixels is
   rejected. A gap above `max_gap_factor` x the median spacing is a missing slice: rejected. Smaller
   spacing irregularities are resampled linearly onto a uniform grid along the normal.
@@ -414,6 +419,7 @@ class _Slice:
     slope: float
     intercept: float
     padding: np.ndarray | None
+    rescaled: bool = True  # the file gives RescaleSlope and RescaleIntercept (else slope 1, intercept 0)
 
     @property
     def hu(self) -> np.ndarray:
@@ -427,7 +433,6 @@ def read_files(
     report = SeriesReport()
     slices: list[_Slice] = []
     ref: dict[str, object] = {}
-    rescale_missing = []
     for f in files:
         report.files += 1
         f = Path(f)
@@ -451,15 +456,15 @@ def read_files(
                 f"{f}: pixel data of shape {stored.shape} for {len(frames)} frame(s) of {ref['shape']}"
             )
         for frame, pixels in zip(frames, stored):
-            rescale_missing.append(frame["slope"] is None or frame["intercept"] is None)
+            rescale = _rescale_pair(frame)
             slices.append(
                 _Slice(
                     frame["name"],
                     np.asarray([float(v) for v in frame["position"]]),
                     pixels,
-                    float(frame["slope"] or 1.0),
-                    float(frame["intercept"] or 0.0),
+                    *(rescale or (1.0, 0.0)),
                     _padding_mask(ds, pixels),
+                    rescaled=rescale is not None,
                 )
             )
     if report.dropped:
@@ -469,6 +474,7 @@ def read_files(
             "no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else "")
         )
 
+    _check_rescale_present(slices)
     iop = np.asarray(ref["iop"], float)
     row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     normal = np.cross(row, col)
@@ -480,7 +486,7 @@ def read_files(
             f"{len(slices)} slice(s) after removing unreadable/duplicate ones: not a volume "
             f"(need at least {max(min_slices, 2)})"
         )
-    if any(rescale_missing):
+    if not slices[0].rescaled:  # none has rescale (_check_rescale_present): every slice must look like HU
         _assume_hu(slices, report)
 
     pos = np.array([s.position @ normal for s in slices])
@@ -624,6 +630,45 @@ def _rescale(ds: pydicom.Dataset, frame: int, keyword: str):
     return ds.get(keyword) if value is None else value
 
 
+def _rescale_pair(frame: dict) -> tuple[float, float] | None:
+    """A frame's (RescaleSlope, RescaleIntercept); None when either is missing (or empty).
+
+    SeriesError naming the image when a value is not a number, the slope is not positive and finite (a
+    slope of 0 would make every voxel the intercept, a negative one inverts the grey scale) or the
+    intercept is not finite: there is no HU scale to read the slice on, and no repair the standard gives."""
+    slope, intercept = frame["slope"], frame["intercept"]
+    if slope in (None, "") or intercept in (None, ""):
+        return None
+    try:
+        values = float(slope), float(intercept)
+    except (TypeError, ValueError):
+        raise SeriesError(
+            f"{frame['where']}: RescaleSlope {slope!r} / RescaleIntercept {intercept!r} is not a number: "
+            "HU scale unknown"
+        ) from None
+    if not (np.isfinite(values[0]) and values[0] > 0):
+        raise SeriesError(
+            f"{frame['where']}: RescaleSlope {values[0]:g} is not a positive finite number: HU scale unknown"
+        )
+    if not np.isfinite(values[1]):
+        raise SeriesError(f"{frame['where']}: RescaleIntercept {values[1]:g} is not finite: HU scale unknown")
+    return values
+
+
+def _check_rescale_present(slices: list[_Slice]) -> None:
+    """All slices give RescaleSlope/RescaleIntercept, or none does; a mix leaves the bare slices' HU unknown."""
+    bare = [s.name for s in slices if not s.rescaled]
+    if not bare or len(bare) == len(slices):
+        return
+    intercepts = sorted({s.intercept for s in slices if s.rescaled})
+    others = ", ".join(f"{v:g}" for v in intercepts[:3]) + (", ..." if len(intercepts) > 3 else "")
+    raise SeriesError(
+        f"RescaleSlope/RescaleIntercept missing in {len(bare)} of {len(slices)} slice(s) "
+        f"({', '.join(bare[:3])}{', ...' if len(bare) > 3 else ''}) while the others have them "
+        f"(intercept {others}): HU scale of those slices unknown"
+    )
+
+
 def _check_consistent(frame: dict, ref: dict) -> None:
     """Every image must share orientation, matrix size and pixel spacing with the first one."""
     where = frame["where"]
@@ -638,6 +683,10 @@ def _check_consistent(frame: dict, ref: dict) -> None:
         raise SeriesError(f"{where}: orientation, position or pixel spacing is not numeric") from None
     if len(iop) != 6 or len(position) != 3 or len(spacing) != 2:
         raise SeriesError(f"{where}: orientation, position or pixel spacing has the wrong number of values")
+    for key, values in zip(frame["keys"], (iop, position, spacing)):  # NaN compares False: check, never trust
+        if not np.all(np.isfinite(values)):
+            shown = ", ".join(f"{v:g}" for v in values)
+            raise SeriesError(f"{where}: {key} ({shown}) is not finite (NaN or infinite): position unknown")
     shape = frame["shape"]
     f = where
     if not ref:
@@ -680,14 +729,22 @@ def _drop_duplicates(slices: list[_Slice], normal: np.ndarray, report: SeriesRep
 
 
 def _assume_hu(slices: list[_Slice], report: SeriesReport) -> None:
-    """No RescaleSlope/Intercept: accept stored values only if they already look like HU (air at -1000)."""
-    values = np.concatenate([s.hu[::4, ::4].ravel() for s in slices])
-    values = values[values > PADDING_BELOW_HU]
-    low = float(np.percentile(values, 1)) if values.size else 0.0
-    if not -1100.0 <= low <= -900.0:
+    """No RescaleSlope/Intercept: accept stored values only if every slice looks like HU (air near -1000).
+
+    Checked per slice: a slice stored on another scale (e.g. HU + 1024) among HU slices is caught too."""
+    bad = []
+    for s in slices:
+        values = s.hu[::2, ::2].ravel()
+        values = values[values > PADDING_BELOW_HU]
+        low = float(np.percentile(values, 1)) if values.size else float("nan")
+        if not -1100.0 <= low <= -900.0:
+            bad.append((s.name, low))
+    if bad:
+        name, low = bad[0]
         raise SeriesError(
-            f"RescaleIntercept/RescaleSlope missing and the stored values do not look like HU "
-            f"(1st percentile {low:.0f}, expected air near -1000): HU scale unknown"
+            f"RescaleIntercept/RescaleSlope missing and the stored values of {len(bad)} of {len(slices)} "
+            f"slice(s) do not look like HU ({name}: 1st percentile {low:.0f}, expected air near -1000): "
+            "HU scale unknown"
         )
     report.assumed_rescale = True
 

@@ -4,7 +4,9 @@ Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
 qc.png (mid-slices of a sample of cases). A volume is rejected when it covers less than
 ingest.min_extent_mm along an axis (too little anatomy: it would be mostly padding in the training
-cube), has fewer than ingest.min_slices slices, or holds no tissue at all. The raw input is only read, never modified or deleted.
+cube), has fewer than ingest.min_slices slices, holds no tissue at all, or holds values with no HU
+(NaN / infinite voxels, a missing or invalid rescale, non-finite positions: see prdit.data.dicom and
+prdit.data.inputs). The raw input is only read, never modified or deleted.
 Each case is computed once per (raw files, ingest params) and kept in the per-case cache
 (prdit.data.cache); the output folder is assembled from it, so re-runs compute only what changed.
 """
@@ -132,9 +134,15 @@ def extent_mm(image: sitk.Image) -> tuple[float, float, float]:
 
 
 def check_content(image: sitk.Image, min_extent_mm: list[float]) -> tuple[float, float, float]:
-    """The image's extent; SeriesError when it covers too little anatomy or no tissue at all."""
+    """The image's extent; SeriesError when its geometry is not finite, or it covers too little anatomy
+    or no tissue at all. Every comparison is written so that NaN fails it."""
+    geometry = [*image.GetSpacing(), *image.GetOrigin(), *image.GetDirection()]
+    if not np.all(np.isfinite(geometry)):
+        raise dicom.SeriesError(
+            f"geometry not finite (spacing {image.GetSpacing()}, origin {image.GetOrigin()}): position unknown"
+        )
     extent = extent_mm(image)
-    short = [axis for axis, e, m in zip("xyz", extent, min_extent_mm) if e < m]
+    short = [axis for axis, e, m in zip("xyz", extent, min_extent_mm) if not e >= m]
     if short:
         raise dicom.SeriesError(
             "covers {:.1f} x {:.1f} x {:.1f} mm (x, y, z), less than ingest.min_extent_mm=[{}] along {}: "
@@ -143,7 +151,7 @@ def check_content(image: sitk.Image, min_extent_mm: list[float]) -> tuple[float,
             )
         )
     peak = float(sitk.GetArrayViewFromImage(image).max())
-    if peak < TISSUE_HU:
+    if not peak >= TISSUE_HU:
         raise dicom.SeriesError(
             f"no tissue: every voxel is below {TISSUE_HU:g} HU (maximum {peak:g}): all air"
         )

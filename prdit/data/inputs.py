@@ -4,12 +4,14 @@ RAD-ChestCT (Draelos et al. 2021, Zenodo record 6406114) ships each scan as an .
 holds HU already clipped to [-1000, 1000], resampled to 0.8 mm isotropic, axial slices first and
 sorted by increasing z (feet to head), rows anterior->posterior, columns right->left: that is LPS
 with an identity direction. An optional `spacing` entry (x, y, z mm) in the file overrides 0.8 mm.
+A volume with any NaN or infinite voxel, or a non-finite geometry, is rejected with the count and the file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -42,6 +44,37 @@ def to_hu_int16(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
 
 
+def check_finite(path: Path, values: np.ndarray) -> None:
+    """SeriesError naming the file and the count when any voxel is NaN or infinite.
+
+    Such a voxel has no HU (casting would make it 0 HU, water; an all-NaN volume would pass as tissue):
+    the whole volume is rejected, however few there are."""
+    if values.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(values)
+    n_bad = int(np.count_nonzero(bad))
+    if not n_bad:
+        return
+    n_nan = int(np.count_nonzero(np.isnan(values)))
+    parts = [f"{n_nan} NaN"] if n_nan else []
+    parts += [f"{n_bad - n_nan} infinite"] if n_bad > n_nan else []
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise SeriesError(
+        f"{path}: {' and '.join(parts)} voxel(s) of {values.size} ({n_bad / values.size:.3%}, first at "
+        f"[z, y, x] = {list(first)}): not a volume in HU"
+    )
+
+
+def check_geometry(path: Path, image: sitk.Image) -> None:
+    """SeriesError naming the file when spacing, origin or direction is not finite, or a spacing not positive."""
+    spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    if not (np.all(np.isfinite([*spacing, *origin, *direction])) and min(spacing) > 0):
+        raise SeriesError(
+            f"{path}: geometry not usable (spacing {spacing}, origin {origin}, direction {direction}): "
+            "spacing must be positive and every value finite"
+        )
+
+
 def read_npz(path: Path) -> sitk.Image:
     """A RAD-ChestCT .npz (HU under `ct`, [z, y, x]) as an int16 HU image in LPS."""
     with np.load(path, allow_pickle=False) as data:
@@ -53,15 +86,30 @@ def read_npz(path: Path) -> sitk.Image:
         )
     if ct.ndim != 3:
         raise SeriesError(f"{path}: 'ct' has shape {ct.shape}, expected a 3D [z, y, x] volume")
-    if len(spacing) != 3 or min(spacing) <= 0:
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise SeriesError(f"{path}: 'spacing' {spacing} is not three positive numbers")
+    check_finite(path, ct)
     image = sitk.GetImageFromArray(to_hu_int16(ct))
     image.SetSpacing(spacing)
     return image
 
 
+def _check_nifti_finite(path: Path) -> None:
+    """check_finite on a NIfTI file's stored voxels, read by nibabel: ITK's NIfTI reader turns NaN into 0."""
+    try:
+        img = nib.load(path)
+        if img.get_data_dtype().kind not in "fc":
+            return
+        values = np.asanyarray(img.dataobj)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the ITK reader, with its reason
+        return
+    check_finite(path, values.transpose(*reversed(range(values.ndim))))  # [z, y, x] as ITK indexes it
+
+
 def read_hu_image(path: Path) -> sitk.Image:
     """A NIfTI (or other ITK-readable) volume in HU, reoriented to LPS, as int16."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -71,7 +119,10 @@ def read_hu_image(path: Path) -> sitk.Image:
             f"{path}: expected a scalar 3D volume, got {image.GetDimension()}D with "
             f"{image.GetNumberOfComponentsPerPixel()} component(s)"
         )
+    check_geometry(path, image)
     image = sitk.DICOMOrient(image, OUTPUT_ORIENTATION)
-    out = sitk.GetImageFromArray(to_hu_int16(sitk.GetArrayViewFromImage(image)))
+    values = sitk.GetArrayViewFromImage(image)
+    check_finite(path, values)
+    out = sitk.GetImageFromArray(to_hu_int16(values))
     out.CopyInformation(image)
     return out

@@ -43,7 +43,9 @@ from prdit.data.cache import (
     unique_key,
 )
 from prdit.data.dicom import AIR_HU
+from prdit.data.inputs import check_geometry
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
+from prdit.errors import PrditError
 from prdit.io import atomic_path
 from prdit.viz import montage
 
@@ -70,6 +72,10 @@ QC_COLUMNS = [
     "v_p99",
     "seconds",
 ]
+
+
+class CubeError(PrditError, ValueError):
+    """A case whose cube would be wrong training data (outside the volume, constant): the reason says why."""
 
 
 def processed_dir(dataset: str) -> Path:
@@ -224,6 +230,7 @@ def preprocess_case(
 ) -> dict:
     """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row."""
     image = sitk.ReadImage(path)
+    check_geometry(Path(path), image)  # a NaN origin would put the cube outside the volume: all air
     if not np.allclose(image.GetDirection(), IDENTITY, atol=1e-6):
         image = sitk.DICOMOrient(image, "LPS")
     if mode == "reference":
@@ -233,12 +240,14 @@ def preprocess_case(
             s: (cube, sp, _cube_origin(image, s, sp))
             for s, (cube, sp) in cubes_default(image, sizes, fov_mm, window).items()
         }
+    top = max(cubes)
+    outside = 0.0 if mode == "reference" else _outside_fraction(image, top, cubes[top][1])
+    check_cubes(path, cubes, outside)
     for size, (cube, spacing, origin) in cubes.items():
         folder = Path(out_root) / str(size)
         write_unit_nifti(folder / f"{case}.nii.gz", cube, spacing, origin)
         with atomic_path(folder / f"{case}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, cube.astype(np.float16))
-    top = max(cubes)
     cube, spacing, _ = cubes[top]
     return {
         "case": case,
@@ -248,11 +257,21 @@ def preprocess_case(
         "in_shape_zyx": "x".join(map(str, reversed(image.GetSize()))),
         "sizes": " ".join(map(str, sorted(cubes))),
         "out_spacing": " ".join(f"{cubes[s][1]:.4g}" for s in sorted(cubes)),
-        "outside_fraction": 0.0
-        if mode == "reference"
-        else float(f"{_outside_fraction(image, top, spacing):.6g}"),  # 0.99997 stays < 1
+        "outside_fraction": float(f"{outside:.6g}"),  # 0.99997 stays < 1
         **percentiles(cube, prefix="v"),
     }
+
+
+def check_cubes(path: str, cubes: dict[int, tuple], outside: float) -> None:
+    """CubeError naming the input when the cube lies outside the volume or a cube is constant or not finite.
+
+    Written so that NaN fails every test: no such cube is ever written as a training case."""
+    if not outside < 1.0:
+        raise CubeError(f"{path}: the cube lies entirely outside the volume (outside fraction {outside:g})")
+    for size, (cube, *_) in sorted(cubes.items()):
+        lo, hi = float(np.min(cube)), float(np.max(cube))
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise CubeError(f"{path}: the {size}^3 cube is constant or not finite (min {lo:g}, max {hi:g})")
 
 
 def write_unit_nifti(path: Path, cube: np.ndarray, spacing: float, origin) -> None:

@@ -42,8 +42,12 @@ def model_path(p: Params, dataset: str, size: int) -> Path:
         raise ValueError(
             f"size {size} is not one of this config's sizes {p.sizes()} (preprocess.size / highres_size)"
         )
-    stage = "highres" if size == p.preprocess.highres_size else "global"
-    return paths.model_file(dataset, stage)
+    return paths.model_file(dataset, model_stage(p, size))
+
+
+def model_stage(p: Params, size: int) -> str:
+    """The training stage whose model generates `size`: highres at preprocess.highres_size, else global."""
+    return "highres" if size == p.preprocess.highres_size else "global"
 
 
 def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = None) -> list[list[int]]:
@@ -165,9 +169,8 @@ def _run_sample(p: Params, dataset: str, size: int, shard: int | None, stop: Sto
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     numerics = precision.sampling(protocol.is_paper(p))
     precision.set_backends(numerics, device)
-    model = load(path, map_location=device).eval()
-    if model.input_size != size:
-        raise ValueError(f"{path}: model works at {model.input_size}^3, asked for {size}^3")
+    # the stage-2 (or highres) model at this size, before anything is written: a copied stage-1 file is named
+    model = load(path, map_location=device, stage=model_stage(p, size), input_size=size).eval()
     if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
         from prdit.model.layers import set_attention_kernel_dtype
 

@@ -12,13 +12,43 @@ import torch.nn as nn
 
 from prdit.errors import PrditError
 from prdit.io import write_torch
-from prdit.model.registry import create
+from prdit.model.registry import VARIANTS, create
 
 FORMAT = "prdit-model/1"
 
 
 class ModelFileError(PrditError, ValueError):
     """A model file that is missing, truncated or not ours: one line naming the file."""
+
+
+class ModelMismatchError(ModelFileError):
+    """A readable model file that is not the model this command needs (other stage, size or architecture)."""
+
+
+STAGE_KINDS = {"local": "prdit", "global": "prdit", "highres": "highres"}  # registry kind of each stage
+
+
+def check_stage(obj: dict[str, Any], source: str, stage: str, input_size: int | None = None) -> None:
+    """ModelMismatchError (one line naming the file) unless `obj` (a model file dict) is a `stage` model.
+
+    Checked: meta.stage where the file records one, the architecture (a highres variant for highres, a
+    PRDiT with a DiT, depth >= 1, for global) and, when given, the input size."""
+    recorded = (obj.get("meta") or {}).get("stage")
+    name = obj.get("name", "?")
+    variant = VARIANTS.get(name, {})
+    depth = (obj.get("overrides") or {}).get("depth", variant.get("depth"))
+    why = ""
+    if recorded is not None and recorded != stage:
+        why = f"its meta.stage is {recorded!r}"
+    elif variant and variant["kind"] != STAGE_KINDS[stage]:
+        why = f"its architecture {name} is not a {stage} model"
+    elif stage == "global" and depth == 0:
+        why = f"its architecture {name} has depth 0 (a stage-1 local model)"
+    elif input_size is not None and obj.get("input_size") != input_size:
+        why = f"it works at {obj.get('input_size')}^3"
+    if why:
+        expected = f"the {stage} model" + (f" at {input_size}^3" if input_size is not None else "")
+        raise ModelMismatchError(f"{source}: expected {expected}, but {why}; put the right model file there")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -84,8 +114,17 @@ def content_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored by `save` (weights_only loading)."""
+def load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    stage: str | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
+    """Rebuild the model stored by `save` (weights_only loading).
+
+    With `stage` (and `input_size`) the file must be that stage's model (`check_stage`), checked before
+    the model is built."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
@@ -93,6 +132,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line, no chained traceback
         raise ModelFileError(f"{path}: cannot read model file ({type(e).__name__}); re-create it") from None
+    if stage is not None and isinstance(obj, dict) and obj.get("format") == FORMAT:
+        check_stage(obj, str(path), stage, input_size)
     model = from_file_dict(obj, str(path))
     return model.to(map_location)
 

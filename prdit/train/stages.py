@@ -79,7 +79,7 @@ def build(p: Params, dataset: str, stage: str) -> StageModel:
         # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
         # child's last.pt look stale
         parents[str(parent)] = models.content_hash(parent)
-        frozen = models.load(parent, map_location="cpu")
+        frozen = models.load(parent, map_location="cpu", stage=PARENT[stage], input_size=p.preprocess.size)
     sm = assemble(p, stage, frozen)
     sm.parents = parents
     return sm
