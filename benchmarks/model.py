@@ -27,7 +27,6 @@ from tests import reference  # noqa: E402
 
 STUB = ROOT / "tests" / "reference_stub"
 TARGET = {"PRDiT-B/12/4": (7.2 * 0.7, 2.0 * 0.7)}  # the 0.7 x (7.2 s/step, 2.0 s/forward)
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def rss_mib() -> float:
@@ -186,15 +185,18 @@ def worker_gpu(name: str, size: int, batch: int, reps: int) -> dict:
         step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / reps
+    from prdit.plan.gpus import GPUS, key_of
+
     gpu = torch.cuda.get_device_name()
-    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in gpu), float("nan"))
+    key = key_of(gpu)  # prdit.plan.gpus: the one table of peaks
+    peak = GPUS[key].bf16_tflops if key else float("nan")
     return {
         "gpu": gpu,
         "batch": batch,
         "train_s": dt,
         "samples_per_s": batch / dt,
         "tflops": flops / dt / 1e12,
-        "mfu": flops / dt / 1e12 / peak,
+        "mfu": flops / dt / 1e12 / peak,  # against the bf16 peak; FLOPs as FlopCounterMode counts them
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
 

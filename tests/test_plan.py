@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from prdit.cli import main
 from prdit.config import deep_merge
 from prdit.diffusion.ian import loss as ian_loss
+from prdit.plan import cost
 from prdit.plan.cost import stage_model, train_step_bytes, train_step_flops
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, MEM_FRACTION
 from prdit.plan.measure import CPU_ATTENTION, count_flops
@@ -150,3 +151,28 @@ def test_prdit_plan_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*args, "--params", str(huge), "--gpu", "a100"]) == 1
     out = capsys.readouterr().out
     assert "over time limit" in out and "FlopCounterMode" in out
+
+
+def test_prdit_plan_says_whether_its_mfu_was_measured_or_assumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    args = ["--root", str(ROOT), "plan", "--params", str(ROOT / "params.yaml"), "--params", str(cfg)]
+    calibration = tmp_path / "gpu_calibration.json"
+    monkeypatch.setattr(cost, "CALIBRATION", calibration)  # not the project's file, whatever it holds
+    main([*args, "--gpu", "h100"])
+    assert f"MFU assumed (no h100 entry in {calibration})" in capsys.readouterr().out
+    measured = {"train": 0.5, "sample": 0.25, "evaluate": 0.125}  # exact in binary: compared with ==
+    calibration.write_text(json.dumps({"h100": {"mfu": measured, "date": "2026-12-01"}}))
+    main([*args, "--gpu", "h100"])
+    out = capsys.readouterr().out
+    assert f"MFU measured on 2026-12-01 ({calibration})" in out and "train 50%" in out
+    main([*args, "--gpu", "h100", "--json"])
+    jobs = json.loads(capsys.readouterr().out)
+    assert {j["job"].split("/")[0].split("-")[0]: j["mfu"] for j in jobs} == measured
+    calibration.write_text(json.dumps({"h100": {"mfu": {"train": 0.5}, "date": "2026-12-01"}}))
+    main([*args, "--gpu", "a100"])
+    assert "MFU assumed (no a100 entry" in capsys.readouterr().out
+    main([*args, "--gpu", "h100"])
+    assert "for train; assumed for sample, evaluate" in capsys.readouterr().out

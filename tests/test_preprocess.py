@@ -171,7 +171,7 @@ def test_volume_dataset_reads_the_cache(preprocessed, monkeypatch):
     assert sorted(ids) == ["P1", "P2"]
     ds = VolumeDataset("t", 64, "train")
     x = ds[0]
-    assert x.dtype == torch.float32 and x.shape == (1, 64, 64, 64) and -1 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float16 and x.shape == (1, 64, 64, 64) and -1 <= x.min() and x.max() <= 1
     with pytest.raises(FileNotFoundError, match="split file"):
         VolumeDataset("nope", 64, "train")
 

@@ -23,6 +23,7 @@ from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
 from prdit.plan.measure import Flops, count_flops, fake_mode, peak_bytes, traffic_bytes
+from prdit.train import data
 
 GIB = 2**30
 ASSUMED_MFU = {"train": 0.35, "sample": 0.35, "evaluate": 0.25}  # assumed: no GPU run has measured them yet
@@ -56,13 +57,30 @@ class JobCost:
         return asdict(self)
 
 
+def calibration(gpu: GPU) -> dict:
+    """This GPU's entry of CALIBRATION ({"mfu": {kind: x}, "date": .., the figures}); {} when none."""
+    if not CALIBRATION.is_file():
+        return {}
+    return json.loads(CALIBRATION.read_text()).get(gpu.key, {})
+
+
 def mfu(gpu: GPU, kind: str) -> float:
     """Model-FLOPs utilisation: measured for this GPU when benchmarks/gpu_calibration.json has it."""
-    if CALIBRATION.is_file():
-        measured = json.loads(CALIBRATION.read_text()).get(gpu.key, {}).get("mfu", {})
-        if kind in measured:
-            return float(measured[kind])
-    return ASSUMED_MFU[kind]
+    measured = calibration(gpu).get("mfu", {})
+    return float(measured[kind]) if kind in measured else ASSUMED_MFU[kind]
+
+
+def mfu_source(gpu: GPU) -> str:
+    """Where the MFU of each job kind comes from: measured on a date (CALIBRATION) or assumed."""
+    entry = calibration(gpu)
+    measured = [k for k in ASSUMED_MFU if k in entry.get("mfu", {})]
+    assumed = [k for k in ASSUMED_MFU if k not in measured]
+    if not measured:
+        return f"MFU assumed (no {gpu.key} entry in {CALIBRATION})"
+    said = f"MFU measured on {entry.get('date', 'an unknown date')} ({CALIBRATION})"
+    if assumed:
+        said = f"{said} for {', '.join(measured)}; assumed for {', '.join(assumed)}"
+    return said
 
 
 def seconds(f: Flops, gpu: GPU, kind: str, util: float) -> float:
@@ -232,9 +250,9 @@ def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
     wall = gpu_h / gpus
     mem = choice.bytes / GIB + CUDA_OVERHEAD_GIB
     size = p.preprocess.highres_size if highres else p.preprocess.size
-    vol = size**3 * 4 / GIB
-    workers = max(1, p.train.common.num_workers)
-    host = HOST_BASE_GIB + workers * 4 * choice.micro * vol * (gpus if gpus > 1 else 1)  # prefetch 4
+    # each process's loader: its micro-batches in flight, float16, as prdit.train.data holds them
+    loader = data.host_bytes(p.train.common.num_workers, choice.micro, size)
+    host = HOST_BASE_GIB + loader * gpus / GIB
     verdict, attempts = _verdict(gpu, mem, host, wall, lim)
     advice = choice.note
     if verdict == "over GPU memory":

@@ -38,3 +38,11 @@ GPUS = {
         GPU("a100", "NVIDIA A100 SXM4 80 GB", 312.0, 156.0, 19.5, 79.1, 2.04),
     )
 }
+
+# torch.cuda.get_device_name() substrings -> key, first match wins (the PCIe H100 before the SXM one)
+DEVICE_NAMES = (("H100 PCIe", "h100-pcie"), ("H100 80GB HBM3", "h100"), ("H200", "h200"), ("A100", "a100"))
+
+
+def key_of(device_name: str) -> str | None:
+    """The GPUS key of a CUDA device by its name (torch.cuda.get_device_name), None if not in the table."""
+    return next((key for part, key in DEVICE_NAMES if part in device_name), None)

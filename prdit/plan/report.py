@@ -6,7 +6,7 @@ import json
 import logging
 
 from prdit.config import ConfigError, Params
-from prdit.plan.cost import JobCost, plan
+from prdit.plan.cost import JobCost, mfu_source, plan
 from prdit.plan.gpus import GPUS
 
 CONVENTION = (
@@ -52,6 +52,7 @@ def run_plan(p: Params, gpu: str, as_json: bool = False) -> int:
         print(json.dumps([j.as_dict() for j in jobs], indent=1))
     else:
         mfus = sorted({f"{j.job.split('/')[0].split('-')[0]} {j.mfu:.0%}" for j in jobs})
-        print(f"{g.label} ({g.mem_gib:g} GiB); MFU {', '.join(mfus)}; {CONVENTION}\n")
+        print(f"{g.label} ({g.mem_gib:g} GiB); MFU {', '.join(mfus)}; {CONVENTION}")
+        print(f"{mfu_source(g)}\n")
         print(table(jobs))
     return 0 if all(j.ok for j in jobs) else 1

@@ -6,6 +6,10 @@ so the whole run is fixed by (seed, N). Optimizer step s consumes stream positio
 diffusion time and noise of a sample are drawn from a generator seeded by its position. Hence a
 resumed run, a run on another number of processes and an uninterrupted run see the same data and
 the same noise, and the only data-loader state to checkpoint is one integer.
+
+Volumes travel as float16 (the cache's dtype, HOST_DTYPE): host, shared and pinned memory and the
+host-to-GPU copy are half of float32's; the step converts them on the device. On CUDA, DeviceFeed
+copies the next micro-batch on a side stream while the current one computes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+HOST_DTYPE = torch.float16  # what the loader yields (prdit.data.dataset: the cache as stored)
+PREFETCH = 4  # micro-batches each loader worker keeps ready (DataLoader prefetch_factor)
 
 
 def seed_of(*parts: int) -> int:
@@ -90,8 +97,56 @@ def train_loader(
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=PREFETCH if workers else None,
     )
+
+
+def host_bytes(workers: int, micro: int, size: int) -> int:
+    """Host memory of the loader's micro-batches in flight: PREFETCH per worker (in shared or pinned
+    memory), one more being pinned or copied to the GPU; without workers, the one being read."""
+    batches = workers * PREFETCH + 1 if workers else 1
+    return batches * micro * size**3 * torch.finfo(HOST_DTYPE).bits // 8
+
+
+class DeviceFeed:
+    """(x0, positions) micro-batches of `loader` with x0 on `device`, still HOST_DTYPE.
+
+    On CUDA the next micro-batch's copy (pinned memory, non-blocking) is issued on a side stream before
+    the current one is handed out, so it overlaps the step's compute; the step's stream waits for it
+    only when the batch is used. Elsewhere a plain `.to(device)`.
+    """
+
+    def __init__(self, loader: DataLoader | Iterator, device: torch.device) -> None:
+        self.batches = iter(loader)
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.next: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.stream is not None:
+            self.next = self._issue()
+
+    def _issue(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            x, pos = next(self.batches)
+        except StopIteration:
+            return None
+        with torch.cuda.stream(self.stream):
+            return x.to(self.device, non_blocking=True), pos
+
+    def __iter__(self) -> DeviceFeed:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stream is None:
+            x, pos = next(self.batches)
+            return x.to(self.device), pos
+        if self.next is None:
+            raise StopIteration
+        x, pos = self.next
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        x.record_stream(current)  # the allocator must not reuse x's memory before the step is done with it
+        self.next = self._issue()
+        return x, pos
 
 
 def val_loader(

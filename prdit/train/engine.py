@@ -229,9 +229,9 @@ class _Loop:
         wait = 0.0
         for a in range(job.common.grad_accum):
             t0 = time.perf_counter()
-            x, pos = next(batches)
-            x = x.to(env.device, non_blocking=True)
+            x, pos = next(batches)  # on env.device, float16 (data.DeviceFeed)
             wait += time.perf_counter() - t0
+            x = x.float()  # exact (every float16 is a float32): the loss is a float32 loader's, to the bit
             last = a == job.common.grad_accum - 1
             with self.net.no_sync() if env.distributed and not last else contextlib.nullcontext():
                 with self.autocast():
@@ -319,7 +319,7 @@ class _Loop:
                 job.common.grad_accum,
             )
         self.raw.train()
-        batches: Iterator = iter(loader)
+        batches: Iterator = data.DeviceFeed(loader, env.device)
         try:
             while self.step < job.train.steps:
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prdit.diffusion import sample
+from prdit.train.data import DeviceFeed
 from prdit.train.distributed import DistEnv, all_sum
 from prdit.viz import montage
 
@@ -36,8 +37,8 @@ def val_loss(
     was_training = model.training
     model.eval()
     loss_sum, count = torch.zeros((), dtype=torch.float64, device=env.device), 0
-    for x, idx in loader:
-        x = x.to(env.device, non_blocking=True)
+    for x, idx in DeviceFeed(loader, env.device):
+        x = x.float()  # float16 from the loader, converted exactly on the device (as in training)
         with autocast():
             loss, _ = loss_fn(model, x, idx.tolist(), VAL_STREAM)
         loss_sum += loss.detach().double() * len(x)

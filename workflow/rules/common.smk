@@ -154,6 +154,19 @@ def train_resource(name):
     return value
 
 
+TRAIN_MAX_THREADS = 64  # CPUs per node a training job asks for at most
+
+
+def train_threads(wildcards):
+    """CPUs per node of a training job (`prdit launch --cpus`, SLURM --cpus-per-task): each GPU process
+    and its train.common.num_workers loader workers, one CPU each, at most TRAIN_MAX_THREADS; the
+    profile's set-threads wins."""
+    gpus = int(train_resource("gpu")(wildcards))
+    nodes = int(train_resource("nodes")(wildcards))
+    per_node = max(1, -(-gpus // nodes))
+    return min(TRAIN_MAX_THREADS, per_node * (PARAMS.train.common.num_workers + 1))
+
+
 # ------------------------------------------------------------------------------------------- sampling
 def sample_model(wildcards):
     """The backbone size samples from the stage-2 model, the stage-3 size from the highres model (which

@@ -10,7 +10,8 @@
 # step, which is what SLURM's warning signal (--signal=TERM@300) reaches. `mpi=0` makes the slurm-jobstep
 # executor run the command in the batch script (as for MPI jobs, without its own one-task srun, which would
 # hold the allocation's GPUs) while the submit side adds no MPI task options. `exec` lets signals reach the
-# launcher instead of the shell. Logs are appended across attempts.
+# launcher instead of the shell. Logs are appended across attempts. Its CPUs follow its GPUs (train_threads:
+# one per GPU process and per loader worker, per node).
 
 
 rule train:
@@ -25,7 +26,7 @@ rule train:
         "logs/benchmarks/train/{dataset}.{stage}.tsv"
     conda:
         CONDA_ENV
-    threads: 8
+    threads: train_threads
     resources:
         mem_mb=job_limit("train", "mem_mb"),
         runtime=job_limit("train", "runtime"),
