@@ -124,7 +124,7 @@ class TrainCommon:
     preview_every: int = field(metadata=SCHEDULE)
     log_every: int = field(metadata=SCHEDULE)
     num_workers: int = field(metadata=SCHEDULE)
-    compile: bool = field(metadata=SCHEDULE)
+    compile: bool | str = field(metadata=SCHEDULE)  # true, false or "strict" (prdit.train.compiling)
     max_nonfinite: int = field(metadata=SCHEDULE)
     # the GPU memory `micro_batch: auto` fits into (GiB); None = the device's own (prdit.train.batching)
     gpu_memory_gib: float | None = field(default=None, metadata=SCHEDULE)

@@ -28,6 +28,7 @@ MODELS = Path("models")
 SAMPLES = Path("samples")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+STATE = Path(".prdit")  # the project's own caches and spools (not outputs of any stage)
 
 
 class NotAProjectError(PrditError, FileNotFoundError):
@@ -105,6 +106,11 @@ def metrics(dataset: str, size: str | int) -> Path:
 def reports(dataset: str, size: str | int) -> Path:
     """reports/<dataset>/<size>: the evaluation's report.html and its figures and tables."""
     return REPORTS / str(dataset) / str(size)
+
+
+def inductor_cache() -> Path:
+    """.prdit/inductor-cache: torch.compile's inductor and Triton caches, reused by a requeued job."""
+    return STATE / "inductor-cache"
 
 
 def is_root(folder: Path) -> bool:

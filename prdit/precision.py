@@ -41,6 +41,23 @@ def sampling(paper: bool) -> Precision:
     return Precision(autocast=None, tf32_matmul=False, tf32_conv=True, attention=torch.bfloat16)
 
 
+def evaluation() -> Precision:
+    """What `prdit evaluate` computes in: fp32 at PyTorch's defaults, under either protocol."""
+    return Precision(autocast=None, tf32_matmul=False, tf32_conv=True, attention=None)
+
+
+def describe(precision: Precision, device: torch.device) -> str:
+    """One line of what a stage computes in on `device` (what its run records)."""
+    if device.type != "cuda":
+        return "fp32"
+    auto, att = precision.autocast, precision.attention
+    return (
+        f"autocast {str(auto).removeprefix('torch.') if auto else 'off'}, "
+        f"matmul {'tf32' if precision.tf32_matmul else 'fp32'}, conv {'tf32' if precision.tf32_conv else 'fp32'}, "
+        f"attention {str(att).removeprefix('torch.') if att else 'as the network'}"
+    )
+
+
 def set_backends(precision: Precision, device: torch.device) -> None:
     """Set the process-wide TF32 switches for `precision` (CUDA only: the CPU has no TF32)."""
     if device.type == "cuda":

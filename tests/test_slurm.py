@@ -3,7 +3,8 @@
 
 The cluster's node declares the GPUs, CPUs and memory the profile asks for (as GRES backed by
 placeholder devices), so the profile runs unchanged; the only overrides are faster status polling
-here and, in the preemption test, two GPUs for one rule.
+here, PRDIT_DEVICE=cpu in the jobs' environment (their GPUs are placeholders: without it prdit.device
+stops a GPU job that finds no usable GPU) and, in the preemption test, two GPUs for one rule.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ PROFILE = "slurm"  # the root link to profiles/slurm: what users type
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 T = TypeVar("T")
 STAGES = PIPELINE_STAGES - {"download"}  # the jobs SLURM runs (download stays on the submit host)
+# sbatch --export=ALL hands the jobs this: "run on the CPU, I know the GPUs are not real" (prdit.device)
+ON_CPU = {"PRDIT_DEVICE": "cpu"}
 
 
 def sh(cmd: list[str], cwd: Path | None = None, **env: str) -> str:
@@ -181,7 +184,12 @@ def slurm_run(
     wait_for_server(uri, mlflow_server[1].parent / "server.log")
     cmd = ["snakemake", "--profile", PROFILE, "all", *FAST_POLL]
     res = subprocess.run(
-        cmd, cwd=project, capture_output=True, text=True, timeout=1500, env=tool_env(MLFLOW_TRACKING_URI=uri)
+        cmd,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=tool_env(MLFLOW_TRACKING_URI=uri, **ON_CPU),
     )
     output = res.stdout + res.stderr
     if res.returncode != 0:
@@ -365,7 +373,11 @@ def run_while(
     its SLURM jobs)."""
     with open(out_path, "w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT, env=tool_env(MLFLOW_TRACKING_URI=uri)
+            cmd,
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=tool_env(MLFLOW_TRACKING_URI=uri, **ON_CPU),
         )
     try:
         acted = act(proc)

@@ -59,7 +59,7 @@ def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
     if broken:
         engine.DDP = _NoSyncDDP
     adamw = torch.optim.AdamW
-    env = distributed.setup(prefer_cuda=False)
+    env = distributed.setup()  # on the CPU: PRDIT_DEVICE=cpu (_run)
     g = torch.Generator().manual_seed(5)
     volumes = [torch.rand(1, SIZE, SIZE, SIZE, generator=g) * 2 - 1 for _ in range(7)]
     try:
@@ -93,7 +93,7 @@ def _child(out: Path, global_batch: int, accum: int, broken: bool) -> int:
 
 def _run(cmd: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PRDIT_DEVICE="cpu")
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

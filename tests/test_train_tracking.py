@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from prdit.train.engine import run_train
@@ -57,6 +58,17 @@ def test_run_train_logs_losses_throughput_and_previews_to_mlflow(
     (run,) = client.search_runs([client.get_experiment_by_name("train-test").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "train-local/phantom/16"
     assert run.data.params["train.local.model"] == "PRDiT-T/8/0"
+    # where it computed (prdit.device): the device, GPU, versions, precision and attention kernels
+    device = {k: v for k, v in run.data.params.items() if k == "device" or k.startswith("device.")}
+    assert (
+        device["device"]
+        == run.data.tags["prdit.device"]
+        == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    )
+    assert device["device.torch"] == torch.__version__ and device["device.cuda"] == str(torch.version.cuda)
+    assert {"device.gpu", "device.capability", "device.cudnn", "device.precision", "device.attention"} <= set(
+        device
+    )
     assert len(run.data.tags["prdit.data_hash"]) == 16
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [2, 4]

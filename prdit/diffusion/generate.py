@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from prdit import io, paths, precision, protocol, tracking, viz
+from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
 from prdit.model import content_hash, load
@@ -158,15 +159,23 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
     partial folder goes. With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn,
     into samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
     """
+    device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
     with StopRequest() as stop:
-        return _run_sample(p, dataset, size, shard, stop)
+        return _run_sample(p, dataset, size, shard, stop, device, why)
 
 
-def _run_sample(p: Params, dataset: str, size: int, shard: int | None, stop: StopRequest) -> int:
+def _run_sample(
+    p: Params,
+    dataset: str,
+    size: int,
+    shard: int | None,
+    stop: StopRequest,
+    device: torch.device,
+    why: dict[str, str],
+) -> int:
     path = model_path(p, dataset, size)
     s, n = p.sample, p.sample.n
     batches = shard_batches(n, s.batch_size, s.shards, shard)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     numerics = precision.sampling(protocol.is_paper(p))
     precision.set_backends(numerics, device)
     # the stage-2 (or highres) model at this size, before anything is written: a copied stage-1 file is named
@@ -185,11 +194,11 @@ def _run_sample(p: Params, dataset: str, size: int, shard: int | None, stop: Sto
         p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
     ) as run:
         tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
+        announce(run, describe_device(device, why, numerics))
         run.log_params(
             {
                 "model_file": str(path),
                 "model": getattr(model, "spec", {}).get("name", "?"),
-                "device": device.type,
                 "shard": "all" if shard is None else f"{shard}/{s.shards}",
             }
         )

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prdit import paths, protocol, tracking
+from prdit import paths, precision, protocol, tracking
+from prdit.device import announce, describe_device, select_device
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
@@ -79,6 +80,7 @@ def _diversity(
     label: str,
     notes: list[str],
     unreadable: dict[int, str] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[float | None, float | None, int]:
     """Mean and sd of MS-SSIM over `n_pairs` pairs of `n_volumes` volumes held in memory (batched)."""
     if n_volumes < 2 or n_pairs == 0:
@@ -92,7 +94,7 @@ def _diversity(
         else:
             pairs.append((i, j))
     try:
-        vals = pairwise_values(volumes, pairs)
+        vals = pairwise_values(volumes, pairs, device)
     except ValueError as exc:  # every pair has the same shape: all fail alike (volume below the window)
         notes.extend([f"MS-SSIM ({label}): pair skipped ({exc})"] * len(pairs))
         vals = np.zeros(0)
@@ -102,10 +104,10 @@ def _diversity(
 
 
 def _read_each_once(
-    paths: Sequence[Path], idx: Iterable[int], kind: str, size: int, window: Any
+    paths: Sequence[Path], idx: Iterable[int], kind: str, size: int, window: Any, device: torch.device | None
 ) -> tuple[dict[int, Any], dict[int, str]]:
     """Volumes `idx` of `paths`, each read once (on the GPU when it has room); unreadable ones with why."""
-    bank, ok, bad = VolumeBank(), {}, {}
+    bank, ok, bad = VolumeBank(device), {}, {}
     for i in sorted(set(idx)):
         try:
             bank.append(read_volume(paths[i], size, kind, window))
@@ -130,11 +132,13 @@ def score(
     processed_root: Path = paths.PROCESSED,
     splits_root: Path = paths.SPLITS,
     features_root: Path = paths.FEATURES,
+    device: torch.device | None = None,
 ) -> Scored:
     """Compute every number of the evaluation: features and their scores, MS-SSIM, audit, diagnostics.
 
     Each generated volume is read once: feature extraction fills a VolumeBank that MS-SSIM then scores
-    in batches; real train volumes for the MS-SSIM floor are read once each.
+    in batches; real train volumes for the MS-SSIM floor are read once each. `device`: prdit.device's
+    choice (default: select_device()).
     """
     paper = protocol_name == "paper"
     axes = "xyz" if paper else "zyx"
@@ -145,9 +149,10 @@ def score(
         raise FileNotFoundError(
             f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
         )
+    device = device or select_device()[0]
     torch.manual_seed(seed)
     model, info = build_extractor(weights, sha256)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     skipped: list[str] = []
     real = real_summaries(
         dataset, size, window, model, info, skipped, processed_root, splits_root, features_root, axes=axes
@@ -158,7 +163,7 @@ def score(
             f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}"
         )
     gen_ids = [p.name.removesuffix(".nii.gz") for p in gen_paths]
-    gen_vols = VolumeBank()
+    gen_vols = VolumeBank(device)
     generated = summarise(
         gen_paths,
         gen_ids,
@@ -186,14 +191,14 @@ def score(
     train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
     n_gen = len(gen_vols)
     gen_pairs = n_gen * (n_gen - 1) // 2 if paper else ms_ssim_pairs
-    diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes)}
+    diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes, device=device)}
     floor_pairs = pair_indices(len(train_paths), ms_ssim_pairs, seed) if len(train_paths) >= 2 else []
     montage_idx = range(min(MONTAGE_ROWS, len(train_paths)))
     real_vols, unreadable = _read_each_once(
-        train_paths, [k for p in floor_pairs for k in p] + list(montage_idx), "real", size, window
+        train_paths, [k for p in floor_pairs for k in p] + list(montage_idx), "real", size, window, device
     )
     diversity["floor"] = _diversity(
-        real_vols, len(train_paths), ms_ssim_pairs, seed, "real train", notes, unreadable
+        real_vols, len(train_paths), ms_ssim_pairs, seed, "real train", notes, unreadable, device
     )
     memo = audit(generated, train, heldout)
     diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
@@ -347,6 +352,7 @@ def evaluate(
     features_root: Path = paths.FEATURES,
     metrics_root: Path = paths.METRICS,
     reports_root: Path = paths.REPORTS,
+    device: torch.device | None = None,
 ) -> tuple[dict, Path, Path]:
     """Score, build the record, write the metrics file and report; returns (metrics, json path, report dir).
 
@@ -370,6 +376,7 @@ def evaluate(
         processed_root,
         splits_root,
         features_root,
+        device,
     )
     m = record(s)
     metrics_path, report_dir = write(m, s, metrics_root, reports_root)
@@ -414,6 +421,9 @@ def numeric(m: dict, prefix: str = "") -> dict[str, float]:
 
 def run_evaluate(p: Params, dataset: str, size: int) -> None:
     """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures."""
+    device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
+    numerics = precision.evaluation()
+    precision.set_backends(numerics, device)
     ev = p.evaluate
     used = {
         "evaluate": p.raw.get("evaluate", {}),
@@ -421,6 +431,7 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
         "protocol": protocol.name(p),
     }
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
+        announce(run, describe_device(device, why, numerics))
         for split in ("train", "val", "test"):  # the real reference and floor sets
             tracking.log_split(run, p, dataset, size, split, "evaluation")
         run.log_dataset(f"samples/{dataset}/{size}", paths.samples(dataset, size), "samples")
@@ -435,6 +446,7 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
             ev.seed,
             ev.num_samples,
             protocol.name(p),
+            device=device,
         )
         run.set_tags(
             {

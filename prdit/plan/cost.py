@@ -15,14 +15,25 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from prdit import precision, protocol
+from prdit import protocol
 from prdit.config import Params
-from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
-from prdit.plan.measure import Flops, count_flops, fake_mode, peak_bytes, traffic_bytes
+from prdit.plan.measure import Flops
+from prdit.plan.steps import (  # noqa: F401  (also what benchmarks/gpu_check.py and the tests measure)
+    affine_bytes,
+    extractor_cost,
+    model_calls,
+    pair_bytes,
+    peak_kind,
+    sample_call,
+    sample_model,
+    sampling_precision,
+    stage_model,
+    train_step_bytes,
+    train_step_flops,
+    training_precision,
+)
 from prdit.train import data
 
 GIB = 2**30
@@ -88,134 +99,6 @@ def seconds(f: Flops, gpu: GPU, kind: str, util: float) -> float:
     return (f.attention / gpu.peak("bf16") + (f.total - f.attention) / gpu.peak(kind)) / util
 
 
-# ------------------------------------------------------------------------------------------ models
-def stage_model(p: Params, stage: str) -> torch.nn.Module:
-    """The stage's model as training builds it (prdit.train.stages.assemble) with fresh parents; call it
-    under fake_mode() so nothing is allocated."""
-    from prdit.train.stages import PARENT, assemble
-
-    parent = PARENT[stage]
-    frozen = stage_model(p, parent) if parent else None
-    return assemble(p, stage, frozen).model
-
-
-def _autocast(prec: precision.Precision) -> torch.autocast:
-    """The CUDA autocast of `prec` mirrored on the CPU, so activations are stored in the dtype they will be."""
-    return torch.autocast("cpu", dtype=prec.autocast or torch.bfloat16, enabled=prec.autocast is not None)
-
-
-def peak_kind(prec: precision.Precision) -> str:
-    """Which peak of prdit.plan.gpus the network's matmuls run at."""
-    return "bf16" if prec.autocast == torch.bfloat16 else "tf32" if prec.tf32_matmul else "fp32"
-
-
-def _training(p: Params) -> precision.Precision:
-    return precision.training(protocol.is_paper(p))
-
-
-def _sampling(p: Params) -> precision.Precision:
-    return precision.sampling(protocol.is_paper(p))
-
-
-def _volume(p: Params, batch: int, size: int, channels: int = 1) -> torch.Tensor:
-    return torch.randn(batch, channels, size, size, size)
-
-
-def train_step_flops(p: Params, stage: str) -> Flops:
-    """FLOPs of one sample's forward + loss + backward in `stage` (linear in the batch)."""
-    with fake_mode():
-        model = stage_model(p, stage)
-        size = model.input_size
-
-        def step() -> None:
-            x0 = _volume(p, 1, size, model.in_channels)
-            t = torch.randint(0, p.diffusion.timesteps, (1,))
-            with _autocast(_training(p)):
-                loss, _ = ian_loss(model, x0, t=t, noise=torch.randn_like(x0) * p.diffusion.noise_std)
-            loss.backward()
-
-        return count_flops(step)
-
-
-def train_step_bytes(p: Params, stage: str, micro: int, ddp: bool = False) -> int:
-    """Peak bytes of live tensors in one training step at per-GPU micro-batch `micro`, AdamW state
-    allocated (as from the second step on); with `ddp`, plus DDP's gradient buckets (one fp32 copy of
-    the trained parameters)."""
-    with fake_mode():
-        model = stage_model(p, stage)
-        size = model.input_size
-        trained = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(trained, lr=1e-4, foreach=False)
-
-        def step() -> None:
-            x0 = _volume(p, micro, size, model.in_channels)
-            t = torch.randint(0, p.diffusion.timesteps, (micro,))
-            with _autocast(_training(p)):
-                loss, _ = ian_loss(model, x0, t=t, noise=torch.randn_like(x0) * p.diffusion.noise_std)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        peak = peak_bytes(step, model, opt, warmup=True)
-        return peak + (sum(q.numel() * 4 for q in trained) if ddp else 0)
-
-
-def affine_bytes(measure, at: int) -> int:
-    """Peak bytes at batch `at` from measurements at 1 and 2: memory is affine in the batch."""
-    one, two = measure(1), measure(2)
-    return one + (two - one) * (at - 1)
-
-
-def sample_model(p: Params, size: int) -> torch.nn.Module:
-    stage = "highres" if size == p.preprocess.highres_size else "global"
-    return stage_model(p, stage)
-
-
-def model_calls(p: Params) -> int:
-    """Network evaluations per generated volume (the sampler's grid)."""
-    from prdit.diffusion.sampler import reference_grid
-
-    if protocol.is_paper(p):
-        return len(reference_grid(p.sample.steps, p.diffusion.timesteps)) - 1
-    return p.sample.steps
-
-
-def sample_call(p: Params, size: int, batch: int) -> tuple[Flops, int]:
-    """FLOPs and peak bytes of one sampler step (model call + update) for `batch` volumes."""
-    with fake_mode():
-        model = sample_model(p, size).eval()
-        x = _volume(p, batch, size, model.in_channels)
-
-        def call() -> None:
-            with torch.no_grad(), _autocast(_sampling(p)):
-                out = model(x, torch.full((batch,), p.diffusion.timesteps // 2))
-            x.add_(out[:, : model.in_channels].float(), alpha=0.01)
-
-        return count_flops(call), peak_bytes(call, model)
-
-
-def pair_bytes(size: int) -> int:
-    """Memory traffic of one MS-SSIM pair (prdit.evaluate.ms_ssim.ms_ssim_batch as evaluation runs it)."""
-    from prdit.evaluate.ms_ssim import ms_ssim_batch
-
-    a = torch.empty((1, size, size, size), device="meta")
-    return traffic_bytes(lambda: ms_ssim_batch(a, a))
-
-
-def extractor_cost(size: int, batch: int) -> tuple[Flops, int]:
-    """FLOPs per volume and peak bytes at `batch` volumes of the feature extractor's forward pass."""
-    from prdit.evaluate.resnet3d import MedicalNetResNet50
-
-    with fake_mode():
-        model = MedicalNetResNet50().eval()
-
-        def forward(n: int):
-            with torch.no_grad():
-                return lambda: model(torch.randn(n, 1, size, size, size))
-
-        return count_flops(forward(1)), peak_bytes(forward(batch), model)
-
-
 # ------------------------------------------------------------------------------------------ jobs
 def _verdict(gpu: GPU, mem: float, host: float, hours: float, lim: limits.Limit) -> tuple[str, int]:
     usable = lim.runtime_h - LIMIT_MARGIN_H
@@ -230,8 +113,8 @@ def _verdict(gpu: GPU, mem: float, host: float, hours: float, lim: limits.Limit)
 
 
 def _train_resources(p: Params, stage: str) -> int:
-    r = p.raw.get("resources", {}).get("train", {}).get(stage, {})
-    return int(r.get("gpu", 1)) * int(r.get("nodes", 1))
+    """The stage's training processes: resources.train.<stage>.gpu, the job's GPUs over all its nodes."""
+    return int(p.raw.get("resources", {}).get("train", {}).get(stage, {}).get("gpu", 1))
 
 
 def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
@@ -245,7 +128,7 @@ def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
     per_sample = train_step_flops(p, stage)
     total = per_sample * (cfg.steps * cfg.batch_size)
     util = mfu(gpu, "train")
-    kind = peak_kind(_training(p))
+    kind = peak_kind(training_precision(p))
     gpu_h = seconds(total, gpu, kind, util) / 3600
     wall = gpu_h / gpus
     mem = choice.bytes / GIB + CUDA_OVERHEAD_GIB
@@ -272,7 +155,7 @@ def sample_jobs(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
     shards = max(1, s.shards)
     per_job = per_volume * math.ceil(s.n / shards)
     util = mfu(gpu, "sample")
-    kind = peak_kind(_sampling(p))
+    kind = peak_kind(sampling_precision(p))
     gpu_h = seconds(per_job, gpu, kind, util) / 3600
     mem = peak / GIB + CUDA_OVERHEAD_GIB
     host = HOST_BASE_GIB + 3 * s.batch_size * size**3 * 4 / GIB

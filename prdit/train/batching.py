@@ -5,7 +5,7 @@ step into more, smaller micro-batches changes nothing but memory and the order o
 sample keeps its own noise and timestep (prdit.train.data.draw), so the optimizer trajectory stays the same.
 train.<stage>.micro_batch: unset = train.common.grad_accum decides; N = that micro-batch; auto = the
 largest divisor of the per-process batch whose training step fits the GPU (train.common.gpu_memory_gib,
-else the device's own memory; on a CPU the host's), measured on fake tensors of the real model (prdit.plan.cost).
+else the device's own memory; on a CPU the host's), measured on fake tensors of the real model (prdit.plan.steps).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def micro_batch(
     """The micro-batch and accumulation of `stage` on `processes` GPUs; `budget_gib` is the GPU memory
     `auto` fits into (train.common.gpu_memory_gib wins when set). With `estimate`, the peak memory at
     the chosen micro-batch is measured on fake tensors (a few seconds)."""
-    from prdit.plan.cost import affine_bytes, train_step_bytes
+    from prdit.plan.steps import affine_bytes, train_step_bytes
 
     cfg = p.train.stage(stage)
     per = per_process_batch(p, stage, processes)

@@ -11,10 +11,12 @@ import datetime
 import logging
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from prdit.device import select_device
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # how prdit.device chose `device`
 
     @property
     def is_main(self) -> bool:
@@ -60,11 +63,12 @@ def _slurm_master_addr() -> str:
         return nodes.split(",")[0].split("[")[0]
 
 
-def setup(prefer_cuda: bool = True, timeout_min: float = 30.0) -> DistEnv:
-    """Initialise the process group when launched with several processes; pick this process's device."""
+def setup(timeout_min: float = 30.0) -> DistEnv:
+    """Pick this process's device (prdit.device: a requested but unusable GPU stops here, before the
+    process group) and initialise the group when launched with several processes."""
     rank, world, local = detect()
-    cuda = prefer_cuda and torch.cuda.is_available()
-    device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    device, why = select_device(local)
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -81,7 +85,7 @@ def setup(prefer_cuda: bool = True, timeout_min: float = 30.0) -> DistEnv:
             timeout=datetime.timedelta(minutes=timeout_min),
         )
         log.info("process group up: rank %d of %d on %s", rank, world, device)
-    return DistEnv(rank, world, local, device)
+    return DistEnv(rank, world, local, device, why)
 
 
 def teardown() -> None:

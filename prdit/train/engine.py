@@ -9,6 +9,7 @@ on the stage's trainable parameters only; gradient clipping on their global norm
 parameters from step 1 (the frozen parts are shared, not copied). A step whose loss or gradient norm
 is non-finite on any rank is skipped by all ranks. Per-sample time and noise depend only on the
 sample's position in the data stream (data.py), so a resumed run is bitwise identical on the CPU.
+`train.common.compile` compiles in a warm-up before the first step, eager if that fails (compiling.py).
 
 Files (rank 0 only) in models/<dataset>/<stage>/:
   last.pt       resume checkpoint, every `train.common.checkpoint_every` steps, on a stop signal and
@@ -41,10 +42,11 @@ import prdit.model as models
 from prdit import precision, protocol, tracking
 from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
 from prdit.data.dataset import VolumeDataset
+from prdit.device import announce, describe_device
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.train import batching, data, distributed, signals, stages
+from prdit.train import batching, compiling, data, distributed, signals, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
@@ -156,8 +158,32 @@ class _Loop:
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
-        if job.common.compile:
-            self.net = torch.compile(self.net)
+
+    def compile(self, micro: int) -> None:
+        """train.common.compile: compile the network in a warm-up now (prdit.train.compiling), else eager."""
+        if self.job.common.compile:
+            self.net = compiling.compile_or_eager(
+                self.net,
+                self.job.common.compile,
+                lambda net: self.warm_up(net, micro),
+                agree=lambda failed: distributed.any_rank(self.env, failed)[0],
+            )
+
+    def warm_up(self, net: nn.Module, micro: int) -> None:
+        """One forward and backward of `net` on a zero micro-batch, leaving every state of the run as it was:
+        RNG streams forked, no gradient sync (DDP), gradients dropped, optimizer and EMA untouched."""
+        env, raw = self.env, self.raw
+        x = torch.zeros(
+            (micro, getattr(raw, "in_channels", 1), *(self.sm.input_size,) * 3), device=env.device
+        )
+        cuda = [env.device.index] if env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            with net.no_sync() if env.distributed else contextlib.nullcontext():  # type: ignore[operator]
+                with self.autocast():
+                    loss, _ = self.loss_fn(net, x, list(range(micro)), 0)
+                loss.backward()
+        for q in self.raw.parameters():
+            q.grad = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.env.device.type == "cuda" and self.job.bf16_autocast:
@@ -319,6 +345,7 @@ class _Loop:
                 job.common.grad_accum,
             )
         self.raw.train()
+        self.compile(micro)
         batches: Iterator = data.DeviceFeed(loader, env.device)
         try:
             while self.step < job.train.steps:
@@ -606,8 +633,9 @@ def job_from_params(
 def run_train(p: Params, dataset: str, stage: str) -> int:
     """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
 
-    env = distributed.setup()
-    precision.set_backends(precision.training(protocol.is_paper(p)), env.device)  # TF32 on CUDA
+    env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
+    numerics = precision.training(protocol.is_paper(p))
+    precision.set_backends(numerics, env.device)  # TF32 on CUDA
     lock = signals.exclusive(stages.model_dir(dataset, stage)) if env.is_main else contextlib.nullcontext()
     try:
         with lock, StopRequest() as stop:
@@ -631,6 +659,7 @@ def run_train(p: Params, dataset: str, stage: str) -> int:
                 else contextlib.nullcontext(NullRun())
             )
             with runs as run:
+                announce(run, describe_device(env.device, env.why, numerics))
                 run.set_tags({"prdit.data_hash": job.meta["data_hash"]})
                 tracking.log_split(run, p, dataset, size, "train", "training")
                 tracking.log_split(run, p, dataset, size, "val", "validation")
