@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -143,6 +144,54 @@ def test_full_disk_in_preprocess_is_one_line_and_leaves_the_folder_as_it_was(tmp
         assert not [p for p in processed.rglob("*") if p.name.startswith(".")]
     finally:
         subprocess.run(["umount", str(processed)], check=True)
+
+
+FSIZE_CLI = FSIZE + textwrap.dedent(
+    """
+    import os, sys
+    limit = int(os.environ.pop("TEST_FSIZE"))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from prdit.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_file_size_limit_in_preprocess_is_one_line_and_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    """The same without root: every case cached (window B by a --shard run), the cache on another file
+    system (/dev/shm) so the folder is assembled by copies, and a file-size limit (EFBIG) on those."""
+    project = tmp_path / "p"
+    _interim(project)
+    cache = Path("/dev/shm") / f"prdit-test-{os.getpid()}-{tmp_path.name}"
+    assert os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev, "needs /dev/shm on another file system"
+    sources = {"t": {"format": "nifti", "path": str(tmp_path / "raw"), "download": "none"}}
+    base = {"datasets": ["t"], "sources": sources, "preprocess": {"size": 16, "highres_size": 32}}
+    first = project_params(tmp_path, base)
+    second = project_params(project, {**base, "preprocess": {**base["preprocess"], "window": [-900, 300]}})
+    processed = project / "data" / "processed"
+    try:
+        env = {"PRDIT_CACHE_DIR": str(cache)}
+        assert (
+            prdit("preprocess", "--dataset", "t", "--params", str(first), cwd=project, **env).returncode == 0
+        )
+        shard = prdit(
+            "preprocess", "--dataset", "t", "--shard", "0", "--params", str(second), cwd=project, **env
+        )
+        assert shard.returncode == 0, shard.stderr
+        before = tree_digest(processed / "t")
+        biggest = max(p.stat().st_size for p in (processed / "t").rglob("*.npy"))
+        cmd = [sys.executable, "-c", FSIZE_CLI, "preprocess", "--dataset", "t", "--params", str(second)]
+        full = tool_env(PRDIT_TRACKING="off", PYTHONPATH=str(ROOT), TEST_FSIZE=str(biggest // 2), **env)
+        res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=full, timeout=300)
+        assert_one_line(res, "preprocess", "File too large")
+        assert tree_digest(processed / "t") == before  # no case with the new window, qc.csv the old one
+        assert sorted(p.name for p in processed.iterdir()) == [
+            "t",
+            "t.shards",
+        ]  # no temporary folder, no lock
+        assert not [p for p in processed.rglob("*") if p.name.startswith(".")]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 # 7 ------------------------------------------------------------------------------------------------------
