@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prdit import paths
 from prdit.config import STAGES, ConfigError, load
-from prdit.errors import PrditError
+from prdit.errors import PrditError, describe
 
 
 def _common(
@@ -164,6 +164,13 @@ def param_files(args: argparse.Namespace) -> list[str | Path]:
     return from_env.split(os.pathsep) if from_env else ["params.yaml"]
 
 
+def dvc_dataset(value: str) -> str:
+    """The dataset of `--dataset "$DVC_STAGE"` (dvc.yaml: DVC sets DVC_STAGE to `<stage>@<dataset>`, so the
+    name reaches prdit through the environment and never through the shell's parser); else `value`."""
+    stage = os.environ.get("DVC_STAGE")
+    return value.split("@", 1)[1] if stage and value == stage and "@" in value else value
+
+
 def _run(args: argparse.Namespace) -> int | None:
     cmd = args.command
     if cmd == "launch":  # reads no parameters and no project files: it only starts the command it is given
@@ -173,6 +180,8 @@ def _run(args: argparse.Namespace) -> int | None:
         return run_launch(args.nodes, args.gpus, argv, node_task=args.node_task, cpus=args.cpus)
     _enter_root(args)
     params = load(param_files(args))
+    if getattr(args, "dataset", None) is not None:
+        args.dataset = dvc_dataset(args.dataset)
     dataset = getattr(args, "dataset", None)
     if dataset is not None and dataset not in params.sources:
         raise ConfigError(f"--dataset {dataset!r}: not under 'sources' (known: {', '.join(params.sources)})")
@@ -246,6 +255,7 @@ def _run(args: argparse.Namespace) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error is one line on stderr (the traceback too under --verbose)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -257,12 +267,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = _run(args)
     except ConfigError as exc:
+        _traceback(args)
         print(f"prdit: invalid parameters: {exc}", file=sys.stderr)
         return 2
     except PrditError as exc:
+        _traceback(args)
         print(f"prdit {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        _traceback(args)
+        print(f"prdit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one top-level handler: one line, traceback under --verbose
+        _traceback(args)
+        hint = "" if args.verbose else " (run with --verbose for the traceback)"
+        print(f"prdit {args.command}: {describe(exc)}{hint}", file=sys.stderr)
+        return 1
     return int(status or 0)
+
+
+def _traceback(args: argparse.Namespace) -> None:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -374,9 +374,43 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML file repeats a key (YAML would keep the last one silently)."""
+
+    def __init__(self, key: object, mark: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.problem = f"duplicate key {key!r} (each key may appear once per mapping)"
+        self.problem_mark = mark
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key repeated in one mapping (a second top-level block would replace
+    the first whole)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if repeated:
+                raise DuplicateKeyError(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_text(text: str) -> Any:
+    """yaml.safe_load that rejects duplicated keys (DuplicateKeyError, a yaml.YAMLError with its line)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml_text(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameter file not found") from None
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, binary: one line naming it

@@ -6,6 +6,7 @@ Arrays are indexed [z, y, x] (SimpleITK's order); spacing and origin tuples are 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -17,6 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from prdit.errors import PrditError, os_error
+
+
+class Busy(PrditError):
+    """Another process holds the lock of an output: concurrent runs on one output fail at once."""
 
 
 def _umask() -> int:
@@ -43,30 +50,95 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except Exception as exc:
+        _name_the_file(exc, final)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
+def exclusive(lock: str | Path, what: str) -> Iterator[None]:
+    """Hold the flock of file `lock` (made if missing, removed when released) or raise Busy naming `what`.
+
+    The lock goes with the process however it ends (flock); the file is removed on release so a finished
+    or failed run leaves nothing behind. After locking, the inode is checked against the path, so a file
+    removed by its previous holder in the meantime is never trusted: we lock the new one instead.
+    """
+    lock = Path(lock)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(
+                f"{what}: another prdit process is writing it (it holds {lock}); wait for it or stop it"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _name_the_file(exc: BaseException, final: Path) -> None:
+    """Re-raise an OSError behind `exc` that names no file (a full disk inside torch.save or SimpleITK) as
+    one naming `final`, so the one-line error says which output could not be written."""
+    found = os_error(exc)
+    if found is not None and found.filename is None:
+        raise OSError(found.errno, found.strerror or str(found), str(final)) from exc
+
+
+def _old(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover(final: Path) -> None:
+    """Finish a swap cut short by a kill: restore `final` from .<name>.old if it is missing, else drop .old."""
+    old = _old(final)
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(final):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, final)
+
+
+@contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds."""
+    """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds.
+
+    Runs on one output exclude each other (lock file .<name>.lock beside it; the second fails with Busy),
+    and a swap a kill cut short is finished on entry (`recover`), so the output is never missing for good.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
-    tmp.chmod(0o777 & ~_umask())
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive(final.with_name(f".{final.name}.lock"), str(final)):
+        recover(final)
+        _remove_orphans(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
+        tmp.chmod(0o777 & ~_umask())
+        try:
+            yield tmp
+            if final.exists():
+                old = _old(final)
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 from prdit import paths
 from prdit.config import Params, load
+from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,22 @@ class _Sender:
             self.client.set_terminated(self.run_id, status=event["status"], end_time=event["ts"])
 
     def already_imported(self, experiment: str, replay_id: str) -> bool:
-        """A run tagged prdit.replay_id=`replay_id` exists in `experiment` (a spool replayed before)."""
+        """A complete run tagged prdit.replay_id=`replay_id` exists in `experiment` (a spool replayed
+        before). Runs with that id cut short (no prdit.replay_complete tag and still RUNNING) are deleted,
+        so the import that follows completes the run."""
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             return False
         found = self.client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`prdit.replay_id` = '{replay_id}'", max_results=1
+            [exp.experiment_id], filter_string=f"tags.`prdit.replay_id` = '{replay_id}'"
         )
-        return bool(found)
+        complete = [r for r in found if r.data.tags.get(REPLAY_COMPLETE) == "1" or r.info.status != "RUNNING"]
+        if complete:
+            return True
+        for r in found:
+            log.info("run %s was imported only in part; importing it again", r.info.run_id)
+            self.client.delete_run(r.info.run_id)
+        return False
 
     def _link_artifact(self, path: str, artifact_path: str | None) -> bool:
         """Hard-link a big file into a local artifact store instead of copying it; False: copy as usual.
@@ -469,38 +478,106 @@ def stage_run(
     run.close()
 
 
+# What each kind of spool event must hold (key -> accepted types); what `_Sender.send` reads.
+_EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "start": {"experiment": (str,), "run_name": (str,), "tags": (dict,), "ts": (int,)},
+    "metrics": {"metrics": (dict,), "ts": (int,)},
+    "params": {"params": (dict,)},
+    "tags": {"tags": (dict,)},
+    "artifact": {"path": (str,)},
+    "dataset": {"name": (str,), "digest": (str,), "source": (str,)},
+    "end": {"status": (str,), "ts": (int,)},
+}
+REPLAY_COMPLETE = "prdit.replay_complete"  # tag set once every event of a replayed run was sent
+
+
+class SpoolError(PrditError):
+    """A spool file cannot be replayed; the message names the file, the line and the reason."""
+
+
+def _check_event(event: Any) -> str | None:
+    """Why `event` is not a spool event, or None."""
+    if not isinstance(event, dict):
+        return f"expected an event (a JSON object), got {type(event).__name__}"
+    kind = event.get("kind")
+    if kind not in _EVENT_KEYS:
+        return f"unknown event kind {kind!r} (known: {', '.join(_EVENT_KEYS)})"
+    for key, types in _EVENT_KEYS[kind].items():
+        if key not in event:
+            return f"a {kind!r} event without {key!r}"
+        if not isinstance(event[key], types) or isinstance(event[key], bool) and bool not in types:
+            return f"{kind!r} event: {key!r} is a {type(event[key]).__name__}"
+    if kind == "metrics":
+        if not (event.get("step") is None or isinstance(event["step"], int)):
+            return "'metrics' event: 'step' is not an integer"
+        for name, value in event["metrics"].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"'metrics' event: metric {name!r} is not a number ({value!r})"
+    if kind == "params" and not all(isinstance(v, str) for v in event["params"].values()):
+        return "'params' event: every value must be a string"
+    return None
+
+
+def read_spool(path: str | Path) -> list[list[tuple[int, dict[str, Any]]]]:
+    """The runs of a spool file (each a list of (line number, event), starting with its 'start'),
+    checked whole before anything is sent: SpoolError names the line of the first problem. A line that is
+    not JSON (cut short by a crash while it was written) is a warning and skipped."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpoolError(f"{path}: spool file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SpoolError(f"{path}: cannot read the spool file ({why})") from None
+    runs: list[list[tuple[int, dict[str, Any]]]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d: not a spool event (cut short?); skipped", path, number)
+            continue
+        why = _check_event(event)
+        if why is None and event["kind"] != "start" and not runs:
+            why = f"a {event['kind']!r} event before any 'start' event"
+        if why is not None:
+            raise SpoolError(
+                f"{path}:{number}: {why}; fix or remove the line, then import again (nothing was sent)"
+            )
+        if event["kind"] == "start":
+            runs.append([])
+        runs[-1].append((number, event))
+    return runs
+
+
 def import_spool(path: str | Path, uri: str | None = None) -> int:
     """Replay a spool file into MLflow (one run per 'start' event); returns the number of events sent.
 
-    Idempotent: each replayed run carries the hash of its 'start' event as tag prdit.replay_id, and a run
-    already imported is skipped whole. A missing artifact file is a warning, never a lost remainder.
+    The whole file is checked first (`read_spool`): a bad line sends nothing. Idempotent: each replayed run
+    carries the hash of its 'start' event as tag prdit.replay_id, and gets tag prdit.replay_complete once all
+    its events were sent; a complete run is skipped whole, one cut short (MLflow failed mid-way) is deleted
+    and imported again. A missing artifact file is a warning, never a lost remainder.
     """
     import hashlib
 
+    runs = read_spool(path)
     sender = _Sender(tracking_uri(uri), system_metrics=False)
-    count, skipping = 0, False
-    with open(path) as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: not a spool event (cut short?); skipped", path, number)
-                continue
-            if event.get("kind") == "start":
-                rid = hashlib.sha256(json.dumps(event, sort_keys=True).encode()).hexdigest()[:32]
-                event = {**event, "tags": {**(event.get("tags") or {}), "prdit.replay_id": rid}}
-                skipping = sender.already_imported(event["experiment"], rid)
-                if skipping:
-                    log.info("%s:%d: run %r was imported before; skipped", path, number, event["run_name"])
-            if skipping:
-                continue
-            if event.get("kind") == "artifact" and not Path(event["path"]).exists():
-                log.warning("%s:%d: artifact %s no longer exists; skipped", path, number, event["path"])
+    count = 0
+    for run in runs:
+        number, start = run[0]
+        rid = hashlib.sha256(json.dumps(start, sort_keys=True).encode()).hexdigest()[:32]
+        if sender.already_imported(start["experiment"], rid):
+            log.info("%s:%d: run %r was imported before; skipped", path, number, start["run_name"])
+            continue
+        start = {**start, "tags": {**start["tags"], "prdit.replay_id": rid}}
+        for line, event in [(number, start), *run[1:]]:
+            if event["kind"] == "artifact" and not Path(event["path"]).exists():
+                log.warning("%s:%d: artifact %s no longer exists; skipped", path, line, event["path"])
                 continue
             sender.send(event)
             count += 1
+        sender.send({"kind": "tags", "tags": {REPLAY_COMPLETE: "1"}})
     return count
 
 

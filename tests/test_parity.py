@@ -81,7 +81,10 @@ def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
         for stage in repo.index.stages:
             params = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
             stages[stage.name] = {
-                "cmd": _normalise(stage.cmd),
+                # `--dataset "$DVC_STAGE"`: prdit takes the name after the stage's `@` (prdit/cli.py)
+                "cmd": _normalise(
+                    stage.cmd.replace('"$DVC_STAGE"', shlex.quote(stage.name.split("@", 1)[-1]))
+                ),
                 "outs": {str(o.def_path) for o in stage.outs},
                 "deps": {str(d.def_path) for d in stage.deps if type(d).__name__ != "ParamsDependency"},
                 "params": params,

@@ -240,12 +240,12 @@ def assemble(cache: CaseCache, cases: dict[str, str], out_dir: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
             try:
-                os.link(src, tmp)
-            except OSError:  # another file system, or no hard links: copy
-                shutil.copy2(src, tmp)
-            try:
+                try:
+                    os.link(src, tmp)
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copy2(src, tmp)
                 os.replace(tmp, dest)
-            finally:
+            finally:  # a failed copy (full disk) leaves no partial file either
                 tmp.unlink(missing_ok=True)
 
 

@@ -46,7 +46,7 @@ from prdit.data.dicom import AIR_HU
 from prdit.data.inputs import check_geometry
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.errors import PrditError
-from prdit.io import atomic_path
+from prdit.io import atomic_dir, atomic_path
 from prdit.viz import montage
 
 if TYPE_CHECKING:
@@ -372,14 +372,22 @@ def run_preprocess(
                 "%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed
             )
             return 0
-        out_root.mkdir(parents=True, exist_ok=True)
-        assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_root)
+        # the folder is assembled beside the old one and swapped in whole (io.atomic_dir): a failure (a full
+        # disk) leaves the old folder as it was, never some cases new and qc.csv old
+        with atomic_dir(out_root) as building:
+            ok_keys = {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}
+            assemble(cache, ok_keys, building)
+            for r in rows:
+                if r["status"] != "ok":
+                    log.warning("case %s rejected: %s", r["case"], r["reason"])
+            table = write_table(rows, building / "qc.csv", QC_COLUMNS)
+            ok = table[table["status"] == "ok"]
+            if len(ok):
+                top = max(sizes)
+                sample = list(ok["case"][:8])
+                vols = [np.load(building / str(top) / f"{c}.npy").astype(np.float32) for c in sample]
+                montage(vols, building / "qc.png", titles=sample)
         cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
-        for r in rows:
-            if r["status"] != "ok":
-                log.warning("case %s rejected: %s", r["case"], r["reason"])
-        table = write_table(rows, out_root / "qc.csv", QC_COLUMNS)
-        ok = table[table["status"] == "ok"]
         counts = {
             "cases_total": len(table),
             "cases_ok": len(ok),
@@ -389,10 +397,7 @@ def run_preprocess(
         }
         if len(ok):
             counts["seconds_per_case"] = float(ok["seconds"].mean())
-            top = max(sizes)
-            sample = list(ok["case"][:8])
-            vols = [np.load(out_root / str(top) / f"{c}.npy").astype(np.float32) for c in sample]
-            run.log_image(montage(vols, out_root / "qc.png", titles=sample))
+            run.log_image(out_root / "qc.png")
         run.log_metrics(counts)
         run.log_artifact(out_root / "qc.csv")
     log.info("preprocess %s: %d/%d cases ok at sizes %s", dataset, len(ok), len(table), sizes)

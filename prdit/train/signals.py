@@ -13,7 +13,6 @@ Exit statuses of `prdit train` (`run_train`'s return value; `prdit sample`, `run
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -99,14 +98,29 @@ class AlreadyTraining(PrditError):
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold `folder`/.train.lock while training: a second trainer on the same stage fails at once with one
-    line instead of writing the same last.pt. The lock (flock) goes with the process, however it ends."""
+    line instead of writing the same last.pt. The lock (flock) goes with the process, however it ends; the
+    lock file is removed on release, and `folder` too when this run made it and left it empty (a failed
+    precondition leaves no output folder)."""
+    from prdit import io
+
+    made = [d for d in (folder, *folder.parents) if not d.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".train.lock", "a+") as fh:
+    lock = io.exclusive(folder / ".train.lock", str(folder))
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock.__enter__()
+        except io.Busy:
             raise AlreadyTraining(
                 f"{folder}: another prdit train is running on this stage (it holds {folder / '.train.lock'}); "
                 "stop it first"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+    finally:
+        for d in made:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:  # not empty (the run wrote something), or another run's
+                break

@@ -9,16 +9,18 @@ from prdit import paths
 from prdit.config import load, from_dict
 from prdit.plan import limits
 
-validate(config, "../schemas/params.schema.yaml")
-PARAMS = from_dict(config, origin="snakemake config")
-
 # The prdit commands read the same files Snakemake merged; `--config KEY=VALUE` would not reach them.
 PARAM_FILES = ["params.yaml"] + [
     f
     for f in workflow.overwrite_configfiles
     if os.path.abspath(f) != os.path.abspath("params.yaml")
 ]
-if load(PARAM_FILES).raw != PARAMS.raw:
+# Read through prdit.config first: it rejects a duplicated key (file, line, key), which Snakemake's own
+# reading of --configfile keeps silently (the last one wins).
+FROM_FILES = load(PARAM_FILES)
+validate(config, "../schemas/params.schema.yaml")
+PARAMS = from_dict(config, origin="snakemake config")
+if FROM_FILES.raw != PARAMS.raw:
     raise ValueError(
         "prdit rules read their parameters from files: put overrides in a YAML file and pass it with "
         "--configfile, not --config"

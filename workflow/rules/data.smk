@@ -19,7 +19,7 @@ rule download:
     params:
         used=used("download"),
     shell:
-        "prdit download --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit download --dataset {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 # Ingest and preprocess compute each case once per (inputs, params) into the per-case cache
@@ -51,7 +51,7 @@ rule ingest:
         plan=ingest_plan_arg,
         used=used("ingest"),
     shell:
-        "prdit ingest --dataset {wildcards.dataset} {params.plan} --threads {threads} > {log} 2>&1"
+        "prdit ingest --dataset {wildcards.dataset:q} {params.plan} --threads {threads} > {log:q} 2>&1"
 
 
 rule preprocess:
@@ -73,7 +73,7 @@ rule preprocess:
     params:
         used=used("preprocess"),
     shell:
-        "prdit preprocess --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+        "prdit preprocess --dataset {wildcards.dataset:q} --threads {threads} > {log:q} 2>&1"
 
 
 if INGEST_SHARDS > 1:
@@ -97,8 +97,8 @@ if INGEST_SHARDS > 1:
         params:
             used=used("ingest"),
         shell:
-            "prdit ingest --dataset {wildcards.dataset} --write-plan {output} --threads {threads} "
-            "> {log} 2>&1"
+            "prdit ingest --dataset {wildcards.dataset:q} --write-plan {output:q} --threads {threads} "
+            "> {log:q} 2>&1"
 
     rule ingest_shard:
         input:
@@ -118,8 +118,8 @@ if INGEST_SHARDS > 1:
         params:
             used=used("ingest"),
         shell:
-            "prdit ingest --dataset {wildcards.dataset} --plan {input.plan} --shard {wildcards.shard} "
-            "--threads {threads} > {log} 2>&1"
+            "prdit ingest --dataset {wildcards.dataset:q} --plan {input.plan:q} --shard {wildcards.shard} "
+            "--threads {threads} > {log:q} 2>&1"
 
 
 if PREPROCESS_SHARDS > 1:
@@ -142,8 +142,8 @@ if PREPROCESS_SHARDS > 1:
         params:
             used=used("preprocess"),
         shell:
-            "prdit preprocess --dataset {wildcards.dataset} --shard {wildcards.shard} "
-            "--threads {threads} > {log} 2>&1"
+            "prdit preprocess --dataset {wildcards.dataset:q} --shard {wildcards.shard} "
+            "--threads {threads} > {log:q} 2>&1"
 
 
 rule split:
@@ -164,4 +164,4 @@ rule split:
     params:
         used=used("split"),
     shell:
-        "prdit split --dataset {wildcards.dataset} > {log} 2>&1"
+        "prdit split --dataset {wildcards.dataset:q} > {log:q} 2>&1"

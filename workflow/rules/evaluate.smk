@@ -25,7 +25,7 @@ if EXTRACTOR_WEIGHTS:
             mem_mb=1000,
             runtime=60,
         shell:
-            "prdit fetch-weights > {log} 2>&1"
+            "prdit fetch-weights > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -60,4 +60,4 @@ rule evaluate:
     params:
         used=used("evaluate"),
     shell:
-        "prdit evaluate --dataset {wildcards.dataset} --size {wildcards.size} > {log} 2>&1"
+        "prdit evaluate --dataset {wildcards.dataset:q} --size {wildcards.size} > {log:q} 2>&1"

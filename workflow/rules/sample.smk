@@ -30,7 +30,7 @@ rule sample:
         shard=shard_arg,
         used=used("sample"),
     shell:
-        "exec prdit sample --dataset {wildcards.dataset} --size {wildcards.size} {params.shard} >> {log} 2>&1"
+        "exec prdit sample --dataset {wildcards.dataset:q} --size {wildcards.size} {params.shard} >> {log:q} 2>&1"
 
 
 if SAMPLE_SHARDS > 1:
@@ -57,4 +57,4 @@ if SAMPLE_SHARDS > 1:
         params:
             used=used("sample"),
         shell:
-            "prdit merge-samples --dataset {wildcards.dataset} --size {wildcards.size} > {log} 2>&1"
+            "prdit merge-samples --dataset {wildcards.dataset:q} --size {wildcards.size} > {log:q} 2>&1"

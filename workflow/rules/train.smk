@@ -37,4 +37,4 @@ rule train:
         used=used(train_stage),
     shell:
         "exec prdit launch --nodes {resources.nodes} --gpus {resources.gpu} --cpus {threads} -- "
-        "prdit train --dataset {wildcards.dataset} --stage {wildcards.stage} >> {log} 2>&1"
+        "prdit train --dataset {wildcards.dataset:q} --stage {wildcards.stage} >> {log:q} 2>&1"
