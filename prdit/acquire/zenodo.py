@@ -103,6 +103,16 @@ def _no_access(cfg: Downloader, access: Access, why: str) -> http.DownloadError:
     )
 
 
+def _filtered(cfg: Downloader, why: str) -> http.DownloadError:
+    """The one-line message for a 403 from Zenodo's client filter: not a matter for the record's owners."""
+    return http.DownloadError(
+        f"Zenodo record {cfg.record}: {why} was refused by Zenodo's client filter, not by the record's "
+        f"owners (Zenodo throttles and blocks clients it does not recognise, e.g. python-requests, since "
+        f"December 2025); this run sent User-Agent {http.user_agent()!r}: wait and run again, or set "
+        f"PRDIT_CONTACT to your e-mail and write to Zenodo support if it persists"
+    )
+
+
 def _entries(record: dict[str, Any], cfg: Downloader, policy: http.RetryPolicy, access: Access) -> list[Any]:
     files = record.get("files")
     if isinstance(files, dict):  # InvenioRDM shape: {"enabled": ..., "entries": {...} | [...]}
@@ -120,6 +130,8 @@ def _entries(record: dict[str, Any], cfg: Downloader, policy: http.RetryPolicy, 
             headers=access.headers,
             what=f"Zenodo record {cfg.record} file listing",
         )
+    except http.FilterRefusedError:
+        raise _filtered(cfg, "the file listing (HTTP 403 with an HTML block page)") from None
     except http.HTTPStatusError as exc:
         if exc.status in (401, 403, 404):
             raise _no_access(cfg, access, f"HTTP {exc.status} listing its files") from None
@@ -148,7 +160,11 @@ def list_items(
             headers=access.headers,
             what=f"Zenodo record {cfg.record}",
         )
+    except http.FilterRefusedError:
+        raise _filtered(cfg, "the record (HTTP 403 with an HTML block page)") from None
     except http.HTTPStatusError as exc:
+        if exc.status == 403 and not access:  # a record's metadata is public: no token was there to check
+            raise _filtered(cfg, "the record (HTTP 403 before any token was checked)") from None
         if exc.status in (401, 403):
             raise _no_access(cfg, access, f"HTTP {exc.status} for the record") from None
         raise
@@ -174,9 +190,12 @@ def list_items(
             failed.append(_row(key, status="failed", message=why))
             continue
         size = entry.get("size", entry.get("filesize"))
-        files.append(
-            RemoteFile(key, int(size) if size is not None else None, entry.get("checksum") or None, url)
-        )
+        try:
+            checksum = _checksum(entry.get("checksum"))
+        except http.DownloadError as exc:
+            failed.append(_row(key, status="failed", message=f"Zenodo {cfg.record}/{key}: {exc}"))
+            continue
+        files.append(RemoteFile(key, int(size) if size is not None else None, checksum, url))
     volumes = sorted((f for f in files if f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
     others = sorted((f for f in files if not f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
     if patients:
@@ -193,6 +212,22 @@ def list_items(
     if limit is not None:
         volumes = volumes[:limit]
     return others + volumes, failed
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def _checksum(value: Any) -> str | None:
+    """'md5:<hex>' as InvenioRDM publishes it; the legacy deposit API's bare hex is an md5 too."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if _HEX.match(text):
+        if len(text) != 32:
+            raise http.DownloadError(f"checksum {text!r} is bare hex but not an md5 (32 digits)")
+        text = f"md5:{text}"
+    http.parse_checksum(text)  # DownloadError for an algorithm we cannot compute
+    return text.lower()
 
 
 def _row(key: str, **fields: Any) -> dict[str, str]:
@@ -245,6 +280,10 @@ def fetch_item(
             params=access.params,
             what=f"Zenodo {cfg.record}/{item.key}",
         )
+    except http.FilterRefusedError:
+        raise http.DownloadError(
+            f"{item.key}: {_filtered(cfg, 'the file (HTTP 403 with an HTML block page)')}"
+        ) from None
     except http.HTTPStatusError as exc:
         if exc.status in (401, 403):
             raise http.DownloadError(f"{item.key}: {_no_access(cfg, access, f'HTTP {exc.status}')}") from None
