@@ -152,7 +152,7 @@ def test_an_html_403_is_the_filter_not_the_owners(env, zenodo, capsys, monkeypat
 
     if token:
         monkeypatch.setenv("ZENODO_TOKEN", zenodo.personal_token)
-    zenodo.blocked_agents = ("prdit/",)
+    zenodo.blocked_agents = ("prdit", "python-requests")  # whatever this client calls itself
     over = env / "over.yaml"
     over.write_text(yaml.safe_dump(overrides(zenodo)))
     argv = [

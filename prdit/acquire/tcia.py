@@ -6,7 +6,11 @@ returns the series as a zip whose `md5hashes.csv` (header `Filename,MD5Hash`) li
 MD5, which is checked before extraction (`md5: true`, the default; what TCIA's own client `tcia_utils`
 asks for with `hash="y"`); `getImage?SeriesInstanceUID=&NewFileNames=Yes` returns it without.
 Public collections need no token. NBIA answers 400 to unknown parameters and to series it does not
-serve.
+serve, and 200 with an empty list both for "no match" and when its own query fails: a listing with 0
+series is therefore an error naming the collection and modality, and a `--patients` entry with nothing
+to fetch a failed row. `getImage` zips start with a `LICENSE` entry (TCIA's data usage terms), which is
+not kept in the series folders; `getImageWithMD5Hash` sends an empty zip when an image of the series has
+no MD5 in NBIA's database, and the series is then fetched with `getImage`, unverified (its row says so).
 
 NBIA builds each zip on the fly and ignores Range, so the unit of resume is the series: a series on
 disk is never fetched again, a partial zip is fetched again from its first byte. Series land in
@@ -14,7 +18,8 @@ disk is never fetched again, a partial zip is fetched again from its first byte.
 and removed once its files are extracted and counted.
 
 A cohort chosen on the TCIA portal comes as a `.tcia` manifest (`download.lidc-idri.manifest`):
-properties lines, then `ListOfSeriesToDownload=` and one SeriesInstanceUID per line.
+properties lines, then `ListOfSeriesToDownload=` and one SeriesInstanceUID per line; other lines after it
+(a header line) are skipped with a count in the log, as NBIA's Data Retriever skips them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A Zenodo record (RAD-ChestCT) through Zenodo's REST API: list its files, fetch each whole, verify its md5.
 
-`GET <base>/records/<id>` answers JSON whose `files` list holds `key`, `size`, `checksum` ("md5:<hex>")
+`GET <base>/records/<id>` answers JSON whose `files` list holds `key`, `size`, `checksum` ("md5:<hex>";
+bare hex, the legacy deposit API's form, is read as md5)
 and `links` (`self`/`content`: the file's bytes). A record whose files are restricted lists none
 there; its files are listed by `GET <base>/records/<id>/files` (`entries`) once access was granted.
 Files land as `<out>/<key>`.
@@ -12,6 +13,9 @@ environment, never from params.yaml:
 - ZENODO_SHARE_TOKEN: the secret link the owner sent (the whole link or its `token=` value), sent as
   the `token` query parameter, which is how Zenodo reads a share link.
 Without access Zenodo answers 403 (or lists nothing); that ends the run with one line saying what to do.
+A 403 whose body is an HTML block page, or a 403 for the record's public metadata sent without any
+token, comes from Zenodo's client filter (it throttles and blocks unidentified clients such as
+python-requests since December 2025): the message says so instead of sending the user to the owners.
 
 The content endpoint ignores Range (reportedly), so the unit of resume is the file: a verified file on
 disk is never fetched again; a partial one is asked for with Range and restarts when the server sends
