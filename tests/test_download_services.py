@@ -97,6 +97,17 @@ def test_default_download_is_verified_against_the_pin(server, tmp_path, monkeypa
     assert not out.exists() and not http.part_path(out).exists()
 
 
+def test_default_download_never_takes_the_paper_name(server, tmp_path, monkeypatch):
+    """Under any protocol: the 23-dataset file is not saved as resnet_50.pth (the old DEFAULT_OUT)."""
+    server.weights["resnet_50_23dataset.pth"] = PAYLOAD
+    monkeypatch.setattr(weights, "DEFAULT_URL", f"{server.weights_url}/resnet_50_23dataset.pth")
+    target = tmp_path / "models/medicalnet/resnet_50.pth"
+    p = config.load(ROOT / "params.yaml", overrides={"evaluate": {"weights": str(target)}})
+    with pytest.raises(PaperWeightsError, match="saved under its own name .resnet_50_23dataset.pth"):
+        run_fetch_weights(p)
+    assert not target.exists() and not server.requests(target="resnet_50_23dataset.pth")
+
+
 def test_paper_config_refuses_the_23_dataset_checksum():
     with pytest.raises(ConfigError, match="evaluate.sha256.*23-dataset"):
         config.load(

@@ -263,6 +263,12 @@ def run_fetch_weights(p: Params, out: Path | None = None) -> int:
     """
     ev = p.evaluate
     target = Path(out or ev.weights or DEFAULT_OUT)
+    if not ev.url and target.name == PAPER_WEIGHTS_NAME:
+        raise PaperWeightsError(
+            f"{target}: without evaluate.url prdit fetch-weights fetches the 23-dataset MedicalNet, which is "
+            f"saved under its own name ({DEFAULT_NAME}), never as {PAPER_WEIGHTS_NAME} (the paper's network): "
+            f"set evaluate.weights to models/medicalnet/{DEFAULT_NAME}, or {MANUAL_WEIGHTS_STEP}"
+        )
     if protocol.is_paper(p):
         if target.is_file() and sha256_file(target) == DEFAULT_SHA256:
             raise PaperWeightsError(
