@@ -18,7 +18,7 @@ import yaml
 
 from prdit import paths
 from prdit.errors import PrditError
-from prdit.protocol import PAPER_WEIGHTS_NAME
+from prdit.protocol import MEDICALNET_23DATASET_SHA256, PAPER_WEIGHTS_NAME
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = ("local", "global", "highres")
@@ -314,15 +314,12 @@ def _check(raw: dict[str, Any], origin: str) -> None:
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
-    if (
-        raw.get("protocol") == "paper"
-        and ev.get("weights")
-        and Path(ev["weights"]).name != PAPER_WEIGHTS_NAME
-    ):
+    # the paper's network is told apart by content: the public 23-dataset file, whatever it is called
+    if raw.get("protocol") == "paper" and str(ev.get("sha256") or "").lower() == MEDICALNET_23DATASET_SHA256:
         fail(
-            "evaluate.weights",
-            f"protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} (the reference's evaluation "
-            f"README), got {Path(ev['weights']).name}",
+            "evaluate.sha256",
+            f"is the 23-dataset MedicalNet's (resnet_50_23dataset.pth); protocol: paper evaluates with "
+            f"MedicalNet {PAPER_WEIGHTS_NAME} (the reference's evaluation README)",
         )
     local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
     if local and glob and local[1] != glob[1]:

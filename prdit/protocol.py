@@ -14,7 +14,18 @@ PROTOCOLS = ("project", "paper")
 
 # facts of the reference implementation
 PAPER_WEIGHTS_NAME = "resnet_50.pth"  # evaluations/README.md: from MedicalNet_pytorch_files2.tar.gz
-PAPER_WEIGHTS_ARCHIVE = "MedicalNet_pytorch_files2.tar.gz"
+# The archive as Tencent publishes it: its README links a Google Drive / Tencent Weiyun download and
+# unzips it; the file behind the link is a .zip holding pretrain/resnet_50.pth (the reference's README
+# writes .tar.gz; Tencent's README writes MedicalNet_pytorch_files.zip, projects using the link ...2.zip).
+PAPER_WEIGHTS_ARCHIVE = "MedicalNet_pytorch_files2.zip"
+# sha256 of the public 23-dataset ResNet-50 (resnet_50_23dataset.pth): never the paper's network
+MEDICALNET_23DATASET_SHA256 = "ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e"
+# The manual step, word for word in the fetch_weights rule's error, README.md and docs/reproducing.md.
+MANUAL_WEIGHTS_STEP = (
+    f"download {PAPER_WEIGHTS_ARCHIVE} from the Google Drive or Tencent Weiyun link in "
+    "github.com/Tencent/MedicalNet's README, extract resnet_50.pth from its pretrain folder to the path "
+    "in evaluate.weights, or set evaluate.url and evaluate.sha256 to a copy of that file"
+)
 PAPER_VAL_CASES = 200  # datasets/README.md: split_train_val.py --val-size 200
 PAPER_REAL_N = 1000  # evaluations/fid.py --num_samples 1000 over the real set train.txt + val.txt
 PAPER_STAGE2_GAIN = 0.1  # train.py: initialize_model_with_pretrained(..., gain=0.1)

@@ -1,11 +1,13 @@
 """A local HTTP server on 127.0.0.1 that behaves like TCIA's NBIA API, Zenodo's REST API and a weights host.
 
-NBIA (under /nbia-api/services/v1), as its server code does: `getSeries?Collection=&Modality=&PatientID=`
--> JSON list of series; `getImage?SeriesInstanceUID=&NewFileNames=` -> the series as a zip;
-`getImageWithMD5Hash?SeriesInstanceUID=` -> the zip plus `md5hashes.csv` (`Filename,MD5Hash`). A
-parameter the endpoint does not know, a missing SeriesInstanceUID or a series it does not serve is
-answered 400 with a one-line reason. The zips are built per request and Range is ignored (200, the
-whole body).
+NBIA (under /nbia-api/services/v4, the paths of NBIA's v4 OpenAPI file and of params.yaml's base_url),
+as its server code does: `getSeries?Collection=&Modality=&PatientID=` -> JSON list of series (an empty
+list for no match); `getImage?SeriesInstanceUID=&NewFileNames=` -> the series as a zip whose first entry
+is `LICENSE` (TCIA's data usage terms); `getImageWithMD5Hash?SeriesInstanceUID=` -> the images plus
+`md5hashes.csv` (`Filename,MD5Hash`), or an empty zip when an image of the series has no MD5 in NBIA's
+database (`no_md5` set on the series). A parameter the endpoint does not know, a missing
+SeriesInstanceUID or a series it does not serve is answered 400 with a one-line reason. The zips are
+built per request and Range is ignored (200, the whole body).
 
 Zenodo (under /api): `records/<id>` -> JSON with `files[]` (key, size, checksum "md5:…", links.self);
 `records/<id>/files` -> `{"entries": [...]}`; `records/<id>/files/<key>/content` -> bytes, Range
@@ -13,12 +15,17 @@ ignored unless `zenodo_ranges` is set. With `restricted` set the record lists no
 endpoints answer 403 unless the request carries `Authorization: Bearer <personal_token>` or
 `?token=<share_token>`.
 
+Client filter (`blocked_agents`): a request whose User-Agent contains one of them is answered 403 with
+an HTML block page before any route or token is looked at, as Zenodo's filter answers python-requests'
+default User-Agent since December 2025 (the page's wording is a stand-in).
+
 Weights host: `/files/<name>` -> bytes, honouring `Range: bytes=N-` (as the Hugging Face hub does).
 
 Faults are queued per series UID, file key or name and consumed one per byte request: "drop"
 (connection closed mid-body), "429" (with Retry-After), "500", "503", "truncate" (a complete response
 whose body is cut short), "bad-md5" (md5hashes.csv publishes a wrong MD5 for the first image).
-Every request is recorded in `server.log` (path, query, Range and Authorization headers, status, bytes sent).
+Every request is recorded in `server.log` (path, query, Range, Authorization and User-Agent headers,
+status, bytes sent).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-NBIA = "/nbia-api/services/v1"
+NBIA = "/nbia-api/services/v4"
+LICENSE_TEXT = b"Data usage policies of The Cancer Imaging Archive apply to these images.\n"
 ZENODO = "/api"
 WEIGHTS = "/files"
 NBIA_PARAMS = {  # what each NBIA endpoint accepts (anything else: 400)
@@ -63,6 +71,7 @@ class Request:
     query: dict[str, str]
     range: str | None
     auth: str | None = None
+    agent: str | None = None
     status: int = 0
     sent: int = 0
     t: float = field(default_factory=time.monotonic)
@@ -120,6 +129,7 @@ class FakeServer:
         self.weights: dict[str, bytes] = {}  # weights host: name -> bytes
         self.zenodo_ranges = False  # Zenodo's content endpoint reportedly ignores Range
         self.restricted = False
+        self.blocked_agents: tuple[str, ...] = ()  # User-Agent substrings the client filter refuses
         self.personal_token = "pat-secret"
         self.share_token = "share-secret"
         self.published_checksum: dict[str, str] = {}  # key -> checksum to publish instead of the true one
@@ -166,6 +176,7 @@ class FakeServer:
         image_count: int | None = None,
         modality: str = "CT",
         zip_data: bytes | None = None,
+        no_md5: bool = False,
     ) -> None:
         self.series[uid] = {
             "SeriesInstanceUID": uid,
@@ -180,6 +191,7 @@ class FakeServer:
             "ImageCount": len(files) if image_count is None else image_count,
             "FileSize": sum(len(v) for v in files.values()),
             "files": dict(files),
+            **({"no_md5": True} if no_md5 else {}),
             **({"zip": zip_data} if zip_data is not None else {}),
         }
 
@@ -195,7 +207,10 @@ class FakeServer:
         s = self.series[uid]
         if "zip" in s:
             return s["zip"]
-        files = dict(s["files"])
+        if md5 and s.get("no_md5"):
+            return zip_bytes({})
+        files = {} if md5 else {"LICENSE": LICENSE_TEXT}
+        files.update(s["files"])
         if md5:
             sums = {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
             if fault == "bad-md5" and sums:
@@ -261,9 +276,18 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            req = Request(url.path, query, self.headers.get("Range"), self.headers.get("Authorization"))
+            req = Request(
+                url.path,
+                query,
+                self.headers.get("Range"),
+                self.headers.get("Authorization"),
+                self.headers.get("User-Agent"),
+            )
             with server._lock:
                 server.log.append(req)
+            if any(a in (req.agent or "") for a in server.blocked_agents):
+                page = "<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head><body>Blocked</body></html>"
+                return self._send(req, page.encode(), "text/html; charset=utf-8", 403)
             path = unquote(url.path)
             if path.startswith(NBIA + "/"):
                 return self._nbia(req, path[len(NBIA) + 1 :], query)
@@ -293,7 +317,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return self._text(req, f"Unrecognized parameter(s) for {endpoint}: {', '.join(unknown)}", 400)
             if endpoint == "getSeries":
                 rows = [
-                    {k: v for k, v in s.items() if k not in ("zip", "files")}
+                    {k: v for k, v in s.items() if k not in ("zip", "files", "no_md5")}
                     for s in server.series.values()
                     if all(
                         s.get(k) == query[k]

@@ -129,10 +129,12 @@ def test_paper_configs_read_the_weights_the_reference_readme_names(config):
 
 
 def test_paper_protocol_refuses_other_weights_and_has_no_silent_substitute(tmp_path):
-    with pytest.raises(ConfigError, match="evaluate.weights.*resnet_50.pth.*resnet_50_23dataset.pth"):
-        paper_params(evaluate={"weights": "models/medicalnet/resnet_50_23dataset.pth"})
+    from prdit.acquire.weights import DEFAULT_SHA256
+
+    with pytest.raises(ConfigError, match="evaluate.sha256.*23-dataset.*resnet_50.pth"):  # by content
+        paper_params(evaluate={"weights": "models/medicalnet/resnet_50.pth", "sha256": DEFAULT_SHA256})
     p = paper_params(evaluate={"weights": str(tmp_path / "resnet_50.pth")})
-    with pytest.raises(PaperWeightsError, match="MedicalNet_pytorch_files2.tar.gz"):
+    with pytest.raises(PaperWeightsError, match="MedicalNet_pytorch_files2.zip"):
         run_fetch_weights(p)  # the public default URL is the 23-dataset file: never fetched under its name
     assert not (tmp_path / "resnet_50.pth").exists()
 

@@ -15,6 +15,7 @@ import email.utils
 import hashlib
 import http.client
 import logging
+import os
 import random
 import re
 import shutil
@@ -29,6 +30,7 @@ from typing import Any
 import requests
 import urllib3
 
+from prdit import __version__
 from prdit.errors import PrditError
 from prdit.io import file_digest
 
@@ -39,7 +41,15 @@ MAX_WAIT_S = 300.0  # cap on one wait, whether from backoff or from a server's R
 TIMEOUT_S = (15.0, 120.0)  # connect, read (between bytes)
 CHUNK = 1 << 16  # bytes per read and write: a killed run loses at most this much of a .part
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-USER_AGENT = "prdit-download (python-requests)"
+# Who we are, as services ask (Zenodo throttles, then refuses, clients that send python-requests' default
+# since December 2025): tool, version, project URL; PRDIT_CONTACT (an e-mail) is appended when set.
+PROJECT_URL = "https://github.com/Fredy-Zhang/PRDiT"
+
+
+def user_agent() -> str:
+    """'prdit/<version> (+<project URL>[; <PRDIT_CONTACT>])', never naming python-requests."""
+    contact = os.environ.get("PRDIT_CONTACT", "").strip()
+    return f"prdit/{__version__} (+{PROJECT_URL}{f'; {contact}' if contact else ''})"
 
 
 class DownloadError(PrditError, RuntimeError):
@@ -52,6 +62,36 @@ class HTTPStatusError(DownloadError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+class FilterRefusedError(HTTPStatusError):
+    """A 403 from the service's client filter (an HTML block page), not an access decision on the data."""
+
+
+def refused_by_filter(response: requests.Response) -> bool:
+    """A 403 whose body is an HTML page: a firewall or bot filter answered, not the API (which sends JSON)."""
+    if response.status_code != 403:
+        return False
+    if "html" in response.headers.get("Content-Type", "").lower():
+        return True
+    try:
+        head = response.text.lstrip()[:200].lower()
+    except (requests.RequestException, UnicodeDecodeError):
+        return False
+    return head.startswith(("<!doctype html", "<html"))
+
+
+FILTER_HINT = "refused by the service's client filter (an HTML block page), not by the data's owners"
+
+
+def status_error(what: str, response: requests.Response) -> HTTPStatusError:
+    """The error for a status that retrying will not change (FilterRefusedError for a filter's block page)."""
+    if refused_by_filter(response):
+        return FilterRefusedError(
+            f"{what}: HTTP 403: {FILTER_HINT}; this client sent User-Agent {user_agent()!r}",
+            response.status_code,
+        )
+    return HTTPStatusError(f"{what}: {_describe_status(response)}", response.status_code)
 
 
 class Cancelled(DownloadError):
@@ -120,7 +160,7 @@ def session(headers: Mapping[str, str] | None = None) -> requests.Session:
     sessions = _local.__dict__.setdefault("sessions", {})
     if key not in sessions:
         s = requests.Session()
-        s.headers["User-Agent"] = USER_AGENT
+        s.headers["User-Agent"] = user_agent()
         s.headers.update(headers or {})
         sessions[key] = s
     return sessions[key]
@@ -164,7 +204,7 @@ def get_json(
                 return response.json() if response.content.strip() else None
             reason = _describe_status(response)
             if response.status_code not in RETRY_STATUS:
-                raise HTTPStatusError(f"{what}: {reason}", response.status_code)
+                raise status_error(what, response)
         except requests.exceptions.JSONDecodeError as exc:
             raise DownloadError(f"{what}: the server's answer is not JSON ({exc})") from None
         except requests.RequestException as exc:
@@ -315,7 +355,7 @@ def _fetch_to_part(
             if status in RETRY_STATUS:
                 raise _Transient(_describe_status(response), response)
             if status not in (200, 206):
-                raise HTTPStatusError(f"{what}: {_describe_status(response)}", status)
+                raise status_error(what, response)
             if status == 206:
                 start = _content_range_start(response.headers.get("Content-Range", ""))
                 if start != offset:

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 from prdit import paths, protocol, tracking
 from prdit.acquire import http, records, tcia, zenodo
 from prdit.acquire.records import MANIFEST
-from prdit.acquire.weights import DEFAULT_OUT, fetch_weights
+from prdit.acquire.weights import DEFAULT_NAME, DEFAULT_OUT, DEFAULT_SHA256, fetch_weights
 from prdit.config import Downloader, Params
 from prdit.errors import PrditError
+from prdit.io import sha256_file
 from prdit.progress import progress
-from prdit.protocol import PAPER_WEIGHTS_ARCHIVE, PAPER_WEIGHTS_NAME
+from prdit.protocol import MANUAL_WEIGHTS_STEP, PAPER_WEIGHTS_NAME
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -252,20 +253,43 @@ def _fetch_one(
 
 
 class PaperWeightsError(PrditError, FileNotFoundError):
-    """protocol: paper needs the reference's MedicalNet file, which has no public direct link."""
+    """protocol: paper needs the reference's MedicalNet file, and this run has no way to get it."""
 
 
 def run_fetch_weights(p: Params, out: Path | None = None) -> int:
-    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights."""
+    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights.
+
+    Under `protocol: paper` the 23-dataset file is refused by content (its sha256), whatever its name.
+    """
     ev = p.evaluate
     target = Path(out or ev.weights or DEFAULT_OUT)
-    if protocol.is_paper(p) and not ev.url:
+    if not ev.url and target.name == PAPER_WEIGHTS_NAME:
         raise PaperWeightsError(
-            f"{target}: protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} from "
-            f"{PAPER_WEIGHTS_ARCHIVE} (Tencent's MedicalNet release; no direct download link): extract "
-            f"{PAPER_WEIGHTS_NAME} from it to {target}, or set evaluate.url to a copy of that file"
+            f"{target}: without evaluate.url prdit fetch-weights fetches the 23-dataset MedicalNet, which is "
+            f"saved under its own name ({DEFAULT_NAME}), never as {PAPER_WEIGHTS_NAME} (the paper's network): "
+            f"set evaluate.weights to models/medicalnet/{DEFAULT_NAME}, or {MANUAL_WEIGHTS_STEP}"
         )
-    fetch_weights(ev.url, target, ev.sha256)
+    if protocol.is_paper(p):
+        if target.is_file() and sha256_file(target) == DEFAULT_SHA256:
+            raise PaperWeightsError(
+                f"{target}: is the 23-dataset MedicalNet ({DEFAULT_NAME}, sha256 {DEFAULT_SHA256[:12]}...), "
+                f"not the {PAPER_WEIGHTS_NAME} that protocol: paper evaluates with; move it away, then "
+                f"{MANUAL_WEIGHTS_STEP}"
+            )
+        if not ev.url:
+            raise PaperWeightsError(
+                f"{target}: protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} and evaluate.url "
+                f"is not set: {MANUAL_WEIGHTS_STEP}"
+            )
+
+    def not_23dataset(part: Path) -> None:
+        if protocol.is_paper(p) and sha256_file(part) == DEFAULT_SHA256:
+            raise http.DownloadError(
+                f"{ev.url}: is the 23-dataset MedicalNet ({DEFAULT_NAME}), not the {PAPER_WEIGHTS_NAME} that "
+                f"protocol: paper evaluates with; not saved as {target}"
+            )
+
+    fetch_weights(ev.url, target, ev.sha256, verify=not_23dataset)
     if ev.weights is None or Path(ev.weights) != target:
         log.info(
             "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target

@@ -6,7 +6,11 @@ returns the series as a zip whose `md5hashes.csv` (header `Filename,MD5Hash`) li
 MD5, which is checked before extraction (`md5: true`, the default; what TCIA's own client `tcia_utils`
 asks for with `hash="y"`); `getImage?SeriesInstanceUID=&NewFileNames=Yes` returns it without.
 Public collections need no token. NBIA answers 400 to unknown parameters and to series it does not
-serve.
+serve, and 200 with an empty list both for "no match" and when its own query fails: a listing with 0
+series is therefore an error naming the collection and modality, and a `--patients` entry with nothing
+to fetch a failed row. `getImage` zips start with a `LICENSE` entry (TCIA's data usage terms), which is
+not kept in the series folders; `getImageWithMD5Hash` sends an empty zip when an image of the series has
+no MD5 in NBIA's database, and the series is then fetched with `getImage`, unverified (its row says so).
 
 NBIA builds each zip on the fly and ignores Range, so the unit of resume is the series: a series on
 disk is never fetched again, a partial zip is fetched again from its first byte. Series land in
@@ -14,7 +18,8 @@ disk is never fetched again, a partial zip is fetched again from its first byte.
 and removed once its files are extracted and counted.
 
 A cohort chosen on the TCIA portal comes as a `.tcia` manifest (`download.lidc-idri.manifest`):
-properties lines, then `ListOfSeriesToDownload=` and one SeriesInstanceUID per line.
+properties lines, then `ListOfSeriesToDownload=` and one SeriesInstanceUID per line; other lines after it
+(a header line) are skipped with a count in the log, as NBIA's Data Retriever skips them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,18 @@ MD5_LIST = "md5hashes.csv"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MANIFEST_LIST = "ListOfSeriesToDownload"
+
+
+# Zip entries that are not the series: the checksum list, and the LICENSE (TCIA's data usage terms, the
+# same text in every getImage zip), which is not kept in the series folders.
+NOT_SERIES_FILES = (MD5_LIST, "LICENSE", "LICENSE.txt")
+
+
+NO_MD5_NOTE = "NBIA publishes no MD5 for its images: fetched with getImage, not MD5-verified"
+
+
+class _NoMD5(http.DownloadError):
+    """getImageWithMD5Hash answered an empty zip: some image of the series has no MD5 at NBIA."""
 
 
 class ManifestError(PrditError, ValueError):
@@ -72,15 +89,25 @@ def read_tcia_manifest(path: str | Path) -> list[str]:
     if start is None:
         raise ManifestError(f"{path}: no '{_MANIFEST_LIST}=' line; is this a TCIA .tcia manifest?")
     uids: dict[str, None] = {}
+    skipped: list[int] = []
     for number, line in enumerate(lines[start + 1 :], start + 2):
         uid = line.strip()
         if not uid:
             continue
-        if not _UID.match(uid) or len(uid) > 64:
-            raise ManifestError(f"{path}, line {number}: {uid[:80]!r} is not a SeriesInstanceUID")
+        if not _UID.match(uid) or len(uid) > 64:  # NBIA's Data Retriever skips such lines (header lines)
+            skipped.append(number)
+            continue
         uids[uid] = None
     if not uids:
         raise ManifestError(f"{path}: lists no series after '{_MANIFEST_LIST}='")
+    if skipped:
+        log.warning(
+            "%s: skipped %d line(s) after '%s=' that are not SeriesInstanceUIDs (first: line %d)",
+            path,
+            len(skipped),
+            _MANIFEST_LIST,
+            skipped[0],
+        )
     return list(uids)
 
 
@@ -124,11 +151,18 @@ def _records(
     for patient in patients:
         what = f"{cfg.collection} series list of {patient}"
         found = http.get_json(url, params={**base, "PatientID": patient}, policy=policy, what=what) or []
-        if not found:
-            why = f"no {modality or ''} series listed for patient {patient} in {cfg.collection}"
-            failed.append(_row(patient, "", "", status="failed", message=" ".join(why.split())))
         records += found if isinstance(found, list) else []
     return records, failed
+
+
+def _empty_listing(cfg: Downloader, modality: str) -> http.DownloadError:
+    """NBIA answers 200 and an empty body for no match and for a failed query alike: never a success."""
+    what = f"collection {cfg.collection!r}" + (f", modality {modality!r}" if modality else "")
+    return http.DownloadError(
+        f"{cfg.base_url.rstrip('/')}/getSeries: NBIA lists 0 series for {what}; check the spelling "
+        "(getCollectionValues lists the collections) or try again later (NBIA also answers an empty "
+        "list when its own query fails)"
+    )
 
 
 def list_items(
@@ -167,6 +201,14 @@ def list_items(
         series[uid] = Series(
             uid, patient, study, kind, _int(_field(rec, "ImageCount")), _int(_field(rec, "FileSize"))
         )
+    if not patients and (not records or (wanted is None and not series and not failed)):
+        raise _empty_listing(cfg, modality)
+    for patient in patients:  # a patient with nothing to fetch is a failure, whatever the reason
+        if not any(s.patient == patient for s in series.values()) and not any(
+            row["patient"] == patient for row in failed
+        ):
+            why = f"no {modality or ''} series listed for patient {patient} in {cfg.collection}"
+            failed.append(_row(patient, "", "", status="failed", message=" ".join(why.split())))
     if wanted is not None and not patients:
         for uid in wanted:
             if uid not in series and not any(row["series"] == uid for row in failed):
@@ -273,6 +315,8 @@ def fetch_item(
         except archive.UnsafeArchiveError as exc:
             raise http.DownloadError(f"{exc}; refusing to extract") from None
         dicom = _dicom_files([Path(name) for _, name in members])
+        if not dicom and cfg.md5 and all(name.lower() == MD5_LIST for _, name in members):
+            raise _NoMD5(f"{label}: getImageWithMD5Hash sent an archive without images")
         if not dicom:  # NBIA answers some withdrawn series with an empty zip
             raise http.IntegrityError(f"{label}: the archive holds no DICOM files")
         if item.image_count is not None and len(dicom) != item.image_count:
@@ -282,22 +326,30 @@ def fetch_item(
         if cfg.md5:
             _check_md5(part, members, dicom, label)
 
+    def get(endpoint: str, params: dict[str, str], check: Callable[[Path], None]) -> http.Fetched:
+        return http.download(
+            cfg.base_url.rstrip("/") + "/" + endpoint,
+            zip_path,
+            params=params,
+            policy=policy,
+            verify=check,
+            on_bytes=on_bytes,
+            what=label,
+            resume=False,  # the zip is built anew per request: a partial one is worthless
+        )
+
+    unverified = False
     if cfg.md5:
-        endpoint, params = "getImageWithMD5Hash", {"SeriesInstanceUID": item.key}
-    else:
-        endpoint, params = "getImage", {"SeriesInstanceUID": item.key, "NewFileNames": "Yes"}
-    fetched = http.download(
-        cfg.base_url.rstrip("/") + "/" + endpoint,
-        zip_path,
-        params=params,
-        policy=policy,
-        verify=verify,
-        on_bytes=on_bytes,
-        what=label,
-        resume=False,  # the zip is built anew per request: a partial one is worthless
-    )
+        try:
+            fetched = get("getImageWithMD5Hash", {"SeriesInstanceUID": item.key}, verify)
+        except _NoMD5:
+            # NBIA streams an empty zip when an image of the series has no MD5 in its database
+            log.warning("%s: NBIA sent no images with MD5s; fetching it with getImage, unverified", label)
+            cfg, unverified = replace(cfg, md5=False), True
+    if not cfg.md5:
+        fetched = get("getImage", {"SeriesInstanceUID": item.key, "NewFileNames": "Yes"}, verify)
     try:
-        extracted = archive.extract(zip_path, item.folder(out), label=label, exclude=(MD5_LIST,))
+        extracted = archive.extract(zip_path, item.folder(out), label=label, exclude=NOT_SERIES_FILES)
     except (archive.UnsafeArchiveError, OSError) as exc:
         raise http.DownloadError(f"{label}: extraction failed: {exc}") from None
     finally:
@@ -311,6 +363,7 @@ def fetch_item(
         bytes=extracted.bytes,
         checksum=extracted.digest,
         status="ok",
+        message=NO_MD5_NOTE if unverified else "",
     )
     return row, fetched.received
 

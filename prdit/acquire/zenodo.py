@@ -1,6 +1,7 @@
 """A Zenodo record (RAD-ChestCT) through Zenodo's REST API: list its files, fetch each whole, verify its md5.
 
-`GET <base>/records/<id>` answers JSON whose `files` list holds `key`, `size`, `checksum` ("md5:<hex>")
+`GET <base>/records/<id>` answers JSON whose `files` list holds `key`, `size`, `checksum` ("md5:<hex>";
+bare hex, the legacy deposit API's form, is read as md5)
 and `links` (`self`/`content`: the file's bytes). A record whose files are restricted lists none
 there; its files are listed by `GET <base>/records/<id>/files` (`entries`) once access was granted.
 Files land as `<out>/<key>`.
@@ -12,6 +13,9 @@ environment, never from params.yaml:
 - ZENODO_SHARE_TOKEN: the secret link the owner sent (the whole link or its `token=` value), sent as
   the `token` query parameter, which is how Zenodo reads a share link.
 Without access Zenodo answers 403 (or lists nothing); that ends the run with one line saying what to do.
+A 403 whose body is an HTML block page, or a 403 for the record's public metadata sent without any
+token, comes from Zenodo's client filter (it throttles and blocks unidentified clients such as
+python-requests since December 2025): the message says so instead of sending the user to the owners.
 
 The content endpoint ignores Range (reportedly), so the unit of resume is the file: a verified file on
 disk is never fetched again; a partial one is asked for with Range and restarts when the server sends
@@ -103,6 +107,16 @@ def _no_access(cfg: Downloader, access: Access, why: str) -> http.DownloadError:
     )
 
 
+def _filtered(cfg: Downloader, why: str) -> http.DownloadError:
+    """The one-line message for a 403 from Zenodo's client filter: not a matter for the record's owners."""
+    return http.DownloadError(
+        f"Zenodo record {cfg.record}: {why} was refused by Zenodo's client filter, not by the record's "
+        f"owners (Zenodo throttles and blocks clients it does not recognise, e.g. python-requests, since "
+        f"December 2025); this run sent User-Agent {http.user_agent()!r}: wait and run again, or set "
+        f"PRDIT_CONTACT to your e-mail and write to Zenodo support if it persists"
+    )
+
+
 def _entries(record: dict[str, Any], cfg: Downloader, policy: http.RetryPolicy, access: Access) -> list[Any]:
     files = record.get("files")
     if isinstance(files, dict):  # InvenioRDM shape: {"enabled": ..., "entries": {...} | [...]}
@@ -120,6 +134,8 @@ def _entries(record: dict[str, Any], cfg: Downloader, policy: http.RetryPolicy, 
             headers=access.headers,
             what=f"Zenodo record {cfg.record} file listing",
         )
+    except http.FilterRefusedError:
+        raise _filtered(cfg, "the file listing (HTTP 403 with an HTML block page)") from None
     except http.HTTPStatusError as exc:
         if exc.status in (401, 403, 404):
             raise _no_access(cfg, access, f"HTTP {exc.status} listing its files") from None
@@ -148,7 +164,11 @@ def list_items(
             headers=access.headers,
             what=f"Zenodo record {cfg.record}",
         )
+    except http.FilterRefusedError:
+        raise _filtered(cfg, "the record (HTTP 403 with an HTML block page)") from None
     except http.HTTPStatusError as exc:
+        if exc.status == 403 and not access:  # a record's metadata is public: no token was there to check
+            raise _filtered(cfg, "the record (HTTP 403 before any token was checked)") from None
         if exc.status in (401, 403):
             raise _no_access(cfg, access, f"HTTP {exc.status} for the record") from None
         raise
@@ -174,9 +194,12 @@ def list_items(
             failed.append(_row(key, status="failed", message=why))
             continue
         size = entry.get("size", entry.get("filesize"))
-        files.append(
-            RemoteFile(key, int(size) if size is not None else None, entry.get("checksum") or None, url)
-        )
+        try:
+            checksum = _checksum(entry.get("checksum"))
+        except http.DownloadError as exc:
+            failed.append(_row(key, status="failed", message=f"Zenodo {cfg.record}/{key}: {exc}"))
+            continue
+        files.append(RemoteFile(key, int(size) if size is not None else None, checksum, url))
     volumes = sorted((f for f in files if f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
     others = sorted((f for f in files if not f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
     if patients:
@@ -193,6 +216,22 @@ def list_items(
     if limit is not None:
         volumes = volumes[:limit]
     return others + volumes, failed
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def _checksum(value: Any) -> str | None:
+    """'md5:<hex>' as InvenioRDM publishes it; the legacy deposit API's bare hex is an md5 too."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if _HEX.match(text):
+        if len(text) != 32:
+            raise http.DownloadError(f"checksum {text!r} is bare hex but not an md5 (32 digits)")
+        text = f"md5:{text}"
+    http.parse_checksum(text)  # DownloadError for an algorithm we cannot compute
+    return text.lower()
 
 
 def _row(key: str, **fields: Any) -> dict[str, str]:
@@ -245,6 +284,10 @@ def fetch_item(
             params=access.params,
             what=f"Zenodo {cfg.record}/{item.key}",
         )
+    except http.FilterRefusedError:
+        raise http.DownloadError(
+            f"{item.key}: {_filtered(cfg, 'the file (HTTP 403 with an HTML block page)')}"
+        ) from None
     except http.HTTPStatusError as exc:
         if exc.status in (401, 403):
             raise http.DownloadError(f"{item.key}: {_no_access(cfg, access, f'HTTP {exc.status}')}") from None

@@ -8,9 +8,10 @@ if EXTRACTOR_WEIGHTS:
     localrules:
         fetch_weights,
 
-    # evaluate.weights set but absent: download it (evaluate.url, default MedicalNet) on the submit host,
-    # sha256-checked. protected(): a later run never deletes or overwrites the file; one you already
-    # have at that path is used as it is.
+    # evaluate.weights set but absent: download it (evaluate.url; without one the pinned 23-dataset
+    # MedicalNet, refused under protocol: paper, which then stops with the manual step of docs/reproducing.md)
+    # on the submit host, sha256-checked. protected(): a later run never deletes or overwrites the file;
+    # one you already have at that path is used as it is.
     rule fetch_weights:
         output:
             protected(EXTRACTOR_WEIGHTS[0]),
