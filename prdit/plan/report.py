@@ -46,8 +46,13 @@ def run_plan(p: Params, gpu: str, as_json: bool = False) -> int:
     if gpu not in GPUS:
         raise ConfigError(f"--gpu {gpu!r}: not a known GPU ({', '.join(GPUS)})")
     g = GPUS[gpu]
-    logging.getLogger("prdit.train").setLevel(logging.WARNING)  # the stage builders' per-model lines
-    jobs = plan(p, g)
+    builders = logging.getLogger("prdit.train")  # quiet the stage builders' per-model lines, then restore
+    level = builders.level
+    builders.setLevel(logging.WARNING)
+    try:
+        jobs = plan(p, g)
+    finally:
+        builders.setLevel(level)
     if as_json:
         print(json.dumps([j.as_dict() for j in jobs], indent=1))
     else:
