@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
 from prdit.acquire.stage import run_download
 from prdit.data import pseudonyms
@@ -18,6 +19,9 @@ from prdit.data.dicom_writer import write_ct_series
 from prdit.data.ingest import run_ingest, write_plan
 from prdit.data.preprocess import run_preprocess
 from prdit.data.splits import run_split
+from prdit.evaluate.run import run_evaluate
+from prdit.evaluate.volumes import unit_to_hu
+from prdit.io import write_nifti
 from tests.conftest import params_with
 
 # the third fails when read (one slice of another matrix), the last has no usable series
@@ -106,6 +110,14 @@ def test_no_source_identifier_in_any_output_log_or_mlflow(tmp_path, monkeypatch,
     assert run_ingest(p, "mine", threads=1) == 0
     run_preprocess(p, "mine")
     run_split(p, "mine")
+    # the evaluation's report and memorisation audit name training cases: samples that copy them
+    train = (work / "data/splits/mine/train.txt").read_text().split()
+    for i in range(4):
+        cube = sitk.GetArrayFromImage(sitk.ReadImage(str(work / f"data/processed/mine/16/{train[0]}.nii.gz")))
+        noisy = cube + 0.01 * i * np.random.default_rng(i).normal(size=cube.shape)
+        write_nifti(work / f"samples/mine/16/{i}.nii.gz", unit_to_hu(noisy, p.preprocess.window), (16.0,) * 3)
+    run_evaluate(params_with({**p.raw, "evaluate": {"bootstrap": 5, "ms_ssim_pairs": 2}}), "mine", 16)
+    assert any(train[0] in f.read_text(errors="ignore") for f in (work / "reports").rglob("*") if f.is_file())
 
     assert (work / "mlflow.db").is_file()
     assert list(work.rglob("artifacts/series.csv"))  # the MLflow artifact store is searched too
