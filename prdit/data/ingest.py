@@ -2,7 +2,9 @@
 
 Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.csv (one row per
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
-qc.png (mid-slices of a sample of cases). A volume is rejected when it covers less than
+qc.png (mid-slices of a sample of cases); under `case_ids: pseudonym` (your own DICOM, by default) also
+identifiers.csv and identifiers-series.csv, the only files that map the pseudonymous case names back to
+PatientID, series UID and source folder (prdit.data.pseudonyms). A volume is rejected when it covers less than
 ingest.min_extent_mm along an axis (too little anatomy: it would be mostly padding in the training
 cube), has fewer than ingest.min_slices slices, holds no tissue at all, or holds values with no HU
 (NaN / infinite voxels, a missing or invalid rescale, non-finite positions: see prdit.data.dicom and
