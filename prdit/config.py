@@ -55,6 +55,7 @@ class Source:
     format: str
     path: str
     download: str
+    case_ids: str = "auto"  # auto | pseudonym | source: how cases are named (prdit.data.pseudonyms)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def counts(output: str) -> tuple[int, int]:
 
 def write_params(cwd: Path, raw: Path, **sections) -> list[str]:
     over = {
-        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
+        # source names: the runs compared are separate projects (each would have its own pseudonym key)
+        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none", "case_ids": "source"}},
         "preprocess": {"size": 16, "highres_size": 32},
     }
     for name, values in sections.items():

@@ -25,7 +25,9 @@ def params(source: Path, fmt: str = "dicom", min_extent_mm: list[float] | None =
         ingest["min_extent_mm"] = min_extent_mm
     return params_with(
         {
-            "sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}},
+            "sources": {
+                "corpus": {"format": fmt, "path": str(source), "download": "none", "case_ids": "source"}
+            },
             "ingest": ingest,
         }
     )
@@ -256,7 +258,7 @@ def _cli(tmp_path: Path, capsys, source: Path, command: str, fmt: str = "dicom")
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # a project root
     extra = tmp_path / "extra.yaml"
     extra.write_text(
-        f"sources:\n  corpus: {{format: {fmt}, path: '{source}', download: none}}\ndatasets: [corpus]\n"
+        f"sources:\n  corpus: {{format: {fmt}, path: '{source}', download: none, case_ids: source}}\ndatasets: [corpus]\n"
     )
     status = main(
         [command, "--params", str(ROOT / "params.yaml"), "--params", str(extra), "--dataset", "corpus"]

@@ -57,7 +57,7 @@ def write_sphere_series(
 
 def params(raw: Path, **preprocess):
     over = {
-        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none"}},
+        "sources": {"t": {"format": "dicom", "path": str(raw), "download": "none", "case_ids": "source"}},
         "preprocess": {"size": 64, "highres_size": 128, "fov_mm": 256.0, **preprocess},
         "ingest": {"min_extent_mm": [50.0, 50.0, 50.0]},  # the test spheres' fields of view are ~112 mm
     }

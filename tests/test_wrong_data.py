@@ -29,7 +29,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
 def _params(source: Path, fmt: str = "dicom", **ingest):
     return params_with(
         {
-            "sources": {"corpus": {"format": fmt, "path": str(source), "download": "none"}},
+            "sources": {
+                "corpus": {"format": fmt, "path": str(source), "download": "none", "case_ids": "source"}
+            },
             "ingest": {"min_extent_mm": EXTENT, **ingest},
         }
     )

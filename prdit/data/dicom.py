@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,12 +324,24 @@ def select(candidates: Sequence[Series]) -> Series:
 
 
 def discover(
-    root: str | Path, min_slices: int, threads: int = 1, memo: dict | None = None
+    root: str | Path,
+    min_slices: int,
+    threads: int = 1,
+    memo: dict | None = None,
+    show: Callable[[str], str] | None = None,
 ) -> tuple[dict[str, Series | None], list[Skipped]]:
     """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason.
 
-    `memo`: see scan."""
+    `memo`: see scan. `show`: what the log calls a patient (a pseudonym, prdit.data.pseudonyms); with it
+    the log names no PatientID and no series UID."""
     all_series, skipped = scan(root, threads, memo)
+
+    def tell(patient: str, message: str, uid: str, *args) -> None:
+        if show is None:
+            log.info("patient %s: " + message, patient, uid, *args)
+        else:
+            log.info("patient %s: " + message.replace("series %s", "a series"), show(patient), *args)
+
     by_patient: dict[str, list[Series]] = defaultdict(list)
     for s in all_series:
         by_patient[s.patient_id].append(s)
@@ -340,7 +352,7 @@ def discover(
             why = rule_out(s, min_slices)
             if why:
                 skipped.append(Skipped(str(s.where), why, s.uid, patient))
-                log.info("patient %s: skip series %s: %s", patient, s.uid, why)
+                tell(patient, "skip series %s: %s", s.uid, why)
             else:
                 candidates.append(s)
         chosen[patient] = select(candidates) if candidates else None
@@ -348,11 +360,11 @@ def discover(
             if s is not chosen[patient]:
                 why = f"not selected: series {chosen[patient].uid} preferred (ORIGINAL, more slices, thinner)"
                 skipped.append(Skipped(str(s.where), why, s.uid, patient))
-                log.info("patient %s: skip series %s: %s", patient, s.uid, why)
+                tell(patient, "skip series %s: %s", s.uid, "not selected" if show else why)
         if chosen[patient] is not None:
-            log.info(
-                "patient %s: selected series %s (%d files, %d images)",
+            tell(
                 patient,
+                "selected series %s (%d files, %d images)",
                 chosen[patient].uid,
                 len(chosen[patient].files),
                 chosen[patient].frames,

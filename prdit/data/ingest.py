@@ -2,7 +2,9 @@
 
 Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.csv (one row per
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
-qc.png (mid-slices of a sample of cases). A volume is rejected when it covers less than
+qc.png (mid-slices of a sample of cases); under `case_ids: pseudonym` (your own DICOM, by default) also
+identifiers.csv and identifiers-series.csv, the only files that map the pseudonymous case names back to
+PatientID, series UID and source folder (prdit.data.pseudonyms). A volume is rejected when it covers less than
 ingest.min_extent_mm along an axis (too little anatomy: it would be mostly padding in the training
 cube), has fewer than ingest.min_slices slices, holds no tissue at all, or holds values with no HU
 (NaN / infinite voxels, a missing or invalid rescale, non-finite positions: see prdit.data.dicom and
@@ -25,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from prdit import paths, tracking
-from prdit.data import dicom, inputs
+from prdit.data import dicom, inputs, pseudonyms
 from prdit.data.cache import (
     CaseCache,
     assemble,
@@ -85,6 +87,7 @@ def safe_case_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name.strip()) or "case"
 
 
+@pseudonyms.scrubbed  # hide=: what a failure's reason must not name (case_ids: pseudonym)
 def ingest_dicom(
     case: str,
     patient_id: str,
@@ -109,6 +112,7 @@ def ingest_dicom(
     return row
 
 
+@pseudonyms.scrubbed
 def ingest_file(
     case: str,
     patient_id: str,
@@ -182,17 +186,36 @@ def _describe(
     }
 
 
-def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
-    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series).
+def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series, identities).
 
-    A job names its output relative to the case's cache entry (prdit.data.cache)."""
+    A job names its output relative to the case's cache entry (prdit.data.cache). Under
+    `case_ids: pseudonym` (prdit.data.pseudonyms) cases and patients are keyed pseudonyms, the jobs carry
+    no source identifier, and `identities` (one row per case) holds the mapping back to the source; a
+    skipped row then has its PatientID in `source_patient_id`. Under `source`, identities is empty."""
     src = p.sources[dataset]
     root = check_source(p, dataset)
     min_extent = [float(v) for v in p.ingest.min_extent_mm]
-    jobs, rejected, skipped = [], [], []
+    hide = pseudonyms.mode(p, dataset) == "pseudonym"
+    ps = pseudonyms.Pseudonyms(pseudonyms.load_key()) if hide else None
+
+    def patient_of(pid: str) -> str:
+        return ps.patient(pid) if ps and pid else pid
+
+    def hide_of(pid: str) -> dict:
+        """What a worker's failure message must not name: the PatientID (and the folders it names) and
+        the raw root's location."""
+        if not ps:
+            return {}
+        swap = {pid: patient_of(pid), str(root.resolve()): "<source>", str(root): "<source>"}
+        return {"hide": {k: v for k, v in swap.items() if k}}
+
+    jobs, rejected, skipped, identities = [], [], [], []
     if src.format == "dicom":
         memo = header_memo(dataset)
-        chosen, skips = dicom.discover(root, p.ingest.min_slices, threads, memo=memo)
+        chosen, skips = dicom.discover(
+            root, p.ingest.min_slices, threads, memo=memo, show=patient_of if hide else None
+        )
         if not chosen:
             raise SourceError(_nothing_found(root, skips, dataset))
         save_header_memo(dataset, memo)
@@ -200,22 +223,35 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
             {
                 "path": _rel(s.path, root),
                 "series_uid": s.series_uid,
-                "patient_id": s.patient_id,
+                "patient_id": patient_of(s.patient_id),
                 "reason": s.reason,
+                **({"source_patient_id": s.patient_id} if hide else {}),
             }
             for s in skips
         ]
         used: set[str] = set()
         for patient, series in chosen.items():
-            case = _unique(safe_case_id(patient), used)
+            if ps:
+                case = _unique(ps.case(patient, series.uid if series is not None else ""), used)
+                identities.append(
+                    {
+                        "case": case,
+                        "patient_id": patient_of(patient),
+                        "source_patient_id": patient,
+                        "series_uid": series.uid if series is not None else "",
+                        "source": _rel(series.folder, root) if series is not None else "",
+                    }
+                )
+            else:
+                case = _unique(safe_case_id(patient), used)
             if series is None:
-                reasons = sorted({s["reason"] for s in skipped if s["patient_id"] == patient}) or [
-                    "no image series"
-                ]
+                reasons = sorted(
+                    {s["reason"] for s in skipped if s["patient_id"] == patient_of(patient)}
+                ) or ["no image series"]
                 rejected.append(
                     {
                         "case": case,
-                        "patient_id": patient,
+                        "patient_id": patient_of(patient),
                         "status": "rejected",
                         "reason": "no diagnostic axial CT series: " + "; ".join(reasons),
                         "seconds": 0.0,
@@ -225,14 +261,15 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
             jobs.append(
                 dict(
                     case=case,
-                    patient_id=patient,
+                    patient_id=patient_of(patient),
                     files=[str(f) for f in series.files],
-                    source=_rel(series.folder, root),
-                    series_uid=series.uid,
+                    source="" if hide else _rel(series.folder, root),
+                    series_uid="" if hide else series.uid,
                     out=f"{case}.nii.gz",
                     max_gap_factor=p.ingest.max_gap_factor,
                     min_slices=p.ingest.min_slices,
                     min_extent_mm=min_extent,
+                    **hide_of(patient),
                 )
             )
     elif src.format in ("npz", "nifti"):
@@ -246,22 +283,59 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                 f"check sources.{dataset}.path and sources.{dataset}.format"
             )
         for f in found:
-            case = _unique(safe_case_id(inputs.case_name(f)), used)
+            name = inputs.case_name(f)
+            if ps:
+                case = _unique(ps.case(name), used)
+                identities.append(
+                    {
+                        "case": case,
+                        "patient_id": ps.patient(name),
+                        "source_patient_id": name,
+                        "series_uid": "",
+                        "source": _rel(f, root),
+                    }
+                )
+            else:
+                case = _unique(safe_case_id(name), used)
             jobs.append(
                 dict(
                     case=case,
-                    patient_id=case,
+                    patient_id=ps.patient(name) if ps else case,
                     path=str(f),
                     fmt=src.format,
-                    source=_rel(f, root),
+                    source="" if ps else _rel(f, root),
                     out=f"{case}.nii.gz",
                     min_slices=p.ingest.min_slices,
                     min_extent_mm=min_extent,
+                    **hide_of(name),
                 )
             )
     else:
         raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
-    return jobs, rejected, skipped
+    return jobs, rejected, skipped, identities
+
+
+def scrubber(root: Path, identities: list[dict], skipped: list[dict]) -> pseudonyms.Scrubber:
+    """What replaces the source identifiers of a pseudonymised dataset in free text (reasons, notes)."""
+    scrub = pseudonyms.Scrubber()
+    for row in [*identities, *skipped]:
+        scrub.add(str(row.get("source_patient_id", "")), str(row.get("patient_id", "")))
+        scrub.add(str(row.get("series_uid", "")), "<series uid>")
+    scrub.add(str(root), "<source>")
+    scrub.add(str(Path(root).resolve()), "<source>")
+    return scrub
+
+
+def redact(rows: list[dict], scrub: pseudonyms.Scrubber) -> list[dict]:
+    """Rows without source identifiers: free text scrubbed, paths, series UIDs and PatientIDs dropped."""
+    out = []
+    for row in rows:
+        row = {k: scrub(v) for k, v in row.items() if k != "source_patient_id"}
+        for key in ("path", "series_uid", "source"):
+            if key in row:
+                row[key] = ""
+        out.append(row)
+    return out
 
 
 def check_source(p, dataset: str) -> Path:
@@ -334,7 +408,7 @@ def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
     """What decides one case's output: ingest params, the job, and its raw files (relative path, content)."""
     root = Path(p.sources[dataset].path)
     files = job.get("files") or [job["path"]]
-    desc = {k: v for k, v in job.items() if k not in ("files", "path", "out")}
+    desc = {k: v for k, v in job.items() if k not in ("files", "path", "out", "hide")}
     inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
     return entry_key("ingest", p.used("ingest", dataset), desc, inputs=inputs)
 
@@ -353,8 +427,17 @@ def shards_dir(dataset: str) -> Path:
 
 def write_plan(p: Params, dataset: str, path: Path, threads: int = 1) -> int:
     """`prdit ingest --write-plan`: discover the cases once, for the shard jobs and the final assembly."""
-    jobs, rejected, skipped = plan(p, dataset, threads)
-    write_json(path, {"dataset": dataset, "jobs": jobs, "rejected": rejected, "skipped": skipped})
+    jobs, rejected, skipped, identities = plan(p, dataset, threads)
+    write_json(
+        path,
+        {
+            "dataset": dataset,
+            "jobs": jobs,
+            "rejected": rejected,
+            "skipped": skipped,
+            "identities": identities,
+        },
+    )
     log.info(
         "ingest %s: plan of %d case(s) (%d rejected before reading) in %s",
         dataset,
@@ -365,7 +448,7 @@ def write_plan(p: Params, dataset: str, path: Path, threads: int = 1) -> int:
     return 0
 
 
-def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -376,7 +459,7 @@ def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[di
         raise PrditError(f"{path}: not a plan file ({exc}); write it again with --write-plan") from None
     if data.get("dataset") != dataset:
         raise PrditError(f"{path}: a plan of dataset {data.get('dataset')!r}, not {dataset!r}")
-    return data["jobs"], data["rejected"], data["skipped"]
+    return data["jobs"], data["rejected"], data["skipped"], data.get("identities", [])
 
 
 def run_ingest(
@@ -400,7 +483,10 @@ def run_ingest(
     cache = CaseCache("ingest", dataset)
     shards = p.ingest.shards
     # finding the cases comes first: a missing or empty source is a one-line error, no run, no folder
-    jobs, rejected, skipped = read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
+    jobs, rejected, skipped, identities = (
+        read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
+    )
+    hide = pseudonyms.mode(p, dataset) == "pseudonym"
     with tracking.stage_run(p, stage="ingest", dataset=dataset, used=p.used("ingest", dataset)) as run:
         fmt = p.sources[dataset].format
         fn = ingest_dicom if fmt == "dicom" else ingest_file
@@ -408,6 +494,8 @@ def run_ingest(
         keys = [_key_or_unique(p, dataset, job, cache) for job in jobs]
         label = f"ingest {dataset}" + (f" shard {shard}/{shards}" if shard is not None else "")
         rows, computed = run_cached(fn, jobs, keys, cache, threads, desc=label)
+        for job, row in zip(jobs, rows):  # a case that failed in the reader: its row still names the patient
+            row["patient_id"] = row.get("patient_id") or job["patient_id"]
         if shard is not None:
             write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
             run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
@@ -420,11 +508,17 @@ def run_ingest(
         cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
         rows = rows + rejected
         rows.sort(key=lambda r: str(r["case"]))
+        series = skipped
+        if hide:  # the mapping stays here, beside the interim data; every other output is scrubbed
+            scrub = scrubber(Path(p.sources[dataset].path), identities, skipped)
+            write_table(identities, out_dir / pseudonyms.IDENTIFIERS, pseudonyms.IDENTIFIER_COLUMNS)
+            write_table(skipped, out_dir / pseudonyms.IDENTIFIERS_SERIES, pseudonyms.SERIES_COLUMNS)
+            rows, series = redact(rows, scrub), redact(skipped, scrub)
         for r in rows:
             if r["status"] != "ok":
                 log.warning("case %s rejected: %s", r["case"], r["reason"])
         table = write_table(rows, out_dir / "qc.csv", QC_COLUMNS)
-        write_table(skipped, out_dir / "series.csv", ["patient_id", "series_uid", "path", "reason"])
+        write_table(series, out_dir / "series.csv", ["patient_id", "series_uid", "path", "reason"])
         ok = table[table["status"] == "ok"]
         counts = {
             "cases_total": len(table),
