@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-PROTOCOLS = ("project", "paper")
-
 # facts of the reference implementation
 PAPER_WEIGHTS_NAME = "resnet_50.pth"  # evaluations/README.md: from MedicalNet_pytorch_files2.tar.gz
 # The archive as Tencent publishes it: its README links a Google Drive / Tencent Weiyun download and

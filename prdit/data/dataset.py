@@ -25,20 +25,17 @@ def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
 
 
 class VolumeDataset(Dataset):
-    """Items: float16 tensors [1, S, S, S] in [-1, 1], as cached; optional random left-right flip.
+    """Items: float16 tensors [1, S, S, S] in [-1, 1], as cached.
 
     float16 halves the loader's host and pinned memory and the host-to-GPU copy; the training step
     converts on the device (prdit.train.data.HOST_DTYPE), exactly: every float16 is a float32.
     """
 
-    def __init__(
-        self, dataset: str, size: int, split: str, root: str | Path = ".", flip: bool = False
-    ) -> None:
+    def __init__(self, dataset: str, size: int, split: str, root: str | Path = ".") -> None:
         self.folder = Path(root) / paths.processed(dataset, size)
         self.cases = case_ids(dataset, split, root)
         self.dataset = dataset
         self.size = size
-        self.flip = flip
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]
         if missing:
             raise MissingInputError(
@@ -70,7 +67,4 @@ class VolumeDataset(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         volume = self._open(self.folder / f"{self.cases[index]}.npy")
         # a writable copy, not a view of the read-only map
-        x = torch.from_numpy(np.array(volume, dtype=np.float16))[None]
-        if self.flip and torch.rand(()) < 0.5:
-            x = torch.flip(x, dims=[-1])
-        return x
+        return torch.from_numpy(np.array(volume, dtype=np.float16))[None]

@@ -206,8 +206,3 @@ def pair_indices(n: int, n_pairs: int, seed: int) -> list[tuple[int, int]]:
     if n_pairs >= len(pairs):
         return pairs
     return sorted(random.Random(seed).sample(pairs, n_pairs))
-
-
-def pairwise_ms_ssim(volumes: list[np.ndarray], n_pairs: int, seed: int = 0) -> list[float]:
-    """MS-SSIM over `n_pairs` random pairs of `volumes` (diversity: lower means more diverse)."""
-    return [ms_ssim(volumes[i], volumes[j]) for i, j in pair_indices(len(volumes), n_pairs, seed)]

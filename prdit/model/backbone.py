@@ -46,7 +46,7 @@ class PRDiT(nn.Module):
         token_dim = in_channels * patch**3
         out_dim = 2 * in_channels * stride**3
         self.t_embed = TimestepEmbedder(hidden_size, token_dim, hidden_size if depth else None)
-        self.local = LocalDenoiser(token_dim, token_dim, out_dim, mlp_ratio=1.0)
+        self.local = LocalDenoiser(token_dim, token_dim, out_dim, mlp_ratio=1.0, checkpointing=checkpointing)
         self.dit = (
             GlobalDiT(
                 token_dim,

@@ -1,6 +1,6 @@
 """Resume checkpoints (last.pt): atomic, finite-checked, and only resumed by the run they belong to.
 
-A checkpoint holds the stage-owned model weights, the EMA, optimizer and scaler state, the step,
+A checkpoint holds the stage-owned model weights, the EMA and optimizer state, the step,
 the data-stream position, RNG states and counters, plus a fingerprint of every setting that changes
 the trajectory. A last.pt whose fingerprint differs from the current run's (other model, lr, data,
 parent model...) is never resumed; it is moved aside to last.stale-<n>.pt, not deleted.
@@ -71,14 +71,12 @@ def save(path: Path, state: dict[str, Any]) -> None:
     write_torch(path, {"format": FORMAT, **state})  # same state, same bytes
 
 
-def load(
-    path: Path, fingerprint: dict[str, Any], map_location: str | torch.device = "cpu"
-) -> tuple[dict[str, Any] | None, str | None]:
+def load(path: Path, fingerprint: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """(checkpoint, None) if `path` belongs to this run; (None, why not) otherwise; (None, None) if absent."""
     if not path.exists():
         return None, None
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated by hand, another format, ...: keep it for inspection
         return None, f"unreadable ({exc})"
     if not isinstance(state, dict) or state.get("format") != FORMAT:
