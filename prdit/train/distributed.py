@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from prdit.device import select_device
+from prdit.train.launch import rdzv_port
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,7 @@ def setup(timeout_min: float = 30.0) -> DistEnv:
     if world > 1 and not dist.is_initialized():
         if "RANK" not in os.environ:  # srun: export what env:// rendezvous reads
             os.environ.setdefault("MASTER_ADDR", _slurm_master_addr())
-            os.environ.setdefault(
-                "MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
-            )
+            os.environ.setdefault("MASTER_PORT", str(rdzv_port(os.environ.get("SLURM_JOB_ID", "0"))))
             os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",

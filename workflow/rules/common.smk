@@ -201,6 +201,20 @@ def sample_shards(wildcards):
     )
 
 
+# The data rules' resources (threads, mem_mb, runtime in minutes), one row per rule; the GPU rules' come
+# from job_limit below, and a profile's set-threads / set-resources wins. The ingest and preprocess jobs
+# are per-case pools of `threads` processes (dvc.yaml passes the same --threads).
+DATA_JOBS = {
+    "download": dict(threads=4, mem_mb=2000, runtime=24 * 60),
+    "ingest_plan": dict(threads=8, mem_mb=8000, runtime=2 * 60),
+    "ingest_shard": dict(threads=8, mem_mb=16000, runtime=6 * 60),
+    "ingest": dict(threads=8, mem_mb=16000, runtime=6 * 60),
+    "preprocess_shard": dict(threads=8, mem_mb=16000, runtime=6 * 60),
+    "preprocess": dict(threads=8, mem_mb=16000, runtime=6 * 60),
+    "split": dict(threads=1, mem_mb=1000, runtime=10),
+}
+
+
 def job_limit(rule, kind):
     """resources.runtime (minutes) or mem_mb of a GPU rule: prdit/plan/limits.py, the limits `prdit plan`
     checks each job's work against (the stage-3 size and stage have their own)."""

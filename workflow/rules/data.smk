@@ -12,10 +12,10 @@ rule download:
         "logs/benchmarks/download/{dataset}.tsv"
     conda:
         CONDA_ENV
-    threads: 4
+    threads: DATA_JOBS["download"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=24 * 60,
+        mem_mb=DATA_JOBS["download"]["mem_mb"],
+        runtime=DATA_JOBS["download"]["runtime"],
     params:
         used=used("download"),
     shell:
@@ -43,10 +43,10 @@ rule ingest:
         "logs/benchmarks/ingest/{dataset}.tsv"
     conda:
         CONDA_ENV
-    threads: 8
+    threads: DATA_JOBS["ingest"]["threads"]
     resources:
-        mem_mb=16000,
-        runtime=6 * 60,
+        mem_mb=DATA_JOBS["ingest"]["mem_mb"],
+        runtime=DATA_JOBS["ingest"]["runtime"],
     params:
         plan=ingest_plan_arg,
         used=used("ingest"),
@@ -66,10 +66,10 @@ rule preprocess:
         "logs/benchmarks/preprocess/{dataset}.tsv"
     conda:
         CONDA_ENV
-    threads: 8
+    threads: DATA_JOBS["preprocess"]["threads"]
     resources:
-        mem_mb=16000,
-        runtime=6 * 60,
+        mem_mb=DATA_JOBS["preprocess"]["mem_mb"],
+        runtime=DATA_JOBS["preprocess"]["runtime"],
     params:
         used=used("preprocess"),
     shell:
@@ -90,10 +90,10 @@ if INGEST_SHARDS > 1:
             "logs/benchmarks/ingest/{dataset}.plan.tsv"
         conda:
             CONDA_ENV
-        threads: 8
+        threads: DATA_JOBS["ingest_plan"]["threads"]
         resources:
-            mem_mb=8000,
-            runtime=2 * 60,
+            mem_mb=DATA_JOBS["ingest_plan"]["mem_mb"],
+            runtime=DATA_JOBS["ingest_plan"]["runtime"],
         params:
             used=used("ingest"),
         shell:
@@ -111,10 +111,10 @@ if INGEST_SHARDS > 1:
             "logs/benchmarks/ingest/{dataset}.shard{shard}.tsv"
         conda:
             CONDA_ENV
-        threads: 8
+        threads: DATA_JOBS["ingest_shard"]["threads"]
         resources:
-            mem_mb=16000,
-            runtime=6 * 60,
+            mem_mb=DATA_JOBS["ingest_shard"]["mem_mb"],
+            runtime=DATA_JOBS["ingest_shard"]["runtime"],
         params:
             used=used("ingest"),
         shell:
@@ -135,10 +135,10 @@ if PREPROCESS_SHARDS > 1:
             "logs/benchmarks/preprocess/{dataset}.shard{shard}.tsv"
         conda:
             CONDA_ENV
-        threads: 8
+        threads: DATA_JOBS["preprocess_shard"]["threads"]
         resources:
-            mem_mb=16000,
-            runtime=6 * 60,
+            mem_mb=DATA_JOBS["preprocess_shard"]["mem_mb"],
+            runtime=DATA_JOBS["preprocess_shard"]["runtime"],
         params:
             used=used("preprocess"),
         shell:
@@ -157,10 +157,10 @@ rule split:
         "logs/benchmarks/split/{dataset}.tsv"
     conda:
         CONDA_ENV
-    threads: 1
+    threads: DATA_JOBS["split"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=DATA_JOBS["split"]["mem_mb"],
+        runtime=DATA_JOBS["split"]["runtime"],
     params:
         used=used("split"),
     shell:
