@@ -16,12 +16,15 @@ from typing import Any
 import jsonschema
 import yaml
 
-from prdit import paths
+from prdit import paths, topology
 from prdit.errors import PrditError
 from prdit.protocol import MEDICALNET_23DATASET_SHA256, PAPER_WEIGHTS_NAME
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
-STAGES = ("local", "global", "highres")
+STAGES = topology.STAGES
+# what an experiment may override (experiments.<name>): the parameters from training on; the data, the
+# protocol and the evaluation stay the project's, so every experiment is compared on one protocol
+EXPERIMENT_SECTIONS = ("train", "diffusion", "sample")
 
 # The params each pipeline stage reads: Snakemake rules and DVC stages list exactly these, so a change
 # re-runs only the stages that read it. "{dataset}" is filled in per dataset.
@@ -181,6 +184,18 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """baselines.<name>: a folder of another method's generated volumes, evaluated like our samples."""
+
+    dataset: str
+    size: int
+    path: str
+    values: str | tuple[float, float]  # "hu", or the linear range the volumes span (mapped onto the window)
+    axes: str = "zyx"  # what the axes of a .npy/.npz array are (ours: zyx); NIfTI files carry their own
+    flip: tuple[str, ...] = ()  # axes reversed after reordering
+
+
+@dataclass(frozen=True)
 class Downloader:
     base_url: str
     collection: str = ""
@@ -210,6 +225,50 @@ class Params:
     evaluate: Evaluate
     download: dict[str, Downloader]
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    # the named experiment these parameters are the view of (experiments.<name>); None: the project's own
+    exp_name: str | None = None
+    views: dict[str, Params] = field(repr=False, compare=False, default_factory=dict)  # name -> its view
+    base: Params | None = field(repr=False, compare=False, default=None)  # a view's project parameters
+
+    def experiments(self) -> tuple[str, ...]:
+        """The names under `experiments:` in their order; () for a project without that section."""
+        return tuple((self.base or self).views)
+
+    def view(self, name: str | None) -> Params:
+        """The parameters of experiment `name` (the project's own for None)."""
+        root = self.base or self
+        if name is None:
+            return root
+        if name not in root.views:
+            known = ", ".join(root.views) or "none: params have no 'experiments' section"
+            raise ConfigError(f"experiment {name!r}: not under 'experiments' (known: {known})")
+        return root.views[name]
+
+    def lineage_hash(self, stage: str) -> str:
+        """Hash of what the model of `stage` depends on: the params it and every stage under it read."""
+        used = [self.used(f"train-{s}") for s in topology.lineage(stage)]
+        return hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def model_key(self, stage: str) -> str | None:
+        """The key of this view's `stage` model folder (models/<ds>/<stage>-<key>): None when the stage and
+        its parents read what the project's own parameters read, so that model is models/<ds>/<stage> as
+        without experiments. Experiments with equal keys share the model: it is trained once."""
+        mine = self.lineage_hash(stage)
+        return None if mine == (self.base or self).lineage_hash(stage) else mine
+
+    def for_model(self, stage: str, key: str | None) -> Params:
+        """The parameters that train the `stage` model of folder key `key` (the first experiment with it)."""
+        root = self.base or self
+        if key is None:
+            return root
+        for view in root.views.values():
+            if view.model_key(stage) == key:
+                return view
+        raise ConfigError(
+            f"--key {key}: no experiment trains a {stage} model with that key (the parameters changed since "
+            "the DAG was planned?)"
+        )
 
     def sizes(self) -> list[int]:
         """Working sizes the DAG produces: the backbone size, then the stage-3 size if any."""
@@ -334,6 +393,22 @@ def _check(raw: dict[str, Any], origin: str) -> None:
             f"must use the same size letter as train.local.model ({local[0]}): the two "
             "stages share the timestep embedding",
         )
+    experiments = raw.get("experiments") or {}
+    sizes = [size] + ([hr] if hr else [])
+    for name, base in (raw.get("baselines") or {}).items():
+        if name in experiments:
+            fail(
+                f"baselines.{name}", "is also an experiment's name (each row of the comparison has one name)"
+            )
+        if base["dataset"] not in raw["datasets"]:
+            fail(
+                f"baselines.{name}.dataset", f"{base['dataset']!r} is not one of 'datasets' {raw['datasets']}"
+            )
+        if base["size"] not in sizes:
+            fail(f"baselines.{name}.size", f"{base['size']} is not one of this config's sizes {sizes}")
+        values = base["values"]
+        if values != "hu" and not values[0] < values[1]:
+            fail(f"baselines.{name}.values", f"low ({values[0]}) must be below high ({values[1]})")
     for name, src in raw["sources"].items():
         if src["download"] != "none" and Path(src["path"]) != paths.raw(name):
             fail(
@@ -444,7 +519,7 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
     validate_dict(raw, origin)
     stage = lambda d: TrainStage(**d)  # noqa: E731
     tr = raw["train"]
-    return Params(
+    params = Params(
         experiment=raw["experiment"],
         tracking_uri=raw.get("tracking_uri"),
         datasets=tuple(raw["datasets"]),
@@ -473,4 +548,28 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
             for k, v in raw.get("download", {}).items()
         },
         raw=copy.deepcopy(raw),
+        baselines={
+            k: Baseline(
+                **{
+                    **v,
+                    "values": v["values"] if v["values"] == "hu" else tuple(v["values"]),
+                    "flip": tuple(v.get("flip", ())),
+                }
+            )
+            for k, v in raw.get("baselines", {}).items()
+        },
     )
+    for name, override in (raw.get("experiments") or {}).items():
+        merged = deep_merge(raw, override or {})
+        try:
+            view = from_dict(
+                {k: v for k, v in merged.items() if k != "experiments"},
+                origin=f"{origin}: experiments.{name}",
+            )
+        except ConfigError as exc:  # an override that breaks the parameters: name the experiment
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(view, "raw", merged)
+        object.__setattr__(view, "exp_name", name)
+        object.__setattr__(view, "base", params)
+        params.views[name] = view
+    return params

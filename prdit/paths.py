@@ -83,29 +83,45 @@ def features(dataset: str | None = None, size: str | int | None = None) -> Path:
     return FEATURES / str(dataset) if size is None else FEATURES / str(dataset) / str(size)
 
 
-def model_dir(dataset: str, stage: str) -> Path:
-    """models/<dataset>/<stage>: model.pt, last.pt, metrics.json and previews of one training stage."""
-    return MODELS / str(dataset) / str(stage)
+def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
+    """models/<dataset>/<stage>[-<key>]: model.pt, last.pt, metrics.json and previews of one training stage.
+
+    `key` (Params.model_key) tells apart the models of named experiments whose parameters differ from the
+    project's own; experiments with the same key share the folder."""
+    return MODELS / str(dataset) / (str(stage) if key is None else f"{stage}-{key}")
 
 
-def model_file(dataset: str, stage: str) -> Path:
-    return model_dir(dataset, stage) / "model.pt"
+def model_file(dataset: str, stage: str, key: str | None = None) -> Path:
+    return model_dir(dataset, stage, key) / "model.pt"
 
 
-def samples(dataset: str, size: str | int | None = None) -> Path:
-    """samples/<dataset>[/<size>]: generated volumes."""
-    base = SAMPLES / str(dataset)
+def _named(base: Path, name: str | None) -> Path:
+    return base if name is None else base / str(name)
+
+
+def samples(dataset: str, size: str | int | None = None, name: str | None = None) -> Path:
+    """samples/<dataset>[/<experiment>][/<size>]: generated volumes (an experiment's under its name)."""
+    base = _named(SAMPLES / str(dataset), name)
     return base if size is None else base / str(size)
 
 
-def metrics(dataset: str, size: str | int) -> Path:
-    """metrics/<dataset>/<size>.json: the evaluation's numbers (DVC metrics)."""
-    return METRICS / str(dataset) / f"{size}.json"
+def metrics(dataset: str, size: str | int, name: str | None = None) -> Path:
+    """metrics/<dataset>[/<name>]/<size>.json: the evaluation's numbers (DVC metrics); `name` an experiment
+    or a baseline."""
+    return _named(METRICS / str(dataset), name) / f"{size}.json"
 
 
-def reports(dataset: str, size: str | int) -> Path:
-    """reports/<dataset>/<size>: the evaluation's report.html and its figures and tables."""
-    return REPORTS / str(dataset) / str(size)
+def reports(dataset: str, size: str | int, name: str | None = None) -> Path:
+    """reports/<dataset>[/<name>]/<size>: the evaluation's report.html and its figures and tables."""
+    return _named(REPORTS / str(dataset), name) / str(size)
+
+
+COMPARE = "compare"  # reserved: no experiment or baseline may be called so (params.schema.yaml)
+
+
+def compare(dataset: str, size: str | int) -> Path:
+    """reports/<dataset>/compare/<size>: the comparison of every experiment and baseline at one size."""
+    return REPORTS / str(dataset) / COMPARE / str(size)
 
 
 def inductor_cache() -> Path:
