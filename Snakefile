@@ -15,7 +15,7 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        expand(METRICS, dataset=PARAMS.datasets, size=SIZES),
+        final_targets(),
 
 
 # One MLflow pipeline run per invocation that has work to do: the stage runs nest under it (PRDIT_PIPELINE_RUN,

@@ -14,7 +14,11 @@ from prdit.errors import PrditError, describe
 
 
 def _common(
-    sub: argparse.ArgumentParser, dataset: bool = True, size: bool = False, threads: bool = False
+    sub: argparse.ArgumentParser,
+    dataset: bool = True,
+    size: bool = False,
+    threads: bool = False,
+    experiment: bool = False,
 ) -> None:
     sub.add_argument(
         "--params",
@@ -26,6 +30,13 @@ def _common(
         sub.add_argument("--dataset", required=True, help="dataset name from params.yaml `datasets`")
     if size:
         sub.add_argument("--size", type=int, required=True, help="working size (edge length in voxels)")
+    if experiment:
+        sub.add_argument(
+            "--experiment",
+            default=None,
+            metavar="NAME",
+            help="a name under params `experiments` (default: the project's own parameters)",
+        )
     if threads:
         sub.add_argument("--threads", type=int, default=1, help="worker processes for the per-case pool")
         sub.add_argument(
@@ -89,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = subs.add_parser("train", help="train one stage (local, global, highres)")
-    _common(p)
+    _common(p, experiment=True)
     p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument(
+        "--key",
+        default=None,
+        help="the model folder's key (models/D/STAGE-KEY, as the rules name it): the experiment that has it",
+    )
 
     p = subs.add_parser(
         "launch", help="run a training command with torchrun on this machine or on N SLURM nodes"
@@ -106,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command, e.g. prdit train ...")
 
     p = subs.add_parser("sample", help="generate volumes with the predictor-corrector sampler")
-    _common(p, size=True)
+    _common(p, size=True, experiment=True)
     p.add_argument(
         "--shard",
         type=int,
@@ -115,9 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)",
     )
     p = subs.add_parser("merge-samples", help="join the shards of `prdit sample --shard` into samples/D/S")
-    _common(p, size=True)
+    _common(p, size=True, experiment=True)
     p = subs.add_parser(
         "evaluate", help="FID, MMD and MS-SSIM of generated volumes, with floors and a report"
+    )
+    _common(p, size=True, experiment=True)
+    p.add_argument(
+        "--baseline", default=None, metavar="NAME", help="evaluate params `baselines.NAME` instead of samples"
+    )
+    p = subs.add_parser(
+        "compare", help="one table, chart and montage grid of every experiment and baseline at a size"
     )
     _common(p, size=True)
 
@@ -185,6 +208,12 @@ def _run(args: argparse.Namespace) -> int | None:
     dataset = getattr(args, "dataset", None)
     if dataset is not None and dataset not in params.sources:
         raise ConfigError(f"--dataset {dataset!r}: not under 'sources' (known: {', '.join(params.sources)})")
+    if getattr(args, "key", None) is not None:
+        if args.experiment is not None:
+            raise ConfigError("--key and --experiment: give one (the key names the experiment's model)")
+        params = params.for_model(args.stage, args.key)
+    elif getattr(args, "experiment", None) is not None:
+        params = params.view(args.experiment)
     if cmd == "phantom":
         from prdit.data.phantom import run_phantom
 
@@ -232,7 +261,18 @@ def _run(args: argparse.Namespace) -> int | None:
     if cmd == "evaluate":
         from prdit.evaluate.run import run_evaluate
 
+        if args.baseline is not None and args.experiment is not None:
+            raise ConfigError("--baseline and --experiment: give one")
+        if args.baseline is not None and args.baseline not in params.baselines:
+            known = ", ".join(params.baselines) or "none"
+            raise ConfigError(f"--baseline {args.baseline!r}: not under 'baselines' (known: {known})")
+        if args.baseline is not None:
+            return run_evaluate(params, args.dataset, args.size, baseline=args.baseline)
         return run_evaluate(params, args.dataset, args.size)
+    if cmd == "compare":
+        from prdit.evaluate.compare import run_compare
+
+        return run_compare(params, args.dataset, args.size)
     if cmd == "fetch-weights":
         from prdit.acquire.stage import run_fetch_weights
 

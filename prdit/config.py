@@ -27,7 +27,7 @@ STAGES = topology.STAGES
 EXPERIMENT_SECTIONS = ("train", "diffusion", "sample")
 
 # The params each pipeline stage reads: Snakemake rules and DVC stages list exactly these, so a change
-# re-runs only the stages that read it. "{dataset}" is filled in per dataset.
+# re-runs only the stages that read it. "{dataset}" is filled in per dataset, "{name}" per baseline.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "phantom": ("phantom",),
     "download": ("sources.{dataset}", "phantom", "download"),  # narrowed per source kind by Params.used
@@ -46,6 +46,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     ),
     "sample": ("sample", "diffusion", "preprocess.window", "preprocess.fov_mm", "protocol"),
     "evaluate": ("evaluate", "preprocess.window", "protocol"),
+    "evaluate-baseline": ("evaluate", "preprocess.window", "protocol", "baselines.{name}"),
+    "compare": ("evaluate", "preprocess.window", "protocol"),
 }
 
 
@@ -282,9 +284,9 @@ class Params:
             node = node[part]
         return node
 
-    def used(self, stage: str, dataset: str | None = None) -> dict[str, Any]:
+    def used(self, stage: str, dataset: str | None = None, name: str | None = None) -> dict[str, Any]:
         """The params `stage` reads (STAGE_PARAMS), keyed by dotted name: what its run logs and hashes."""
-        keys = [k.format(dataset=dataset) for k in STAGE_PARAMS[stage]]
+        keys = [k.format(dataset=dataset, name=name) for k in STAGE_PARAMS[stage]]
         if stage == "download":  # a LIDC download does not depend on the phantom's settings, and so on
             kind = self.sources[dataset].download
             keys = [k for k in keys if k != "phantom" or kind == "phantom"]
@@ -394,6 +396,12 @@ def _check(raw: dict[str, Any], origin: str) -> None:
             "stages share the timestep embedding",
         )
     experiments = raw.get("experiments") or {}
+    for name, override in experiments.items():
+        if "shards" in ((override or {}).get("sample") or {}):
+            fail(
+                f"experiments.{name}.sample.shards",
+                "sampling jobs are scheduled for the whole project: set sample.shards at the top level",
+            )
     sizes = [size] + ([hr] if hr else [])
     for name, base in (raw.get("baselines") or {}).items():
         if name in experiments:

@@ -16,7 +16,7 @@ def train_threads(configs: list[Path]) -> dict[str, int]:
     cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(ROOT), *map(str, configs)]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=tool_env())
     assert res.returncode == 0, res.stderr[-3000:]
-    return {j["wildcards"]["stage"]: j["threads"] for j in json.loads(res.stdout) if j["rule"] == "train"}
+    return {j["wildcards"]["model"]: j["threads"] for j in json.loads(res.stdout) if j["rule"] == "train"}
 
 
 def test_train_threads_are_gpus_per_node_times_workers_plus_one(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prdit import io, paths, precision, protocol, tracking, viz
+from prdit import io, paths, precision, protocol, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
@@ -39,16 +39,13 @@ def to_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def model_path(p: Params, dataset: str, size: int) -> Path:
     """The model file that generates `size`: the highres model at highres_size, else the stage-2 model."""
-    if size not in p.sizes():
-        raise ValueError(
-            f"size {size} is not one of this config's sizes {p.sizes()} (preprocess.size / highres_size)"
-        )
-    return paths.model_file(dataset, model_stage(p, size))
+    stage = model_stage(p, size)
+    return paths.model_file(dataset, stage, p.model_key(stage))
 
 
 def model_stage(p: Params, size: int) -> str:
-    """The training stage whose model generates `size`: highres at preprocess.highres_size, else global."""
-    return "highres" if size == p.preprocess.highres_size else "global"
+    """The training stage whose model generates `size` (prdit.topology: highres at highres_size, else global)."""
+    return topology.sampler(size, p.preprocess.size, p.preprocess.highres_size)
 
 
 def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = None) -> list[list[int]]:
@@ -77,9 +74,9 @@ def from_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((hu.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
 
 
-def out_dir(dataset: str, size: int, shard: int | None = None) -> Path:
-    """samples/<dataset>/<size>, or for one shard samples/<dataset>/<size>.shards/<shard>."""
-    base = paths.samples(dataset, size)
+def out_dir(dataset: str, size: int, shard: int | None = None, name: str | None = None) -> Path:
+    """samples/<dataset>[/<experiment>]/<size>, or for one shard samples/<dataset>[/<experiment>]/<size>.shards/<shard>."""
+    base = paths.samples(dataset, size, name)
     return base if shard is None else paths.shards(base) / str(shard)
 
 
@@ -186,7 +183,7 @@ def _run_sample(
         set_attention_kernel_dtype(model, numerics.attention)
     seeds = sample_seeds(s.seed, n)
     spacing = (p.preprocess.fov_mm / size,) * 3
-    dest = out_dir(dataset, size, shard)
+    dest = out_dir(dataset, size, shard, p.exp_name)
     partial = paths.partial(dest)
     open_partial(partial, sample_manifest(p, dataset, size, shard, device))
     todo = [idx for idx in batches if not _batch_done(partial, idx)]
@@ -258,7 +255,7 @@ def merge_samples(p: Params, dataset: str, size: int) -> None:
     byte what one unsharded `prdit sample` writes.
     """
     s = p.sample
-    dest = out_dir(dataset, size)
+    dest = out_dir(dataset, size, name=p.exp_name)
     with tracking.stage_run(
         p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
     ) as run:
@@ -266,7 +263,7 @@ def merge_samples(p: Params, dataset: str, size: int) -> None:
         run.log_params({"shard": f"merge of {s.shards}"})
         with io.atomic_dir(dest) as tmp:
             for k in range(s.shards):
-                src = out_dir(dataset, size, k)
+                src = out_dir(dataset, size, k, p.exp_name)
                 want = {f"{i}.nii.gz" for b in shard_batches(s.n, s.batch_size, s.shards, k) for i in b}
                 have = {f.name for f in src.glob("*.nii.gz")} if src.is_dir() else set()
                 if have != want:

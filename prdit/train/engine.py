@@ -619,7 +619,7 @@ def job_from_params(
     log.info("train-%s: %s", stage, choice.note)
     return Job(
         stage=stage,
-        out_dir=stages.model_dir(dataset, stage),
+        out_dir=stages.model_dir(dataset, stage, p.model_key(stage)),
         train=s,
         common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
@@ -636,7 +636,8 @@ def run_train(p: Params, dataset: str, stage: str) -> int:
     env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
     numerics = precision.training(protocol.is_paper(p))
     precision.set_backends(numerics, env.device)  # TF32 on CUDA
-    lock = signals.exclusive(stages.model_dir(dataset, stage)) if env.is_main else contextlib.nullcontext()
+    out = stages.model_dir(dataset, stage, p.model_key(stage))
+    lock = signals.exclusive(out) if env.is_main else contextlib.nullcontext()
     try:
         with lock, StopRequest() as stop:
             signals.stop_when_orphaned()

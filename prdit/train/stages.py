@@ -20,13 +20,13 @@ from pathlib import Path
 from torch import nn
 
 import prdit.model as models
-from prdit import paths, precision, protocol
+from prdit import paths, precision, protocol, topology
 from prdit.config import Params
 from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
-PARENT = {"local": None, "global": "local", "highres": "global"}
+PARENT = {s.name: s.parent for s in topology.TABLE}
 
 
 class StageSetupError(PrditError, ValueError):
@@ -45,8 +45,9 @@ class StageModel:
     parents: dict[str, str] = field(default_factory=dict)  # parent model file -> its content_hash
 
 
-def model_dir(dataset: str, stage: str) -> Path:
-    return paths.model_dir(dataset, stage)
+def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
+    """Where stage `stage` of `dataset` is trained; `key`: Params.model_key(stage) of an experiment."""
+    return paths.model_dir(dataset, stage, key)
 
 
 def input_size(p: Params, stage: str) -> int:
@@ -59,22 +60,24 @@ def input_size(p: Params, stage: str) -> int:
     return p.preprocess.highres_size
 
 
-def parent_path(dataset: str, stage: str) -> Path | None:
+def parent_path(dataset: str, stage: str, key: str | None = None) -> Path | None:
+    """The model file `stage` builds on (`key`: the parent's Params.model_key), None for stage 1."""
     parent = PARENT[stage]
-    return None if parent is None else model_dir(dataset, parent) / "model.pt"
+    return None if parent is None else model_dir(dataset, parent, key) / "model.pt"
 
 
 def build(p: Params, dataset: str, stage: str) -> StageModel:
     """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns."""
 
-    parent = parent_path(dataset, stage)
+    parent = parent_path(dataset, stage, p.model_key(PARENT[stage]) if PARENT[stage] else None)
     parents: dict[str, str] = {}
     frozen = None
     if parent is not None:
         if not parent.exists():
             raise MissingParentError(
                 f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
-                f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}` first)"
+                f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}"
+                f"{f' --experiment {p.exp_name}' if p.exp_name else ''}` first)"
             )
         # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
         # child's last.pt look stale

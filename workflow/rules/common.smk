@@ -5,7 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from prdit import paths
+from prdit import paths, topology
 from prdit.config import load, from_dict
 from prdit.plan import limits
 
@@ -55,12 +55,22 @@ PROCESSED = str(paths.processed("{dataset}"))
 PREPROCESS_SHARD = str(paths.shards(paths.processed("{dataset}")) / "{shard}.csv")
 SPLIT_PARTS = ("train", "val", "test")
 SPLITS = [str(paths.splits("{dataset}", part)) for part in SPLIT_PARTS]
-MODEL = str(paths.model_file("{dataset}", "{stage}"))
-TRAIN_METRICS = str(paths.model_dir("{dataset}", "{stage}") / "metrics.json")
-SAMPLES = str(paths.samples("{dataset}", "{size}"))
-SAMPLE_SHARD = str(paths.shards(paths.samples("{dataset}", "{size}")) / "{shard}")
-METRICS = str(paths.metrics("{dataset}", "{size}"))
-REPORT = str(paths.reports("{dataset}", "{size}"))
+# Named experiments (params `experiments:`, docs/design.md "Experiments"): samples, metrics and reports of
+# each under its name ({experiment}); without the section the layout has no such level. A model folder
+# ({model}) is its stage, or "<stage>-<key>" for an experiment whose stage reads other values than the
+# project's own (Params.model_key): experiments with equal keys share the model, so it trains once.
+EXPERIMENTS = PARAMS.experiments()
+BASELINES = PARAMS.baselines
+NAME = "{experiment}" if EXPERIMENTS else None
+MODEL = str(paths.model_file("{dataset}", "{model}"))
+TRAIN_METRICS = str(paths.model_dir("{dataset}", "{model}") / "metrics.json")
+SAMPLES = str(paths.samples("{dataset}", "{size}", NAME))
+SAMPLE_SHARD = str(paths.shards(paths.samples("{dataset}", "{size}", NAME)) / "{shard}")
+METRICS = str(paths.metrics("{dataset}", "{size}", NAME))
+REPORT = str(paths.reports("{dataset}", "{size}", NAME))
+BASELINE_METRICS = str(paths.metrics("{dataset}", "{size}", "{baseline}"))
+BASELINE_REPORT = str(paths.reports("{dataset}", "{size}", "{baseline}"))
+COMPARE = str(paths.compare("{dataset}", "{size}"))
 
 SIZE = PARAMS.preprocess.size
 HIGHRES = PARAMS.preprocess.highres_size
@@ -70,16 +80,65 @@ EXTRACTOR_WEIGHTS = [PARAMS.evaluate.weights] if PARAMS.evaluate.weights else []
 INGEST_SHARDS = PARAMS.ingest.shards
 PREPROCESS_SHARDS = PARAMS.preprocess.shards
 SAMPLE_SHARDS = PARAMS.sample.shards
-TRAIN_STAGES = ("local", "global", "highres") if HIGHRES else ("local", "global")
-# Stage 2 trains on the frozen stage 1, stage 3 on the frozen stage 2.
-PARENT_STAGE = {"global": "local", "highres": "global"}
+TRAIN_STAGES = topology.present(HIGHRES)
 
 
 wildcard_constraints:
     dataset="|".join(PARAMS.datasets),
-    stage="|".join(TRAIN_STAGES),
+    model=f"({'|'.join(TRAIN_STAGES)})(-[0-9a-f]{{12}})?",
     size="|".join(str(s) for s in SIZES),
     shard=r"\d+",
+    experiment="|".join(EXPERIMENTS) or "(?!)",
+    baseline="|".join(BASELINES) or "(?!)",
+
+
+def view(wildcards):
+    """The parameters of the job's experiment (the project's own without `experiments:`)."""
+    return PARAMS.view(wildcards.get("experiment"))
+
+
+def model_name(p, stage):
+    """The {model} wildcard of `stage` under parameters `p`: the stage, or "<stage>-<key>"."""
+    key = p.model_key(stage)
+    return stage if key is None else f"{stage}-{key}"
+
+
+def model_stage(wildcards):
+    return wildcards.model.split("-", 1)[0]
+
+
+def model_key(wildcards):
+    return wildcards.model.split("-", 1)[1] if "-" in wildcards.model else None
+
+
+def model_view(wildcards):
+    """The parameters that train the job's model: the first experiment whose stage has that key."""
+    return PARAMS.for_model(model_stage(wildcards), model_key(wildcards))
+
+
+def experiment_arg(wildcards):
+    """`--experiment NAME` for a job of a named experiment; nothing without `experiments:`."""
+    name = wildcards.get("experiment")
+    return f"--experiment {name}" if name else ""
+
+
+def key_arg(wildcards):
+    key = model_key(wildcards)
+    return f"--key {key}" if key else ""
+
+
+def final_targets():
+    """Every dataset's metrics at every size (per experiment), the baselines' and the comparisons."""
+    targets = expand(
+        METRICS, dataset=PARAMS.datasets, size=SIZES, experiment=EXPERIMENTS or [None]
+    )
+    for name, b in BASELINES.items():
+        targets.append(
+            BASELINE_METRICS.format(dataset=b.dataset, size=b.size, baseline=name)
+        )
+    if EXPERIMENTS or BASELINES:
+        targets += expand(COMPARE, dataset=PARAMS.datasets, size=SIZES)
+    return targets
 
 
 def _canonical(value):
@@ -92,13 +151,17 @@ def _canonical(value):
     return value
 
 
-def used(stage):
-    """The params a stage reads (prdit.config.STAGE_PARAMS): a change to them, and only that, re-runs the
-    rule. `stage` may be a function of the wildcards (the training stage)."""
+def used(stage, params=view):
+    """The params a stage reads (prdit.config.STAGE_PARAMS) under the job's parameters (`params` of the
+    wildcards: its experiment's): a change to them, and only that, re-runs the rule. `stage` may be a
+    function of the wildcards (the training stage)."""
 
     def values(wildcards):
         name = stage(wildcards) if callable(stage) else stage
-        return _canonical(PARAMS.used(name, wildcards.get("dataset")))
+        p = params(wildcards)
+        return _canonical(
+            p.used(name, wildcards.get("dataset"), wildcards.get("baseline"))
+        )
 
     return values
 
@@ -133,15 +196,16 @@ def train_inputs(wildcards):
         "data": PROCESSED.format(dataset=wildcards.dataset),
         "splits": expand(SPLITS, dataset=wildcards.dataset),
     }
-    if wildcards.stage in PARENT_STAGE:
+    parent = topology.parent(model_stage(wildcards))
+    if parent is not None:
         inputs["parent"] = MODEL.format(
-            dataset=wildcards.dataset, stage=PARENT_STAGE[wildcards.stage]
+            dataset=wildcards.dataset, model=model_name(model_view(wildcards), parent)
         )
     return inputs
 
 
 def train_stage(wildcards):
-    return f"train-{wildcards.stage}"
+    return f"train-{model_stage(wildcards)}"
 
 
 def train_resource(name):
@@ -151,7 +215,7 @@ def train_resource(name):
 
     def value(wildcards):
         stages = PARAMS.raw.get("resources", {}).get("train", {})
-        return stages.get(wildcards.stage, {}).get(name, 1)
+        return stages.get(model_stage(wildcards), {}).get(name, 1)
 
     return value
 
@@ -171,10 +235,13 @@ def train_threads(wildcards):
 
 # ------------------------------------------------------------------------------------------- sampling
 def sample_model(wildcards):
-    """The backbone size samples from the stage-2 model, the stage-3 size from the highres model (which
-    carries its frozen backbone)."""
-    stage = "global" if int(wildcards.size) == SIZE else "highres"
-    return MODEL.format(dataset=wildcards.dataset, stage=stage)
+    """The model that generates the size (prdit.topology: the backbone size from the stage-2 model, the
+    stage-3 size from the highres model, which carries its frozen backbone), of the job's experiment.
+    """
+    stage = topology.sampler(int(wildcards.size), SIZE, HIGHRES)
+    return MODEL.format(
+        dataset=wildcards.dataset, model=model_name(view(wildcards), stage)
+    )
 
 
 def sample_output():
@@ -183,9 +250,14 @@ def sample_output():
     return temp(directory(SAMPLE_SHARD))
 
 
+def job_tag():
+    """The log/benchmark name of one job of a size: "{dataset}[.{experiment}].{size}"."""
+    return "{dataset}.{experiment}.{size}" if EXPERIMENTS else "{dataset}.{size}"
+
+
 def sample_tag():
     """The log/benchmark name of one sampling job (the shard wildcard when sharded)."""
-    return "{dataset}.{size}" if SAMPLE_SHARDS == 1 else "{dataset}.{size}.shard{shard}"
+    return job_tag() if SAMPLE_SHARDS == 1 else job_tag() + ".shard{shard}"
 
 
 def shard_arg(wildcards):
@@ -197,8 +269,35 @@ def sample_shards(wildcards):
         SAMPLE_SHARD,
         dataset=wildcards.dataset,
         size=wildcards.size,
+        experiment=[wildcards.get("experiment")],
         shard=range(SAMPLE_SHARDS),
     )
+
+
+# ------------------------------------------------------------------------------------------- comparison
+def compare_rows(wildcards):
+    """The rows of one comparison: each experiment (or the project's own model), then each baseline of
+    this dataset and size."""
+    rows = [(METRICS, REPORT, {"experiment": e}) for e in EXPERIMENTS or [None]]
+    rows += [
+        (BASELINE_METRICS, BASELINE_REPORT, {"baseline": name})
+        for name, b in BASELINES.items()
+        if b.dataset == wildcards.dataset and b.size == int(wildcards.size)
+    ]
+    return rows
+
+
+def compare_inputs(wildcards):
+    """Every row's metrics and mid-slices, which `prdit compare` reads."""
+    inputs = []
+    for metrics, report, names in compare_rows(wildcards):
+        fill = dict(dataset=wildcards.dataset, size=wildcards.size, **names)
+        inputs += [metrics.format(**fill)]
+    return inputs
+
+
+def baseline_path(wildcards):
+    return BASELINES[wildcards.baseline].path
 
 
 # The data rules' resources (threads, mem_mb, runtime in minutes), one row per rule; the GPU rules' come
@@ -222,7 +321,7 @@ def job_limit(rule, kind):
 
     def of(wildcards):
         size = getattr(wildcards, "size", None)
-        highres = getattr(wildcards, "stage", None) == "highres"
+        highres = "model" in wildcards.keys() and model_stage(wildcards) == "highres"
         return value(rule, highres or (size is not None and int(size) == HIGHRES))
 
     return of

@@ -48,9 +48,9 @@ rule evaluate:
         ),
         histogram=f"{REPORT}/hu_histogram.csv",
     log:
-        "logs/evaluate/{dataset}.{size}.log",
+        f"logs/evaluate/{job_tag()}.log",
     benchmark:
-        "logs/benchmarks/evaluate/{dataset}.{size}.tsv"
+        f"logs/benchmarks/evaluate/{job_tag()}.tsv"
     conda:
         CONDA_ENV
     threads: 4
@@ -59,6 +59,72 @@ rule evaluate:
         runtime=job_limit("evaluate", "runtime"),
         gpu=1,
     params:
+        experiment=experiment_arg,
         used=used("evaluate"),
     shell:
-        "prdit evaluate --dataset {wildcards.dataset:q} --size {wildcards.size} > {log:q} 2>&1"
+        "prdit evaluate --dataset {wildcards.dataset:q} --size {wildcards.size} {params.experiment} "
+        "> {log:q} 2>&1"
+
+
+# Another method's volumes (params `baselines.<name>`) through the same evaluation as our samples.
+rule evaluate_baseline:
+    input:
+        volumes=baseline_path,
+        data=PROCESSED,
+        weights=EXTRACTOR_WEIGHTS,
+        splits=SPLITS,
+    output:
+        metrics=report(
+            BASELINE_METRICS,
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        html=report(
+            f"{BASELINE_REPORT}/report.html",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+        ),
+        histogram=f"{BASELINE_REPORT}/hu_histogram.csv",
+    log:
+        "logs/evaluate/{dataset}.{baseline}.{size}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{dataset}.{baseline}.{size}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 4
+    resources:
+        mem_mb=job_limit("evaluate", "mem_mb"),
+        runtime=job_limit("evaluate", "runtime"),
+        gpu=1,
+    params:
+        used=used("evaluate-baseline"),
+    shell:
+        "prdit evaluate --dataset {wildcards.dataset:q} --size {wildcards.size} "
+        "--baseline {wildcards.baseline:q} > {log:q} 2>&1"
+
+
+# One table, chart and montage grid of every experiment and baseline at a dataset and size (seconds).
+rule compare:
+    input:
+        compare_inputs,
+    output:
+        report(
+            directory(COMPARE),
+            patterns=["table.html", "fid.png", "montage.png"],
+            caption="../report/compare.rst",
+            category="Comparison",
+        ),
+    log:
+        "logs/compare/{dataset}.{size}.log",
+    benchmark:
+        "logs/benchmarks/compare/{dataset}.{size}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        used=used("compare"),
+    shell:
+        "prdit compare --dataset {wildcards.dataset:q} --size {wildcards.size} > {log:q} 2>&1"

@@ -28,9 +28,11 @@ rule sample:
         gpu=1,
     params:
         shard=shard_arg,
+        experiment=experiment_arg,
         used=used("sample"),
     shell:
-        "exec prdit sample --dataset {wildcards.dataset:q} --size {wildcards.size} {params.shard} >> {log:q} 2>&1"
+        "exec prdit sample --dataset {wildcards.dataset:q} --size {wildcards.size} {params.experiment} "
+        "{params.shard} >> {log:q} 2>&1"
 
 
 if SAMPLE_SHARDS > 1:
@@ -45,9 +47,9 @@ if SAMPLE_SHARDS > 1:
         output:
             directory(SAMPLES),
         log:
-            "logs/sample/{dataset}.{size}.merge.log",
+            f"logs/sample/{job_tag()}.merge.log",
         benchmark:
-            "logs/benchmarks/sample/{dataset}.{size}.merge.tsv"
+            f"logs/benchmarks/sample/{job_tag()}.merge.tsv"
         conda:
             CONDA_ENV
         threads: 1
@@ -55,6 +57,8 @@ if SAMPLE_SHARDS > 1:
             mem_mb=4000,
             runtime=30,
         params:
+            experiment=experiment_arg,
             used=used("sample"),
         shell:
-            "prdit merge-samples --dataset {wildcards.dataset:q} --size {wildcards.size} > {log:q} 2>&1"
+            "prdit merge-samples --dataset {wildcards.dataset:q} --size {wildcards.size} {params.experiment} "
+            "> {log:q} 2>&1"

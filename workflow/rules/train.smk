@@ -1,5 +1,6 @@
-# The three training stages, one rule: {stage} is local (stage 1), global (stage 2, on the frozen stage 1)
-# or highres (stage 3, on the frozen stage 2). How a job launches, checkpoints and resumes (exit 75,
+# The three training stages, one rule: {model} is local (stage 1), global (stage 2, on the frozen stage 1)
+# or highres (stage 3, on the frozen stage 2), with "-<key>" for a named experiment's own model
+# (prdit.topology; common.smk). How a job launches, checkpoints and resumes (exit 75,
 # `prdit launch`, mpi=0, exec): docs/slurm.md, "Multi-GPU and multi-node training" and "Time limits".
 
 
@@ -10,9 +11,9 @@ rule train:
         model=MODEL,
         metrics=TRAIN_METRICS,
     log:
-        "logs/train/{dataset}.{stage}.log",
+        "logs/train/{dataset}.{model}.log",
     benchmark:
-        "logs/benchmarks/train/{dataset}.{stage}.tsv"
+        "logs/benchmarks/train/{dataset}.{model}.tsv"
     conda:
         CONDA_ENV
     threads: train_threads
@@ -23,7 +24,9 @@ rule train:
         nodes=train_resource("nodes"),
         mpi=0,
     params:
-        used=used(train_stage),
+        stage=model_stage,
+        key=key_arg,
+        used=used(train_stage, params=model_view),
     shell:
         "exec prdit launch --nodes {resources.nodes} --gpus {resources.gpu} --cpus {threads} -- "
-        "prdit train --dataset {wildcards.dataset:q} --stage {wildcards.stage} >> {log:q} 2>&1"
+        "prdit train --dataset {wildcards.dataset:q} --stage {params.stage} {params.key} >> {log:q} 2>&1"
