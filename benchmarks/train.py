@@ -72,7 +72,7 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
     sm = stages.build(p, DS, stage)
     job = job_from_params(p, DS, stage, sm.parents)
     steps = args.warmup + args.steps
-    job = job.but(
+    job = job.with_settings(
         steps=steps,
         checkpoint_every=10**9,
         val_every=10**9,

@@ -280,9 +280,11 @@ def test_header_memo_reads_only_new_files_and_finds_the_same(
     memo: dict = {}
     first = dicom.discover(phantoms, 16, memo=memo)
     read: list[int] = []
-    real = dicom._read_headers
+    from prdit.data.dicom import discovery
+
+    real = discovery._read_headers
     monkeypatch.setattr(
-        dicom, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads)
+        discovery, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads)
     )
     again = dicom.discover(phantoms, 16, memo=json.loads(json.dumps(memo)))  # as saved to and read from disk
     assert read == [0]

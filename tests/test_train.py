@@ -43,7 +43,7 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -
     assert before and all(n.startswith(("t_embed.shared", "t_embed.local_head", "local.")) for n in before)
     assert all(torch.equal(before[n], local_sd[n]) for n in before)  # the stage-1 weights came from its file
     trained_before = {n: q.detach().clone() for n, q in sm.model.named_parameters() if n in sm.trained}
-    job = job_from_params(tiny_train, DS, "global", sm.parents).but(preview_n=1, preview_steps=2)
+    job = job_from_params(tiny_train, DS, "global", sm.parents).with_settings(preview_n=1, preview_steps=2)
     vols = volumes(4, 16)
     assert fit(job, sm, vols, vols[:2]) == 0
     for n, q in sm.model.named_parameters():
@@ -64,7 +64,7 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -
     backbone = _frozen(hr.model, hr.trained)
     global_sd = saved.state_dict()
     assert len(backbone) >= len(global_sd) and hr.trained
-    job = job_from_params(tiny_train, DS, "highres", hr.parents).but(preview_n=0)
+    job = job_from_params(tiny_train, DS, "highres", hr.parents).with_settings(preview_n=0)
     vols = volumes(2, 32)
     assert fit(job, hr, vols, vols[:1]) == 0
     for n, q in hr.model.named_parameters():
@@ -281,4 +281,16 @@ def test_job_but_changes_a_setting_in_its_section_and_refuses_unknown_names(tmp_
         0,
     )
     with pytest.raises(TypeError, match="'stepz' is not a setting"):
-        job.but(stepz=3)
+        job.with_settings(stepz=3)
+
+
+def test_lr_at_warms_up_linearly_then_holds() -> None:
+    from prdit.train.engine import lr_at
+    from tests.conftest import params_with
+
+    p = params_with({"train": {"common": {"warmup_steps": 4}, "local": {"lr": 1e-3}}})
+    lrs = [lr_at(step, p.train.local, p.train.common) for step in range(6)]
+    # one rounding of lr x fraction: a relative error of at most 2**-53 each
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=2**-52)
+    no_warmup = params_with({"train": {"common": {"warmup_steps": 0}}})
+    assert lr_at(0, no_warmup.train.global_, no_warmup.train.common) == no_warmup.train.global_.lr

@@ -51,7 +51,7 @@ def train(out: Path, compile: bool | str) -> dict[str, torch.Tensor]:
     sm = stages.StageModel(model, 16, [n for n, _ in model.named_parameters()])
     job = make_job(
         out, steps=3, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=2, val_every=100, preview_n=0
-    ).but(compile=compile)
+    ).with_settings(compile=compile)
     assert fit(job, sm, volumes(4, 16), None) == 0
     return {
         **model.state_dict(),

@@ -50,7 +50,9 @@ def test_loader_yields_float16_and_its_host_bytes_are_the_plans(tmp_path: Path) 
 def test_step_sees_float32_on_the_device_with_the_float32_loaders_loss(tiny_train) -> None:
     files = _cache(Path("."), 4)
     sm = build(tiny_train, DS, "local")
-    job = job_from_params(tiny_train, DS, "local", sm.parents).but(steps=2, preview_n=0, grad_accum=1)
+    job = job_from_params(tiny_train, DS, "local", sm.parents).with_settings(
+        steps=2, preview_n=0, grad_accum=1
+    )
     stream = data.SampleStream(VolumeDataset(DS, SIZE, "train"), job.common.seed)
     assert stream.dataset[0].dtype == torch.float16  # what the host holds and copies to the device
     inner = diffusion_loss(job)

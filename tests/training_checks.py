@@ -63,12 +63,12 @@ def sgd_instead_of_adamw(params, lr: float, **_: object) -> torch.optim.Optimize
 
 
 def make_job(out_dir: Path, stage: str = "local", **changes: Any) -> Job:
-    """A Job with the project's params.yaml settings for `stage`, changed by name (Job.but)."""
+    """A Job with the project's params.yaml settings for `stage`, changed by name (Job.with_settings)."""
     p = params_with()
     job = Job(
         stage=stage, out_dir=out_dir, train=p.train.stage(stage), common=p.train.common, diffusion=p.diffusion
     )
-    return job.but(**changes)
+    return job.with_settings(**changes)
 
 
 def per_sample_loss(job: Job) -> LossFn:
@@ -97,7 +97,7 @@ def volumes(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:
 def train_stage(p: Params, dataset: str, stage: str, **changes: Any) -> tuple[StageModel, Job]:
     """Build `stage` from `p` and train it on 4 random volumes (2 of them for validation)."""
     sm = build(p, dataset, stage)
-    job = job_from_params(p, dataset, stage, sm.parents).but(**changes)
+    job = job_from_params(p, dataset, stage, sm.parents).with_settings(**changes)
     vols = volumes(4, sm.input_size)
     assert fit(job, sm, vols, vols[:2]) == 0
     return sm, job

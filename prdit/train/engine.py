@@ -26,10 +26,9 @@ import dataclasses
 import logging
 import math
 import os
-import resource
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
 from prdit import precision, protocol, tracking
-from prdit.config import Diffusion, Params, TrainCommon, TrainStage, trajectory
+from prdit.config import Params, TrainCommon, TrainStage, trajectory
 from prdit.data.dataset import VolumeDataset
 from prdit.device import announce, describe_device
 from prdit.diffusion import loss as ian_loss
@@ -50,6 +49,8 @@ from prdit.train import batching, compiling, data, distributed, signals, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
+from prdit.train.job import Job, NullRun
+from prdit.train.meter import Meter
 from prdit.train.provenance import data_hash
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
@@ -59,52 +60,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(PrditError, RuntimeError):
     """Too many non-finite losses in a row: the run diverged."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One stage's run: the typed settings from params.yaml themselves, where to write, what resumes.
-
-    The loop reads `train` (train.<stage>), `common` (train.common) and `diffusion` directly: a new
-    training parameter is a field of one of those dataclasses and reaches the loop without copying.
-    """
-
-    stage: str
-    out_dir: Path
-    train: TrainStage
-    common: TrainCommon
-    diffusion: Diffusion
-    preview_n: int = 2  # 0: no previews
-    preview_steps: int = 25  # fixed, not sample.*: a sampling parameter never touches training
-    preview_k: int = 2
-    bf16_autocast: bool = True  # on CUDA; protocol paper: fp32/TF32 (its attention kernels bf16, stages.py)
-    final_weights: str = "ema"  # what model.pt holds: "ema", or "raw" (protocol paper, stage 1)
-    fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
-    meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
-
-    def but(self, **changes: Any) -> Job:
-        """A copy with settings changed by name, whichever of train/common/diffusion holds them."""
-        sections: dict[str, dict[str, Any]] = {"train": {}, "common": {}, "diffusion": {}}
-        own: dict[str, Any] = {}
-        for key, value in changes.items():
-            homes = [s for s in sections if key in {f.name for f in dataclasses.fields(getattr(self, s))}]
-            if key in {f.name for f in dataclasses.fields(self)}:
-                own[key] = value
-            elif len(homes) == 1:
-                sections[homes[0]][key] = value
-            else:
-                raise TypeError(f"Job.but: {key!r} is {'ambiguous' if homes else 'not a setting'}")
-        for name, kv in sections.items():
-            if kv:
-                own[name] = dataclasses.replace(getattr(self, name), **kv)
-        return dataclasses.replace(self, **own)
-
-
-class NullRun:
-    """Tracking stand-in for ranks other than 0 (and for callers without tracking)."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *a, **k: None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,6 +86,25 @@ def fit(
         loss_fn or diffusion_loss(job),
     )
     return loop.run(train_set, val_set, stop or StopRequest())
+
+
+def lr_at(step: int, train: TrainStage, common: TrainCommon) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up over train.common.warmup_steps,
+    then train.<stage>.lr."""
+    if common.warmup_steps:
+        return train.lr * min(1.0, (step + 1) / common.warmup_steps)
+    return train.lr
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did: whether it applied (finite on every rank), whether every rank agreed to
+    stop, the step's values (loss, loss parts, grad_norm) and the seconds spent waiting for data."""
+
+    stepped: bool
+    stopping: bool
+    values: dict[str, float]
+    wait: float
 
 
 class _Loop:
@@ -237,19 +211,12 @@ class _Loop:
         distributed.barrier(self.env)
 
     # one optimizer step ------------------------------------------------------------------------
-    def attempt(self, batches: Iterator, stop: StopRequest) -> tuple[bool, bool, dict[str, float], float]:
-        """Accumulate gradients over the micro-batches of one step and apply them unless non-finite.
-
-        Returns (stepped, stop agreed by all ranks, {loss, grad_norm, loss parts}, data-wait seconds);
-        one device sync and one collective per step.
-        """
+    def attempt(self, batches: Iterator, stop: StopRequest) -> StepResult:
+        """Accumulate gradients over the micro-batches of one step and apply them unless non-finite; one
+        device sync and one collective per step."""
         job, env = self.job, self.env
         for g in self.opt.param_groups:
-            g["lr"] = (
-                job.train.lr * min(1.0, (self.step + 1) / job.common.warmup_steps)
-                if job.common.warmup_steps
-                else job.train.lr
-            )
+            g["lr"] = lr_at(self.step, job.train, job.common)
         self.opt.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
         wait = 0.0
@@ -277,11 +244,11 @@ class _Loop:
         bad, stopping = distributed.any_rank(env, bad, stop.requested)
         if bad:
             self.opt.zero_grad(set_to_none=True)
-            return False, stopping, values, wait
+            return StepResult(False, stopping, values, wait)
         self.opt.step()
         self.ema.update()
         self.step += 1
-        return True, stopping, values, wait
+        return StepResult(True, stopping, values, wait)
 
     def validate(self, loader: DataLoader) -> dict[str, float]:
         return {
@@ -291,15 +258,38 @@ class _Loop:
 
     # the loop ----------------------------------------------------------------------------------
     def run(self, train_set: Dataset, val_set: Dataset | None, stop: StopRequest) -> int:
-        job, env, run = self.job, self.env, self.tracker
+        """Resume, train to job.train.steps (or to a stop signal: exit status 75), validate, finalise."""
         self.restore()
-        if self.step >= job.train.steps and _finished(job.out_dir):
-            if env.is_main:  # a finished stage re-run changes nothing (model.pt, metrics.json kept)
+        if self.step >= self.job.train.steps and _finished(self.job.out_dir):
+            if self.env.is_main:  # a finished stage re-run changes nothing (model.pt, metrics.json kept)
                 log.info(
-                    "%s already finished at step %d in %s: nothing to do", job.stage, self.step, job.out_dir
+                    "%s already finished at step %d in %s: nothing to do",
+                    self.job.stage,
+                    self.step,
+                    self.job.out_dir,
                 )
-            distributed.barrier(env)
+            distributed.barrier(self.env)
             return EXIT_OK
+        loader, vloader = self.loaders(train_set, val_set)
+        micro = loader.batch_sampler.micro  # type: ignore[attr-defined]
+        self.log_shape(micro)
+        self.raw.train()
+        self.compile(micro)
+        meter = Meter(self.env, self.job.train.batch_size)
+        last_val: dict[str, float] = {}
+        batches: Iterator = data.DeviceFeed(loader, self.env.device)
+        try:
+            status = self.steps(batches, meter, vloader, last_val, stop)
+        finally:
+            del batches  # shuts the loader's workers down
+        if status is not None:
+            return status
+        self.finish(meter, vloader, last_val)
+        return EXIT_OK
+
+    def loaders(self, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:
+        """The training stream from this run's data position, and the validation loader (None: no val set)."""
+        job, env = self.job, self.env
         pin = env.device.type == "cuda"
         loader = data.train_loader(
             train_set,
@@ -312,92 +302,112 @@ class _Loop:
             workers=job.common.num_workers,
             pin=pin,
         )
-        micro = loader.batch_sampler.micro  # type: ignore[attr-defined]
         vloader = None
         if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
             vloader = data.val_loader(
                 val_set,
-                batch=micro,
+                batch=loader.batch_sampler.micro,  # type: ignore[attr-defined]
                 rank=env.rank,
                 world_size=env.world_size,
                 workers=job.common.num_workers,
                 pin=pin,
             )
-        meter = _Meter(env, job.train.batch_size)
-        last_val: dict[str, float] = {}
+        return loader, vloader
+
+    def log_shape(self, micro: int) -> None:
+        """The run's shape, in MLflow params and one log line (rank 0)."""
+        job, env = self.job, self.env
+        if not env.is_main:
+            return
+        self.tracker.log_params(
+            {
+                "train.world_size": env.world_size,
+                "train.micro_batch": micro,
+                "train.trained_parameters": sum(q.numel() for q in self.params),
+            }
+        )
+        log.info(
+            "%s: steps %d..%d, global batch %d = %d process(es) x %d micro-batch x %d accumulation",
+            job.stage,
+            self.step,
+            job.train.steps,
+            job.train.batch_size,
+            env.world_size,
+            micro,
+            job.common.grad_accum,
+        )
+
+    def steps(
+        self,
+        batches: Iterator,
+        meter: Meter,
+        vloader: DataLoader | None,
+        last_val: dict[str, float],
+        stop: StopRequest,
+    ) -> int | None:
+        """Optimizer steps up to job.train.steps; the exit status when a stop signal ends them early."""
         bad_in_row = 0
-        if env.is_main:
-            run.log_params(
-                {
-                    "train.world_size": env.world_size,
-                    "train.micro_batch": micro,
-                    "train.trained_parameters": sum(q.numel() for q in self.params),
-                }
+        while self.step < self.job.train.steps:
+            t0 = time.perf_counter()
+            result = self.attempt(batches, stop)
+            if result.stepped:
+                bad_in_row = 0
+                meter.add(result.values, time.perf_counter() - t0, result.wait)
+                self.after_step(meter, vloader, last_val)
+            else:
+                bad_in_row += 1
+                self.skip(bad_in_row)
+            if result.stopping and self.step < self.job.train.steps:
+                return self.stop_early(stop)
+        return None
+
+    def skip(self, bad_in_row: int) -> None:
+        """The non-finite policy: a skipped step is logged; train.common.max_nonfinite in a row stop the run."""
+        job = self.job
+        self.skipped += 1
+        if self.env.is_main:
+            log.warning(
+                "non-finite loss or gradient at step %d (%d in a row, %d in all): step skipped",
+                self.step + 1,
+                bad_in_row,
+                self.skipped,
             )
-            log.info(
-                "%s: steps %d..%d, global batch %d = %d process(es) x %d micro-batch x %d accumulation",
-                job.stage,
+        if bad_in_row >= job.common.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{job.stage}: {bad_in_row} non-finite losses in a row at step {self.step + 1} "
+                f"(train.common.max_nonfinite={job.common.max_nonfinite}); the last good checkpoint is "
+                f"{self.last_path}. Lower the learning rate or check the input data."
+            )
+
+    def stop_early(self, stop: StopRequest) -> int:
+        """A stop signal agreed by every rank: checkpoint (if this step is not saved yet), exit status 75."""
+        if self.step != self.saved_step:
+            self.save()
+        if self.env.is_main:
+            log.warning(
+                "stop signal %s at step %d: checkpoint in %s, exit status %d",
+                stop.signum,
                 self.step,
-                job.train.steps,
-                job.train.batch_size,
-                env.world_size,
-                micro,
-                job.common.grad_accum,
+                self.last_path,
+                stop.exit_status,
             )
-        self.raw.train()
-        self.compile(micro)
-        batches: Iterator = data.DeviceFeed(loader, env.device)
-        try:
-            while self.step < job.train.steps:
-                t0 = time.perf_counter()
-                stepped, stopping, values, wait = self.attempt(batches, stop)
-                if stepped:
-                    bad_in_row = 0
-                    meter.add(values, time.perf_counter() - t0, wait)
-                    self.after_step(meter, vloader, last_val)
-                else:
-                    bad_in_row += 1
-                    self.skipped += 1
-                    if env.is_main:
-                        log.warning(
-                            "non-finite loss or gradient at step %d (%d in a row, %d in all): step skipped",
-                            self.step + 1,
-                            bad_in_row,
-                            self.skipped,
-                        )
-                    if bad_in_row >= job.common.max_nonfinite:
-                        raise NonFiniteLossError(
-                            f"{job.stage}: {bad_in_row} non-finite losses in a row at step {self.step + 1} "
-                            f"(train.common.max_nonfinite={job.common.max_nonfinite}); the last good checkpoint is "
-                            f"{self.last_path}. Lower the learning rate or check the input data."
-                        )
-                if stopping and self.step < job.train.steps:
-                    if self.step != self.saved_step:
-                        self.save()
-                    if env.is_main:
-                        log.warning(
-                            "stop signal %s at step %d: checkpoint in %s, exit status %d",
-                            stop.signum,
-                            self.step,
-                            self.last_path,
-                            stop.exit_status,
-                        )
-                        run.set_tags({"prdit.exit": "requeue", "prdit.stopped_at_step": self.step})
-                        run.status = "KILLED"
-                    return stop.exit_status
-        finally:
-            del batches  # shuts the loader's workers down
+            self.tracker.set_tags({"prdit.exit": "requeue", "prdit.stopped_at_step": self.step})
+            self.tracker.status = "KILLED"
+        return stop.exit_status
+
+    def finish(self, meter: Meter, vloader: DataLoader | None, last_val: dict[str, float]) -> None:
+        """The final validation (when resumed at the last step), previews, model.pt and metrics.json."""
+        job, env = self.job, self.env
         if vloader is not None and not last_val:  # resumed at the last step
             last_val.update(self.validate(vloader))
         if job.preview_n:
             self.preview()
         if env.is_main:
             final = self.raw if job.final_weights == "raw" else self.ema.module
-            _finalize(job, final, meter, last_val, self.skipped, env, run)
+            _finalize(job, final, meter, last_val, self.skipped, env, self.tracker)
         distributed.barrier(env)
-        return EXIT_OK
 
-    def after_step(self, meter: _Meter, vloader: DataLoader | None, last_val: dict[str, float]) -> None:
+    def after_step(self, meter: Meter, vloader: DataLoader | None, last_val: dict[str, float]) -> None:
         """Logging, validation, previews and checkpoints due at this step."""
         job, step, end = self.job, self.step, self.step == self.job.train.steps
         if step % job.common.log_every == 0 or end:
@@ -456,7 +466,7 @@ def _finished(out_dir: Path) -> bool:
 def _finalize(
     job: Job,
     ema_model: nn.Module,
-    meter: _Meter,
+    meter: Meter,
     last_val: dict[str, float],
     skipped: int,
     env: DistEnv,
@@ -487,71 +497,6 @@ def _finalize(
     run.log_artifact(job.out_dir / "metrics.json")
     run.log_model_file(job.out_dir / "model.pt")  # the stage's weights, reachable from its run under model/
     log.info("%s done: %s", job.stage, ", ".join(f"{k}={v}" for k, v in metrics.items()))
-
-
-class _Meter:
-    """Running means of the step values between log lines, and step/wait totals of this invocation."""
-
-    def __init__(self, env: DistEnv, global_batch: int) -> None:
-        self.env, self.global_batch = env, global_batch
-        self.window: dict[str, float] = {}
-        self.n = 0
-        self.steps = 0
-        self.time = self.wait = 0.0
-        self.final_loss = float("nan")
-
-    def add(self, values: dict[str, float], step_time: float, wait: float) -> None:
-        for k, v in {**values, "step_time_s": step_time, "data_wait_s": wait}.items():
-            self.window[k] = self.window.get(k, 0.0) + v
-        self.n += 1
-        self.steps += 1
-        self.time += step_time
-        self.wait += wait
-
-    def flush(self) -> dict[str, float]:
-        """Window means averaged over ranks (a collective: every rank calls it at the same step)."""
-        keys = sorted(self.window)
-        local = torch.tensor([self.window[k] / max(self.n, 1) for k in keys], dtype=torch.float64)
-        mean = dict(
-            zip(
-                keys,
-                (
-                    distributed.all_sum(self.env, local.to(self.env.device)).cpu() / self.env.world_size
-                ).tolist(),
-            )
-        )
-        self.window, self.n = {}, 0
-        self.final_loss = mean["loss"]
-        step_time, wait = mean.pop("step_time_s"), mean.pop("data_wait_s")
-        out = {f"train/{k}": v for k, v in mean.items()}
-        out.update(
-            {
-                "perf/step_time_s": step_time,
-                "perf/data_wait_s": wait,
-                "perf/compute_s": step_time - wait,
-                "perf/volumes_per_s": self.global_batch / step_time if step_time > 0 else float("nan"),
-                "perf/peak_memory_gb": peak_memory_gb(self.env),
-            }
-        )
-        return out
-
-    def totals(self) -> dict[str, float]:
-        n = max(self.steps, 1)
-        return {
-            "steps_this_run": self.steps,
-            "step_time_s": self.time / n,
-            "data_wait_s": self.wait / n,
-            "data_wait_fraction": self.wait / self.time if self.time else float("nan"),
-            "volumes_per_s": self.global_batch * self.steps / self.time if self.time else float("nan"),
-            "peak_memory_gb": peak_memory_gb(self.env),
-        }
-
-
-def peak_memory_gb(env: DistEnv) -> float:
-    """Peak CUDA memory allocated on this device, or the process's peak RSS on a CPU."""
-    if env.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(env.device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,380 +1,30 @@
-"""DICOM series -> HU volume: discovery of the diagnostic series, and a careful series reader.
-
-Choices a reviewer should know about:
-- Slices are ordered by ImagePositionPatient projected on the slice normal (row x column cosines),
-  never by InstanceNumber or file name.
-- Enhanced CT (one multi-frame file per series) is read frame by frame from its functional groups
-  (plane position and orientation, pixel measures, pixel value transformation; per-frame values win
-  over shared ones), then treated exactly like a classic series. Other multi-frame objects
-  (secondary capture, ultrasound, angiography, ...) are rejected by SOP class with its name.
-- HU = stored * RescaleSlope + RescaleIntercept, per slice. Pixels equal to PixelPaddingValue (or in
-  its range) and values below -1500 HU (the -2000 / -3024 "outside the field of view" fill) become
-  air (-1000 HU); remaining values below -1024 HU are clipped to -1024. A slope that is 0, negative or
-  not finite, or an intercept that is not finite, rejects the series (no HU scale). Either every slice has
-  rescale or none does (a mix is rejected: the bare slices' scale is unknown); with none, every slice
-  must look like HU on its own (air near -1000) or the series is rejected.
-- ImageOrientationPatient, ImagePositionPatient and PixelSpacing must be finite numbers in every image
-  (NaN compares False and would pass every later check): checked before anything reaches ITK.
-- Duplicate slices (same position, same pixels) are dropped; same position with different pixels is
-  rejected. A gap above `max_gap_factor` x the median spacing is a missing slice: rejected. Smaller
-  spacing irregularities are resampled linearly onto a uniform grid along the normal.
-- Gantry tilt (slice origins sheared off the slice normal) is corrected: every slice is shifted in
-  plane back onto the first slice's column, which puts each voxel at its true patient position on a
-  rectilinear grid. Tilts above MAX_TILT_DEG are rejected.
-- Every volume comes out in one orientation: LPS (SimpleITK/DICOM patient frame; array [z, y, x] with
-  x towards the patient's left, y posterior, z superior, index 0 at right/anterior/inferior). A small
-  obliquity of the acquisition stays in the direction matrix; preprocess resamples onto an axis-aligned grid.
-"""
+"""Reading one series: slices to a HU volume in LPS (rescale, padding, duplicates, gaps, tilt, spacing)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
-from prdit.errors import PrditError
+from prdit.data.dicom.discovery import rule_out, scan
+from prdit.data.dicom.tags import (
+    AIR_HU,
+    MAX_TILT_DEG,
+    MIN_HU,
+    OUTPUT_ORIENTATION,
+    PADDING_BELOW_HU,
+    SeriesError,
+    functional_value,
+)
 
 log = logging.getLogger(__name__)
-
-AIR_HU = -1000
-MIN_HU = -1024
-PADDING_BELOW_HU = -1500
-MAX_TILT_DEG = 30.0
-AXIAL_MIN_COS = (
-    0.8  # |slice normal . z| above this counts as axial (within about 37 degrees; tilt in the IOP)
-)
-OUTPUT_ORIENTATION = "LPS"
-IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage: one slice per file
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage: multi-frame, functional groups
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage: the same layout
-}
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-HEADER_TAGS = [
-    "SOPClassUID",
-    "Modality",
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "PatientID",
-    "ImageType",
-    "ImageOrientationPatient",
-    "SeriesNumber",
-    "SliceThickness",
-    "SeriesDescription",
-    "NumberOfFrames",
-    "SharedFunctionalGroupsSequence",
-]
-
-
-class SeriesError(PrditError, ValueError):
-    """A series cannot be turned into a trustworthy volume; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------
-# Discovery
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    """The files of one SeriesInstanceUID and what the headers say about them."""
-
-    uid: str
-    patient_id: str
-    study_uid: str
-    modality: str
-    sop_class: str
-    image_type: tuple[str, ...]
-    description: str
-    series_number: int
-    normal: tuple[float, float, float] | None
-    slice_thickness: float | None
-    files: list[Path] = field(default_factory=list)
-    frames: int = 0  # images over all files: one per classic file, NumberOfFrames per multi-frame file
-
-    @property
-    def folder(self) -> Path:
-        return Path(os.path.commonpath([str(f.parent) for f in self.files]))
-
-    @property
-    def where(self) -> Path:
-        """What to name in a report: the file of a one-file series, else the folder."""
-        return self.files[0] if len(self.files) == 1 else self.folder
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file or series left out, and why."""
-
-    path: str
-    reason: str
-    series_uid: str = ""
-    patient_id: str = ""
-
-
-def scan(root: str | Path, threads: int = 1, memo: dict | None = None) -> tuple[list[Series], list[Skipped]]:
-    """Read the headers of every file under root (recursively) and group them by SeriesInstanceUID.
-
-    `memo` (path -> [size, mtime_ns, inode, header fields]) saves re-reading unchanged files; it is
-    updated in place to hold exactly the files seen now.
-    """
-    root = Path(root)
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
-    infos = _read_headers(paths, threads) if memo is None else _memo_headers(paths, threads, memo)
-    series: dict[str, Series] = {}
-    skipped: list[Skipped] = []
-    for path, info in zip(paths, infos):
-        if isinstance(info, str):
-            skipped.append(Skipped(str(path), info))
-            continue
-        info = dict(info)
-        frames = int(info.pop("frames", 1))
-        s = series.get(info["uid"])
-        if s is None:
-            info["patient_id"] = info["patient_id"] or path.relative_to(root).parts[0]
-            s = series[info["uid"]] = Series(**info)
-        s.files.append(path)
-        s.frames += frames
-    return list(series.values()), skipped
-
-
-def _memo_headers(paths: list[Path], threads: int, memo: dict) -> list[dict | str]:
-    stats = {}
-    for p in paths:
-        st = p.stat()
-        stats[str(p)] = [st.st_size, st.st_mtime_ns, st.st_ino]
-    todo = [p for p in paths if (memo.get(str(p)) or [None])[:3] != stats[str(p)]]
-    fresh = dict(zip(map(str, todo), _read_headers(todo, threads)))
-    out = []
-    for p in paths:
-        key = str(p)
-        info = fresh[key] if key in fresh else memo[key][3]
-        if key in fresh:
-            memo[key] = [*stats[key], info]
-        if isinstance(info, dict):  # JSON keeps tuples as lists
-            info = dict(
-                info,
-                image_type=tuple(info["image_type"]),
-                normal=tuple(info["normal"]) if info["normal"] is not None else None,
-            )
-        out.append(info)
-    for key in set(memo) - set(stats):
-        del memo[key]
-    return out
-
-
-def _read_headers(paths: list[Path], threads: int) -> list[dict | str]:
-    """Header fields (or the reason a file is skipped) per path; many files are read by a process pool."""
-    chunk = 500
-    if threads <= 1 or len(paths) < 4 * chunk:
-        return _headers(paths)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    with ProcessPoolExecutor(threads, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [info for part in pool.map(_headers, chunks) for info in part]
-
-
-def _headers(paths: list[Path]) -> list[dict | str]:
-    return [_header(p) for p in paths]
-
-
-def _header(path: Path) -> dict | str:
-    """The Series fields of one file's header, or why the file is skipped."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    except InvalidDicomError:
-        return "not a DICOM file"
-    except Exception as exc:  # noqa: BLE001 - any unreadable header is a skip with its reason
-        return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
-    uid = str(ds.get("SeriesInstanceUID", "") or "")
-    if not uid:
-        return "not a DICOM image (no series UID)" if "SOPClassUID" not in ds else "no SeriesInstanceUID"
-    frames = max(1, _int(ds.get("NumberOfFrames")))
-    iop = ds.get("ImageOrientationPatient") or _functional(
-        ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"
-    )
-    if iop is None and frames > 1 and str(ds.get("Modality", "")) == "CT":  # orientation given per frame only
-        try:
-            per = pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=["PerFrameFunctionalGroupsSequence"]
-            )
-            iop = _functional(per, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
-        except Exception:  # noqa: BLE001 - the reader reports the file's problem with the series
-            iop = None
-    return dict(
-        uid=uid,
-        patient_id=str(ds.get("PatientID", "") or ""),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        modality=str(ds.get("Modality", "")),
-        sop_class=str(ds.get("SOPClassUID", "")),
-        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType", []))),
-        description=str(ds.get("SeriesDescription", "")),
-        series_number=_int(ds.get("SeriesNumber")),
-        normal=_normal(iop),
-        slice_thickness=_float(
-            ds.get("SliceThickness") or _functional(ds, 0, "PixelMeasuresSequence", "SliceThickness")
-        ),
-        frames=frames,
-    )
-
-
-def _functional(ds: pydicom.Dataset, frame: int, group: str, keyword: str):
-    """An attribute of a multi-frame image's functional groups: the frame's own value, else the shared one."""
-    for name, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(name)
-        if not items or len(items) <= index:
-            continue
-        inner = items[index].get(group)
-        if inner and keyword in inner[0]:
-            return inner[0][keyword].value
-    return None
-
-
-def sop_name(sop_class: str) -> str:
-    """A SOP class UID with its registered name, e.g. 'Enhanced MR Image Storage (1.2...4.1)'."""
-    name = pydicom.uid.UID(sop_class).name
-    return sop_class if name == sop_class else f"{name} ({sop_class})"
-
-
-def _int(value) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)):
-        return [value]
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
-
-
-def _float(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _normal(iop) -> tuple[float, float, float] | None:
-    try:
-        v = np.asarray([float(x) for x in iop], float)
-    except (TypeError, ValueError):
-        return None
-    if v.shape != (6,):
-        return None
-    n = np.cross(v[:3], v[3:])
-    norm = np.linalg.norm(n)
-    return tuple(n / norm) if norm > 0.5 else None
-
-
-def rule_out(s: Series, min_slices: int) -> str:
-    """Why this series is not a diagnostic axial CT volume ('' if it is a candidate)."""
-    if s.modality != "CT":
-        return f"modality {s.modality or 'missing'} (not CT)"
-    if s.sop_class and s.sop_class not in IMAGE_SOP_CLASSES:
-        multi = (
-            f"multi-frame ({s.frames} frames in {len(s.files)} file(s)) " if s.frames > len(s.files) else ""
-        )
-        return (
-            f"{multi}SOP class {sop_name(s.sop_class)} is not a CT image (read: CT, Enhanced CT and "
-            "Legacy Converted Enhanced CT Image Storage)"
-        )
-    if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(s.image_type):
-        return "localizer/scout (ImageType " + "\\".join(s.image_type) + ")"
-    if s.normal is None:
-        where = "PlaneOrientationSequence" if s.sop_class != CT_IMAGE_STORAGE else "ImageOrientationPatient"
-        return f"no usable image orientation ({where} missing or not two unit vectors)"
-    if abs(s.normal[2]) < AXIAL_MIN_COS:
-        return f"not axial (slice normal {tuple(round(c, 2) for c in s.normal)})"
-    if s.frames < min_slices:
-        return f"{s.frames} slice(s), fewer than ingest.min_slices={min_slices}"
-    return ""
-
-
-def select(candidates: Sequence[Series]) -> Series:
-    """Pick one series among candidates: ORIGINAL before DERIVED, most slices, thinnest, lowest number, UID."""
-    return min(
-        candidates,
-        key=lambda s: (
-            "ORIGINAL" not in s.image_type,
-            -s.frames,
-            s.slice_thickness or 1e9,
-            s.series_number,
-            s.uid,
-        ),
-    )
-
-
-def discover(
-    root: str | Path,
-    min_slices: int,
-    threads: int = 1,
-    memo: dict | None = None,
-    show: Callable[[str], str] | None = None,
-) -> tuple[dict[str, Series | None], list[Skipped]]:
-    """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason.
-
-    `memo`: see scan. `show`: what the log calls a patient (a pseudonym, prdit.data.pseudonyms); with it
-    the log names no PatientID and no series UID."""
-    all_series, skipped = scan(root, threads, memo)
-
-    def tell(patient: str, message: str, uid: str, *args) -> None:
-        if show is None:
-            log.info("patient %s: " + message, patient, uid, *args)
-        else:
-            log.info("patient %s: " + message.replace("series %s", "a series"), show(patient), *args)
-
-    by_patient: dict[str, list[Series]] = defaultdict(list)
-    for s in all_series:
-        by_patient[s.patient_id].append(s)
-    chosen: dict[str, Series | None] = {}
-    for patient, group in sorted(by_patient.items()):
-        candidates = []
-        for s in group:
-            why = rule_out(s, min_slices)
-            if why:
-                skipped.append(Skipped(str(s.where), why, s.uid, patient))
-                tell(patient, "skip series %s: %s", s.uid, why)
-            else:
-                candidates.append(s)
-        chosen[patient] = select(candidates) if candidates else None
-        for s in candidates:
-            if s is not chosen[patient]:
-                why = f"not selected: series {chosen[patient].uid} preferred (ORIGINAL, more slices, thinner)"
-                skipped.append(Skipped(str(s.where), why, s.uid, patient))
-                tell(patient, "skip series %s: %s", s.uid, "not selected" if show else why)
-        if chosen[patient] is not None:
-            tell(
-                patient,
-                "selected series %s (%d files, %d images)",
-                chosen[patient].uid,
-                len(chosen[patient].files),
-                chosen[patient].frames,
-            )
-    return chosen, skipped
-
-
-# --------------------------------------------------------------------------------------------
-# Reading one series
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -620,9 +270,9 @@ def _frame_headers(ds: pydicom.Dataset, f: Path) -> list[dict]:
             dict(
                 name=f"{f.name} frame {i + 1}",
                 where=f"{f} frame {i + 1}",
-                orientation=_functional(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient"),
-                position=_functional(ds, i, "PlanePositionSequence", "ImagePositionPatient"),
-                spacing=_functional(ds, i, "PixelMeasuresSequence", "PixelSpacing"),
+                orientation=functional_value(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                position=functional_value(ds, i, "PlanePositionSequence", "ImagePositionPatient"),
+                spacing=functional_value(ds, i, "PixelMeasuresSequence", "PixelSpacing"),
                 shape=shape,
                 slope=_rescale(ds, i, "RescaleSlope"),
                 intercept=_rescale(ds, i, "RescaleIntercept"),
@@ -638,7 +288,7 @@ def _frame_headers(ds: pydicom.Dataset, f: Path) -> list[dict]:
 
 def _rescale(ds: pydicom.Dataset, frame: int, keyword: str):
     """A frame's rescale value: its PixelValueTransformationSequence, else the top-level attribute."""
-    value = _functional(ds, frame, "PixelValueTransformationSequence", keyword)
+    value = functional_value(ds, frame, "PixelValueTransformationSequence", keyword)
     return ds.get(keyword) if value is None else value
 
 
