@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from prdit import paths
+from prdit.errors import PrditError
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
 from prdit.evaluate.texture import STRIDE, volume_stats
 from prdit.evaluate.volumes import Summary, hu_histogram, read_volume, thumbnail
@@ -48,13 +49,16 @@ def summarise(
     desc: str = "features",
     axes: str = "zyx",
     keep: list | None = None,
+    read: Callable[[Path], np.ndarray] | None = None,
 ) -> Summary:
     """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped.
 
     `axes` is the axis order the extractor sees: 'zyx' (our arrays) or 'xyz' (nibabel's order, the
     reference evaluation's); the other statistics do not depend on it. `keep` (e.g. a VolumeBank) receives
     each volume read ([D, H, W] in [-1, 1], in the order of the summary's ids), so nothing is read twice.
-    Features are extracted `batch_size` volumes at a time on the extractor's device.
+    Features are extracted `batch_size` volumes at a time on the extractor's device. `read` (path -> [-1, 1]
+    cube) replaces read_volume(path, size, kind, window), e.g. for a baseline's files; a PrditError it
+    raises (a file that breaks its declaration) stops the evaluation instead of skipping the file.
     """
     if axes not in ("zyx", "xyz"):
         raise ValueError(f"axes must be 'zyx' or 'xyz', got {axes!r}")
@@ -66,7 +70,9 @@ def summarise(
 
     for path, case in progress(list(zip(paths, ids)), desc=desc):
         try:
-            x = read_volume(path, size, kind, window)
+            x = read(path) if read is not None else read_volume(path, size, kind, window)
+        except PrditError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the evaluation
             msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             log.error("skipping a volume: %s", msg)

@@ -1,11 +1,12 @@
-"""`prdit evaluate`: metrics/<dataset>/<size>.json and reports/<dataset>/<size>/ for one dataset and size."""
+"""`prdit evaluate`: metrics/<dataset>[/<name>]/<size>.json and reports/<dataset>[/<name>]/<size>/ for one
+dataset and size, of our samples (the project's or a named experiment's) or of a baseline's volumes."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ import torch
 
 from prdit import paths, precision, protocol, tracking
 from prdit.device import announce, describe_device, select_device
+from prdit.errors import PrditError
+from prdit.evaluate.baselines import baseline_set
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
@@ -21,7 +24,15 @@ from prdit.evaluate.ms_ssim import pair_indices, pairwise_values, scales_for
 from prdit.evaluate.report import write_report
 from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
-from prdit.evaluate.volumes import Summary, VolumeBank, hist_edges, read_volume, sample_paths
+from prdit.evaluate.volumes import (
+    GeneratedSet,
+    Summary,
+    VolumeBank,
+    hist_edges,
+    read_volume,
+    samples_set,
+    unit_to_hu,
+)
 from prdit.io import atomic_dir, write_json
 from prdit.protocol import PAPER_REAL_N
 
@@ -70,6 +81,29 @@ class Scored:
     feature_cache: Path
     montage: dict[str, tuple[list, list[str]]]  # 'real', 'generated': up to MONTAGE_ROWS volumes, labels
     seconds_features: float = 0.0
+    source: dict = field(default_factory=dict)  # what was evaluated as generated (GeneratedSet.source)
+    mid_slices: dict[str, np.ndarray] = field(default_factory=dict)  # mid_slices.npz: HU planes
+
+
+class BaselineMismatch(PrditError, ValueError):
+    """`prdit evaluate` asked for a baseline that is not declared, or not for this dataset and size."""
+
+
+MID_SLICE_KEYS = tuple(
+    f"{who}_{plane}" for who in ("generated", "real") for plane in ("axial", "coronal", "sagittal")
+)
+
+
+def mid_slices(volume: np.ndarray, window: Sequence[float], prefix: str) -> dict[str, np.ndarray]:
+    """The three mid-planes of a [z, y, x] cube in [-1, 1] as float32 HU: axial (middle z), coronal
+    (middle y), sagittal (middle x), keyed `<prefix>_<plane>` (the comparison report reads these keys)."""
+    v = unit_to_hu(volume, window)
+    d, h, w = v.shape
+    return {
+        f"{prefix}_axial": v[d // 2],
+        f"{prefix}_coronal": v[:, h // 2],
+        f"{prefix}_sagittal": v[:, :, w // 2],
+    }
 
 
 def _diversity(
@@ -133,18 +167,21 @@ def score(
     splits_root: Path = paths.SPLITS,
     features_root: Path = paths.FEATURES,
     device: torch.device | None = None,
+    generated: GeneratedSet | None = None,
 ) -> Scored:
     """Compute every number of the evaluation: features and their scores, MS-SSIM, audit, diagnostics.
 
     Each generated volume is read once: feature extraction fills a VolumeBank that MS-SSIM then scores
     in batches; real train volumes for the MS-SSIM floor are read once each. `device`: prdit.device's
-    choice (default: select_device()).
+    choice (default: select_device()). `generated`: the volumes to score (e.g. a baseline's,
+    prdit.evaluate.baselines.baseline_set); default our samples in samples_root/<dataset>/<size>, the
+    first `num_samples` (ignored when `generated` is given: its set is already chosen).
     """
     paper = protocol_name == "paper"
     axes = "xyz" if paper else "zyx"
     t0 = time.monotonic()
-    gen_dir = samples_root / dataset / str(size)
-    gen_paths = sample_paths(gen_dir)[:num_samples]
+    gen = generated or samples_set(samples_root / dataset / str(size), size, window, num_samples)
+    gen_dir, gen_paths = gen.source["path"], gen.paths
     if not gen_paths:
         raise FileNotFoundError(
             f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
@@ -162,11 +199,10 @@ def score(
         raise ValueError(
             f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}"
         )
-    gen_ids = [p.name.removesuffix(".nii.gz") for p in gen_paths]
     gen_vols = VolumeBank(device)
     generated = summarise(
         gen_paths,
-        gen_ids,
+        gen.ids,
         "generated",
         size,
         window,
@@ -175,6 +211,7 @@ def score(
         desc=f"sample features {dataset}/{size}",
         axes=axes,
         keep=gen_vols,
+        read=gen.read,
     )
     if not generated.ids:
         raise ValueError(
@@ -212,6 +249,10 @@ def score(
         notes.append(
             f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)"
         )
+    if gen.ignored:
+        notes.append(
+            f"{len(gen.ignored)} file(s) in {gen_dir} are not volumes and were ignored: {gen.ignored}"
+        )
     shown = [i for i in montage_idx if i in real_vols]
     montage = {
         "real": ([_host(real_vols[i]) for i in shown], [f"real {train.ids[i]}" for i in shown]),
@@ -241,6 +282,10 @@ def score(
         cache_path(dataset, size, features_root),
         montage,
         t_feat,
+        gen.source,
+        # the first generated volume and the first readable real train volume (the montages' first rows)
+        mid_slices(_host(gen_vols[0]), window, "generated")
+        | (mid_slices(montage["real"][0][0], window, "real") if shown else {}),
     )
 
 
@@ -288,6 +333,7 @@ def record(s: Scored) -> dict:
             "sha256": s.info.sha256,
         },
         "input": {"window": list(s.window), "note": INPUT_NOTE, "extractor_axes": s.axes},
+        "generated": s.source,
         "reference_set": (
             f"protocol paper: the first {PAPER_REAL_N} of real train + val in split order (the reference's "
             "real set); floors: real val vs real train"
@@ -302,11 +348,20 @@ def record(s: Scored) -> dict:
 
 
 def write(
-    m: dict, s: Scored, metrics_root: Path = paths.METRICS, reports_root: Path = paths.REPORTS
+    m: dict,
+    s: Scored,
+    metrics_root: Path = paths.METRICS,
+    reports_root: Path = paths.REPORTS,
+    name: str | None = None,
 ) -> tuple[Path, Path]:
-    """Write the report folder and the metrics file, each atomically; returns (json path, report dir)."""
-    metrics_path = metrics_root / s.dataset / f"{s.size}.json"
-    report_dir = reports_root / s.dataset / str(s.size)
+    """Write the report folder and the metrics file, each atomically; returns (json path, report dir).
+
+    `name` (an experiment or a baseline) places them as prdit.paths.metrics/reports do, under the roots.
+    The report folder also gets mid_slices.npz (float32 HU planes, keys MID_SLICE_KEYS) for the
+    comparison report.
+    """
+    metrics_path = metrics_root / paths.metrics(s.dataset, s.size, name).relative_to(paths.METRICS)
+    report_dir = reports_root / paths.reports(s.dataset, s.size, name).relative_to(paths.REPORTS)
     info_lines = [
         f"protocol: {s.protocol} (docs/reproducing.md); extractor input axis order {s.axes}; "
         f"MS-SSIM over {m['n']['ms_ssim_pairs']} generated pairs",
@@ -317,6 +372,7 @@ def write(
         f"N: {len(s.train.ids)} real train, {len(s.heldout.ids)} real held-out, "
         f"{len(s.generated.ids)} generated; {s.n_boot} bootstrap replicates (95% percentile intervals)",
         f"real-set feature cache: {m['feature_cache']}",
+        "generated: " + ", ".join(f"{k} {v}" for k, v in s.source.items()),
     ]
     with atomic_dir(report_dir) as tmp:
         write_report(
@@ -331,6 +387,8 @@ def write(
             info_lines,
         )
         write_json(tmp / "metrics.json", m)
+        with open(tmp / "mid_slices.npz", "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v, np.float32) for k, v in s.mid_slices.items()})
     write_json(metrics_path, m)
     return metrics_path, report_dir
 
@@ -353,12 +411,15 @@ def evaluate(
     metrics_root: Path = paths.METRICS,
     reports_root: Path = paths.REPORTS,
     device: torch.device | None = None,
+    generated: GeneratedSet | None = None,
+    name: str | None = None,
 ) -> tuple[dict, Path, Path]:
     """Score, build the record, write the metrics file and report; returns (metrics, json path, report dir).
 
     protocol_name 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
     nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
-    all pairs of generated volumes; the floors stay held-out (val) against train.
+    all pairs of generated volumes; the floors stay held-out (val) against train. `generated` and `name`:
+    see score() and write(); everything else is the same for samples, experiments and baselines.
     """
     t0 = time.monotonic()
     s = score(
@@ -377,14 +438,16 @@ def evaluate(
         splits_root,
         features_root,
         device,
+        generated,
     )
     m = record(s)
-    metrics_path, report_dir = write(m, s, metrics_root, reports_root)
+    metrics_path, report_dir = write(m, s, metrics_root, reports_root, name)
     log.info(
-        "evaluate %s/%d: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
+        "evaluate %s/%d%s: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
         "texture ratio %s (floor %s); features %.1f s, total %.1f s",
         dataset,
         size,
+        f" ({s.source['kind']} {name})" if name else "",
         m["fid"],
         m["fid_floor"],
         m["mmd_reference"],
@@ -414,13 +477,39 @@ def numeric(m: dict, prefix: str = "") -> dict[str, float]:
             continue
         if isinstance(v, (int, float)):
             out[prefix + k] = float(v)
-        elif isinstance(v, dict) and k not in ("extractor", "input"):
+        elif isinstance(v, dict) and k not in ("extractor", "input", "generated"):
             out.update(numeric(v, f"{prefix}{k}."))
     return out
 
 
-def run_evaluate(p: Params, dataset: str, size: int) -> None:
-    """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures."""
+def generated_set(p: Params, dataset: str, size: int, baseline: str | None = None) -> GeneratedSet:
+    """What `prdit evaluate` scores: baseline `baseline`'s folder (declared for this dataset and size), else
+    the samples of p's experiment (p.exp_name; None: the project's own samples)."""
+    window, n = tuple(p.preprocess.window), p.evaluate.num_samples
+    if baseline is None:
+        folder = paths.samples(dataset, size, name=p.exp_name)
+        kind = "samples" if p.exp_name is None else "experiment"
+        source = {"kind": kind, "name": p.exp_name, "path": str(folder), "values": "hu"}
+        return samples_set(folder, size, window, n, source)
+    if baseline not in p.baselines:
+        declared = ", ".join(sorted(p.baselines)) or "none"
+        raise BaselineMismatch(f"baselines.{baseline}: not declared in params.yaml (declared: {declared})")
+    b = p.baselines[baseline]
+    if (b.dataset, int(b.size)) != (dataset, int(size)):
+        raise BaselineMismatch(
+            f"baselines.{baseline}: declared for {b.dataset}/{b.size}, asked to evaluate it on {dataset}/{size}"
+        )
+    return baseline_set(baseline, b.path, size, b.values, window, b.axes, b.flip, n)
+
+
+def run_evaluate(p: Params, dataset: str, size: int, baseline: str | None = None) -> None:
+    """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures.
+
+    `baseline` None: p's samples (the experiment p is the view of, or the project's own), written to
+    metrics/reports under p.exp_name; else that baseline's volumes, written under the baseline's name.
+    """
+    gen = generated_set(p, dataset, size, baseline)  # a wrong baseline declaration stops here
+    name = baseline if baseline is not None else p.exp_name
     device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
     numerics = precision.evaluation()
     precision.set_backends(numerics, device)
@@ -429,12 +518,13 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
         "evaluate": p.raw.get("evaluate", {}),
         "preprocess.window": list(p.preprocess.window),
         "protocol": protocol.name(p),
+        **({"baseline": {**gen.source, "n_files": len(gen.paths)}} if baseline is not None else {}),
     }
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
         announce(run, describe_device(device, why, numerics))
         for split in ("train", "val", "test"):  # the real reference and floor sets
             tracking.log_split(run, p, dataset, size, split, "evaluation")
-        run.log_dataset(f"samples/{dataset}/{size}", paths.samples(dataset, size), "samples")
+        run.log_dataset(gen.source["path"], Path(gen.source["path"]), gen.source["kind"])
         m, metrics_path, report_dir = evaluate(
             dataset,
             size,
@@ -447,12 +537,16 @@ def run_evaluate(p: Params, dataset: str, size: int) -> None:
             ev.num_samples,
             protocol.name(p),
             device=device,
+            generated=gen,
+            name=name,
         )
         run.set_tags(
             {
                 "prdit.protocol": m["protocol"],
                 "prdit.extractor": m["extractor"]["name"],
                 "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower(),
+                "prdit.generated": m["generated"]["kind"],
+                **({"prdit.generated_name": name} if name is not None else {}),
             }
         )
         run.log_metrics(numeric(m))

@@ -11,8 +11,8 @@ per-volume z-scored input; following the paper instead keeps our numbers compara
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,40 @@ def sample_paths(folder: Path) -> list[Path]:
         return (0, int(m.group(1)), "") if m else (1, 0, p.name)
 
     return sorted(folder.glob("*.nii.gz"), key=key)
+
+
+@dataclass(frozen=True)
+class GeneratedSet:
+    """What an evaluation scores as generated, wherever it comes from (our samples or a baseline folder).
+
+    `read` turns one of `paths` into the [-1, 1] float32 [z, y, x] cube every metric takes (read_volume
+    for our samples, prdit.evaluate.baselines.read_unit for a baseline); `source` is recorded in the
+    metrics ("generated": kind, name, path, values, ...) so a comparison can be traced to its inputs.
+    A read error that is a prdit.errors.PrditError stops the evaluation; any other skips the file.
+    """
+
+    paths: list[Path]
+    ids: list[str]
+    read: Callable[[Path], np.ndarray]
+    source: dict
+    ignored: list[str] = field(default_factory=list)  # files in the folder that are not volumes
+
+
+def samples_set(
+    folder: Path,
+    size: int,
+    window: Sequence[float],
+    num_samples: int | None = None,
+    source: dict | None = None,
+) -> GeneratedSet:
+    """Our samples <i>.nii.gz (HU) in `folder`, the first `num_samples`, read by read_volume."""
+    vols = sample_paths(folder)[:num_samples]
+    return GeneratedSet(
+        paths=vols,
+        ids=[p.name.removesuffix(".nii.gz") for p in vols],
+        read=lambda path: read_volume(path, size, "generated", window),
+        source=source or {"kind": "samples", "name": None, "path": str(folder), "values": "hu"},
+    )
 
 
 @dataclass
