@@ -292,7 +292,7 @@ def compare_inputs(wildcards):
     inputs = []
     for metrics, report, names in compare_rows(wildcards):
         fill = dict(dataset=wildcards.dataset, size=wildcards.size, **names)
-        inputs += [metrics.format(**fill)]
+        inputs += [metrics.format(**fill), f"{report}/mid_slices.npz".format(**fill)]
     return inputs
 
 

@@ -47,6 +47,7 @@ rule evaluate:
             category="Evaluation",
         ),
         histogram=f"{REPORT}/hu_histogram.csv",
+        slices=f"{REPORT}/mid_slices.npz",
     log:
         f"logs/evaluate/{job_tag()}.log",
     benchmark:
@@ -85,6 +86,7 @@ rule evaluate_baseline:
             category="Evaluation",
         ),
         histogram=f"{BASELINE_REPORT}/hu_histogram.csv",
+        slices=f"{BASELINE_REPORT}/mid_slices.npz",
     log:
         "logs/evaluate/{dataset}.{baseline}.{size}.log",
     benchmark:
