@@ -4,6 +4,7 @@ throw-away copy of the project to run the real tools in (`project_copy`)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,14 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
 def project_copy(tmp_path: Path) -> Path:
     """A git-committed copy of the project with tiny.yaml baked into params.yaml."""
     return make_project(tmp_path / "project")
+
+
+def config_layers(name: str) -> list[Path]:
+    """The files `configs/<name>` is used with, as the documented command in its header names them (a study
+    such as lidc-depth-study.yaml is a layer over lidc-128.yaml): params.yaml first."""
+    header = "\n".join((ROOT / "configs" / name).read_text().splitlines()[:6])
+    m = re.search(r"all --configfile ((?:configs/\S+\.yaml ?)+)", header)
+    assert m, f"configs/{name}: no `... all --configfile configs/...` command in its header"
+    files = [ROOT / f for f in m.group(1).split()]
+    assert files[-1].name == name, f"configs/{name}: its command does not end with the file itself"
+    return [ROOT / "params.yaml", *files]

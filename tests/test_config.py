@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prdit.config import ConfigError, load
-from tests.conftest import ROOT, params_with, tool_env
+from prdit import paths
+from prdit.config import ConfigError, Params, from_dict, load
+from tests.conftest import ROOT, config_layers, params_with, tool_env
 
 
 def test_defaults_validate_and_describe_the_demo() -> None:
@@ -63,7 +64,7 @@ def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
 
 def test_paper_configs_validate_and_every_value_they_set_is_in_effect() -> None:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        p = load([ROOT / "params.yaml", path])
+        p = load(config_layers(path.name))
         for key, value in _leaves(yaml.safe_load(path.read_text())).items():
             assert p.section(key) == value, f"{path.name}: {key}"
 
@@ -72,49 +73,49 @@ def test_paper_configs_validate_and_every_value_they_set_is_in_effect() -> None:
 def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: str) -> None:
     """`snakemake ... all --configfile configs/X.yaml`, as the file's header says: every stage of the
     configured sizes, the MedicalNet weights fetched before evaluating."""
-    header = (ROOT / "configs" / config).read_text().splitlines()[:4]
-    assert any(f"all --configfile configs/{config}" in line for line in header), header
+    layers = config_layers(config)
     # -F: plan every job, whatever outputs (e.g. downloaded weights) this checkout already holds
     res = subprocess.run(
-        ["snakemake", "-n", "-F", "all", "--configfile", f"configs/{config}"],
+        ["snakemake", "-n", "-F", "all", "--configfile", *map(str, layers[1:])],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=tool_env(),
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    p = load([ROOT / "params.yaml", ROOT / "configs" / config])
+    p = load(layers)
     planned = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout, re.M))
-    expected = {
-        "download",
-        "ingest",
-        "preprocess",
-        "split",
-        "train",
-        "sample",
-        "evaluate",
-        "fetch_weights",
-        "all",
-    }
+    expected = {"download", "ingest", "preprocess", "split", "train", "sample", "evaluate", "all"}
+    if p.evaluate.weights:  # downloaded before evaluating
+        expected |= {"fetch_weights"}
     if p.ingest.shards > 1:  # the cases spread over jobs (workflow/rules/data.smk)
         expected |= {"ingest_plan", "ingest_shard"}
     if p.preprocess.shards > 1:
         expected |= {"preprocess_shard"}
     if p.sample.shards > 1:  # sampling jobs per size, joined by merge_samples (workflow/rules/sample.smk)
         expected |= {"merge_samples"}
+    if p.experiments() or p.baselines:  # one comparison per dataset and size
+        expected |= {"compare"}
+    if p.baselines:
+        expected |= {"evaluate_baseline"}
     assert planned == expected
+    # one training job per distinct model: experiments that read the same values for a stage share it
+    views = [p.view(e) for e in p.experiments()] or [p]
     stages = 3 if p.preprocess.highres_size else 2  # stage 3 only with a high-resolution size
-    assert len(re.findall(r"^rule train:", res.stdout, re.M)) == len(p.datasets) * stages
-    assert len(re.findall(r"^rule evaluate:", res.stdout, re.M)) == len(p.datasets) * len(p.sizes())
+    models = {(s, v.model_key(s)) for v in views for s in ("local", "global", "highres")[:stages]}
+    assert len(re.findall(r"^rule train:", res.stdout, re.M)) == len(p.datasets) * len(models)
+    runs = len(p.datasets) * len(p.sizes()) * len(views)
+    assert len(re.findall(r"^rule evaluate:", res.stdout, re.M)) == runs
     sampling = len(re.findall(r"^rule sample:", res.stdout, re.M))
-    assert sampling == len(p.datasets) * len(p.sizes()) * p.sample.shards
+    assert sampling == runs * p.sample.shards
     for rule, shards in (("ingest_shard", p.ingest.shards), ("preprocess_shard", p.preprocess.shards)):
         assert (
             len(re.findall(rf"^(?:local)?rule {rule}:", res.stdout, re.M))
             == len(p.datasets) * (shards > 1) * shards
         )
     for dataset in p.datasets:
-        assert f"metrics/{dataset}/{p.preprocess.size}.json" in res.stdout
+        for view in views:
+            assert f"{paths.metrics(dataset, p.preprocess.size, view.exp_name)}" in res.stdout
 
 
 def test_used_params_narrow_download_to_its_source() -> None:
@@ -178,3 +179,77 @@ def test_snakemake_refuses_command_line_config_the_rules_would_not_see() -> None
     )
     assert res.returncode != 0
     assert "--configfile" in res.stdout + res.stderr
+
+
+def _with(**sections) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return from_dict({**raw, **sections})
+
+
+def test_experiments_are_views_that_share_models_by_lineage() -> None:
+    p = _with(
+        experiments={
+            "d2": None,
+            "d1": {"train": {"global": {"model": "PRDiT-T/10/1"}}},
+            "d1b": {"train": {"global": {"model": "PRDiT-T/10/1"}}},
+            "lr": {"train": {"local": {"lr": 1e-3}}},
+        }
+    )
+    assert p.experiments() == ("d2", "d1", "d1b", "lr")
+    d1 = p.view("d1")
+    assert (
+        d1.exp_name == "d1"
+        and d1.train.global_.model == "PRDiT-T/10/1"
+        and p.train.global_.model != "PRDiT-T/10/1"
+    )
+    assert d1.experiments() == p.experiments() and d1.view("d2") is p.view("d2")
+    # the project's own values: today's folders; an override: a key, shared by equal overrides
+    assert [p.view("d2").model_key(s) for s in ("local", "global", "highres")] == [None, None, None]
+    assert d1.model_key("local") is None and d1.model_key("global") is not None
+    assert d1.model_key("global") == p.view("d1b").model_key("global")
+    # a changed stage 1 changes every stage above it
+    lr = p.view("lr")
+    assert all(lr.model_key(s) not in (None, d1.model_key(s)) for s in ("local", "global", "highres"))
+    assert p.for_model("global", d1.model_key("global")).exp_name == "d1"
+    assert p.for_model("global", None) is p
+    with pytest.raises(ConfigError, match="no experiment trains a global model"):
+        p.for_model("global", "0123456789ab")
+    with pytest.raises(ConfigError, match="experiment 'nope': not under 'experiments'"):
+        p.view("nope")
+
+
+@pytest.mark.parametrize(
+    "sections, key",
+    [
+        ({"experiments": {"compare": {}}}, "experiments"),
+        ({"experiments": {"1a": {}}}, "experiments"),
+        ({"experiments": {"a": {"evaluate": {"seed": 1}}}}, "experiments.a.evaluate"),
+        ({"experiments": {"a": {"sample": {"stepz": 3}}}}, "sample.stepz"),
+        (
+            {
+                "experiments": {"a": {}},
+                "baselines": {"a": {"dataset": "phantom", "size": 32, "path": "x", "values": "hu"}},
+            },
+            "baselines.a",
+        ),
+        (
+            {"baselines": {"b": {"dataset": "nope", "size": 32, "path": "x", "values": "hu"}}},
+            "baselines.b.dataset",
+        ),
+        (
+            {"baselines": {"b": {"dataset": "phantom", "size": 48, "path": "x", "values": "hu"}}},
+            "baselines.b.size",
+        ),
+        (
+            {"baselines": {"b": {"dataset": "phantom", "size": 32, "path": "x", "values": [1, 0]}}},
+            "baselines.b.values",
+        ),
+        (
+            {"baselines": {"b": {"dataset": "phantom", "size": 32, "path": "x", "values": "0-1"}}},
+            "baselines.b.values",
+        ),
+    ],
+)
+def test_bad_experiments_and_baselines_name_the_key(sections: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        _with(**sections)

@@ -10,12 +10,13 @@ exists (CALIBRATION, written by benchmarks/gpu_check.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prdit import protocol
+from prdit import protocol, topology
 from prdit.config import Params
 from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
@@ -202,12 +203,37 @@ def evaluate_job(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
     )  # fmt: skip
 
 
+def _named(job: JobCost, name: str | None) -> JobCost:
+    """`job` of experiment or baseline `name`: its job name as the DAG's paths spell it (<ds>/<name>/<size>)."""
+    if name is None:
+        return job
+    kind, dataset, rest = job.job.split("/", 2)
+    return dataclasses.replace(job, job=f"{kind}/{dataset}/{name}/{rest}")
+
+
 def plan(p: Params, gpu: GPU) -> list[JobCost]:
-    """Every GPU job of the DAG these parameters define, in DAG order."""
+    """Every GPU job of the DAG these parameters define, in DAG order: a model shared by experiments
+    (Params.model_key) is one training job, named after its folder; samples and evaluations per experiment,
+    then one evaluation per baseline."""
     jobs: list[JobCost] = []
+    views = [p.view(name) for name in p.experiments()] or [p]
     for dataset in p.datasets:
-        stages = ["local", "global"] + (["highres"] if p.preprocess.highres_size else [])
-        jobs += [train_job(p, dataset, st, gpu) for st in stages]
-        jobs += [sample_jobs(p, dataset, size, gpu) for size in p.sizes()]
-        jobs += [evaluate_job(p, dataset, size, gpu) for size in p.sizes()]
+        trained: set[tuple[str, str | None]] = set()
+        for view in views:
+            for stage in topology.present(p.preprocess.highres_size):
+                key = view.model_key(stage)
+                if (stage, key) not in trained:
+                    trained.add((stage, key))
+                    job = train_job(view, dataset, stage, gpu)
+                    if key is not None:
+                        job = dataclasses.replace(job, job=f"train-{stage}-{key}/{dataset}")
+                    jobs.append(job)
+        for view in views:
+            jobs += [_named(sample_jobs(view, dataset, size, gpu), view.exp_name) for size in p.sizes()]
+            jobs += [_named(evaluate_job(view, dataset, size, gpu), view.exp_name) for size in p.sizes()]
+        jobs += [
+            _named(evaluate_job(p, dataset, b.size, gpu), name)
+            for name, b in p.baselines.items()
+            if b.dataset == dataset
+        ]
     return jobs
