@@ -14,7 +14,7 @@ from dvc.repo import Repo
 
 from prdit import dvc_yaml
 from prdit.config import deep_merge, from_dict, load
-from tests.conftest import ROOT, make_project, tool_env
+from tests.conftest import ROOT, config_layers, make_project, tool_env
 
 # --plan/--shard/--write-plan: Snakemake's scatter-gather of the per-case data stages (ingest.shards /
 # preprocess.shards), which DVC runs as one job
@@ -43,10 +43,9 @@ def _normalise(cmd: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> list[dict]:
+def snakemake_jobs(root: Path = ROOT, configfiles: list[Path] = ()) -> list[dict]:
     """Every job of a forced plan, from Snakemake's DAG (tests/snakemake_dag.py): command, files, params."""
-    cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(root)]
-    cmd += [str(ROOT / "configs" / config)] if config else []
+    cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(root), *map(str, configfiles)]
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
     assert res.returncode == 0, res.stderr[-3000:]
     jobs, sample_shards, merges = [], {}, []
@@ -96,16 +95,19 @@ def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: c or "params.yaml")
 def dags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
-    """Snakemake's jobs with --configfile configs/<c> and DVC's stages with that config's values copied into
-    params.yaml (what the README tells DVC users to do), and the merged params."""
+    """Snakemake's jobs with --configfile configs/<c> (and the layers under it) and DVC's stages with those
+    values copied into params.yaml and `prdit dvc-yaml` run (what the README tells DVC users to do; without
+    experiments/baselines that leaves the committed dvc.yaml as it is), and the merged params."""
     config = request.param
     if config is None:
         return snakemake_jobs(), dvc_stages(), yaml.safe_load((ROOT / "params.yaml").read_text())
     # the checkout's params.yaml + the config (make_project would also bake in the tiny test params)
     project = make_project(tmp_path_factory.mktemp("parity"))
-    merged = load([ROOT / "params.yaml", ROOT / "configs" / config]).raw
+    layers = config_layers(config)
+    merged = load(layers).raw
     (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    return snakemake_jobs(ROOT, config), dvc_stages(project), merged
+    dvc_yaml.write(load(project / "params.yaml"), project / "dvc.yaml")
+    return snakemake_jobs(ROOT, layers[1:]), dvc_stages(project), merged
 
 
 def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) -> None:
