@@ -91,6 +91,11 @@ def _params(p: Params, stage: str, experiment: str | None = None, baseline: str 
     return keys + _overrides(p, experiment, keys)
 
 
+def _params_plain(stage: str) -> list[str]:
+    """The params a data stage reads (per dataset: `sources.${item}`)."""
+    return [k.format(dataset=ITEM) for k in STAGE_PARAMS[stage]]
+
+
 def _stage(over: Any, body: dict[str, Any]) -> dict[str, Any]:
     return {"foreach": over, "do": body}
 
@@ -142,10 +147,6 @@ def _data_stages() -> dict[str, Any]:
             },
         ),
     }
-
-
-def _params_plain(stage: str) -> list[str]:
-    return [k.format(dataset=ITEM) for k in STAGE_PARAMS[stage]]
 
 
 def _train(p: Params, stage: str, key: str | None) -> dict[str, Any]:
