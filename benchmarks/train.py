@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prdit import paths  # noqa: E402
+from prdit import paths, topology  # noqa: E402
 from prdit.config import load  # noqa: E402
 from prdit.data.dataset import VolumeDataset  # noqa: E402
 from prdit.train import distributed, stages  # noqa: E402
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument(
         "--project", type=Path, default=None, help="use this project's data/ (dataset name 'bench')"
     )
-    ap.add_argument("--stages", nargs="+", default=["local", "global", "highres"])
+    ap.add_argument("--stages", nargs="+", default=list(topology.STAGES))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: params)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prdit import paths
+from prdit import paths, topology
 from prdit.config import ConfigError, Params, from_dict, load
 from tests.conftest import ROOT, config_layers, params_with, tool_env
 
@@ -101,8 +101,7 @@ def test_paper_configs_plan_the_paper_dag_with_the_documented_command(config: st
     assert planned == expected
     # one training job per distinct model: experiments that read the same values for a stage share it
     views = [p.view(e) for e in p.experiments()] or [p]
-    stages = 3 if p.preprocess.highres_size else 2  # stage 3 only with a high-resolution size
-    models = {(s, v.model_key(s)) for v in views for s in ("local", "global", "highres")[:stages]}
+    models = {(s, v.model_key(s)) for v in views for s in topology.present(p.preprocess.highres_size)}
     assert len(re.findall(r"^rule train:", res.stdout, re.M)) == len(p.datasets) * len(models)
     runs = len(p.datasets) * len(p.sizes()) * len(views)
     assert len(re.findall(r"^rule evaluate:", res.stdout, re.M)) == runs
@@ -204,12 +203,12 @@ def test_experiments_are_views_that_share_models_by_lineage() -> None:
     )
     assert d1.experiments() == p.experiments() and d1.view("d2") is p.view("d2")
     # the project's own values: today's folders; an override: a key, shared by equal overrides
-    assert [p.view("d2").model_key(s) for s in ("local", "global", "highres")] == [None, None, None]
+    assert [p.view("d2").model_key(s) for s in topology.STAGES] == [None, None, None]
     assert d1.model_key("local") is None and d1.model_key("global") is not None
     assert d1.model_key("global") == p.view("d1b").model_key("global")
     # a changed stage 1 changes every stage above it
     lr = p.view("lr")
-    assert all(lr.model_key(s) not in (None, d1.model_key(s)) for s in ("local", "global", "highres"))
+    assert all(lr.model_key(s) not in (None, d1.model_key(s)) for s in topology.STAGES)
     assert p.for_model("global", d1.model_key("global")).exp_name == "d1"
     assert p.for_model("global", None) is p
     with pytest.raises(ConfigError, match="no experiment trains a global model"):

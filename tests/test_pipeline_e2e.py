@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from prdit import topology
 from prdit.io import read_nifti
 from tests.conftest import PIPELINE_STAGES, make_project, tool_env
 
@@ -109,7 +110,7 @@ def test_snakemake_runs_the_dag_once_then_only_what_changed(built: Path) -> None
         assert vol.shape == (size,) * 3
         assert np.allclose(spacing, p["preprocess"]["fov_mm"] / size)
         assert vol.min() >= p["preprocess"]["window"][0] - 1 and vol.max() <= p["preprocess"]["window"][1] + 1
-    for stage in ("local", "global", "highres"):
+    for stage in topology.STAGES:
         assert (project / f"models/phantom/{stage}/model.pt").stat().st_size > 0
 
     runs = mlflow_runs(project / "mlflow.db")

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
+from prdit import topology
 from prdit.config import deep_merge
 from tests.conftest import PIPELINE_STAGES, ROOT, make_project, tool_env
 
@@ -250,7 +251,7 @@ def test_profile_runs_the_demo_dag_through_slurm(
         metrics = json.loads((project / f"metrics/phantom/{size}.json").read_text())
         assert np.isfinite(metrics["fid"])
         assert len(list((project / f"samples/phantom/{size}").glob("*.nii.gz"))) == p["sample"]["n"]
-    for stage in ("local", "global", "highres"):
+    for stage in topology.STAGES:
         assert (
             json.loads((project / f"models/phantom/{stage}/metrics.json").read_text())["steps"]
             == p["train"][stage]["steps"]
