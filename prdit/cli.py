@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs.add_parser("tracking-import", help="replay a tracking spool file into MLflow")
     _common(p, dataset=False)
     p.add_argument("spool", type=Path)
+
+    p = subs.add_parser("dvc-yaml", help="write dvc.yaml from params.yaml (experiments, baselines)")
+    _common(p, dataset=False)
+    p.add_argument(
+        "--check", action="store_true", help="only exit 1 when dvc.yaml differs from what it would write"
+    )
     return parser
 
 
@@ -203,6 +209,12 @@ def _run(args: argparse.Namespace) -> int | None:
         return run_launch(args.nodes, args.gpus, argv, node_task=args.node_task, cpus=args.cpus)
     _enter_root(args)
     params = load(param_files(args))
+    if (
+        os.environ.get("DVC_STAGE") and cmd != "dvc-yaml"
+    ):  # run by `dvc repro`: a stale dvc.yaml names other experiments' models
+        from prdit.dvc_yaml import check_under_dvc
+
+        check_under_dvc(params)
     if getattr(args, "dataset", None) is not None:
         args.dataset = dvc_dataset(args.dataset)
     dataset = getattr(args, "dataset", None)
@@ -291,6 +303,10 @@ def _run(args: argparse.Namespace) -> int | None:
 
         print(f"replayed {import_spool(args.spool, params.tracking_uri)} events from {args.spool}")
         return 0
+    if cmd == "dvc-yaml":
+        from prdit.dvc_yaml import run
+
+        return run(params, check=args.check)
     raise AssertionError(cmd)
 
 

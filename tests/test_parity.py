@@ -12,8 +12,9 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
-from prdit.config import load
-from tests.conftest import ROOT, make_project, tool_env
+from prdit import dvc_yaml
+from prdit.config import deep_merge, from_dict, load
+from tests.conftest import ROOT, config_layers, make_project, tool_env
 
 # --plan/--shard/--write-plan: Snakemake's scatter-gather of the per-case data stages (ingest.shards /
 # preprocess.shards), which DVC runs as one job
@@ -42,10 +43,9 @@ def _normalise(cmd: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> list[dict]:
+def snakemake_jobs(root: Path = ROOT, configfiles: list[Path] = ()) -> list[dict]:
     """Every job of a forced plan, from Snakemake's DAG (tests/snakemake_dag.py): command, files, params."""
-    cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(root)]
-    cmd += [str(ROOT / "configs" / config)] if config else []
+    cmd = [sys.executable, str(ROOT / "tests" / "snakemake_dag.py"), str(root), *map(str, configfiles)]
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tool_env())
     assert res.returncode == 0, res.stderr[-3000:]
     jobs, sample_shards, merges = [], {}, []
@@ -60,6 +60,7 @@ def snakemake_jobs(root: Path = ROOT, config: str | None = None) -> list[dict]:
             "outs": set(job["output"]),
             "deps": {d for d in job["input"] if ".shards/" not in d},
             "used": job["used"],
+            "wildcards": job["wildcards"],
         }
         if job["rule"] == "sample" and all(".shards/" in o for o in job["output"]):
             sample_shards[job["output"][0].split(".shards/")[0]] = entry  # one shard of DVC's sample stage
@@ -94,20 +95,29 @@ def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: c or "params.yaml")
 def dags(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
-    """Snakemake's jobs with --configfile configs/<c> and DVC's stages with that config's values copied into
-    params.yaml (what the README tells DVC users to do), and the merged params."""
+    """Snakemake's jobs with --configfile configs/<c> (and the layers under it) and DVC's stages with those
+    values copied into params.yaml and `prdit dvc-yaml` run (what the README tells DVC users to do; without
+    experiments/baselines that leaves the committed dvc.yaml as it is), and the merged params."""
     config = request.param
     if config is None:
         return snakemake_jobs(), dvc_stages(), yaml.safe_load((ROOT / "params.yaml").read_text())
     # the checkout's params.yaml + the config (make_project would also bake in the tiny test params)
     project = make_project(tmp_path_factory.mktemp("parity"))
-    merged = load([ROOT / "params.yaml", ROOT / "configs" / config]).raw
+    layers = config_layers(config)
+    merged = load(layers).raw
     (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    return snakemake_jobs(ROOT, config), dvc_stages(project), merged
+    dvc_yaml.write(load(project / "params.yaml"), project / "dvc.yaml")
+    return snakemake_jobs(ROOT, layers[1:]), dvc_stages(project), merged
 
 
 def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) -> None:
     jobs, stages, params = dags
+    assert_same_dag(jobs, stages, params)
+
+
+def assert_same_dag(jobs: list[dict], stages: dict[str, dict], params: dict) -> None:
+    """Each Snakemake job is one DVC stage: same command, outputs, inputs and params (DVC also lists the
+    `experiments.<E>.*` keys that override what the stage reads: exactly those that exist)."""
     extra = (
         set()
         if params["preprocess"]["highres_size"]
@@ -127,20 +137,99 @@ def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(dags) ->
         # weights reach evaluation through its params (evaluate.weights and evaluate.sha256, checked on load)
         weights = (
             {params["evaluate"]["weights"]}
-            if job["rule"] == "evaluate" and params["evaluate"]["weights"]
+            if job["rule"] in ("evaluate", "evaluate_baseline") and params["evaluate"]["weights"]
             else set()
         )
         assert job["deps"] == stage["deps"] | weights, name
         if weights:
             assert "evaluate" in stage["params"], name
+        listed = [k for k in stage["params"] if not k.startswith("experiments.")]
+        assert sorted(set(stage["params"]) - set(listed)) == _overrides_read(job, params), name
         # the same params: DVC lists a download stage's whole `download` and `phantom` sections, the rule
         # only the part its source kind reads (Params.used)
         if job["rule"] == "download":
-            listed = set(stage["params"])
             assert all(k in listed or k.split(".")[0] in listed for k in job["used"]), name
         else:
-            assert job["used"] == sorted(stage["params"]), name
+            assert job["used"] == sorted(listed), name
     assert matched == set(stages) - extra
+
+
+def _overrides_read(job: dict, params: dict) -> list[str]:
+    """`experiments.<E>.<key>` for each key the job reads that its experiment E overrides: E is the job's
+    {experiment}, or for a training job the experiment that trains its {model} (none: the project's own)."""
+    wildcards = job["wildcards"]
+    experiment = wildcards.get("experiment")
+    if job["rule"] == "train" and "-" in wildcards["model"]:
+        stage, key = wildcards["model"].split("-", 1)
+        experiment = from_dict(params).for_model(stage, key).exp_name
+    if experiment is None:
+        return []
+    found = []
+    for key in job["used"]:
+        node = params["experiments"][experiment] or {}
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append(f"experiments.{experiment}.{key}")
+    return sorted(found)
+
+
+# two experiments that differ only in the stage-2 model (stage 1 shared, stages 2 and 3 each their own) and
+# a baseline at the backbone size
+EXPERIMENTS = {
+    "experiments": {
+        "shallow": {"train": {"global": {"model": "PRDiT-T/10/1"}}},
+        "deep": {"train": {"global": {"model": "PRDiT-T/10/3"}}},
+    },
+    "baselines": {"other": {"dataset": "phantom", "size": 16, "path": "baselines/other", "values": "hu"}},
+}
+
+
+def test_experiments_and_baselines_build_the_same_dag(tmp_path: Path) -> None:
+    """`prdit dvc-yaml` for named experiments and a baseline writes the stages of Snakemake's jobs."""
+    project = make_project(tmp_path / "project", EXPERIMENTS)
+    (project / "baselines" / "other").mkdir(parents=True)  # the baseline's volumes: an input of its job
+    res = subprocess.run(["prdit", "dvc-yaml"], cwd=project, capture_output=True, text=True, env=tool_env())
+    assert res.returncode == 0, res.stderr
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    jobs, stages = snakemake_jobs(project), dvc_stages(project)
+    rules = {job["rule"] for job in jobs}
+    assert {"train", "sample", "evaluate", "evaluate_baseline", "compare"} <= rules
+    # stage 1 trains once; stages 2 and 3 once per experiment
+    assert sorted(n.split("@")[0] for n in stages if n.startswith("train-")).count("train-local") == 1
+    assert sum(n.startswith("train-global-") for n in stages) == 2
+    assert_same_dag(jobs, stages, params)
+
+
+def test_committed_dvc_yaml_is_the_generators_output() -> None:
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml.render(load(ROOT / "params.yaml")), (
+        "run `prdit dvc-yaml`"
+    )
+
+
+def test_a_stale_dvc_yaml_stops_dvc_yaml_check_and_every_dvc_stage(tmp_path: Path) -> None:
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), EXPERIMENTS)
+    params["preprocess"].update(size=16, highres_size=32)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def prdit(*args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["prdit", *args], cwd=tmp_path, capture_output=True, text=True, env=tool_env(**env)
+        )
+
+    assert prdit("dvc-yaml").returncode == 0
+    assert prdit("dvc-yaml", "--check").returncode == 0
+    params["experiments"]["deep"]["train"]["global"]["model"] = "PRDiT-T/10/4"  # another key
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for res in (
+        prdit("dvc-yaml", "--check"),
+        prdit("split", "--dataset", "split@phantom", DVC_STAGE="split@phantom"),
+    ):
+        assert res.returncode == 1
+        assert res.stderr.strip().splitlines() == [f"prdit {res.args[1]}: {dvc_yaml.STALE}"], res.stderr
+    assert not (tmp_path / "data").exists()  # stopped before any work
+    assert prdit("dvc-yaml").returncode == 0
+    assert prdit("dvc-yaml", "--check").returncode == 0
 
 
 def test_every_rule_declares_its_params_log_benchmark_and_resources(tmp_path: Path) -> None:
