@@ -45,7 +45,7 @@ for _key, _value in (
 SPOOL_DIR = Path(".prdit") / "tracking-spool"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens the training view
 PIPELINE_RUN_ENV = "PRDIT_PIPELINE_RUN"
-EXPERIMENT_NAME_TAG = "prdit.experiment_name"  # the named experiment (params experiments.<name>) of a stage run
+EXPERIMENT_NAME_TAG = "prdit.experiment_name"  # a stage run of experiments.<name>: the name
 FLUSH_TIMEOUT_S = 60.0
 
 
