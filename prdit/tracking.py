@@ -45,6 +45,7 @@ for _key, _value in (
 SPOOL_DIR = Path(".prdit") / "tracking-spool"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens the training view
 PIPELINE_RUN_ENV = "PRDIT_PIPELINE_RUN"
+EXPERIMENT_NAME_TAG = "prdit.experiment_name"  # a stage run of experiments.<name>: the name
 FLUSH_TIMEOUT_S = 60.0
 
 
@@ -438,6 +439,9 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """One MLflow run for one stage invocation, tagged for grouping and provenance.
 
+    A named experiment's parameters (`params.exp_name` set) add its name to the run name, "stage/dataset/size
+    (name)", and tag the run prdit.experiment_name=<name>, so the UI can group and compare experiments.
+
     `used` maps dotted param keys (e.g. 'train.local') to what the stage read; they are logged as
     params and hashed into the `params_hash` tag. `system_metrics` (default: training and sampling
     stages) samples CPU/memory/GPU into `system/*` metrics unless PRDIT_SYSTEM_METRICS=off. Inside a
@@ -448,6 +452,8 @@ def stage_run(
     used = dict(used or {})
     digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = "/".join(str(x) for x in (stage, dataset, size) if x is not None)
+    if params.exp_name:  # a named experiment's run: its name in the run name and a tag to group by
+        name += f" ({params.exp_name})"
     tags = {
         "prdit.stage": stage,
         "prdit.dataset": str(dataset or ""),
@@ -455,6 +461,7 @@ def stage_run(
         "prdit.params_hash": digest,
         "mlflow.source.git.commit": git_commit(),
         "prdit.pipeline": os.environ.get("PRDIT_PIPELINE_ID", params.experiment),
+        **({EXPERIMENT_NAME_TAG: params.exp_name} if params.exp_name else {}),
     }
     if parent := os.environ.get(PIPELINE_RUN_ENV):
         tags["mlflow.parentRunId"] = parent

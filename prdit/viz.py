@@ -20,7 +20,8 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [axial, coronal, sagittal]
 
 
-def _to_uint8(img: np.ndarray, vmin: float, vmax: float, cell: int) -> Image.Image:
+def to_grey(img: np.ndarray, vmin: float, vmax: float, cell: int) -> Image.Image:
+    """A 2-D slice as a `cell` x `cell` greyscale image, `vmin` black and `vmax` white."""
     scaled = np.clip((img.astype(np.float32) - vmin) / (vmax - vmin), 0.0, 1.0)
     pil = Image.fromarray((scaled * 255).astype(np.uint8))
     return pil.resize(
@@ -46,7 +47,7 @@ def montage(
         if titles is not None:
             draw.text((2, top + 1), str(titles[r]), fill=255)
         for c, sl in enumerate(mid_slices(np.asarray(vol))):
-            canvas.paste(_to_uint8(sl, vmin, vmax, cell), (c * cell, top + label_h))
+            canvas.paste(to_grey(sl, vmin, vmax, cell), (c * cell, top + label_h))
     path = Path(path)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")

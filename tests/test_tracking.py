@@ -115,3 +115,16 @@ def test_tracking_off_writes_nothing(params, in_tmp: Path, monkeypatch) -> None:
     with tracking.stage_run(params, "split", "phantom") as run:
         run.log_metrics({"n": 1})
     assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_an_experiments_stage_runs_carry_its_name(in_tmp: Path) -> None:
+    p = params_with({"experiment": "tracking-test", "experiments": {"fast": {"sample": {"steps": 5}}}})
+    with tracking.stage_run(p.view("fast"), "sample", "phantom", 32):
+        pass
+    with tracking.stage_run(p, "sample", "phantom", 32):
+        pass
+    _, found = runs(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    by_name = {r.info.run_name: r.data.tags for r in found}
+    assert set(by_name) == {"sample/phantom/32 (fast)", "sample/phantom/32"}
+    assert by_name["sample/phantom/32 (fast)"][tracking.EXPERIMENT_NAME_TAG] == "fast"
+    assert tracking.EXPERIMENT_NAME_TAG not in by_name["sample/phantom/32"]

@@ -246,11 +246,11 @@ def write_report(
     if m["skipped"]:
         md += ["", "## Skipped inputs", ""] + [f"- {s}" for s in m["skipped"]]
     (folder / "report.md").write_text("\n".join(md) + "\n")
-    (folder / "report.html").write_text(_html(title, md, folder))
+    (folder / "report.html").write_text(html_page(title, md, folder))
     return pngs
 
 
-def _html(title: str, md: list[str], folder: Path) -> str:
+def html_page(title: str, md: list[str], folder: Path) -> str:
     """A small, self-contained HTML rendering of the Markdown lines (images inlined as base64)."""
     body, in_table, in_list = [], False, False
     for line in md:
