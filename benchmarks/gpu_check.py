@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from prdit import precision, protocol  # noqa: E402
+from prdit import precision  # noqa: E402
 from prdit.config import Params, deep_merge, load  # noqa: E402
 from prdit.diffusion.ian import loss as ian_loss  # noqa: E402
 from prdit.plan import cost  # noqa: E402
@@ -145,7 +145,7 @@ def params(setup: dict, proto: str, local: str, glob: str, dry: bool) -> Params:
 
 
 def proto_of(p: Params) -> str:
-    return "paper" if protocol.is_paper(p) else "project"
+    return p.protocol
 
 
 def detect(dry: bool) -> tuple[GPU, str, torch.device]:
@@ -252,8 +252,7 @@ _CHOICES: dict[tuple, object] = {}
 
 def train_step(p: Params, stage: str, gpu: GPU, device: torch.device, compiled: bool, reps: int) -> dict:
     """Step time, rates and peak memory of `stage` at the micro-batch `auto` picks on this GPU."""
-    paper = protocol.is_paper(p)
-    prec = precision.training(paper)
+    prec = p.conventions.training
     precision.set_backends(prec, device)
     key = (json.dumps(p.raw, sort_keys=True, default=str), stage)
     if key not in _CHOICES:
@@ -300,7 +299,7 @@ def train_step(p: Params, stage: str, gpu: GPU, device: torch.device, compiled: 
 # ------------------------------------------------------------------------------------------ sampling
 def sampler_call(p: Params, size: int, gpu: GPU, device: torch.device, reps: int) -> dict:
     """Seconds per model call of the sampler at `size` in the protocol's sampling precision (one batch)."""
-    prec = precision.sampling(protocol.is_paper(p))
+    prec = p.conventions.sampling
     precision.set_backends(prec, device)
     reset(device)
     torch.manual_seed(0)
@@ -420,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = {(paper.train.stage("local").model, "local"), (paper.train.stage("global").model, "global")}
 
     def feeds(p: Params, stage: str) -> bool:  # a job of the paper configs: what the calibration is from
-        return protocol.is_paper(p) and (p.train.stage(stage).model, stage) in configs
+        return p.protocol == "paper" and (p.train.stage(stage).model, stage) in configs
 
     def step(p: Params, stage: str, compiled: bool = False) -> tuple[str, Callable[[], dict]]:
         name = f"train_step {p.train.stage(stage).model}" + (" compiled" if compiled else "")

@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prdit import paths
-from prdit.config import STAGES, ConfigError, load
+from prdit.config import STAGES, ConfigError, Params, load
 from prdit.errors import PrditError, describe
 
 
@@ -56,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="project folder (params.yaml, Snakefile) to work in (default: $PRDIT_ROOT, else the current one)",
     )
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(subs)
+    _model_commands(subs)
+    _tool_commands(subs)
+    return parser
 
+
+def _shard(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--shard", type=int, default=None, metavar="K", help=what)
+
+
+def _data_commands(subs: Any) -> None:
+    """phantom, download, ingest, preprocess, split."""
     p = subs.add_parser("phantom", help="write the synthetic chest-CT DICOM dataset")
     _common(p, dataset=False)
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per patient)")
@@ -74,13 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("ingest", help="DICOM series / npz / NIfTI -> HU NIfTI volumes + qc.csv")
     _common(p, threads=True)
-    p.add_argument(
-        "--shard",
-        type=int,
-        default=None,
-        metavar="K",
-        help="compute only shard K of ingest.shards into the per-case cache (then run without it)",
-    )
+    _shard(p, "compute only shard K of ingest.shards into the per-case cache (then run without it)")
     p.add_argument(
         "--plan", type=Path, default=None, help="the cases as found by --write-plan (no new discovery)"
     )
@@ -89,16 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = subs.add_parser("preprocess", help="window, resample, crop and resize to every working size")
     _common(p, threads=True)
-    p.add_argument(
-        "--shard",
-        type=int,
-        default=None,
-        metavar="K",
-        help="compute only shard K of preprocess.shards into the per-case cache (then run without it)",
-    )
+    _shard(p, "compute only shard K of preprocess.shards into the per-case cache (then run without it)")
     p = subs.add_parser("split", help="patient-level train/val/test split")
     _common(p)
 
+
+def _model_commands(subs: Any) -> None:
+    """train, launch, sample, merge-samples, evaluate, compare."""
     p = subs.add_parser("train", help="train one stage (local, global, highres)")
     _common(p, experiment=True)
     p.add_argument("--stage", choices=STAGES, required=True)
@@ -123,13 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("sample", help="generate volumes with the predictor-corrector sampler")
     _common(p, size=True, experiment=True)
-    p.add_argument(
-        "--shard",
-        type=int,
-        default=None,
-        metavar="K",
-        help="draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)",
-    )
+    _shard(p, "draw only shard K of sample.shards (into samples/D/S.shards/K; join with merge-samples)")
     p = subs.add_parser("merge-samples", help="join the shards of `prdit sample --shard` into samples/D/S")
     _common(p, size=True, experiment=True)
     p = subs.add_parser(
@@ -144,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, size=True)
 
+
+def _tool_commands(subs: Any) -> None:
+    """fetch-weights, plan, ui-url, tracking-import, dvc-yaml."""
     p = subs.add_parser("fetch-weights", help="download the MedicalNet ResNet-50 weights (checksum verified)")
     _common(p, dataset=False)
     p.add_argument("--out", type=Path, default=None, help="where to write (default: evaluate.weights)")
@@ -166,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="only exit 1 when dvc.yaml differs from what it would write"
     )
-    return parser
 
 
 PATH_ARGS = ("out", "spool", "plan", "write_plan")
@@ -200,114 +200,160 @@ def dvc_dataset(value: str) -> str:
     return value.split("@", 1)[1] if stage and value == stage and "@" in value else value
 
 
+def _params(args: argparse.Namespace) -> Params:
+    """The parameters of this command: the files merged and validated, the dataset checked, and the view of
+    `--experiment` (or of the experiment whose model `--key` names)."""
+    params = load(param_files(args))
+    if os.environ.get("DVC_STAGE") and args.command != "dvc-yaml":
+        from prdit.dvc_yaml import check_under_dvc  # run by `dvc repro`: a stale dvc.yaml names other models
+
+        check_under_dvc(params)
+    if getattr(args, "dataset", None) is not None:
+        args.dataset = dvc_dataset(args.dataset)
+        if args.dataset not in params.sources:
+            known = ", ".join(params.sources)
+            raise ConfigError(f"--dataset {args.dataset!r}: not under 'sources' (known: {known})")
+    if getattr(args, "key", None) is not None:
+        if args.experiment is not None:
+            raise ConfigError("--key and --experiment: give one (the key names the experiment's model)")
+        return params.for_model(args.stage, args.key)
+    if getattr(args, "experiment", None) is not None:
+        return params.view(args.experiment)
+    return params
+
+
+def _phantom(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.data.phantom import run_phantom
+
+    return run_phantom(params, args.out)
+
+
+def _download(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.acquire.stage import run_download
+
+    options = {k: getattr(args, k) for k in ("patients", "limit", "threads", "manifest")}
+    return run_download(params, args.dataset, **options)
+
+
+def _ingest(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.data.ingest import run_ingest, write_plan
+
+    if args.write_plan:
+        return write_plan(params, args.dataset, args.write_plan, threads=args.threads)
+    return run_ingest(
+        params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard, plan_file=args.plan
+    )
+
+
+def _preprocess(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.data.preprocess import run_preprocess
+
+    return run_preprocess(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard)
+
+
+def _split(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.data.splits import run_split
+
+    return run_split(params, args.dataset)
+
+
+def _train(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.train.engine import run_train
+
+    return run_train(params, args.dataset, args.stage)
+
+
+def _sample(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.diffusion.generate import run_sample
+
+    return run_sample(params, args.dataset, args.size, shard=args.shard)
+
+
+def _merge_samples(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.diffusion.generate import merge_samples
+
+    return merge_samples(params, args.dataset, args.size)
+
+
+def _evaluate(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.evaluate.run import run_evaluate
+
+    if args.baseline is None:
+        return run_evaluate(params, args.dataset, args.size)
+    if args.experiment is not None:
+        raise ConfigError("--baseline and --experiment: give one")
+    if args.baseline not in params.baselines:
+        known = ", ".join(params.baselines) or "none"
+        raise ConfigError(f"--baseline {args.baseline!r}: not under 'baselines' (known: {known})")
+    return run_evaluate(params, args.dataset, args.size, baseline=args.baseline)
+
+
+def _compare(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.evaluate.compare import run_compare
+
+    return run_compare(params, args.dataset, args.size)
+
+
+def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.acquire.stage import run_fetch_weights
+
+    return run_fetch_weights(params, args.out)
+
+
+def _plan(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.plan.report import run_plan
+
+    return run_plan(params, args.gpu, as_json=args.json)
+
+
+def _ui_url(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.tracking import ui_url
+
+    print(ui_url(params, port=args.port))
+    return 0
+
+
+def _tracking_import(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.tracking import import_spool
+
+    print(f"replayed {import_spool(args.spool, params.tracking_uri)} events from {args.spool}")
+    return 0
+
+
+def _dvc_yaml(args: argparse.Namespace, params: Params) -> int | None:
+    from prdit.dvc_yaml import run
+
+    return run(params, check=args.check)
+
+
+# `prdit <command>` -> the function that runs it (each imports its stage only when called)
+COMMANDS: dict[str, Callable[[argparse.Namespace, Params], int | None]] = {
+    "phantom": _phantom,
+    "download": _download,
+    "ingest": _ingest,
+    "preprocess": _preprocess,
+    "split": _split,
+    "train": _train,
+    "sample": _sample,
+    "merge-samples": _merge_samples,
+    "evaluate": _evaluate,
+    "compare": _compare,
+    "fetch-weights": _fetch_weights,
+    "plan": _plan,
+    "ui-url": _ui_url,
+    "tracking-import": _tracking_import,
+    "dvc-yaml": _dvc_yaml,
+}
+
+
 def _run(args: argparse.Namespace) -> int | None:
-    cmd = args.command
-    if cmd == "launch":  # reads no parameters and no project files: it only starts the command it is given
+    if args.command == "launch":  # reads no parameters and no project files: it only starts the command
         from prdit.train.launch import run_launch
 
         argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return run_launch(args.nodes, args.gpus, argv, node_task=args.node_task, cpus=args.cpus)
     _enter_root(args)
-    params = load(param_files(args))
-    if (
-        os.environ.get("DVC_STAGE") and cmd != "dvc-yaml"
-    ):  # run by `dvc repro`: a stale dvc.yaml names other experiments' models
-        from prdit.dvc_yaml import check_under_dvc
-
-        check_under_dvc(params)
-    if getattr(args, "dataset", None) is not None:
-        args.dataset = dvc_dataset(args.dataset)
-    dataset = getattr(args, "dataset", None)
-    if dataset is not None and dataset not in params.sources:
-        raise ConfigError(f"--dataset {dataset!r}: not under 'sources' (known: {', '.join(params.sources)})")
-    if getattr(args, "key", None) is not None:
-        if args.experiment is not None:
-            raise ConfigError("--key and --experiment: give one (the key names the experiment's model)")
-        params = params.for_model(args.stage, args.key)
-    elif getattr(args, "experiment", None) is not None:
-        params = params.view(args.experiment)
-    if cmd == "phantom":
-        from prdit.data.phantom import run_phantom
-
-        return run_phantom(params, args.out)
-    if cmd == "download":
-        from prdit.acquire.stage import run_download
-
-        options = {k: getattr(args, k) for k in ("patients", "limit", "threads", "manifest")}
-        return run_download(params, args.dataset, **options)
-    if cmd == "ingest":
-        from prdit.data.ingest import run_ingest, write_plan
-
-        if args.write_plan:
-            return write_plan(params, args.dataset, args.write_plan, threads=args.threads)
-        return run_ingest(
-            params,
-            args.dataset,
-            threads=args.threads,
-            strict=args.strict,
-            shard=args.shard,
-            plan_file=args.plan,
-        )
-    if cmd == "preprocess":
-        from prdit.data.preprocess import run_preprocess
-
-        return run_preprocess(
-            params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard
-        )
-    if cmd == "split":
-        from prdit.data.splits import run_split
-
-        return run_split(params, args.dataset)
-    if cmd == "train":
-        from prdit.train.engine import run_train
-
-        return run_train(params, args.dataset, args.stage)
-    if cmd == "sample":
-        from prdit.diffusion.generate import run_sample
-
-        return run_sample(params, args.dataset, args.size, shard=args.shard)
-    if cmd == "merge-samples":
-        from prdit.diffusion.generate import merge_samples
-
-        return merge_samples(params, args.dataset, args.size)
-    if cmd == "evaluate":
-        from prdit.evaluate.run import run_evaluate
-
-        if args.baseline is not None and args.experiment is not None:
-            raise ConfigError("--baseline and --experiment: give one")
-        if args.baseline is not None and args.baseline not in params.baselines:
-            known = ", ".join(params.baselines) or "none"
-            raise ConfigError(f"--baseline {args.baseline!r}: not under 'baselines' (known: {known})")
-        if args.baseline is not None:
-            return run_evaluate(params, args.dataset, args.size, baseline=args.baseline)
-        return run_evaluate(params, args.dataset, args.size)
-    if cmd == "compare":
-        from prdit.evaluate.compare import run_compare
-
-        return run_compare(params, args.dataset, args.size)
-    if cmd == "fetch-weights":
-        from prdit.acquire.stage import run_fetch_weights
-
-        return run_fetch_weights(params, args.out)
-    if cmd == "plan":
-        from prdit.plan.report import run_plan
-
-        return run_plan(params, args.gpu, as_json=args.json)
-    if cmd == "ui-url":
-        from prdit.tracking import ui_url
-
-        print(ui_url(params, port=args.port))
-        return 0
-    if cmd == "tracking-import":
-        from prdit.tracking import import_spool
-
-        print(f"replayed {import_spool(args.spool, params.tracking_uri)} events from {args.spool}")
-        return 0
-    if cmd == "dvc-yaml":
-        from prdit.dvc_yaml import run
-
-        return run(params, check=args.check)
-    raise AssertionError(cmd)
+    return COMMANDS[args.command](args, _params(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import yaml
 
 from prdit import paths, topology
 from prdit.errors import PrditError
-from prdit.protocol import MEDICALNET_23DATASET_SHA256, PAPER_WEIGHTS_NAME
+from prdit.protocol import CONVENTIONS, MEDICALNET_23DATASET_SHA256, PAPER_WEIGHTS_NAME, Conventions
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = topology.STAGES
@@ -228,6 +228,9 @@ class Params:
     download: dict[str, Downloader]
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
+    protocol: str = "project"  # project | paper (prdit.protocol)
+    conventions: Conventions = CONVENTIONS["project"]  # what `protocol` decides, resolved once
+    resources: dict[str, Any] = field(default_factory=dict)  # scheduling only: read by no stage
     # the named experiment these parameters are the view of (experiments.<name>); None: the project's own
     exp_name: str | None = None
     views: dict[str, Params] = field(repr=False, compare=False, default_factory=dict)  # name -> its view
@@ -258,6 +261,11 @@ class Params:
         without experiments. Experiments with equal keys share the model: it is trained once."""
         mine = self.lineage_hash(stage)
         return None if mine == (self.base or self).lineage_hash(stage) else mine
+
+    def sharing(self, stage: str) -> tuple[str, ...]:
+        """The experiments whose `stage` model is this view's (same model key): who trains it once."""
+        key = self.model_key(stage)
+        return tuple(n for n in self.experiments() if self.view(n).model_key(stage) == key)
 
     def for_model(self, stage: str, key: str | None) -> Params:
         """The parameters that train the `stage` model of folder key `key` (the first experiment with it)."""
@@ -377,7 +385,8 @@ def _check(raw: dict[str, Any], origin: str) -> None:
     if ev.get("sha256") and not ev.get("weights"):
         fail("evaluate.sha256", "is set but evaluate.weights is not")
     # the paper's network is told apart by content: the public 23-dataset file, whatever it is called
-    if raw.get("protocol") == "paper" and str(ev.get("sha256") or "").lower() == MEDICALNET_23DATASET_SHA256:
+    paper_weights = CONVENTIONS[raw.get("protocol", "project")].paper_weights
+    if paper_weights and str(ev.get("sha256") or "").lower() == MEDICALNET_23DATASET_SHA256:
         fail(
             "evaluate.sha256",
             f"is the 23-dataset MedicalNet's (resnet_50_23dataset.pth); protocol: paper evaluates with "
@@ -566,6 +575,9 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
             )
             for k, v in raw.get("baselines", {}).items()
         },
+        protocol=raw["protocol"],
+        conventions=CONVENTIONS[raw["protocol"]],
+        resources=copy.deepcopy(raw.get("resources", {})),
     )
     for name, override in (raw.get("experiments") or {}).items():
         merged = deep_merge(raw, override or {})

@@ -46,6 +46,7 @@ SPOOL_DIR = Path(".prdit") / "tracking-spool"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens the training view
 PIPELINE_RUN_ENV = "PRDIT_PIPELINE_RUN"
 EXPERIMENT_NAME_TAG = "prdit.experiment_name"  # a stage run of experiments.<name>: the name
+EXPERIMENTS_TAG = "prdit.experiments"  # every experiment a run serves (a shared model: several, comma-joined)
 FLUSH_TIMEOUT_S = 60.0
 
 
@@ -440,7 +441,9 @@ def stage_run(
     """One MLflow run for one stage invocation, tagged for grouping and provenance.
 
     A named experiment's parameters (`params.exp_name` set) add its name to the run name, "stage/dataset/size
-    (name)", and tag the run prdit.experiment_name=<name>, so the UI can group and compare experiments.
+    (name)", and tag the run prdit.experiment_name=<name>, so the UI can group and compare experiments;
+    prdit.experiments lists every experiment the run serves (a training stage's model shared by several
+    experiments is trained once: its run names them all, and has no single experiment_name).
 
     `used` maps dotted param keys (e.g. 'train.local') to what the stage read; they are logged as
     params and hashed into the `params_hash` tag. `system_metrics` (default: training and sampling
@@ -452,8 +455,13 @@ def stage_run(
     used = dict(used or {})
     digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = "/".join(str(x) for x in (stage, dataset, size) if x is not None)
-    if params.exp_name:  # a named experiment's run: its name in the run name and a tag to group by
-        name += f" ({params.exp_name})"
+    # a named experiment's run: its name in the run name and a tag to group by; a model trained once for
+    # several experiments (same model key) names them all
+    train_stage = stage.removeprefix("train-") if stage.startswith("train-") else None
+    names = params.sharing(train_stage) if train_stage and params.experiments() else ()
+    names = names or ((params.exp_name,) if params.exp_name else ())
+    if names:
+        name += f" ({', '.join(names)})"
     tags = {
         "prdit.stage": stage,
         "prdit.dataset": str(dataset or ""),
@@ -461,7 +469,8 @@ def stage_run(
         "prdit.params_hash": digest,
         "mlflow.source.git.commit": git_commit(),
         "prdit.pipeline": os.environ.get("PRDIT_PIPELINE_ID", params.experiment),
-        **({EXPERIMENT_NAME_TAG: params.exp_name} if params.exp_name else {}),
+        **({EXPERIMENT_NAME_TAG: names[0]} if len(names) == 1 else {}),
+        **({EXPERIMENTS_TAG: ",".join(names)} if names else {}),
     }
     if parent := os.environ.get(PIPELINE_RUN_ENV):
         tags["mlflow.parentRunId"] = parent

@@ -44,7 +44,7 @@ def flat(text: str) -> str:
 def test_paper_configs_fetch_the_pinned_public_resnet_50(name):
     """`prdit fetch-weights` (rule fetch_weights) has a URL pinned by sha256 under every paper config."""
     p = config.load([ROOT / "params.yaml", ROOT / "configs" / name])
-    assert protocol.is_paper(p) and Path(p.evaluate.weights).name == "resnet_50.pth"
+    assert p.protocol == "paper" and Path(p.evaluate.weights).name == "resnet_50.pth"
     assert p.evaluate.url == weights.PAPER_URL and p.evaluate.url.endswith("/resnet_50.pth")
     pinned = "5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84"
     assert p.evaluate.sha256 == weights.PAPER_SHA256 == pinned

@@ -113,8 +113,12 @@ def paper_params(**over):
 
 def test_protocol_is_project_by_default_and_paper_implies_the_reference_preprocessing():
     p = load(ROOT / "params.yaml")
-    assert protocol.name(p) == "project" and protocol.preprocess_mode(p) == "default"
-    assert protocol.preprocess_mode(paper_params()) == "reference"
+    assert (
+        p.protocol == "project" and p.conventions.preprocess_recipe is None and p.preprocess.mode == "default"
+    )
+    assert paper_params().conventions.preprocess_recipe == "reference"
+    assert p.conventions == protocol.CONVENTIONS["project"]
+    assert paper_params().conventions == protocol.CONVENTIONS["paper"]
     for stage in ("preprocess", "split", "train-local", "train-global", "sample", "evaluate"):
         assert paper_params().used(stage, "phantom")["protocol"] == "paper"
     with pytest.raises(ConfigError, match="'protocol'"):
@@ -124,7 +128,7 @@ def test_protocol_is_project_by_default_and_paper_implies_the_reference_preproce
 @pytest.mark.parametrize("config", ["lidc-128.yaml", "lidc-256.yaml", "rad-chestct-256.yaml"])
 def test_paper_configs_read_the_weights_the_reference_readme_names(config):
     p = load([ROOT / "params.yaml", ROOT / "configs" / config])
-    assert protocol.is_paper(p)
+    assert p.protocol == "paper"
     assert Path(p.evaluate.weights).name == "resnet_50.pth"
 
 

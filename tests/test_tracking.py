@@ -118,13 +118,27 @@ def test_tracking_off_writes_nothing(params, in_tmp: Path, monkeypatch) -> None:
 
 
 def test_an_experiments_stage_runs_carry_its_name(in_tmp: Path) -> None:
-    p = params_with({"experiment": "tracking-test", "experiments": {"fast": {"sample": {"steps": 5}}}})
+    experiments = {"fast": {"sample": {"steps": 5}}, "deep": {"train": {"global": {"model": "PRDiT-T/10/3"}}}}
+    p = params_with({"experiment": "tracking-test", "experiments": experiments})
     with tracking.stage_run(p.view("fast"), "sample", "phantom", 32):
         pass
     with tracking.stage_run(p, "sample", "phantom", 32):
         pass
+    # stage 1 is one model for both experiments (trained with the project's parameters): its run names both
+    with tracking.stage_run(p, "train-local", "phantom", 32):
+        pass
+    with tracking.stage_run(p.view("deep"), "train-global", "phantom", 32):
+        pass
     _, found = runs(f"sqlite:///{in_tmp / 'mlflow.db'}")
     by_name = {r.info.run_name: r.data.tags for r in found}
-    assert set(by_name) == {"sample/phantom/32 (fast)", "sample/phantom/32"}
+    assert set(by_name) == {
+        "sample/phantom/32 (fast)",
+        "sample/phantom/32",
+        "train-local/phantom/32 (fast, deep)",
+        "train-global/phantom/32 (deep)",
+    }
     assert by_name["sample/phantom/32 (fast)"][tracking.EXPERIMENT_NAME_TAG] == "fast"
     assert tracking.EXPERIMENT_NAME_TAG not in by_name["sample/phantom/32"]
+    shared = by_name["train-local/phantom/32 (fast, deep)"]
+    assert shared[tracking.EXPERIMENTS_TAG] == "fast,deep" and tracking.EXPERIMENT_NAME_TAG not in shared
+    assert by_name["train-global/phantom/32 (deep)"][tracking.EXPERIMENT_NAME_TAG] == "deep"

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from prdit import paths, protocol, tracking
+from prdit import paths, tracking
 from prdit.acquire import http, records, tcia, zenodo
 from prdit.acquire.records import MANIFEST
 from prdit.acquire.weights import DEFAULT_NAME, DEFAULT_OUT, DEFAULT_SHA256, fetch_weights
@@ -269,7 +269,7 @@ def run_fetch_weights(p: Params, out: Path | None = None) -> int:
             f"saved under its own name ({DEFAULT_NAME}), never as {PAPER_WEIGHTS_NAME} (the paper's network): "
             f"set evaluate.weights to models/medicalnet/{DEFAULT_NAME}, or {MANUAL_WEIGHTS_STEP}"
         )
-    if protocol.is_paper(p):
+    if p.conventions.paper_weights:
         if target.is_file() and sha256_file(target) == DEFAULT_SHA256:
             raise PaperWeightsError(
                 f"{target}: is the 23-dataset MedicalNet ({DEFAULT_NAME}, sha256 {DEFAULT_SHA256[:12]}...), "
@@ -283,7 +283,7 @@ def run_fetch_weights(p: Params, out: Path | None = None) -> int:
             )
 
     def not_23dataset(part: Path) -> None:
-        if protocol.is_paper(p) and sha256_file(part) == DEFAULT_SHA256:
+        if p.conventions.paper_weights and sha256_file(part) == DEFAULT_SHA256:
             raise http.DownloadError(
                 f"{ev.url}: is the 23-dataset MedicalNet ({DEFAULT_NAME}), not the {PAPER_WEIGHTS_NAME} that "
                 f"protocol: paper evaluates with; not saved as {target}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prdit import io, paths, precision, protocol, topology, tracking, viz
+from prdit import io, paths, precision, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
@@ -173,7 +173,7 @@ def _run_sample(
     path = model_path(p, dataset, size)
     s, n = p.sample, p.sample.n
     batches = shard_batches(n, s.batch_size, s.shards, shard)
-    numerics = precision.sampling(protocol.is_paper(p))
+    numerics = p.conventions.sampling
     precision.set_backends(numerics, device)
     # the stage-2 (or highres) model at this size, before anything is written: a copied stage-1 file is named
     model = load(path, map_location=device, stage=model_stage(p, size), input_size=size).eval()
@@ -215,7 +215,7 @@ def _run_sample(
                 timesteps=p.diffusion.timesteps,
                 noise_std=p.diffusion.noise_std,
                 amp_dtype=precision.autocast_dtype(numerics, device),
-                grid="reference" if protocol.is_paper(p) else "project",
+                grid=p.conventions.sampler_grid,
                 progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
             )
             for i, vol in zip(idx, x[:, 0].cpu().numpy()):

@@ -40,6 +40,7 @@ VIEWS = ("axial", "coronal", "sagittal")
 MID_SLICES = "mid_slices.npz"  # in each evaluation's report folder (prdit.evaluate.run)
 CELL = 160  # montage panel side (pixels)
 LABEL_W = 140  # montage row-label column width
+LABEL_CHARS = 22  # characters of a row label that fit LABEL_W in the default font
 HEADER_H = 18  # montage column-title band height
 GAP = 4  # montage spacing between panels (pixels)
 FLOOR_RTOL = 1e-3  # floors of one real set agree to this (same cached real features: exactly)
@@ -357,7 +358,7 @@ def montage_panels(rows: Sequence[Row], notes: list[str]) -> list[tuple[str, lis
     real = next((s for s in slices if all(f"real_{v}" in s for v in VIEWS)), {})
     panels = [("real train", [real.get(f"real_{v}") for v in VIEWS])]
     return panels + [
-        (f"{r.name} ({r.kind})", [s.get(f"generated_{v}") for v in VIEWS]) for r, s in zip(rows, slices)
+        (f"{r.name}\n({r.kind})", [s.get(f"generated_{v}") for v in VIEWS]) for r, s in zip(rows, slices)
     ]
 
 
@@ -381,7 +382,9 @@ def draw_montage(
     for c, view in enumerate(VIEWS):
         draw.text((panel_origin(0, c)[0] + 4, 3), view, fill=255)
     for r, (label, views) in enumerate(panels):
-        draw.text((4, panel_origin(r, 0)[1] + CELL // 2 - 6), label[:22], fill=255)
+        lines = [line[:LABEL_CHARS] for line in label.split("\n")]  # the name, then its kind
+        for i, line in enumerate(lines):
+            draw.text((4, panel_origin(r, 0)[1] + CELL // 2 - 6 * len(lines) + 12 * i), line, fill=255)
         for c, img in enumerate(views):
             left, top = panel_origin(r, c)
             if img is None:

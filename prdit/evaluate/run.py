@@ -177,8 +177,8 @@ def score(
     prdit.evaluate.baselines.baseline_set); default our samples in samples_root/<dataset>/<size>, the
     first `num_samples` (ignored when `generated` is given: its set is already chosen).
     """
-    paper = protocol_name == "paper"
-    axes = "xyz" if paper else "zyx"
+    conventions = protocol.CONVENTIONS[protocol_name]
+    axes = conventions.extractor_axes
     t0 = time.monotonic()
     gen = generated or samples_set(samples_root / dataset / str(size), size, window, num_samples)
     gen_dir, gen_paths = gen.source["path"], gen.paths
@@ -219,15 +219,17 @@ def score(
         )
     t_feat = time.monotonic() - t0
 
-    reference = paper_real_set(real) if paper else train
+    reference = paper_real_set(real) if conventions.paper_real_set else train
     scores, notes = feature_scores(reference, heldout, generated, n_boot, seed)
-    if paper:  # the floors compare held-out with train only: the paper's real set contains val
+    if (
+        conventions.paper_real_set
+    ):  # the floors compare held-out with train only: the paper's real set contains val
         floors, floor_notes = feature_scores(train, heldout, Summary.concat([]), n_boot, seed)
         scores.update({k: v for k, v in floors.items() if "_floor" in k})
         notes = [n for n in notes if "held-out" not in n] + [n for n in floor_notes if "held-out" in n]
     train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
     n_gen = len(gen_vols)
-    gen_pairs = n_gen * (n_gen - 1) // 2 if paper else ms_ssim_pairs
+    gen_pairs = n_gen * (n_gen - 1) // 2 if conventions.all_generated_pairs else ms_ssim_pairs
     diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes, device=device)}
     floor_pairs = pair_indices(len(train_paths), ms_ssim_pairs, seed) if len(train_paths) >= 2 else []
     montage_idx = range(min(MONTAGE_ROWS, len(train_paths)))
@@ -295,7 +297,7 @@ def _host(v: Any) -> np.ndarray:
 
 def record(s: Scored) -> dict:
     """The metrics record (metrics/<dataset>/<size>.json) of a scored evaluation."""
-    paper = s.protocol == "paper"
+    paper = protocol.CONVENTIONS[s.protocol].paper_real_set
     (ms, ms_sd, ms_n), (msf, msf_sd, msf_n) = s.diversity["generated"], s.diversity["floor"]
     memo_keys = (
         "near_copy_ratio",
@@ -515,9 +517,9 @@ def run_evaluate(p: Params, dataset: str, size: int, baseline: str | None = None
     precision.set_backends(numerics, device)
     ev = p.evaluate
     used = {
-        "evaluate": p.raw.get("evaluate", {}),
+        "evaluate": p.section("evaluate"),
         "preprocess.window": list(p.preprocess.window),
-        "protocol": protocol.name(p),
+        "protocol": p.protocol,
         **({"baseline": {**gen.source, "n_files": len(gen.paths)}} if baseline is not None else {}),
     }
     with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
@@ -535,7 +537,7 @@ def run_evaluate(p: Params, dataset: str, size: int, baseline: str | None = None
             ev.bootstrap,
             ev.seed,
             ev.num_samples,
-            protocol.name(p),
+            p.protocol,
             device=device,
             generated=gen,
             name=name,

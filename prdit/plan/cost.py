@@ -115,7 +115,7 @@ def _verdict(gpu: GPU, mem: float, host: float, hours: float, lim: limits.Limit)
 
 def _train_resources(p: Params, stage: str) -> int:
     """The stage's training processes: resources.train.<stage>.gpu, the job's GPUs over all its nodes."""
-    return int(p.raw.get("resources", {}).get("train", {}).get(stage, {}).get("gpu", 1))
+    return int(p.resources.get("train", {}).get(stage, {}).get("gpu", 1))
 
 
 def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
@@ -178,8 +178,10 @@ def evaluate_job(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
     highres = size == p.preprocess.highres_size
     lim = limits.limit("evaluate", highres)
     n_gen = p.evaluate.num_samples or p.sample.n
-    n_real = protocol.PAPER_REAL_N if protocol.is_paper(p) else n_gen  # assumed: as many real as generated
-    pairs = n_gen * (n_gen - 1) // 2 if protocol.is_paper(p) else p.evaluate.ms_ssim_pairs
+    n_real = (
+        protocol.PAPER_REAL_N if p.conventions.paper_real_set else n_gen
+    )  # assumed: as many real as generated
+    pairs = n_gen * (n_gen - 1) // 2 if p.conventions.all_generated_pairs else p.evaluate.ms_ssim_pairs
     pairs += p.evaluate.ms_ssim_pairs  # the real-vs-real floor
     from prdit.evaluate.features import BATCH
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from prdit import precision, protocol
+from prdit import precision, topology
 from prdit.config import Params
 from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan.measure import Flops, count_flops, fake_mode, peak_bytes, traffic_bytes
@@ -32,11 +32,11 @@ def peak_kind(prec: precision.Precision) -> str:
 
 
 def training_precision(p: Params) -> precision.Precision:
-    return precision.training(protocol.is_paper(p))
+    return p.conventions.training
 
 
 def sampling_precision(p: Params) -> precision.Precision:
-    return precision.sampling(protocol.is_paper(p))
+    return p.conventions.sampling
 
 
 def _volume(p: Params, batch: int, size: int, channels: int = 1) -> torch.Tensor:
@@ -89,15 +89,14 @@ def affine_bytes(measure, at: int) -> int:
 
 
 def sample_model(p: Params, size: int) -> torch.nn.Module:
-    stage = "highres" if size == p.preprocess.highres_size else "global"
-    return stage_model(p, stage)
+    return stage_model(p, topology.sampler(size, p.preprocess.size, p.preprocess.highres_size))
 
 
 def model_calls(p: Params) -> int:
     """Network evaluations per generated volume (the sampler's grid)."""
     from prdit.diffusion.sampler import reference_grid
 
-    if protocol.is_paper(p):
+    if p.conventions.sampler_grid == "reference":
         return len(reference_grid(p.sample.steps, p.diffusion.timesteps)) - 1
     return p.sample.steps
 

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
-from prdit import precision, protocol, tracking
+from prdit import precision, tracking
 from prdit.config import Params, TrainCommon, TrainStage, trajectory
 from prdit.data.dataset import VolumeDataset
 from prdit.device import announce, describe_device
@@ -546,7 +546,9 @@ def job_from_params(
         **trajectory(s),
         **trajectory(c),
         "diffusion": dataclasses.asdict(p.diffusion),
-        **({"protocol": "paper"} if protocol.is_paper(p) else {}),  # project runs keep their old last.pt
+        **(
+            {"protocol": p.protocol} if p.protocol != "project" else {}
+        ),  # project runs keep their old last.pt
         **extra,
     }
     meta = {
@@ -557,7 +559,6 @@ def job_from_params(
         "params": used,
         **extra,
     }
-    paper = protocol.is_paper(p)
     choice = batching.micro_batch(
         p, stage, processes, budget_gib=gpu_memory_gib, estimate=s.micro_batch == "auto"
     )
@@ -568,8 +569,8 @@ def job_from_params(
         train=s,
         common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
-        bf16_autocast=precision.training(paper).autocast == torch.bfloat16,
-        final_weights="raw" if paper and stage == "local" else "ema",
+        bf16_autocast=p.conventions.training.autocast == torch.bfloat16,
+        final_weights=p.conventions.final_weights(stage),
         fingerprint=fingerprint,
         meta=meta,
     )
@@ -579,7 +580,7 @@ def run_train(p: Params, dataset: str, stage: str) -> int:
     """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
 
     env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
-    numerics = precision.training(protocol.is_paper(p))
+    numerics = p.conventions.training
     precision.set_backends(numerics, env.device)  # TF32 on CUDA
     out = stages.model_dir(dataset, stage, p.model_key(stage))
     lock = signals.exclusive(out) if env.is_main else contextlib.nullcontext()

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 import prdit.model as models
-from prdit import paths, precision, protocol, topology
+from prdit import paths, topology
 from prdit.config import Params
 from prdit.errors import PrditError
 
@@ -95,9 +95,9 @@ def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
     cfg = p.train.stage(stage)
     size = input_size(p, stage)
     overrides = {"checkpointing": True} if cfg.checkpointing else {}
-    paper = protocol.is_paper(p)
-    if paper and stage != "local":
-        overrides["pos_max_freq"] = protocol.pos_max_freq(size)
+    conventions = p.conventions
+    if stage != "local" and conventions.pos_max_freq(size) is not None:
+        overrides["pos_max_freq"] = conventions.pos_max_freq(size)
     if frozen is not None:
         frozen.requires_grad_(False)
     if stage == "local":
@@ -108,8 +108,8 @@ def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
             raise StageSetupError(
                 f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)"
             )
-        if paper:
-            model.init_global(protocol.PAPER_STAGE2_GAIN)
+        if conventions.stage2_gain is not None:
+            model.init_global(conventions.stage2_gain)
         model.load_local(frozen)
         model.freeze_local()
     else:
@@ -119,7 +119,7 @@ def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
         inner = getattr(model, "backbone", None)
         if isinstance(inner, nn.Module):
             inner.requires_grad_(False)
-    attention = precision.training(paper).attention
+    attention = conventions.training.attention
     if attention is not None:
         from prdit.model.layers import set_attention_kernel_dtype
 

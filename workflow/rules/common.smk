@@ -214,7 +214,7 @@ def train_resource(name):
     applies to every stage."""
 
     def value(wildcards):
-        stages = PARAMS.raw.get("resources", {}).get("train", {})
+        stages = PARAMS.resources.get("train", {})
         return stages.get(model_stage(wildcards), {}).get(name, 1)
 
     return value
