@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import prdit.diffusion as D
-from prdit.model import VARIANTS, create, from_reference_state_dict, load, save
+from prdit.model import VARIANTS, Arch, create, from_reference_state_dict, load, save
 from prdit.model.layers import Attention, grid_pos_embed, sincos_code
 from prdit.model.patches import extract_patches, unpatchify
 from tests import reference
@@ -46,6 +47,26 @@ def test_unknown_variant_is_a_clear_error():
         create("PRDiT-Q/12/4", 32)
     with pytest.raises(ValueError, match="multiple of the stride"):
         create("PRDiT-T/10/0", 36)
+
+
+def test_every_network_is_built_from_one_frozen_arch():
+    """create() turns variant + overrides into one frozen Arch; the blocks read it, nothing travels beside it."""
+    model = create("PRDiT-T/10/2", 32, checkpointing=True, pos_max_freq=2.0)
+    assert model.arch == Arch(
+        hidden_size=96, num_heads=4, depth=2, patch=10, checkpointing=True, pos_max_freq=2.0
+    )
+    assert model.local.checkpointing and model.dit.checkpointing and len(model.dit.blocks) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.arch.depth = 3  # type: ignore[misc]
+    hr = create("PRDiT-HR-T/10/1", 64, backbone=create("PRDiT-T/10/1", 32), checkpointing=True)
+    assert hr.arch.checkpointing and hr.branch.local.checkpointing and hr.branch.dit.checkpointing
+    assert not hr.backbone.arch.checkpointing
+    with pytest.raises(TypeError, match="nonsense"):
+        create("PRDiT-T/10/0", 32, nonsense=1)
+    with pytest.raises(ValueError, match="checkpointing"):
+        create("PRDiT-T/10/0", 32, checkpointing="yes")
+    with pytest.raises(ValueError, match="in_channels"):
+        create("PRDiT-HR-T/10/1", 64, backbone=create("PRDiT-T/10/1", 32), in_channels=2)
 
 
 @pytest.mark.parametrize(

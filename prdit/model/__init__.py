@@ -1,5 +1,6 @@
 """PRDiT networks: stage-1 local denoiser, stage-2 global residual DiT, stage-3 highres branch."""
 
+from prdit.model.arch import Arch
 from prdit.model.backbone import PRDiT
 from prdit.model.files import (
     content_hash,
@@ -14,6 +15,7 @@ from prdit.model.highres import HighResPRDiT
 from prdit.model.registry import VARIANTS, create
 
 __all__ = [
+    "Arch",
     "PRDiT",
     "HighResPRDiT",
     "VARIANTS",

@@ -7,10 +7,11 @@ import logging
 import torch
 import torch.nn as nn
 
+from prdit.model.arch import Arch, unwrap
 from prdit.model.dit import GlobalDiT
 from prdit.model.embed import TimestepEmbedder
 from prdit.model.local import LocalDenoiser
-from prdit.model.patches import check_geometry, extract_patches, unpatchify
+from prdit.model.patches import extract_patches, unpatchify
 
 log = logging.getLogger(__name__)
 
@@ -18,50 +19,24 @@ log = logging.getLogger(__name__)
 class PRDiT(nn.Module):
     """model(x_t, t) -> [B, 2C, S, S, S]: eps-hat channels first, x0-hat second.
 
+    Built from an `Arch` (see arch.py) for cubic inputs of edge `input_size`.
+
     Both paths read the same raw overlapping patch tokens (extract size `patch`, stride
     `stride`, reflection padding (patch - stride) / 2) and predict stride^3 output voxels
     per token. With depth > 0 the stage-1 path (shared timestep MLP, its head and the local
     denoiser) is frozen by default and runs under no_grad: the DiT learns only the residual.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        depth: int,
-        num_heads: int,
-        patch: int = 12,
-        stride: int = 8,
-        in_channels: int = 1,
-        mlp_ratio: float = 4.0,
-        pos_max_freq: float = 7.6,
-        freeze_local: bool = True,
-        checkpointing: bool = False,
-    ):
+    def __init__(self, input_size: int, arch: Arch, *, freeze_local: bool = True):
         super().__init__()
-        self.pad = check_geometry(input_size, patch, stride)
-        self.input_size, self.patch, self.stride, self.in_channels = input_size, patch, stride, in_channels
-        self.depth = depth
-        self.grid = input_size // stride
-        token_dim = in_channels * patch**3
-        out_dim = 2 * in_channels * stride**3
-        self.t_embed = TimestepEmbedder(hidden_size, token_dim, hidden_size if depth else None)
-        self.local = LocalDenoiser(token_dim, token_dim, out_dim, mlp_ratio=1.0, checkpointing=checkpointing)
-        self.dit = (
-            GlobalDiT(
-                token_dim,
-                hidden_size,
-                depth,
-                num_heads,
-                self.grid,
-                out_dim,
-                mlp_ratio,
-                pos_max_freq,
-                checkpointing,
-            )
-            if depth
-            else None
-        )
+        self.arch, self.input_size = arch, input_size
+        self.pad, self.grid = arch.pad(input_size), arch.grid(input_size)
+        self.patch, self.stride, self.in_channels = arch.patch, arch.stride, arch.in_channels
+        self.depth = depth = arch.depth
+        token_dim = arch.patch_dim
+        self.t_embed = TimestepEmbedder(arch.hidden_size, token_dim, arch.hidden_size if depth else None)
+        self.local = LocalDenoiser(arch, token_dim=token_dim, cond_dim=token_dim)
+        self.dit = GlobalDiT(arch, token_dim=token_dim, grid=self.grid) if depth else None
         self._init_weights()
         self.local_frozen = False
         if depth and freeze_local:
@@ -111,7 +86,7 @@ class PRDiT(nn.Module):
     @torch.no_grad()
     def load_local(self, stage1: nn.Module) -> None:
         """Copy the stage-1 path from a trained depth-0 PRDiT of the same patch geometry."""
-        stage1 = getattr(stage1, "_orig_mod", stage1)
+        stage1 = unwrap(stage1)
         if (stage1.patch, stage1.stride, stage1.in_channels) != (self.patch, self.stride, self.in_channels):
             raise ValueError(
                 f"stage-1 model has patch/stride/channels {(stage1.patch, stage1.stride, stage1.in_channels)}, "

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prdit.model.arch import Arch
 from prdit.model.layers import Attention, Mlp, grid_pos_embed, modulate
 
 
@@ -60,27 +61,23 @@ class FinalLayer(nn.Module):
 class GlobalDiT(nn.Module):
     """Patch embedding + resolution-normalised 3D sin/cos positions + DiT blocks + final layer.
 
+    `token_dim` is the raw patch token width, `grid` the tokens per axis; everything else (width,
+    depth, heads, MLP ratio, positional frequency, output width, checkpointing) comes from `arch`.
+
     Zero-initialised gates and head: the residual it adds starts at exactly zero.
     """
 
-    def __init__(
-        self,
-        token_dim: int,
-        hidden: int,
-        depth: int,
-        num_heads: int,
-        grid: int,
-        out_dim: int,
-        mlp_ratio: float = 4.0,
-        pos_max_freq: float = 7.6,
-        checkpointing: bool = False,
-    ):
+    def __init__(self, arch: Arch, *, token_dim: int, grid: int):
         super().__init__()
+        hidden = arch.hidden_size
         self.patch_embed = PatchEmbed(token_dim, hidden)
-        self.register_buffer("pos_embed", grid_pos_embed(grid, hidden, pos_max_freq)[None], persistent=False)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden, out_dim)
-        self.checkpointing = checkpointing
+        pos = grid_pos_embed(grid, hidden, arch.pos_max_freq)[None]
+        self.register_buffer("pos_embed", pos, persistent=False)
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden, arch.num_heads, arch.mlp_ratio) for _ in range(arch.depth)
+        )
+        self.final_layer = FinalLayer(hidden, arch.out_dim)
+        self.checkpointing = arch.checkpointing
 
     def zero_init(self) -> None:
         for block in self.blocks:

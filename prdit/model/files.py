@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from prdit.errors import PrditError
 from prdit.io import write_torch
+from prdit.model.arch import unwrap
 from prdit.model.registry import VARIANTS, create
 
 FORMAT = "prdit-model/1"
@@ -49,15 +50,6 @@ def check_stage(obj: dict[str, Any], source: str, stage: str, input_size: int | 
     if why:
         expected = f"the {stage} model" + (f" at {input_size}^3" if input_size is not None else "")
         raise ModelMismatchError(f"{source}: expected {expected}, but {why}; put the right model file there")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile / DistributedDataParallel wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def to_file_dict(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:

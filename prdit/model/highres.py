@@ -29,11 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prdit.diffusion.ian import angle
+from prdit.model.arch import Arch, unwrap
 from prdit.model.bridge import bridge, lift
 from prdit.model.dit import GlobalDiT
 from prdit.model.embed import TimestepEmbedder
 from prdit.model.local import LocalDenoiser
-from prdit.model.patches import check_geometry, extract_patches, unpatchify
+from prdit.model.patches import extract_patches, unpatchify
 
 EPS_GUARD_SIN = 0.02  # below this sin(b), eps-hat is shrunk towards 0 instead of divided by sin(b)
 
@@ -63,45 +64,20 @@ def consistent_x0(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, timesteps
 
 
 class ResidualBranch(nn.Module):
-    """Local MLP path + global DiT path on patch tokens of [x_t, prior] -> (eps, x0 - prior) per voxel."""
+    """Local MLP path + global DiT path on patch tokens of [x_t, prior] -> (eps, x0 - prior) per voxel.
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        depth: int,
-        num_heads: int,
-        patch: int,
-        stride: int,
-        in_channels: int,
-        mlp_ratio: float = 4.0,
-        local_mlp_ratio: float = 1.0,
-        pos_max_freq: float = 7.6,
-        checkpointing: bool = False,
-    ):
+    Built from the highres model's `Arch`; its tokens stack x_t and the prior, 2 * in_channels channels.
+    """
+
+    def __init__(self, input_size: int, arch: Arch):
         super().__init__()
-        self.pad = check_geometry(input_size, patch, stride)
-        self.patch, self.stride, self.grid = patch, stride, input_size // stride
-        self.out_channels = 2 * in_channels
-        token_dim = 2 * in_channels * patch**3  # noisy volume and prior, stacked as channels
-        out_dim = self.out_channels * stride**3
-        self.t_embed = TimestepEmbedder(hidden_size, hidden_size, hidden_size if depth else None)
-        self.local = LocalDenoiser(token_dim, hidden_size, out_dim, local_mlp_ratio, checkpointing)
-        self.dit = (
-            GlobalDiT(
-                token_dim,
-                hidden_size,
-                depth,
-                num_heads,
-                self.grid,
-                out_dim,
-                mlp_ratio,
-                pos_max_freq,
-                checkpointing,
-            )
-            if depth
-            else None
-        )
+        self.pad, self.grid = arch.pad(input_size), arch.grid(input_size)
+        self.patch, self.stride, self.out_channels = arch.patch, arch.stride, 2 * arch.in_channels
+        token_dim = 2 * arch.patch_dim  # noisy volume and prior, stacked as channels
+        hidden = arch.hidden_size
+        self.t_embed = TimestepEmbedder(hidden, hidden, hidden if arch.depth else None)
+        self.local = LocalDenoiser(arch, token_dim=token_dim, cond_dim=hidden)
+        self.dit = GlobalDiT(arch, token_dim=token_dim, grid=self.grid) if arch.depth else None
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -133,44 +109,30 @@ class HighResPRDiT(nn.Module):
     def __init__(
         self,
         input_size: int,
+        arch: Arch,
+        *,
         backbone: nn.Module,
-        hidden_size: int,
-        depth: int,
-        num_heads: int,
-        patch: int = 12,
-        stride: int = 8,
         timesteps: int = 1000,
-        mlp_ratio: float = 4.0,
-        local_mlp_ratio: float = 1.0,
-        pos_max_freq: float = 7.6,
-        checkpointing: bool = False,
         upsample: str = "lift",
     ):
         super().__init__()
-        backbone = getattr(backbone, "_orig_mod", backbone)
+        backbone = unwrap(backbone)
         if not hasattr(backbone, "input_size") or 2 * backbone.input_size != input_size:
             raise ValueError(
                 f"highres input_size {input_size} must be twice the backbone's "
                 f"({getattr(backbone, 'input_size', '?')})"
             )
+        if arch.in_channels != backbone.in_channels:
+            raise ValueError(
+                f"highres in_channels {arch.in_channels} differs from the backbone's ({backbone.in_channels})"
+            )
         self.backbone = backbone.requires_grad_(False)
-        self.input_size, self.in_channels, self.timesteps = input_size, backbone.in_channels, timesteps
+        self.arch, self.input_size, self.in_channels = arch, input_size, arch.in_channels
+        self.timesteps = timesteps
         if upsample not in ("lift", "trilinear", "nearest"):
             raise ValueError(f"upsample must be lift, trilinear or nearest, got {upsample!r}")
         self.upsample = upsample
-        self.branch = ResidualBranch(
-            input_size,
-            hidden_size,
-            depth,
-            num_heads,
-            patch,
-            stride,
-            backbone.in_channels,
-            mlp_ratio,
-            local_mlp_ratio,
-            pos_max_freq,
-            checkpointing,
-        )
+        self.branch = ResidualBranch(input_size, arch)
 
     def train(self, mode: bool = True) -> HighResPRDiT:
         super().train(mode)

@@ -6,23 +6,24 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from prdit.model.arch import Arch
 from prdit.model.layers import SwiGLU, modulate
 
 
 class LocalDenoiser(nn.Module):
     """Two adaLN-modulated SwiGLU blocks on patch tokens, a residual, a final modulation and a linear head.
 
-    `token_dim` is the raw patch width C*P^3 (the MLP works in patch space); `cond_dim` is the
-    width of the conditioning vector feeding adaLN. Head and adaLN start at zero, so the
-    output is exactly zero at initialisation.
+    `token_dim` is the raw patch token width (the MLP works in patch space); `cond_dim` is the
+    width of the conditioning vector feeding adaLN. From `arch`: the SwiGLU width ratio
+    (`local_mlp_ratio`), the output width (`out_dim`) and `checkpointing`. Head and adaLN start at
+    zero, so the output is exactly zero at initialisation.
     """
 
-    def __init__(
-        self, token_dim: int, cond_dim: int, out_dim: int, mlp_ratio: float = 1.0, checkpointing: bool = False
-    ):
+    def __init__(self, arch: Arch, *, token_dim: int, cond_dim: int):
         super().__init__()
-        self.checkpointing = checkpointing
-        hidden = int(token_dim * mlp_ratio)
+        self.checkpointing = arch.checkpointing
+        hidden = int(token_dim * arch.local_mlp_ratio)
+        out_dim = arch.out_dim
         self.norm1 = nn.LayerNorm(token_dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(token_dim, elementwise_affine=False, eps=1e-6)
         self.mlp1 = SwiGLU(token_dim, hidden)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from prdit.model.arch import Arch, unwrap
 from prdit.model.backbone import PRDiT
 from prdit.model.highres import HighResPRDiT
 
@@ -38,8 +39,10 @@ _NAME = re.compile(r"^PRDiT-(HR-)?(T|XS|S|B|L|XL)/(\d+)/(\d+)$")
 def create(name: str, input_size: int, **overrides: Any) -> nn.Module:
     """Build the named variant for cubic inputs of edge `input_size`.
 
-    `overrides` replace architecture arguments (e.g. freeze_local=False, checkpointing=True); a
-    highres variant needs `backbone=` (a stage-2 PRDiT, or the spec dict a model file stores).
+    `overrides` replace fields of the variant's `Arch` (e.g. checkpointing=True, pos_max_freq=...) or set
+    model options (PRDiT: freeze_local; highres: backbone, timesteps, upsample); anything else is a
+    TypeError. A highres variant needs `backbone=` (a stage-2 PRDiT, or the spec dict a model file
+    stores) and takes its in_channels unless given.
     """
     if name not in VARIANTS:
         hint = "" if _NAME.match(name) else " (names look like PRDiT-B/12/4 or PRDiT-HR-T/10/1)"
@@ -50,12 +53,13 @@ def create(name: str, input_size: int, **overrides: Any) -> nn.Module:
     if kind == "highres":
         backbone = spec.get("backbone")
         if isinstance(backbone, dict):  # the spec a model file stores: rebuild the (frozen) backbone first
-            spec["backbone"] = create(
+            backbone = spec["backbone"] = create(
                 backbone["name"], backbone["input_size"], **backbone.get("overrides", {})
             )
-        model: nn.Module = HighResPRDiT(input_size=input_size, **spec)
-    else:
-        model = PRDiT(input_size=input_size, **spec)
+        if isinstance(backbone, nn.Module):
+            spec.setdefault("in_channels", unwrap(backbone).in_channels)
+    arch, options = Arch.split(spec)
+    model: nn.Module = (HighResPRDiT if kind == "highres" else PRDiT)(input_size, arch, **options)
     model.spec = {"name": name, "input_size": input_size, "overrides": _plain(overrides)}
     return model
 
@@ -65,6 +69,6 @@ def _plain(overrides: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in overrides.items():
         if isinstance(value, nn.Module):
-            value = getattr(value, "_orig_mod", value).spec
+            value = unwrap(value).spec
         out[key] = value
     return out
