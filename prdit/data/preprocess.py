@@ -44,6 +44,7 @@ from prdit.data.cache import (
 )
 from prdit.data.dicom import AIR_HU
 from prdit.data.inputs import check_geometry
+from prdit.data.paper_recipe import avg_pool2  # its one home; tests and benchmarks import it here
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.errors import PrditError
 from prdit.io import atomic_dir, atomic_path
@@ -143,15 +144,6 @@ def _crop_to(
     if np.any(hi <= lo):
         return None
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
-
-
-def avg_pool2(volume: np.ndarray) -> np.ndarray:
-    """2x average pooling of a [z, y, x] volume with even sides."""
-    v = volume[0::2] + volume[1::2]
-    v = v[:, 0::2] + v[:, 1::2]
-    v = v[:, :, 0::2] + v[:, :, 1::2]
-    v *= np.float32(0.125)
-    return v.astype(np.float32, copy=False)
 
 
 def to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
