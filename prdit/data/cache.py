@@ -38,6 +38,9 @@ HASHES = "inputs.sha256.json"
 OUTPUT_KEYS = ("out", "out_root")  # job fields that name outputs, relative to the case's entry
 TRANSIENT = ("worker process died", "MemoryError", "OSError", "PermissionError", "TimeoutError")
 SCHEDULING = ("shards",)  # parameters that decide how cases are spread over jobs, never a case's outputs
+# sources.<name> keys that reach a key through the job instead (resolved: preprocess's recipe), so spelling
+# out today's choice (`recipe: lidc` for DICOM) keeps every entry
+BY_JOB = ("recipe",)
 
 
 def cache_root() -> Path:
@@ -49,7 +52,8 @@ def stage_params(used: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in used.items():
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in SCHEDULING}
+            drop = SCHEDULING + (BY_JOB if name.startswith("sources.") else ())
+            value = {k: v for k, v in value.items() if k not in drop}
         out[name] = value
     return out
 

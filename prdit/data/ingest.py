@@ -122,7 +122,7 @@ def ingest_file(
     min_extent_mm: list[float],
 ) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
-    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_hu_image(Path(path))
+    image = inputs.reader(fmt).read(Path(path))
     if image.GetSize()[2] < min_slices:
         raise dicom.SeriesError(f"{image.GetSize()[2]} slice(s), fewer than ingest.min_slices={min_slices}")
     row = write_checked(case, patient_id, source, image, out, min_extent_mm)
@@ -271,12 +271,13 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     **hide_of(patient),
                 )
             )
-    elif src.format in ("npz", "nifti"):
+    else:
         used = set()
-        found = inputs.find_files(root, src.format)
+        reader = inputs.reader(src.format)  # ValueError naming the formats for an unknown one
+        found = reader.find(root)
         if not found:
             seen = sum(1 for f in root.rglob("*") if f.is_file())
-            kinds = "*.npz" if src.format == "npz" else ", ".join("*" + s for s in inputs.NIFTI_SUFFIXES)
+            kinds = reader.patterns()
             raise SourceError(
                 f"No {src.format} input found under {root} ({seen} files looked at, none named {kinds}): "
                 f"check sources.{dataset}.path and sources.{dataset}.format"
@@ -309,8 +310,6 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     **hide_of(name),
                 )
             )
-    else:
-        raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped, identities
 
 

@@ -33,6 +33,18 @@ RAD_WINDOW = (-1000.0, 1000.0)
 RAD_QUANTILE = 0.995
 
 
+LIDC = "lidc"
+RAD_CHESTCT = "rad-chestct"
+AUTO_RECIPE = {"dicom": LIDC, "nifti": LIDC, "npz": RAD_CHESTCT}  # `recipe: auto`: by format, as before
+
+
+def recipe_of(source) -> str:
+    """The recipe of a dataset (sources.<name>.recipe, a config.Source): the dataset decides, the file
+    format only under `recipe: auto` (npz: RAD-ChestCT, DICOM / NIfTI: LIDC-IDRI)."""
+    chosen = getattr(source, "recipe", "auto") or "auto"
+    return AUTO_RECIPE[source.format] if chosen == "auto" else chosen
+
+
 class ReferenceSkip(PrditError, ValueError):
     """The reference recipe skips this case (e.g. it is smaller than the 256^3 crop)."""
 
