@@ -61,6 +61,9 @@ class Source:
     path: str
     download: str
     case_ids: str = "auto"  # auto | pseudonym | source: how cases are named (prdit.data.pseudonyms)
+    # auto | lidc | rad-chestct: the dataset whose paper recipe preprocess.mode reference follows
+    # (prdit.data.paper_recipe); auto = by format, as before (npz: rad-chestct, dicom / nifti: lidc)
+    recipe: str = "auto"
 
 
 @dataclass(frozen=True)

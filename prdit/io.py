@@ -197,10 +197,43 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
     return sitk.GetArrayFromImage(image).astype(np.float32, copy=False), tuple(image.GetSpacing())
 
 
-def write_json(path: str | Path, obj: object) -> None:
-    """Write JSON atomically, keys sorted so DVC diffs stay readable."""
+def write_json(path: str | Path, obj: object, compact: bool = False) -> None:
+    """Write JSON atomically, keys sorted so DVC diffs stay readable; `compact` (no indent) for large caches."""
+    indent = None if compact else 2
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, default=_json_default) + "\n")
+
+
+def create_once(path: str | Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create `path` holding `data` (permissions `mode`, synced) unless it exists; False if it did.
+
+    Unlike atomic_path (last writer wins) the first writer wins: concurrent creators of one secret (the
+    pseudonym key) all end up reading the same file. The file appears whole or not at all (link of a temp)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def file_stamp(path: str | Path) -> list[int]:
+    """[size, mtime_ns, inode]: what says a file may have changed since it was last read (the one home).
+
+    The inode is part of it because a file replaced by another of the same size and mtime (cp -p, rsync -t,
+    tar, an atomic rewrite within the clock's resolution) is a new inode; (size, mtime) alone would reuse
+    the old file's hash or headers. A false alarm (a moved copy) costs one re-read, never a wrong answer."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def write_torch(path: str | Path, obj: object) -> None:

@@ -271,14 +271,14 @@ def test_snakemake_shards_compute_only_the_new_case(tmp_path: Path) -> None:
     assert not (project / "data/interim/phantom.shards").exists()
 
 
-def test_header_memo_reads_only_new_files_and_finds_the_same(
+def test_header_cache_reads_only_new_files_and_finds_the_same(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prdit.data import dicom
 
     plain = dicom.discover(phantoms, 16)
-    memo: dict = {}
-    first = dicom.discover(phantoms, 16, memo=memo)
+    header_cache: dict = {}
+    first = dicom.discover(phantoms, 16, header_cache=header_cache)
     read: list[int] = []
     from prdit.data.dicom import discovery
 
@@ -286,7 +286,9 @@ def test_header_memo_reads_only_new_files_and_finds_the_same(
     monkeypatch.setattr(
         discovery, "_read_headers", lambda paths, threads: read.append(len(paths)) or real(paths, threads)
     )
-    again = dicom.discover(phantoms, 16, memo=json.loads(json.dumps(memo)))  # as saved to and read from disk
+    again = dicom.discover(
+        phantoms, 16, header_cache=json.loads(json.dumps(header_cache))
+    )  # as saved to and read from disk
     assert read == [0]
     for result in (first, again):
         assert {k: (v.uid, v.files) if v else None for k, v in result[0].items()} == {

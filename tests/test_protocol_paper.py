@@ -94,13 +94,44 @@ def test_paper_preprocessing_equals_the_reference_recipe_and_rejects_a_200_mm_ca
 def test_reference_preprocessing_of_rad_chestct_in_both_ranges():
     image = sitk.GetImageFromArray(pv.rad_zyx())
     image.SetSpacing((0.8, 0.8, 0.8))
-    unit = cubes_reference(image, [128, 256], "npz", (0.0, 1.0))  # the reference loader as run: [0, 1]
-    signed = cubes_reference(image, [128, 256], "npz", (-1.0, 1.0))
+    unit = cubes_reference(
+        image, [128, 256], "rad-chestct", (0.0, 1.0)
+    )  # the reference loader as run: [0, 1]
+    signed = cubes_reference(image, [128, 256], "rad-chestct", (-1.0, 1.0))
     for size in (128, 256):
         cube, spacing, _ = unit[size]
         assert spacing == pytest.approx(0.8 * 256 / size)
         assert_matches(cube, FIXTURE[f"rad_{size}"], 1e-5)
         np.testing.assert_allclose(signed[size][0], 2 * cube - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["rad-chestct", "auto"])
+def test_the_dataset_not_the_file_format_chooses_the_recipe(tmp_path, monkeypatch, recipe):
+    """A NIfTI export of RAD-ChestCT declared `recipe: rad-chestct` gets the RAD-ChestCT recipe (it used to
+    get LIDC's, by format: a 204.8 mm cube is under LIDC's 256 mm and was rejected); `auto` keeps LIDC's."""
+    monkeypatch.setenv("PRDIT_TRACKING", "off")
+    monkeypatch.chdir(tmp_path)
+    interim = tmp_path / "data" / "interim" / "t"
+    interim.mkdir(parents=True)
+    write_lidc_nifti(interim / "case.nii.gz", pv.rad_zyx(), (0.8, 0.8, 0.8))
+    pd.DataFrame({"case": ["case"], "patient_id": ["case"], "status": ["ok"]}).to_csv(
+        interim / "qc.csv", index=False
+    )
+    source = {"format": "nifti", "path": "raw", "download": "none", "recipe": recipe}
+    over = {
+        "protocol": "paper",
+        "datasets": ["t"],
+        "sources": {"t": source},
+        "preprocess": {"size": 128, "highres_size": 256, "reference_range": [0.0, 1.0]},
+    }
+    run_preprocess(load(ROOT / "params.yaml", overrides=over), "t")
+    out = tmp_path / "data" / "processed" / "t"
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False).set_index("case")
+    if recipe == "auto":
+        assert qc.loc["case", "status"] == "rejected" and "under 256 mm" in qc.loc["case", "reason"]
+        return
+    assert qc.loc["case", "status"] == "ok", qc.loc["case", "reason"]
+    assert_matches(np.load(out / "128" / "case.npy"), FIXTURE["rad_128"], F16)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prdit.data.qc import run_cases
-from prdit.io import sha256_file
+from prdit.io import atomic_path, file_stamp, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ HASHES = "inputs.sha256.json"
 OUTPUT_KEYS = ("out", "out_root")  # job fields that name outputs, relative to the case's entry
 TRANSIENT = ("worker process died", "MemoryError", "OSError", "PermissionError", "TimeoutError")
 SCHEDULING = ("shards",)  # parameters that decide how cases are spread over jobs, never a case's outputs
+# sources.<name> keys that reach a key through the job instead (resolved: preprocess's recipe), so spelling
+# out today's choice (`recipe: lidc` for DICOM) keeps every entry
+BY_JOB = ("recipe",)
 
 
 def cache_root() -> Path:
@@ -49,7 +52,8 @@ def stage_params(used: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in used.items():
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in SCHEDULING}
+            drop = SCHEDULING + (BY_JOB if name.startswith("sources.") else ())
+            value = {k: v for k, v in value.items() if k not in drop}
         out[name] = value
     return out
 
@@ -93,8 +97,8 @@ class CaseCache:
             return None
 
     def content_hashes(self, case: str, paths: Sequence[str | Path]) -> list[str]:
-        """sha256 of each input file of a case; re-read only files whose size or mtime changed since the
-        last time (memo in the case's folder), so an unchanged dataset is not read again, and a rewritten
+        """sha256 of each input file of a case; re-read only files whose stamp (io.file_stamp: size, mtime,
+        inode) changed since the last time (memo in the case's folder), so an unchanged dataset is not read again, and a rewritten
         but identical file (e.g. a regenerated phantom) still hits the cache."""
         memo_path = self.dir / case / HASHES
         try:
@@ -103,21 +107,13 @@ class CaseCache:
             memo = {}
         out, fresh = [], {}
         for path in map(str, paths):
-            st = os.stat(path)
-            stat = [st.st_size, st.st_mtime_ns, st.st_ino]
+            stamp = file_stamp(path)
             known = memo.get(path)
-            sha = known[1] if known and known[0] == stat else sha256_file(path)
-            fresh[path] = [stat, sha]
+            sha = known[1] if known and known[0] == stamp else sha256_file(path)
+            fresh[path] = [stamp, sha]
             out.append(sha)
         if fresh != memo:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{HASHES}.", suffix=".tmp", dir=memo_path.parent)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(json.dumps(fresh))
-                os.replace(tmp, memo_path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            write_json(memo_path, fresh, compact=True)
         return out
 
     def prune(self, keep: dict[str, str]) -> int:
@@ -236,17 +232,12 @@ def assemble(cache: CaseCache, cases: dict[str, str], out_dir: Path) -> None:
         for src in sorted(entry.rglob("*")):
             if not src.is_file() or src.name == ROW:
                 continue
-            dest = out_dir / src.relative_to(entry)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-            try:
+            with atomic_path(out_dir / src.relative_to(entry)) as tmp:  # a failed copy leaves no partial file
+                tmp.unlink()  # the link's name: free again, and unique to this writer
                 try:
                     os.link(src, tmp)
                 except OSError:  # another file system, or no hard links: copy
                     shutil.copy2(src, tmp)
-                os.replace(tmp, dest)
-            finally:  # a failed copy (full disk) leaves no partial file either
-                tmp.unlink(missing_ok=True)
 
 
 def unique_key(case: str) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,7 +99,7 @@ def ingest_dicom(
 ) -> dict:
     """Read one selected DICOM series and write it as HU NIfTI; returns its QC row."""
     image, report = dicom.read_files(files, max_gap_factor=max_gap_factor, min_slices=min_slices)
-    row = _describe(case, patient_id, source, image, out, min_extent_mm)
+    row = write_checked(case, patient_id, source, image, out, min_extent_mm)
     row.update(
         series_uid=series_uid,
         files=report.files,
@@ -124,10 +122,10 @@ def ingest_file(
     min_extent_mm: list[float],
 ) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
-    image = inputs.read_npz(Path(path)) if fmt == "npz" else inputs.read_hu_image(Path(path))
+    image = inputs.reader(fmt).read(Path(path))
     if image.GetSize()[2] < min_slices:
         raise dicom.SeriesError(f"{image.GetSize()[2]} slice(s), fewer than ingest.min_slices={min_slices}")
-    row = _describe(case, patient_id, source, image, out, min_extent_mm)
+    row = write_checked(case, patient_id, source, image, out, min_extent_mm)
     row["files"] = 1
     return row
 
@@ -162,9 +160,10 @@ def check_content(image: sitk.Image, min_extent_mm: list[float]) -> tuple[float,
     return extent
 
 
-def _describe(
+def write_checked(
     case: str, patient_id: str, source: str, image: sitk.Image, out: str, min_extent_mm: list[float]
 ) -> dict:
+    """Check the volume's content (check_content), write it to `out` as HU NIfTI; returns its QC row."""
     extent = check_content(image, min_extent_mm)
     write_image(out, image)
     hu = sitk.GetArrayViewFromImage(image)
@@ -212,13 +211,13 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
 
     jobs, rejected, skipped, identities = [], [], [], []
     if src.format == "dicom":
-        memo = header_memo(dataset)
+        headers = load_header_cache(dataset)
         chosen, skips = dicom.discover(
-            root, p.ingest.min_slices, threads, memo=memo, show=patient_of if hide else None
+            root, p.ingest.min_slices, threads, header_cache=headers, show=patient_of if hide else None
         )
         if not chosen:
             raise SourceError(_nothing_found(root, skips, dataset))
-        save_header_memo(dataset, memo)
+        save_header_cache(dataset, headers)
         skipped = [
             {
                 "path": _rel(s.path, root),
@@ -272,12 +271,13 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     **hide_of(patient),
                 )
             )
-    elif src.format in ("npz", "nifti"):
+    else:
         used = set()
-        found = inputs.find_files(root, src.format)
+        reader = inputs.reader(src.format)  # ValueError naming the formats for an unknown one
+        found = reader.find(root)
         if not found:
             seen = sum(1 for f in root.rglob("*") if f.is_file())
-            kinds = "*.npz" if src.format == "npz" else ", ".join("*" + s for s in inputs.NIFTI_SUFFIXES)
+            kinds = reader.patterns()
             raise SourceError(
                 f"No {src.format} input found under {root} ({seen} files looked at, none named {kinds}): "
                 f"check sources.{dataset}.path and sources.{dataset}.format"
@@ -310,8 +310,6 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                     **hide_of(name),
                 )
             )
-    else:
-        raise ValueError(f"sources.{dataset}.format: unknown format {src.format!r} (dicom, npz or nifti)")
     return jobs, rejected, skipped, identities
 
 
@@ -363,29 +361,21 @@ def _nothing_found(root: Path, skips: list, dataset: str) -> str:
     )
 
 
-def _header_memo_path(dataset: str) -> Path:
+def _header_cache_path(dataset: str) -> Path:
     return CaseCache("ingest", dataset).dir / HEADERS
 
 
-def header_memo(dataset: str) -> dict:
-    """The DICOM header fields of every raw file seen last time, by path (with size, mtime, inode): a
+def load_header_cache(dataset: str) -> dict:
+    """The DICOM header fields of every raw file seen last time, by path (with its io.file_stamp): a
     re-run reads only new or changed files' headers."""
     try:
-        return json.loads(_header_memo_path(dataset).read_text())
+        return json.loads(_header_cache_path(dataset).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def save_header_memo(dataset: str, memo: dict) -> None:
-    path = _header_memo_path(dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{HEADERS}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(memo, fh)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def save_header_cache(dataset: str, headers: dict) -> None:
+    write_json(_header_cache_path(dataset), headers, compact=True)
 
 
 def _rel(path, root: Path) -> str:

@@ -9,7 +9,9 @@ A volume with any NaN or infinite voxel, or a non-finite geometry, is rejected w
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -19,13 +21,6 @@ from prdit.data.dicom import AIR_HU, MIN_HU, OUTPUT_ORIENTATION, PADDING_BELOW_H
 
 RAD_CHESTCT_SPACING_MM = 0.8
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def find_files(root: Path, fmt: str) -> list[Path]:
-    """Input files of a non-DICOM source, sorted (npz: *.npz; nifti: *.nii.gz, *.nii, ...)."""
-    if fmt == "npz":
-        return sorted(p for p in root.rglob("*.npz") if p.is_file())
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
 
 
 def case_name(path: Path) -> str:
@@ -126,3 +121,50 @@ def read_hu_image(path: Path) -> sitk.Image:
     out = sitk.GetImageFromArray(to_hu_int16(values))
     out.CopyInformation(image)
     return out
+
+
+class FileReader(ABC):
+    """How one single-file input format (one file = one case) is found and read: the shape of MONAI's
+    ImageReader. DICOM is not one: its cases are series, found by prdit.data.dicom.discover."""
+
+    format: ClassVar[str]  # the sources.<name>.format value
+    suffixes: ClassVar[tuple[str, ...]]  # file name endings of its inputs (lower case)
+
+    def find(self, root: Path) -> list[Path]:
+        """The source's input files, sorted."""
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(self.suffixes))
+
+    def patterns(self) -> str:
+        """What find looks for, for the 'nothing found' error."""
+        return ", ".join("*" + s for s in self.suffixes)
+
+    @abstractmethod
+    def read(self, path: Path) -> sitk.Image:
+        """The file as an int16 HU image in LPS; SeriesError naming the file when it is not usable."""
+
+
+class NpzReader(FileReader):
+    format = "npz"
+    suffixes = (".npz",)
+
+    def read(self, path: Path) -> sitk.Image:
+        return read_npz(path)
+
+
+class NiftiReader(FileReader):
+    format = "nifti"
+    suffixes = NIFTI_SUFFIXES
+
+    def read(self, path: Path) -> sitk.Image:
+        return read_hu_image(path)
+
+
+READERS: dict[str, FileReader] = {r.format: r for r in (NpzReader(), NiftiReader())}
+
+
+def reader(fmt: str) -> FileReader:
+    """The reader of a single-file format; ValueError naming the formats for any other."""
+    try:
+        return READERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown single-file format {fmt!r} ({', '.join(READERS)}; or dicom)") from None

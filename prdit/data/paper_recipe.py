@@ -33,6 +33,18 @@ RAD_WINDOW = (-1000.0, 1000.0)
 RAD_QUANTILE = 0.995
 
 
+LIDC = "lidc"
+RAD_CHESTCT = "rad-chestct"
+AUTO_RECIPE = {"dicom": LIDC, "nifti": LIDC, "npz": RAD_CHESTCT}  # `recipe: auto`: by format, as before
+
+
+def recipe_of(source) -> str:
+    """The recipe of a dataset (sources.<name>.recipe, a config.Source): the dataset decides, the file
+    format only under `recipe: auto` (npz: RAD-ChestCT, DICOM / NIfTI: LIDC-IDRI)."""
+    chosen = getattr(source, "recipe", "auto") or "auto"
+    return AUTO_RECIPE[source.format] if chosen == "auto" else chosen
+
+
 class ReferenceSkip(PrditError, ValueError):
     """The reference recipe skips this case (e.g. it is smaller than the 256^3 crop)."""
 
@@ -96,14 +108,18 @@ def pooled(unit: np.ndarray, sizes: list[int], out_range: tuple[float, float]) -
         if factor * size != CROP or factor & (factor - 1):
             raise ValueError(f"reference mode needs sizes that divide {CROP} by a power of two, got {size}")
         while v.shape[0] > size:
-            v = _pool2(v)
+            v = avg_pool2(v)
         out[size] = (v * (hi - lo) + lo).astype(np.float32)
     return out
 
 
-def _pool2(v: np.ndarray) -> np.ndarray:
-    """AvgPool3d(2) of a [z, y, x] cube with even sides (AvgPool3d(4) equals two of these)."""
-    v = v[0::2] + v[1::2]
+def avg_pool2(volume: np.ndarray) -> np.ndarray:
+    """2x average pooling (AvgPool3d(2)) of a [z, y, x] volume with even sides, in its float dtype.
+
+    The one home of this pooling: the reference's smaller sizes and preprocess's base size from highres
+    (AvgPool3d(4) equals two of these). x * 0.125 is exactly x / 8, so both callers' results are unchanged."""
+    v = volume[0::2] + volume[1::2]
     v = v[:, 0::2] + v[:, 1::2]
     v = v[:, :, 0::2] + v[:, :, 1::2]
-    return v / 8.0
+    v *= v.dtype.type(0.125)
+    return v

@@ -44,6 +44,7 @@ from prdit.data.cache import (
 )
 from prdit.data.dicom import AIR_HU
 from prdit.data.inputs import check_geometry
+from prdit.data.paper_recipe import avg_pool2  # its one home; tests and benchmarks import it here
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.errors import PrditError
 from prdit.io import atomic_dir, atomic_path
@@ -145,15 +146,6 @@ def _crop_to(
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
-def avg_pool2(volume: np.ndarray) -> np.ndarray:
-    """2x average pooling of a [z, y, x] volume with even sides."""
-    v = volume[0::2] + volume[1::2]
-    v = v[:, 0::2] + v[:, 1::2]
-    v = v[:, :, 0::2] + v[:, :, 1::2]
-    v *= np.float32(0.125)
-    return v.astype(np.float32, copy=False)
-
-
 def to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """HU in the window -> [-1, 1] (in place when given a float32 array)."""
     lo, hi = window
@@ -181,16 +173,17 @@ def cubes_default(
 
 
 def cubes_reference(
-    image: sitk.Image, sizes: list[int], fmt: str, out_range: tuple[float, float] = (-1.0, 1.0)
+    image: sitk.Image, sizes: list[int], recipe: str, out_range: tuple[float, float] = (-1.0, 1.0)
 ) -> dict[int, tuple[np.ndarray, float, list[float]]]:
-    """{size: (cube in out_range, spacing mm, origin)} by the paper code's recipe for this input format.
+    """{size: (cube in out_range, spacing mm, origin)} by the paper code's recipe of the dataset.
 
-    DICOM / NIfTI inputs follow its LIDC-IDRI recipe, .npz its RAD-ChestCT one (prdit.data.paper_recipe);
-    a case the reference would skip raises paper_recipe.ReferenceSkip with the reason.
+    `recipe` is paper_recipe.LIDC or RAD_CHESTCT (paper_recipe.recipe_of: chosen by the dataset, not the
+    file format); a case the reference would skip raises paper_recipe.ReferenceSkip with the reason.
     """
+    rad = recipe == paper_recipe.RAD_CHESTCT
     hu = sitk.GetArrayFromImage(image)
     in_spacing = tuple(float(s) for s in reversed(image.GetSpacing()))  # z, y, x
-    if fmt == "npz":  # RAD-ChestCT: crop at the native spacing, no resampling
+    if rad:  # RAD-ChestCT: crop at the native spacing, no resampling
         unit = paper_recipe.rad_unit_cube(hu)
         step = np.ones(3)  # input voxels per cube voxel, per axis (z, y, x)
         nominal = in_spacing[-1]
@@ -199,7 +192,7 @@ def cubes_reference(
         unit = paper_recipe.lidc_unit_cube(hu, in_spacing)
         step = np.array([(n - 1) / max(m - 1, 1) for n, m in zip(hu.shape, zoomed)])
         nominal = paper_recipe.LIDC_SPACING_MM
-    shape = hu.shape if fmt == "npz" else zoomed
+    shape = hu.shape if rad else zoomed
     del hu
     starts = np.array([(n - paper_recipe.CROP) // 2 for n in shape], float)
     out = {}
@@ -227,14 +220,17 @@ def preprocess_case(
     fov_mm: float,
     window: tuple[float, float],
     reference_range: tuple[float, float] = (-1.0, 1.0),
+    recipe: str | None = None,
 ) -> dict:
-    """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row."""
+    """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row. `recipe` (mode
+    reference): the dataset's paper recipe, None = by format (`recipe: auto`)."""
     image = sitk.ReadImage(path)
     check_geometry(Path(path), image)  # a NaN origin would put the cube outside the volume: all air
     if not np.allclose(image.GetDirection(), IDENTITY, atol=1e-6):
         image = sitk.DICOMOrient(image, "LPS")
     if mode == "reference":
-        cubes = cubes_reference(image, sizes, fmt, tuple(reference_range))
+        recipe = recipe or paper_recipe.AUTO_RECIPE[fmt]
+        cubes = cubes_reference(image, sizes, recipe, tuple(reference_range))
     else:
         cubes = {
             s: (cube, sp, _cube_origin(image, s, sp))
@@ -339,6 +335,9 @@ def run_preprocess(
     src_dir = paths.interim(dataset)
     out_root = processed_dir(dataset)
     fmt = p.sources[dataset].format
+    recipe = paper_recipe.recipe_of(p.sources[dataset])
+    # in a job (and its key) only where it is not what the format chose before: every old entry stays valid
+    by_dataset = {"recipe": recipe} if mode == "reference" and recipe != paper_recipe.AUTO_RECIPE[fmt] else {}
     cache = CaseCache("preprocess", dataset)
     cases = read_ok(
         src_dir / "qc.csv", f"`prdit ingest --dataset {dataset}`"
@@ -358,6 +357,7 @@ def run_preprocess(
                 fov_mm=pp.fov_mm,
                 window=tuple(pp.window),
                 **({"reference_range": tuple(pp.reference_range)} if mode == "reference" else {}),
+                **by_dataset,
             )
             for r in cases.itertuples()
         ]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from prdit import paths
 from prdit.errors import PrditError
+from prdit.io import create_once
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -58,20 +59,7 @@ def load_key(path: Path | None = None) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(os.urandom(KEY_BYTES))
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)  # fails if another job created the key meanwhile: use theirs
-            except FileExistsError:
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
+        create_once(path, os.urandom(KEY_BYTES), mode=0o600)  # another job's key, if it was first: use theirs
         key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise PrditError(

@@ -25,6 +25,7 @@ from prdit.data.dicom.tags import (
     slice_normal,
     sop_name,
 )
+from prdit.io import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,21 @@ class Skipped:
     patient_id: str = ""
 
 
-def scan(root: str | Path, threads: int = 1, memo: dict | None = None) -> tuple[list[Series], list[Skipped]]:
+def scan(
+    root: str | Path, threads: int = 1, header_cache: dict | None = None
+) -> tuple[list[Series], list[Skipped]]:
     """Read the headers of every file under root (recursively) and group them by SeriesInstanceUID.
 
-    `memo` (path -> [size, mtime_ns, inode, header fields]) saves re-reading unchanged files; it is
+    `header_cache` (path -> [size, mtime_ns, inode, header fields]) saves re-reading unchanged files; it is
     updated in place to hold exactly the files seen now.
     """
     root = Path(root)
     paths = sorted(p for p in root.rglob("*") if p.is_file())
-    infos = _read_headers(paths, threads) if memo is None else _memo_headers(paths, threads, memo)
+    infos = (
+        _read_headers(paths, threads)
+        if header_cache is None
+        else _cached_headers(paths, threads, header_cache)
+    )
     series: dict[str, Series] = {}
     skipped: list[Skipped] = []
     for path, info in zip(paths, infos):
@@ -92,19 +99,16 @@ def scan(root: str | Path, threads: int = 1, memo: dict | None = None) -> tuple[
     return list(series.values()), skipped
 
 
-def _memo_headers(paths: list[Path], threads: int, memo: dict) -> list[dict | str]:
-    stats = {}
-    for p in paths:
-        st = p.stat()
-        stats[str(p)] = [st.st_size, st.st_mtime_ns, st.st_ino]
-    todo = [p for p in paths if (memo.get(str(p)) or [None])[:3] != stats[str(p)]]
+def _cached_headers(paths: list[Path], threads: int, header_cache: dict) -> list[dict | str]:
+    stats = {str(p): file_stamp(p) for p in paths}
+    todo = [p for p in paths if (header_cache.get(str(p)) or [None])[:3] != stats[str(p)]]
     fresh = dict(zip(map(str, todo), _read_headers(todo, threads)))
     out = []
     for p in paths:
         key = str(p)
-        info = fresh[key] if key in fresh else memo[key][3]
+        info = fresh[key] if key in fresh else header_cache[key][3]
         if key in fresh:
-            memo[key] = [*stats[key], info]
+            header_cache[key] = [*stats[key], info]
         if isinstance(info, dict):  # JSON keeps tuples as lists
             info = dict(
                 info,
@@ -112,8 +116,8 @@ def _memo_headers(paths: list[Path], threads: int, memo: dict) -> list[dict | st
                 normal=tuple(info["normal"]) if info["normal"] is not None else None,
             )
         out.append(info)
-    for key in set(memo) - set(stats):
-        del memo[key]
+    for key in set(header_cache) - set(stats):
+        del header_cache[key]
     return out
 
 
@@ -216,14 +220,14 @@ def discover(
     root: str | Path,
     min_slices: int,
     threads: int = 1,
-    memo: dict | None = None,
+    header_cache: dict | None = None,
     show: Callable[[str], str] | None = None,
 ) -> tuple[dict[str, Series | None], list[Skipped]]:
     """Per patient, the chosen series (None if none qualifies); every skipped file/series with its reason.
 
-    `memo`: see scan. `show`: what the log calls a patient (a pseudonym, prdit.data.pseudonyms); with it
+    `header_cache`: see scan. `show`: what the log calls a patient (a pseudonym, prdit.data.pseudonyms); with it
     the log names no PatientID and no series UID."""
-    all_series, skipped = scan(root, threads, memo)
+    all_series, skipped = scan(root, threads, header_cache)
 
     def tell(patient: str, message: str, uid: str, *args) -> None:
         if show is None:
