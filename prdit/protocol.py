@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays out of the parameters' import (the Snakefile reads them)
     from prdit.precision import Precision
@@ -107,21 +107,6 @@ CONVENTIONS: dict[str, Conventions] = {
         paper_weights=True,
     ),
 }
-
-
-def name(p: Any) -> str:
-    """The protocol a parameter set asks for ('project' when the key is absent)."""
-    raw = getattr(p, "raw", None) or {}
-    return str(raw.get("protocol", "project"))
-
-
-def is_paper(p: Any) -> bool:
-    return name(p) == "paper"
-
-
-def preprocess_mode(p: Any) -> str:
-    """`reference` under the paper protocol, otherwise preprocess.mode."""
-    return "reference" if is_paper(p) else p.preprocess.mode
 
 
 def pos_max_freq(input_size: int, stride: int = 8) -> float:

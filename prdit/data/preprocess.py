@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit import paths, protocol, tracking
+from prdit import paths, tracking
 from prdit.data import paper_recipe
 from prdit.data.cache import (
     CaseCache,
@@ -330,7 +330,7 @@ def run_preprocess(
     """
 
     pp = p.preprocess
-    mode = protocol.preprocess_mode(p)
+    mode = p.conventions.preprocess_recipe or pp.mode
     sizes = p.sizes()
     src_dir = paths.interim(dataset)
     out_root = processed_dir(dataset)

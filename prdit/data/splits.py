@@ -70,7 +70,7 @@ def run_split(p: Params, dataset: str) -> None:
         if cases.empty:
             raise ValueError(f"data/processed/{dataset}/qc.csv: no preprocessed case to split")
         patients = [pid or case for pid, case in zip(cases["patient_id"], cases["case"])]
-        if protocol.is_paper(p):
+        if p.conventions.paper_split:
             which = assign_paper(patients, cfg.seed)
             rank = {pid: i for i, pid in enumerate(which)}  # the shuffled order
             pid_of = dict(zip(cases["case"], patients))
