@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from prdit.evaluate.ms_ssim import ms_ssim, pair_flops, pair_indices, pairwise_values  # noqa: E402
-from prdit.evaluate.volumes import VolumeBank, read_volume, unit_to_hu  # noqa: E402
+from prdit.evaluate.volumes import VolumeBank, read_volume  # noqa: E402
+from prdit.hu import to_hu as unit_to_hu  # noqa: E402
 from prdit.io import write_nifti  # noqa: E402
 
 PAPER_VOLUMES = 1000

@@ -68,7 +68,8 @@ def run_ours(path: Path, threads: int) -> dict[int, np.ndarray]:
 def run_scipy(path: Path, threads: int) -> dict[int, np.ndarray]:
     from scipy import ndimage
 
-    from prdit.data.preprocess import _centre_crop, avg_pool2, to_unit
+    from prdit.data.preprocess import _centre_crop, avg_pool2
+    from prdit.hu import to_unit
 
     vol = np.load(path)
     start = time.perf_counter()

@@ -110,12 +110,15 @@ class Diffusion:
 
 # Metadata of a training setting that changes when or how things happen, never the weights a run reaches:
 # it stays out of the resume fingerprint, so changing it keeps last.pt. Every other setting is in it.
-SCHEDULE = {"trajectory": False}
+NOT_WEIGHTS = {"decides_weights": False}
 
 
-def trajectory(settings: Any) -> dict[str, Any]:
-    """The fields of a settings dataclass that decide the weights a run reaches (all not marked SCHEDULE)."""
-    return {f.name: getattr(settings, f.name) for f in fields(settings) if f.metadata.get("trajectory", True)}
+def weight_fields(settings: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass that decide the weights a run reaches (all not marked NOT_WEIGHTS):
+    what a resumed last.pt must agree on."""
+    return {
+        f.name: getattr(settings, f.name) for f in fields(settings) if f.metadata.get("decides_weights", True)
+    }
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,15 @@ class TrainCommon:
     weight_decay: float
     warmup_steps: int
     grad_accum: int
-    checkpoint_every: int = field(metadata=SCHEDULE)
-    val_every: int = field(metadata=SCHEDULE)
-    preview_every: int = field(metadata=SCHEDULE)
-    log_every: int = field(metadata=SCHEDULE)
-    num_workers: int = field(metadata=SCHEDULE)
-    compile: bool | str = field(metadata=SCHEDULE)  # true, false or "strict" (prdit.train.compiling)
-    max_nonfinite: int = field(metadata=SCHEDULE)
+    checkpoint_every: int = field(metadata=NOT_WEIGHTS)
+    val_every: int = field(metadata=NOT_WEIGHTS)
+    preview_every: int = field(metadata=NOT_WEIGHTS)
+    log_every: int = field(metadata=NOT_WEIGHTS)
+    num_workers: int = field(metadata=NOT_WEIGHTS)
+    compile: bool | str = field(metadata=NOT_WEIGHTS)  # true, false or "strict" (prdit.train.compiling)
+    max_nonfinite: int = field(metadata=NOT_WEIGHTS)
     # the GPU memory `micro_batch: auto` fits into (GiB); None = the device's own (prdit.train.batching)
-    gpu_memory_gib: float | None = field(default=None, metadata=SCHEDULE)
+    gpu_memory_gib: float | None = field(default=None, metadata=NOT_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -144,13 +147,13 @@ class TrainStage:
     """train.<stage>: what one stage builds and how long it trains."""
 
     model: str
-    steps: int = field(metadata=SCHEDULE)  # a run continues from last.pt when steps grows
+    steps: int = field(metadata=NOT_WEIGHTS)  # a run continues from last.pt when steps grows
     batch_size: int
     lr: float
     checkpointing: bool = False
     # per-GPU micro-batch: None = train.common.grad_accum decides, an int, or "auto" (fits the GPU); it
     # changes memory and float summation order only, never the trajectory (prdit.train.batching)
-    micro_batch: int | str | None = field(default=None, metadata=SCHEDULE)
+    micro_batch: int | str | None = field(default=None, metadata=NOT_WEIGHTS)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ class Conventions:
     stage2_gain: float | None  # stage 2: the DiT path re-initialised with this Xavier gain (None: as built)
     grid_pos_freq: bool  # top positional frequency PAPER_POS_FRACTION * grid / 2 (else the registry's)
     paper_numerics: bool  # CUDA numerics of the reference (prdit.precision): fp32 + bf16 attention kernels
-    local_final_weights: str  # what stage 1's model.pt holds (and stage 2 freezes): "ema" or "raw"
+    local_final_weights: (
+        str  # what stage 1's model.pt holds (and stage 2 freezes): "ema" or "online" (non-EMA)
+    )
     sampler_grid: str  # the sampler's timestep grid: "project" or "reference"
     extractor_axes: str  # axis order of volumes entering the feature extractor: "zyx" or "xyz"
     paper_real_set: bool  # the real set: the first PAPER_REAL_N of train + val (else train)
@@ -73,7 +75,7 @@ class Conventions:
         return precision.sampling(self.paper_numerics)
 
     def final_weights(self, stage: str) -> str:
-        """What a stage's model.pt holds: its EMA weights, or stage 1's raw weights under the paper."""
+        """What a stage's model.pt holds: its EMA weights, or stage 1's online (non-EMA) weights under the paper."""
         return self.local_final_weights if stage == "local" else "ema"
 
 
@@ -99,7 +101,7 @@ CONVENTIONS: dict[str, Conventions] = {
         stage2_gain=PAPER_STAGE2_GAIN,
         grid_pos_freq=True,
         paper_numerics=True,
-        local_final_weights="raw",
+        local_final_weights="online",
         sampler_grid="reference",
         extractor_axes="xyz",
         paper_real_set=True,

@@ -19,7 +19,8 @@ import SimpleITK as sitk
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import BaselineError, baseline_set, read_hu, read_unit
 from prdit.evaluate.run import MID_SLICE_KEYS, BaselineMismatch, evaluate, numeric, run_evaluate
-from prdit.evaluate.volumes import read_volume, unit_to_hu
+from prdit.evaluate.volumes import read_volume
+from prdit.hu import to_hu as unit_to_hu
 from prdit.io import read_nifti, to_image, write_nifti
 from tests import test_evaluate_run
 from tests.conftest import params_with
@@ -108,7 +109,7 @@ def _dyadic(rng: np.random.Generator) -> np.ndarray:
 
 def test_a_unit_range_npy_in_xyz_scores_as_its_hu_equivalent(toy_eval):
     """(b) Values k/512 in [-1, 1]: HU = 1000 u (<= 19 significant bits), [0, 1] = (u + 1) / 2 and back
-    (-1000 + 2000 x, then hu_to_unit's 2 (h + 1000) / 2000 - 1) all have representable exact results, so
+    (-1000 + 2000 x, then prdit.hu.to_unit's 2 (h + 1000) / 2000 - 1) all have representable exact results, so
     both files give bitwise the same cubes and the same metrics (tolerance 0)."""
     rng = np.random.default_rng(7)
     hu_dir, unit_dir = Path("b/hu"), Path("b/unit")

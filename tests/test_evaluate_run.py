@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prdit.evaluate.run import evaluate, numeric, run_evaluate
-from prdit.evaluate.volumes import unit_to_hu
+from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from tests.conftest import params_with
 

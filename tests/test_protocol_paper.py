@@ -288,7 +288,7 @@ EVAL_SPLITS = {"train": ["c3", "c0", "c2", "c1"], "val": ["c5", "c4"], "test": [
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    from prdit.evaluate.volumes import unit_to_hu
+    from prdit.hu import to_hu as unit_to_hu
     from prdit.io import write_nifti
 
     monkeypatch.chdir(tmp_path)

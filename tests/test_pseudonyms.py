@@ -20,7 +20,7 @@ from prdit.data.ingest import run_ingest, write_plan
 from prdit.data.preprocess import run_preprocess
 from prdit.data.splits import run_split
 from prdit.evaluate.run import run_evaluate
-from prdit.evaluate.volumes import unit_to_hu
+from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from tests.conftest import params_with
 

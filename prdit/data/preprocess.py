@@ -47,6 +47,7 @@ from prdit.data.inputs import check_geometry
 from prdit.data.paper_recipe import avg_pool2  # its one home; tests and benchmarks import it here
 from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
 from prdit.errors import PrditError
+from prdit.hu import to_unit
 from prdit.io import atomic_dir, atomic_path
 from prdit.viz import montage
 
@@ -146,29 +147,19 @@ def _crop_to(
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
-def to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """HU in the window -> [-1, 1] (in place when given a float32 array)."""
-    lo, hi = window
-    v = np.asarray(hu, dtype=np.float32)
-    v -= np.float32(lo)
-    v *= np.float32(2.0 / (hi - lo))
-    v -= np.float32(1.0)
-    return np.clip(v, -1.0, 1.0, out=v)
-
-
 def cubes_default(
     image: sitk.Image, sizes: list[int], fov_mm: float, window: tuple[float, float]
 ) -> dict[int, tuple[np.ndarray, float]]:
     """{size: ([-1, 1] cube, spacing mm)}: the largest size resampled, the smaller ones 2x pools of it."""
     sizes = sorted(sizes, reverse=True)
     top = sizes[0]
-    cube = to_unit(resample_cube(image, top, fov_mm / top, window), window)
+    cube = to_unit(resample_cube(image, top, fov_mm / top, window), window, inplace=True)
     out = {top: (cube, fov_mm / top)}
     for s in sizes[1:]:
         if 2 * s == top:
             out[s] = (avg_pool2(cube), fov_mm / s)
         else:
-            out[s] = (to_unit(resample_cube(image, s, fov_mm / s, window), window), fov_mm / s)
+            out[s] = (to_unit(resample_cube(image, s, fov_mm / s, window), window, inplace=True), fov_mm / s)
     return out
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prdit import io, paths, precision, topology, tracking, viz
+from prdit import hu, io, paths, precision, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.sampler import sample
 from prdit.errors import PrditError
@@ -29,12 +29,6 @@ def sample_seeds(seed: int, n: int) -> list[int]:
     return [
         int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(n)
     ]
-
-
-def to_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Model space [-1, 1] -> HU on the preprocessing window (values outside are clipped first)."""
-    lo, hi = window
-    return ((np.clip(x, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
 
 
 def model_path(p: Params, dataset: str, size: int) -> Path:
@@ -68,12 +62,6 @@ def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = 
     return batches[shard * len(batches) // shards : (shard + 1) * len(batches) // shards]
 
 
-def from_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """HU on the preprocessing window -> model space [-1, 1] (for montages made from written files)."""
-    lo, hi = window
-    return ((hu.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
-
-
 def out_dir(dataset: str, size: int, shard: int | None = None, name: str | None = None) -> Path:
     """samples/<dataset>[/<experiment>]/<size>, or for one shard samples/<dataset>[/<experiment>]/<size>.shards/<shard>."""
     base = paths.samples(dataset, size, name)
@@ -91,7 +79,7 @@ def _montage(previews: list[np.ndarray], path: Path) -> None:
 def _montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> None:
     """montage.png of the first samples as written (so every way of producing a folder draws the same)."""
     previews = [
-        from_hu(io.read_nifti(folder / f"{i}.nii.gz")[0], window) for i in range(min(MONTAGE_ROWS, n))
+        hu.to_unit(io.read_nifti(folder / f"{i}.nii.gz")[0], window) for i in range(min(MONTAGE_ROWS, n))
     ]
     _montage(previews, folder / "montage.png")
 
@@ -219,7 +207,7 @@ def _run_sample(
                 progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
             )
             for i, vol in zip(idx, x[:, 0].cpu().numpy()):
-                io.write_nifti(partial / f"{i}.nii.gz", to_hu(vol, p.preprocess.window), spacing)
+                io.write_nifti(partial / f"{i}.nii.gz", hu.to_hu(vol, p.preprocess.window), spacing)
             io.write_json(_marker(partial, idx), {"samples": idx})
             drawn += 1
             run.log_metrics({"batches_drawn": drawn, "batches_done": kept + drawn}, step=kept + drawn)

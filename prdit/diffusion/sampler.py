@@ -135,9 +135,9 @@ def sample(
     for i, (t_cur, t_next, t_jump) in calls:
         x_cur = x_next
         b_cur, b_next, b_jump = angle(t_cur, timesteps), angle(t_next, timesteps), angle(t_jump, timesteps)
-        label = torch.full((b,), min(t_cur, timesteps - 1), device=device, dtype=torch.long)
+        t_batch = torch.full((b,), min(t_cur, timesteps - 1), device=device, dtype=torch.long)
         with autocast:
-            out = model(x_cur, label)
+            out = model(x_cur, t_batch)
         eps_hat, x0_hat = out[:, :c].float(), out[:, c:].float()
 
         # predictor: Euler along the arc to t_jump (in place: one state in memory, x_cur is gone after it)

@@ -4,7 +4,7 @@ A baseline folder holds one volume per file: NIfTI (.nii, .nii.gz) or NumPy (.np
 one array); files with other suffixes are ignored (and counted in the evaluation's notes). Each volume is
 brought to the convention of `prdit sample`'s output as `prdit.io.read_nifti` reads it: a float32
 [z, y, x] array whose axes run towards patient Left, Posterior, Superior (LPS, an identity direction), in
-HU. Then the evaluation treats it exactly as one of our samples (`prdit.evaluate.volumes.hu_to_unit`).
+HU. Then the evaluation treats it exactly as one of our samples (`prdit.hu.to_unit`).
 
 - NIfTI files carry their geometry: they are reoriented with SimpleITK.DICOMOrient to LPS (a permutation
   and flips of the voxel grid, no resampling; a residual oblique rotation is ignored). `axes` does not
@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from prdit import hu
 from prdit.errors import PrditError
-from prdit.evaluate.volumes import GeneratedSet, hu_to_unit
+from prdit.evaluate.volumes import GeneratedSet
 
 SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz")
 ORIENTATION = "LPS"  # an identity direction in SimpleITK: what prdit sample writes (io.write_nifti)
@@ -184,7 +185,7 @@ def read_unit(
     flip: Sequence[str] = (),
 ) -> np.ndarray:
     """One baseline file as the evaluation reads a sample: [-1, 1] float32 [z, y, x] under the window."""
-    return hu_to_unit(read_hu(path, size, values, window, axes, flip), window)
+    return hu.to_unit(read_hu(path, size, values, window, axes, flip), window)
 
 
 def baseline_set(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from prdit import paths
+from prdit import io, paths
 from prdit.errors import PrditError
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
 from prdit.evaluate.texture import STRIDE, volume_stats
@@ -95,8 +95,8 @@ def summarise(
 
 
 def _stamp(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    """The cache's change stamp of a real volume (prdit.io.file_stamp: size, mtime, inode)."""
+    return ":".join(map(str, io.file_stamp(path)))
 
 
 def _load_cache(

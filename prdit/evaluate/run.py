@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from prdit import paths, precision, protocol, tracking
+from prdit import hu, paths, precision, protocol, tracking
 from prdit.device import announce, describe_device, select_device
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import baseline_set
@@ -31,7 +31,6 @@ from prdit.evaluate.volumes import (
     hist_edges,
     read_volume,
     samples_set,
-    unit_to_hu,
 )
 from prdit.io import atomic_dir, write_json
 from prdit.protocol import PAPER_REAL_N
@@ -97,7 +96,7 @@ MID_SLICE_KEYS = tuple(
 def mid_slices(volume: np.ndarray, window: Sequence[float], prefix: str) -> dict[str, np.ndarray]:
     """The three mid-planes of a [z, y, x] cube in [-1, 1] as float32 HU: axial (middle z), coronal
     (middle y), sagittal (middle x), keyed `<prefix>_<plane>` (the comparison report reads these keys)."""
-    v = unit_to_hu(volume, window)
+    v = hu.to_hu(volume, window)
     d, h, w = v.shape
     return {
         f"{prefix}_axial": v[d // 2],

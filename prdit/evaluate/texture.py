@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-STRIDE = 8  # the patch-token stride of every stride-8 PRDiT variant (prdit.model.registry.STRIDE)
+from prdit.model.arch import STRIDE  # the token grid the seams are measured on: the models' own
+
 STATS = ("seam_boundary_step", "seam_other_step", "texture")
 
 

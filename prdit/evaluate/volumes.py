@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prdit import hu
 from prdit.evaluate.texture import STATS
 from prdit.io import read_nifti
 
@@ -26,18 +27,6 @@ N_STATS = len(STATS)
 GPU_HEADROOM = 0.25  # share of the GPU's memory a VolumeBank leaves free (extractor, MS-SSIM chunks)
 THUMB_SIZE = 32  # voxel-space nearest-neighbour search runs on volumes average-pooled to at most 32^3
 HIST_BINS = 64
-
-
-def hu_to_unit(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    """HU -> [-1, 1]: clip to the window, then the preprocessing's linear map."""
-    lo, hi = float(window[0]), float(window[1])
-    return (2 * (np.clip(hu, lo, hi) - lo) / (hi - lo) - 1).astype(np.float32)
-
-
-def unit_to_hu(x: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    """[-1, 1] -> HU under the window (the inverse of hu_to_unit inside the window)."""
-    lo, hi = float(window[0]), float(window[1])
-    return ((np.asarray(x, np.float32) + 1) / 2 * (hi - lo) + lo).astype(np.float32)
 
 
 def read_volume(path: Path, size: int, kind: str, window: Sequence[float]) -> np.ndarray:
@@ -48,7 +37,7 @@ def read_volume(path: Path, size: int, kind: str, window: Sequence[float]) -> np
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN or inf voxels")
     if kind == "generated":
-        return hu_to_unit(arr, window)
+        return hu.to_unit(arr, window)
     return np.clip(arr, -1.0, 1.0).astype(np.float32)
 
 
@@ -84,7 +73,7 @@ def thumbnail(x: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
 
 def hu_histogram(x: np.ndarray, window: Sequence[float], bins: int = HIST_BINS) -> np.ndarray:
     """Fraction of voxels per HU bin over the window (the volume given in [-1, 1])."""
-    counts, _ = np.histogram(unit_to_hu(x, window), bins=bins, range=(float(window[0]), float(window[1])))
+    counts, _ = np.histogram(hu.to_hu(x, window), bins=bins, range=(float(window[0]), float(window[1])))
     return counts / max(counts.sum(), 1)
 
 

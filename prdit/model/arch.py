@@ -19,6 +19,10 @@ import torch.nn as nn
 
 from prdit.model.patches import check_geometry
 
+STRIDE = (
+    8  # the patch-token stride of every variant: each token predicts STRIDE^3 voxels (seams every STRIDE)
+)
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -36,7 +40,7 @@ class Arch:
     num_heads: int
     depth: int
     patch: int = 12
-    stride: int = 8
+    stride: int = STRIDE
     in_channels: int = 1
     mlp_ratio: float = 4.0
     local_mlp_ratio: float = 1.0

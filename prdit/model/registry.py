@@ -8,14 +8,13 @@ from typing import Any
 
 import torch.nn as nn
 
-from prdit.model.arch import Arch, unwrap
+from prdit.model.arch import STRIDE, Arch, unwrap
 from prdit.model.backbone import PRDiT
 from prdit.model.highres import HighResPRDiT
 
 SIZES = {"T": (96, 4), "XS": (192, 6), "S": (384, 6), "B": (768, 12), "L": (1024, 16), "XL": (1152, 16)}
 PATCHES = (10, 12, 14, 16)
 DEPTHS = (0, 1, 2, 3, 4, 8, 10, 12)
-STRIDE = 8
 
 
 def _variants() -> dict[str, dict[str, Any]]:

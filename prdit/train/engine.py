@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
 from prdit import precision, tracking
-from prdit.config import Params, TrainCommon, TrainStage, trajectory
+from prdit.config import Params, TrainCommon, TrainStage, weight_fields
 from prdit.data.dataset import VolumeDataset
 from prdit.device import announce, describe_device
 from prdit.diffusion import loss as ian_loss
@@ -113,22 +113,22 @@ class _Loop:
     def __init__(self, job: Job, sm: stages.StageModel, env: DistEnv, run: Any, loss_fn: LossFn) -> None:
         self.job, self.sm, self.env, self.tracker, self.loss_fn = job, sm, env, run, loss_fn
         self.last_path = job.out_dir / "last.pt"
-        self.raw = sm.model.to(env.device)
+        self.bare = sm.model.to(env.device)
         trained = set(sm.trained)
-        self.params = [q for n, q in self.raw.named_parameters() if n in trained]
-        frozen = {n for n, _ in self.raw.named_parameters() if n not in trained}
-        self.owned = {k for k in self.raw.state_dict() if k not in frozen}  # what last.pt stores
+        self.params = [q for n, q in self.bare.named_parameters() if n in trained]
+        frozen = {n for n, _ in self.bare.named_parameters() if n not in trained}
+        self.owned = {k for k in self.bare.state_dict() if k not in frozen}  # what last.pt stores
         # fused: one kernel for all tensors, on CUDA and on the CPU (4x the default's speed there)
         self.opt = torch.optim.AdamW(
             self.params, lr=job.train.lr, betas=(0.9, 0.999), weight_decay=job.common.weight_decay, fused=True
         )
-        self.ema = EMA(self.raw, job.common.ema_decay, sm.trained)
+        self.ema = EMA(self.bare, job.common.ema_decay, sm.trained)
         self.step = self.position = self.skipped = 0
         self.saved_step = -1
-        self.net: nn.Module = self.raw
+        self.net: nn.Module = self.bare
         if env.distributed:
             self.net = DDP(
-                self.raw,
+                self.bare,
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
@@ -146,7 +146,7 @@ class _Loop:
     def warm_up(self, net: nn.Module, micro: int) -> None:
         """One forward and backward of `net` on a zero micro-batch, leaving every state of the run as it was:
         RNG streams forked, no gradient sync (DDP), gradients dropped, optimizer and EMA untouched."""
-        env, raw = self.env, self.raw
+        env, raw = self.env, self.bare
         x = torch.zeros(
             (micro, getattr(raw, "in_channels", 1), *(self.sm.input_size,) * 3), device=env.device
         )
@@ -156,7 +156,7 @@ class _Loop:
                 with self.autocast():
                     loss, _ = self.loss_fn(net, x, list(range(micro)), 0)
                 loss.backward()
-        for q in self.raw.parameters():
+        for q in self.bare.parameters():
             q.grad = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -177,7 +177,7 @@ class _Loop:
         missing = sorted(self.owned - set(state["model"]))
         if missing:
             raise KeyError(f"{self.last_path}: lacks model entry {missing[0]!r} ({len(missing)} missing)")
-        self.raw.load_state_dict(state["model"], strict=False)
+        self.bare.load_state_dict(state["model"], strict=False)
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
@@ -201,7 +201,7 @@ class _Loop:
                     "data_position": self.position,
                     "nonfinite_total": self.skipped,
                     "world_size": self.env.world_size,
-                    "model": {k: v for k, v in self.raw.state_dict().items() if k in self.owned},
+                    "model": {k: v for k, v in self.bare.state_dict().items() if k in self.owned},
                     "ema": self.ema.state_dict(),
                     "optimizer": self.opt.state_dict(),
                     "rng": ckpt.rng_state(),
@@ -252,7 +252,7 @@ class _Loop:
 
     def validate(self, loader: DataLoader) -> dict[str, float]:
         return {
-            "val/loss": val_loss(self.raw, loader, self.loss_fn, self.env, autocast=self.autocast),
+            "val/loss": val_loss(self.bare, loader, self.loss_fn, self.env, autocast=self.autocast),
             "val/loss_ema": val_loss(self.ema.module, loader, self.loss_fn, self.env, autocast=self.autocast),
         }
 
@@ -273,7 +273,7 @@ class _Loop:
         loader, vloader = self.loaders(train_set, val_set)
         micro = loader.batch_sampler.micro  # type: ignore[attr-defined]
         self.log_shape(micro)
-        self.raw.train()
+        self.bare.train()
         self.compile(micro)
         meter = Meter(self.env, self.job.train.batch_size)
         last_val: dict[str, float] = {}
@@ -403,7 +403,7 @@ class _Loop:
         if job.preview_n:
             self.preview()
         if env.is_main:
-            final = self.raw if job.final_weights == "raw" else self.ema.module
+            final = self.bare if job.final_weights == "online" else self.ema.module
             _finalize(job, final, meter, last_val, self.skipped, env, self.tracker)
         distributed.barrier(env)
 
@@ -530,7 +530,7 @@ def job_from_params(
     """The Job of `stage` on `dataset` from params.yaml, with its resume fingerprint and provenance.
 
     `parents` maps the parent model files to their sha256 (StageModel.parents). The fingerprint holds
-    every setting that decides the weights (config.trajectory: all but those marked SCHEDULE). The
+    every setting that decides the weights (config.weight_fields: all but those marked NOT_WEIGHTS). The
     accumulation the loop runs is train.<stage>.micro_batch's choice for `processes` processes on a GPU
     of `gpu_memory_gib` (prdit.train.batching); the fingerprint keeps the configured one.
     """
@@ -543,8 +543,8 @@ def job_from_params(
         "stage": stage,
         "dataset": dataset,
         "input_size": size,
-        **trajectory(s),
-        **trajectory(c),
+        **weight_fields(s),
+        **weight_fields(c),
         "diffusion": dataclasses.asdict(p.diffusion),
         **(
             {"protocol": p.protocol} if p.protocol != "project" else {}

@@ -28,7 +28,9 @@ class Job:
     preview_steps: int = 25  # fixed, not sample.*: a sampling parameter never touches training
     preview_k: int = 2
     bf16_autocast: bool = True  # on CUDA; protocol paper: fp32/TF32 (its attention kernels bf16, stages.py)
-    final_weights: str = "ema"  # what model.pt holds: "ema", or "raw" (protocol paper, stage 1)
+    final_weights: str = (
+        "ema"  # what model.pt holds: "ema", or "online" (the non-EMA weights: protocol paper, stage 1)
+    )
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
     meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
 
