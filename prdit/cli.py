@@ -223,38 +223,38 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def _phantom(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.data.phantom import run_phantom
+    from prdit.stages import phantom
 
-    return run_phantom(params, args.out)
+    return phantom.run(params, args.out)
 
 
 def _download(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.acquire.stage import run_download
+    from prdit.stages import download
 
     options = {k: getattr(args, k) for k in ("patients", "limit", "threads", "manifest")}
-    return run_download(params, args.dataset, **options)
+    return download.run(params, args.dataset, **options)
 
 
 def _ingest(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.data.ingest import run_ingest, write_plan
+    from prdit.stages import ingest
 
     if args.write_plan:
-        return write_plan(params, args.dataset, args.write_plan, threads=args.threads)
-    return run_ingest(
+        return ingest.write_plan(params, args.dataset, args.write_plan, threads=args.threads)
+    return ingest.run(
         params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard, plan_file=args.plan
     )
 
 
 def _preprocess(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.data.preprocess import run_preprocess
+    from prdit.stages import preprocess
 
-    return run_preprocess(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard)
+    return preprocess.run(params, args.dataset, threads=args.threads, strict=args.strict, shard=args.shard)
 
 
 def _split(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.data.splits import run_split
+    from prdit.stages import split
 
-    return run_split(params, args.dataset)
+    return split.run(params, args.dataset)
 
 
 def _train(args: argparse.Namespace, params: Params) -> int | None:
@@ -295,9 +295,9 @@ def _compare(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.acquire.stage import run_fetch_weights
+    from prdit.stages import fetch_weights
 
-    return run_fetch_weights(params, args.out)
+    return fetch_weights.run(params, args.out)
 
 
 def _plan(args: argparse.Namespace, params: Params) -> int | None:

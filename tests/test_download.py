@@ -22,7 +22,7 @@ from fake_servers import FakeServer, ct_series_files, zip_bytes
 
 from prdit import config
 from prdit.acquire import archive, http, tcia
-from prdit.acquire.stage import run_download
+from prdit.stages.download import run as run_download
 from tests.conftest import ROOT, params_with
 
 TCIA_OUT = Path("data/raw/lidc-idri")
@@ -558,7 +558,7 @@ import signal; signal.signal(signal.SIGINT, signal.default_int_handler)
 import json, sys
 from prdit import config
 from prdit.acquire import http
-from prdit.acquire.stage import run_download
+from prdit.stages.download import run as run_download
 http.BACKOFF_S = 0.01
 p = config.load(sys.argv[1], overrides=json.loads(sys.argv[2]))
 sys.exit(run_download(p, "rad-chestct"))
@@ -633,7 +633,7 @@ def test_ctrl_c_stops_the_transfer_and_keeps_the_part(env, zenodo):
 
 
 def test_downloaded_data_flows_through_ingest(env, zenodo, dicom):
-    from prdit.data import ingest
+    from prdit.stages import ingest
 
     zenodo.files.clear()
     for i in range(2):
@@ -644,7 +644,7 @@ def test_downloaded_data_flows_through_ingest(env, zenodo, dicom):
     small = {**overrides(zenodo, tcia={"limit": 2}), "ingest": {"min_extent_mm": [1.0, 1.0, 1.0]}}
     p = config.load(ROOT / "params.yaml", overrides=small)  # the fake services' volumes are a few cm wide
     for ds, n in (("lidc-idri", 2), ("rad-chestct", 2)):
-        ingest.run_ingest(p, ds)
+        ingest.run(p, ds)
         assert len(list(Path("data/interim", ds).glob("*.nii.gz"))) == n, ds
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prdit.acquire.http import DownloadError
-from prdit.acquire.stage import run_download
+from prdit.stages.download import run as run_download
 from tests.conftest import params_with
 
 

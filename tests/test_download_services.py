@@ -16,9 +16,12 @@ from fake_servers import LICENSE_TEXT, FakeServer
 from test_download import MANIFEST_HEADER, TCIA_OUT, ZEN_OUT, load, manifest, overrides
 
 from prdit import config, protocol
-from prdit.acquire import http, stage, tcia, weights
-from prdit.acquire.stage import PaperWeightsError, run_download, run_fetch_weights
+from prdit.acquire import http, tcia, weights
+from prdit.acquire.weights import PaperWeightsError
 from prdit.config import ConfigError
+from prdit.stages import fetch_weights as stage
+from prdit.stages.download import run as run_download
+from prdit.stages.fetch_weights import run as run_fetch_weights
 from tests.conftest import ROOT
 
 pytest_plugins = ["test_download"]  # its fixtures: env, dicom, server, zenodo

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from prdit.data.ingest import run_ingest
 from prdit.data.qc import run_cases
+from prdit.stages.ingest import run as run_ingest
 from tests.conftest import ROOT, params_with
 
 CORPUS_EXTENT = [100.0, 100.0, 100.0]  # the corpus' series cover 192 x 192 x 120 mm, less than a chest CT

@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import UID
 
-from prdit.data.phantom import run_phantom, write_patient
+from prdit.data.phantom import write_patient
 from prdit.io import sha256_file
+from prdit.stages.phantom import run as run_phantom
 from tests.conftest import params_with
 
 KW = dict(matrix=64, fov_mm=(330.0, 380.0), slice_mm=(2.5, 5.0), z_extent_mm=280.0)

@@ -13,9 +13,10 @@ import torch
 
 from prdit.data.dataset import VolumeDataset, case_ids
 from prdit.data.dicom_writer import uid, write_ct_series
-from prdit.data.ingest import run_ingest
-from prdit.data.preprocess import avg_pool2, resample_cube, run_preprocess
-from prdit.data.splits import run_split
+from prdit.data.preprocess import avg_pool2, resample_cube
+from prdit.stages.ingest import run as run_ingest
+from prdit.stages.preprocess import run as run_preprocess
+from prdit.stages.split import run as run_split
 from tests.conftest import params_with
 
 CENTRE = np.array([14.0, -21.0, 9.0])  # LPS mm

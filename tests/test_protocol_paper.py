@@ -23,13 +23,15 @@ import torch
 
 import prdit.model as models
 from prdit import protocol
-from prdit.acquire.stage import PaperWeightsError, run_fetch_weights
+from prdit.acquire.weights import PaperWeightsError
 from prdit.config import ConfigError, load
-from prdit.data.preprocess import cubes_reference, run_preprocess
+from prdit.data.preprocess import cubes_reference
 from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
 from prdit.evaluate.run import evaluate as evaluate_metrics
 from prdit.model.layers import Attention
+from prdit.stages.fetch_weights import run as run_fetch_weights
+from prdit.stages.preprocess import run as run_preprocess
 from prdit.train import stages
 from prdit.train.engine import fit, job_from_params
 

@@ -13,15 +13,16 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from prdit.acquire.stage import run_download
 from prdit.data import pseudonyms
 from prdit.data.dicom_writer import write_ct_series
-from prdit.data.ingest import run_ingest, write_plan
-from prdit.data.preprocess import run_preprocess
-from prdit.data.splits import run_split
 from prdit.evaluate.run import run_evaluate
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
+from prdit.stages.download import run as run_download
+from prdit.stages.ingest import run as run_ingest
+from prdit.stages.ingest import write_plan
+from prdit.stages.preprocess import run as run_preprocess
+from prdit.stages.split import run as run_split
 from tests.conftest import params_with
 
 # the third fails when read (one slice of another matrix), the last has no usable series

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from prdit.data.splits import assign, run_split
+from prdit.data.splits import assign
+from prdit.stages.split import run as run_split
 from tests.conftest import params_with
 
 

@@ -17,8 +17,9 @@ import torch
 
 from prdit import paths
 from prdit.data import dicom
-from prdit.data.ingest import check_content, run_ingest
+from prdit.data.ingest import check_content
 from prdit.errors import PrditError
+from prdit.stages.ingest import run as run_ingest
 from tests.conftest import params_with
 
 EXTENT = [100.0, 100.0, 100.0]  # the corpus' series cover 192 x 192 x 120 mm

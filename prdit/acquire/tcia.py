@@ -33,12 +33,14 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prdit.acquire import archive, http, records
-from prdit.config import Downloader
 from prdit.errors import PrditError
 from prdit.io import file_digest
+
+if TYPE_CHECKING:
+    from prdit.config import Downloader
 
 log = logging.getLogger(__name__)
 

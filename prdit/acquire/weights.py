@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prdit import paths
 from prdit.acquire import http
+from prdit.errors import PrditError
 from prdit.io import sha256_file
 from prdit.protocol import MEDICALNET_23DATASET_SHA256
 
@@ -77,3 +78,7 @@ def fetch_weights(
             fetched.checksum.partition(":")[2],
         )
     return out
+
+
+class PaperWeightsError(PrditError, FileNotFoundError):
+    """protocol: paper needs the reference's MedicalNet file, and this run has no way to get it."""

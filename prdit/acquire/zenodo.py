@@ -32,12 +32,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
 from prdit.acquire import http, records
-from prdit.config import Downloader
 from prdit.io import file_digest
+
+if TYPE_CHECKING:
+    from prdit.config import Downloader
 
 log = logging.getLogger(__name__)
 

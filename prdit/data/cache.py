@@ -24,8 +24,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prdit.data.qc import run_cases
 from prdit.io import atomic_path, file_stamp, sha256_file, write_json
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when a stage's per-case recipe changes so old entries are not reused
 ROW = "row.json"
 HASHES = "inputs.sha256.json"
-OUTPUT_KEYS = ("out", "out_root")  # job fields that name outputs, relative to the case's entry
 TRANSIENT = ("worker process died", "MemoryError", "OSError", "PermissionError", "TimeoutError")
 SCHEDULING = ("shards",)  # parameters that decide how cases are spread over jobs, never a case's outputs
 # sources.<name> keys that reach a key through the job instead (resolved: preprocess's recipe), so spelling
@@ -68,6 +68,58 @@ def entry_key(stage: str, used: dict[str, Any], job: dict[str, Any], **content: 
     return digest(
         {"stage": stage, "version": CACHE_VERSION, "params": stage_params(used), "job": job, **content}
     )
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case of a data stage: the worker's arguments, with what it reads, writes and is keyed by named.
+
+    A subclass lists its fields' roles: INPUTS (files whose content goes into the key, hashed by the
+    stage's case_key), OUTPUTS (paths relative to the case's cache entry, made absolute by `under`) and
+    KEY (the fields the key hashes, by name and value). A field in none of them (e.g. ingest's `hide`)
+    never changes a key, so adding one keeps every cached entry. OPTIONAL fields are left out of the key
+    and of `as_dict` while they are None (how they were absent from the old kwargs jobs)."""
+
+    case: str
+    patient_id: str
+
+    KEY: ClassVar[tuple[str, ...]] = ()
+    INPUTS: ClassVar[tuple[str, ...]] = ()
+    OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def key_fields(self) -> dict[str, Any]:
+        """The job's part of its cache key (prdit.data.cache.entry_key)."""
+        return {
+            k: getattr(self, k) for k in self.KEY if not (k in self.OPTIONAL and getattr(self, k) is None)
+        }
+
+    def input_files(self) -> list[str]:
+        out: list[str] = []
+        for name in self.INPUTS:
+            value = getattr(self, name)
+            out.extend([value] if isinstance(value, str | Path) else value)
+        return [str(f) for f in out]
+
+    def under(self, folder: Path) -> CaseJob:
+        """The job with its outputs inside `folder` (the case's temporary cache entry)."""
+        return replace(self, **{k: str(Path(folder) / getattr(self, k)) for k in self.OUTPUTS})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields in order, OPTIONAL ones only when set (a plan file's job; from_dict reads it back)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.name in self.OPTIONAL and getattr(self, f.name) is None)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseJob:
+        return cls(**data)
+
+    def run(self) -> dict:
+        """Compute the case (outputs at the paths of OUTPUTS); returns its QC row."""
+        raise NotImplementedError
 
 
 class CaseCache:
@@ -140,19 +192,15 @@ class CaseCache:
         return gone
 
 
-def _cached_case(fn: Callable[..., dict], cache_dir: str, key: str, job: dict) -> dict:
+def _cached_case(cache_dir: str, key: str, job: CaseJob) -> dict:
     """Worker side: run one case into a temporary entry and rename it into place when it is done."""
-    case = job["case"]
+    case = job.case
     base = Path(cache_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp.{case}.", dir=base))
     start = time.perf_counter()
     try:
-        job = dict(job)
-        for k in OUTPUT_KEYS:
-            if k in job:
-                job[k] = str(tmp / job[k])
-        row = fn(**job)
+        row = job.under(tmp).run()
         row = {
             **row,
             "status": row.get("status", "ok"),
@@ -176,19 +224,18 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def run_cached(
-    fn: Callable[..., dict],
-    jobs: Sequence[dict],
+    jobs: Sequence[CaseJob],
     keys: Sequence[str],
     cache: CaseCache,
     threads: int,
     desc: str,
 ) -> tuple[list[dict], int]:
     """Rows of every job (input order): cached ones read, the others computed (and cached); also how many
-    were computed. Jobs name their outputs relative to the case's entry (OUTPUT_KEYS)."""
+    were computed. Jobs name their outputs relative to the case's entry (CaseJob.OUTPUTS)."""
     rows: list[dict | None] = []
     todo = []
     for job, key in zip(jobs, keys):
-        row = cache.lookup(job["case"], key)
+        row = cache.lookup(job.case, key)
         rows.append(row)
         if row is None:
             todo.append((len(rows) - 1, job, key))
@@ -200,12 +247,12 @@ def run_cached(
             len(jobs) - len(todo),
             cache.dir,
         )
-        wrapped = [dict(fn=fn, cache_dir=str(cache.dir), key=key, job=job) for _, job, key in todo]
+        wrapped = [dict(cache_dir=str(cache.dir), key=key, job=job) for _, job, key in todo]
         computed = run_cases(_cached_case, wrapped, threads, desc=desc)
         for (i, job, key), row in zip(todo, computed):
-            row["case"] = job["case"]
+            row["case"] = job.case
             if row["status"] != "ok" and not str(row.get("reason", "")).startswith(TRANSIENT):
-                _store_rejection(cache, job["case"], key, row)
+                _store_rejection(cache, job.case, key, row)
             rows[i] = row
     else:
         log.info("%s: all %d case(s) reused from the cache (%s)", desc, len(jobs), cache.dir)
@@ -243,6 +290,15 @@ def assemble(cache: CaseCache, cases: dict[str, str], out_dir: Path) -> None:
 def unique_key(case: str) -> str:
     """A key never cached twice: for a case whose inputs cannot be read (it then fails with the reason)."""
     return "unreadable-" + digest([case, time.time_ns(), os.getpid()])
+
+
+def key_or_unique(key_of: Callable[[Any], str], job: CaseJob) -> str:
+    """The case's key; for an input that cannot be read (gone since discovery) a key never cached twice:
+    the case then fails in the pool, with the reason."""
+    try:
+        return key_of(job)
+    except OSError:
+        return unique_key(job.case)
 
 
 def shard_of(items: list, shard: int | None, shards: int) -> list:

@@ -1,4 +1,4 @@
-"""`prdit ingest`: raw input (DICOM series, RAD-ChestCT .npz, NIfTI) -> one HU int16 NIfTI per case.
+"""The library of `prdit ingest` (the stage: prdit.stages.ingest): raw input (DICOM series, RAD-ChestCT .npz, NIfTI) -> one HU int16 NIfTI per case.
 
 Outputs in data/interim/<dataset>/: <case>.nii.gz (HU, LPS, native spacing), qc.csv (one row per
 case: ok or rejected with the reason), series.csv (every skipped file or series and why) and
@@ -18,29 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from prdit import paths, tracking
 from prdit.data import dicom, inputs, pseudonyms
-from prdit.data.cache import (
-    CaseCache,
-    assemble,
-    entry_key,
-    run_cached,
-    shard_of,
-    unique_key,
-)
-from prdit.data.qc import batch_exit, percentiles, quicklook, write_table
+from prdit.data.cache import CaseCache, CaseJob, entry_key
+from prdit.data.qc import percentiles
 from prdit.errors import MissingInputError, PrditError
 from prdit.io import write_image, write_json
-from prdit.viz import montage
-
-if TYPE_CHECKING:
-    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +56,12 @@ QC_COLUMNS = [
     "notes",
     "seconds",
 ]
-MONTAGE_CASES = 8
 HEADERS = "dicom-headers.v2.json"  # in the ingest cache folder of a dataset, beside the case folders
 TISSUE_HU = -500.0  # a volume with no voxel above this holds no anatomy (all air, or empty)
 
 
 class SourceError(PrditError):
     """The dataset's raw input cannot be used at all (missing folder, nothing readable in it)."""
-
-
-def interim_dir(dataset: str) -> Path:
-    return paths.interim(dataset)
 
 
 def safe_case_id(name: str) -> str:
@@ -128,6 +112,54 @@ def ingest_file(
     row = write_checked(case, patient_id, source, image, out, min_extent_mm)
     row["files"] = 1
     return row
+
+
+@dataclass(frozen=True)
+class DicomJob(CaseJob):
+    """One DICOM series to ingest: ingest_dicom's arguments."""
+
+    files: list[str]
+    source: str
+    series_uid: str
+    out: str
+    max_gap_factor: float
+    min_slices: int
+    min_extent_mm: list[float]
+    hide: dict[str, str] | None = None  # what a failure must not name (case_ids: pseudonym); not in the key
+
+    KEY = ("case", "patient_id", "source", "series_uid", "max_gap_factor", "min_slices", "min_extent_mm")
+    INPUTS = ("files",)
+    OUTPUTS = ("out",)
+    OPTIONAL = ("hide",)
+
+    def run(self) -> dict:
+        return ingest_dicom(**self.as_dict())
+
+
+@dataclass(frozen=True)
+class FileJob(CaseJob):
+    """One .npz / NIfTI file to ingest: ingest_file's arguments."""
+
+    path: str
+    fmt: str
+    source: str
+    out: str
+    min_slices: int
+    min_extent_mm: list[float]
+    hide: dict[str, str] | None = None
+
+    KEY = ("case", "patient_id", "fmt", "source", "min_slices", "min_extent_mm")
+    INPUTS = ("path",)
+    OUTPUTS = ("out",)
+    OPTIONAL = ("hide",)
+
+    def run(self) -> dict:
+        return ingest_file(**self.as_dict())
+
+
+def job_class(fmt: str) -> type[DicomJob] | type[FileJob]:
+    """The job kind of a source format (a plan file's jobs are read back as it)."""
+    return DicomJob if fmt == "dicom" else FileJob
 
 
 def extent_mm(image: sitk.Image) -> tuple[float, float, float]:
@@ -185,35 +217,44 @@ def write_checked(
     }
 
 
-def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series, identities).
+def plan(
+    root: Path,
+    fmt: str,
+    dataset: str,
+    *,
+    min_slices: int,
+    max_gap_factor: float,
+    min_extent_mm: list[float],
+    ps: pseudonyms.Pseudonyms | None = None,
+    threads: int = 1,
+) -> tuple[list[CaseJob], list[dict], list[dict], list[dict]]:
+    """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series, identities)
+    of the `fmt` input under `root` (the folder of sources.<dataset>; `dataset` names the header cache and
+    the keys in messages).
 
-    A job names its output relative to the case's cache entry (prdit.data.cache). Under
-    `case_ids: pseudonym` (prdit.data.pseudonyms) cases and patients are keyed pseudonyms, the jobs carry
+    A job names its output relative to the case's cache entry (prdit.data.cache). With `ps`
+    (`case_ids: pseudonym`, prdit.data.pseudonyms) cases and patients are keyed pseudonyms, the jobs carry
     no source identifier, and `identities` (one row per case) holds the mapping back to the source; a
-    skipped row then has its PatientID in `source_patient_id`. Under `source`, identities is empty."""
-    src = p.sources[dataset]
-    root = check_source(p, dataset)
-    min_extent = [float(v) for v in p.ingest.min_extent_mm]
-    hide = pseudonyms.mode(p, dataset) == "pseudonym"
-    ps = pseudonyms.Pseudonyms(pseudonyms.load_key()) if hide else None
+    skipped row then has its PatientID in `source_patient_id`. Without, identities is empty."""
+    min_extent = [float(v) for v in min_extent_mm]
+    hide = ps is not None
 
     def patient_of(pid: str) -> str:
         return ps.patient(pid) if ps and pid else pid
 
-    def hide_of(pid: str) -> dict:
+    def hide_of(pid: str) -> dict[str, str] | None:
         """What a worker's failure message must not name: the PatientID (and the folders it names) and
         the raw root's location."""
         if not ps:
-            return {}
+            return None
         swap = {pid: patient_of(pid), str(root.resolve()): "<source>", str(root): "<source>"}
-        return {"hide": {k: v for k, v in swap.items() if k}}
+        return {k: v for k, v in swap.items() if k}
 
     jobs, rejected, skipped, identities = [], [], [], []
-    if src.format == "dicom":
+    if fmt == "dicom":
         headers = load_header_cache(dataset)
         chosen, skips = dicom.discover(
-            root, p.ingest.min_slices, threads, header_cache=headers, show=patient_of if hide else None
+            root, min_slices, threads, header_cache=headers, show=patient_of if hide else None
         )
         if not chosen:
             raise SourceError(_nothing_found(root, skips, dataset))
@@ -258,28 +299,28 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
                 )
                 continue
             jobs.append(
-                dict(
+                DicomJob(
                     case=case,
                     patient_id=patient_of(patient),
                     files=[str(f) for f in series.files],
                     source="" if hide else _rel(series.folder, root),
                     series_uid="" if hide else series.uid,
                     out=f"{case}.nii.gz",
-                    max_gap_factor=p.ingest.max_gap_factor,
-                    min_slices=p.ingest.min_slices,
+                    max_gap_factor=max_gap_factor,
+                    min_slices=min_slices,
                     min_extent_mm=min_extent,
-                    **hide_of(patient),
+                    hide=hide_of(patient),
                 )
             )
     else:
         used = set()
-        reader = inputs.reader(src.format)  # ValueError naming the formats for an unknown one
+        reader = inputs.reader(fmt)  # ValueError naming the formats for an unknown one
         found = reader.find(root)
         if not found:
             seen = sum(1 for f in root.rglob("*") if f.is_file())
             kinds = reader.patterns()
             raise SourceError(
-                f"No {src.format} input found under {root} ({seen} files looked at, none named {kinds}): "
+                f"No {fmt} input found under {root} ({seen} files looked at, none named {kinds}): "
                 f"check sources.{dataset}.path and sources.{dataset}.format"
             )
         for f in found:
@@ -298,16 +339,16 @@ def plan(p: Params, dataset: str, threads: int = 1) -> tuple[list[dict], list[di
             else:
                 case = _unique(safe_case_id(name), used)
             jobs.append(
-                dict(
+                FileJob(
                     case=case,
                     patient_id=ps.patient(name) if ps else case,
                     path=str(f),
-                    fmt=src.format,
+                    fmt=fmt,
                     source="" if ps else _rel(f, root),
                     out=f"{case}.nii.gz",
-                    min_slices=p.ingest.min_slices,
+                    min_slices=min_slices,
                     min_extent_mm=min_extent,
-                    **hide_of(name),
+                    hide=hide_of(name),
                 )
             )
     return jobs, rejected, skipped, identities
@@ -336,9 +377,10 @@ def redact(rows: list[dict], scrub: pseudonyms.Scrubber) -> list[dict]:
     return out
 
 
-def check_source(p, dataset: str) -> Path:
-    """The dataset's raw folder; SourceError naming the key when it is not there (before any work)."""
-    root = Path(p.sources[dataset].path)
+def check_source(root: Path, dataset: str) -> Path:
+    """`root`, the raw folder of sources.<dataset>; SourceError naming the key when it is not there (before
+    any work)."""
+    root = Path(root)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise SourceError(
@@ -394,51 +436,31 @@ def _unique(case: str, used: set[str]) -> str:
     return name
 
 
-def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
-    """What decides one case's output: ingest params, the job, and its raw files (relative path, content)."""
-    root = Path(p.sources[dataset].path)
-    files = job.get("files") or [job["path"]]
-    desc = {k: v for k, v in job.items() if k not in ("files", "path", "out", "hide")}
-    inputs = [[_rel(f, root), sha] for f, sha in zip(files, cache.content_hashes(job["case"], files))]
-    return entry_key("ingest", p.used("ingest", dataset), desc, inputs=inputs)
-
-
-def _key_or_unique(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
-    try:
-        return case_key(p, dataset, job, cache)
-    except OSError:  # a raw file gone since discovery: the case fails in the pool, with the reason
-        return unique_key(job["case"])
-
-
-def shards_dir(dataset: str) -> Path:
-    """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs) and the shared plan."""
-    return paths.shards(paths.interim(dataset))
-
-
-def write_plan(p: Params, dataset: str, path: Path, threads: int = 1) -> int:
-    """`prdit ingest --write-plan`: discover the cases once, for the shard jobs and the final assembly."""
-    jobs, rejected, skipped, identities = plan(p, dataset, threads)
-    write_json(
-        path,
-        {
-            "dataset": dataset,
-            "jobs": jobs,
-            "rejected": rejected,
-            "skipped": skipped,
-            "identities": identities,
-        },
+def case_key(job: CaseJob, used: dict[str, Any], root: Path, cache: CaseCache) -> str:
+    """What decides one case's output: ingest params (`used`), the job's key fields, and its raw files
+    (path relative to the source folder `root`, content)."""
+    files = job.input_files()
+    hashes = cache.content_hashes(job.case, files)
+    return entry_key(
+        "ingest", used, job.key_fields(), inputs=[[_rel(f, root), sha] for f, sha in zip(files, hashes)]
     )
-    log.info(
-        "ingest %s: plan of %d case(s) (%d rejected before reading) in %s",
-        dataset,
-        len(jobs) + len(rejected),
-        len(rejected),
-        path,
-    )
-    return 0
 
 
-def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+def plan_document(
+    dataset: str, jobs: list[CaseJob], rejected: list[dict], skipped: list[dict], identities: list[dict]
+) -> dict:
+    """A plan file's content (`prdit ingest --write-plan`); read_plan reads it back."""
+    return {
+        "dataset": dataset,
+        "jobs": [j.as_dict() for j in jobs],
+        "rejected": rejected,
+        "skipped": skipped,
+        "identities": identities,
+    }
+
+
+def read_plan(dataset: str, path: Path, fmt: str) -> tuple[list[CaseJob], list[dict], list[dict], list[dict]]:
+    """The cases of a plan file of `dataset` (jobs of `fmt`'s kind); MissingInputError when it is not there."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -449,92 +471,6 @@ def read_plan(dataset: str, path: Path) -> tuple[list[dict], list[dict], list[di
         raise PrditError(f"{path}: not a plan file ({exc}); write it again with --write-plan") from None
     if data.get("dataset") != dataset:
         raise PrditError(f"{path}: a plan of dataset {data.get('dataset')!r}, not {dataset!r}")
-    return data["jobs"], data["rejected"], data["skipped"], data.get("identities", [])
-
-
-def run_ingest(
-    p: Params,
-    dataset: str,
-    threads: int = 1,
-    strict: bool = False,
-    shard: int | None = None,
-    plan_file: Path | None = None,
-) -> int:
-    """`prdit ingest`: every case of the dataset to data/interim/<dataset>/; exit status 0 if any case succeeded.
-
-    Cases come from the per-case cache when their raw files and the ingest params are unchanged, so a
-    re-run computes only new, changed or unfinished cases. With `shard` (K of ingest.shards) only that
-    shard's cases are computed, into the cache, and their rows written to <dataset>.shards/<K>.csv;
-    the run without `shard` then assembles the output folder. `plan_file` (from --write-plan) saves
-    discovering the cases again.
-    """
-
-    out_dir = interim_dir(dataset)
-    cache = CaseCache("ingest", dataset)
-    shards = p.ingest.shards
-    # finding the cases comes first: a missing or empty source is a one-line error, no run, no folder
-    jobs, rejected, skipped, identities = (
-        read_plan(dataset, plan_file) if plan_file else plan(p, dataset, threads)
-    )
-    hide = pseudonyms.mode(p, dataset) == "pseudonym"
-    with tracking.stage_run(p, stage="ingest", dataset=dataset, used=p.used("ingest", dataset)) as run:
-        fmt = p.sources[dataset].format
-        fn = ingest_dicom if fmt == "dicom" else ingest_file
-        jobs = shard_of(jobs, shard, shards)
-        keys = [_key_or_unique(p, dataset, job, cache) for job in jobs]
-        label = f"ingest {dataset}" + (f" shard {shard}/{shards}" if shard is not None else "")
-        rows, computed = run_cached(fn, jobs, keys, cache, threads, desc=label)
-        for job, row in zip(jobs, rows):  # a case that failed in the reader: its row still names the patient
-            row["patient_id"] = row.get("patient_id") or job["patient_id"]
-        if shard is not None:
-            write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
-            run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
-            log.info(
-                "%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed
-            )
-            return 0
-        out_dir.mkdir(parents=True, exist_ok=True)
-        assemble(cache, {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}, out_dir)
-        cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
-        rows = rows + rejected
-        rows.sort(key=lambda r: str(r["case"]))
-        series = skipped
-        if hide:  # the mapping stays here, beside the interim data; every other output is scrubbed
-            scrub = scrubber(Path(p.sources[dataset].path), identities, skipped)
-            write_table(identities, out_dir / pseudonyms.IDENTIFIERS, pseudonyms.IDENTIFIER_COLUMNS)
-            write_table(skipped, out_dir / pseudonyms.IDENTIFIERS_SERIES, pseudonyms.SERIES_COLUMNS)
-            rows, series = redact(rows, scrub), redact(skipped, scrub)
-        for r in rows:
-            if r["status"] != "ok":
-                log.warning("case %s rejected: %s", r["case"], r["reason"])
-        table = write_table(rows, out_dir / "qc.csv", QC_COLUMNS)
-        write_table(series, out_dir / "series.csv", ["patient_id", "series_uid", "path", "reason"])
-        ok = table[table["status"] == "ok"]
-        counts = {
-            "cases_total": len(table),
-            "cases_ok": len(ok),
-            "cases_rejected": len(table) - len(ok),
-            "series_or_files_skipped": len(skipped),
-            "cases_computed": computed,
-            "cases_cached": len(jobs) - computed,
-        }
-        if len(ok):
-            counts["seconds_per_case"] = float(ok["seconds"].mean())
-            sample = list(ok["case"][:MONTAGE_CASES])
-            views = [quicklook(sitk.ReadImage(str(out_dir / f"{c}.nii.gz"))) for c in sample]
-            run.log_image(montage(views, out_dir / "qc.png", titles=sample, vmin=-1000, vmax=1000))
-        run.log_metrics(counts)
-        run.log_artifact(out_dir / "qc.csv")
-        run.log_artifact(out_dir / "series.csv")
-    log.info(
-        "ingest %s: %d/%d cases ok, %d skipped series/files (details in %s)",
-        dataset,
-        len(ok),
-        len(table),
-        len(skipped),
-        out_dir / "qc.csv",
-    )
-    log.info(
-        "ingest %s: %d case(s) computed, %d reused from the cache", dataset, computed, len(jobs) - computed
-    )
-    return batch_exit("ingest", dataset, len(ok), len(table), strict)
+    kind = job_class(fmt)
+    jobs = [kind.from_dict(j) for j in data["jobs"]]
+    return jobs, data["rejected"], data["skipped"], data.get("identities", [])

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from prdit import tracking
 from prdit.data.dicom_writer import uid, write_ct_series
 from prdit.io import atomic_dir, atomic_path, sha256_file
 from prdit.progress import progress
 
 if TYPE_CHECKING:
-    from prdit.config import Params
+    from prdit.config import Phantom
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +358,9 @@ def _write_localizer(
     )
 
 
-def write_phantom(p: Params, out: Path) -> dict[str, int]:
-    """Write p.phantom.patients synthetic DICOM patients to `out` (atomically); return counts for tracking."""
-    cfg = p.phantom
+def write_phantom(cfg: Phantom, out: Path) -> dict[str, int]:
+    """Write cfg.patients synthetic DICOM patients (cfg: params `phantom`) to `out` (atomically); return
+    counts for tracking."""
     out = Path(out)
     with atomic_dir(out) as tmp:
         written = [
@@ -371,13 +370,6 @@ def write_phantom(p: Params, out: Path) -> dict[str, int]:
         _write_manifest(tmp, written)
     log.info("wrote %d phantom patients to %s", len(written), out)
     return {"patients": len(written), "slices": sum(w.shape_zyx[0] for w in written)}
-
-
-def run_phantom(p: Params, out: Path) -> None:
-    """`prdit phantom`: the synthetic dataset as a stage of its own (one MLflow run)."""
-
-    with tracking.stage_run(p, stage="phantom", dataset="phantom", used=p.used("phantom")) as run:
-        run.log_metrics(write_phantom(p, out))
 
 
 def _write_manifest(root: Path, written: list[PatientSeries]) -> None:

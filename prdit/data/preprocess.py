@@ -1,4 +1,4 @@
-"""`prdit preprocess`: HU volume -> windowed, isotropic, centred cube in [-1, 1] at every working size.
+"""The library of `prdit preprocess` (the stage: prdit.stages.preprocess): HU volume -> windowed, isotropic, centred cube in [-1, 1] at every working size.
 
 Default mode, per case: clip HU to the window; crop the input to the target field of view (plus a
 margin); Gaussian anti-alias smoothing along each axis that is downsampled (sigma = (t - s) / 2 mm for
@@ -24,35 +24,24 @@ cache (prdit.data.cache); the output folder is assembled from it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from prdit import paths, tracking
 from prdit.data import paper_recipe
-from prdit.data.cache import (
-    CaseCache,
-    assemble,
-    entry_key,
-    run_cached,
-    shard_of,
-    unique_key,
-)
+from prdit.data.cache import CaseCache, CaseJob, entry_key
 from prdit.data.dicom import AIR_HU
 from prdit.data.inputs import check_geometry
 from prdit.data.paper_recipe import avg_pool2  # its one home; tests and benchmarks import it here
-from prdit.data.qc import batch_exit, percentiles, read_ok, write_table
+from prdit.data.qc import percentiles
 from prdit.errors import PrditError
 from prdit.hu import to_unit
-from prdit.io import atomic_dir, atomic_path
-from prdit.viz import montage
-
-if TYPE_CHECKING:
-    from prdit.config import Params
+from prdit.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +67,6 @@ QC_COLUMNS = [
 
 class CubeError(PrditError, ValueError):
     """A case whose cube would be wrong training data (outside the volume, constant): the reason says why."""
-
-
-def processed_dir(dataset: str) -> Path:
-    return paths.processed(dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +181,7 @@ def cubes_reference(
 
 
 # --------------------------------------------------------------------------------------------
-# The stage
+# One case (the stage itself: prdit.stages.preprocess)
 # --------------------------------------------------------------------------------------------
 
 
@@ -298,112 +283,33 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
     return 1.0 - frac
 
 
-def case_key(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
-    """What decides one case's outputs: preprocess params, the case, and its interim volume's content."""
-    desc = {k: v for k, v in job.items() if k not in ("path", "out_root")}
-    content = cache.content_hashes(job["case"], [job["path"]])[0]
-    return entry_key("preprocess", p.used("preprocess", dataset), desc, input=content)
+@dataclass(frozen=True)
+class PreprocessJob(CaseJob):
+    """One interim volume to preprocess: preprocess_case's arguments. `reference_range` is set in reference
+    mode only and `recipe` only where it is not the format's old choice, and each is in the key only then
+    (OPTIONAL), so every entry made before they existed stays valid."""
+
+    path: str
+    out_root: str
+    sizes: list[int]
+    mode: str
+    fmt: str
+    fov_mm: float
+    window: tuple[float, float]
+    reference_range: tuple[float, float] | None = None
+    recipe: str | None = None
+
+    KEY = ("case", "patient_id", "sizes", "mode", "fmt", "fov_mm", "window", "reference_range", "recipe")
+    INPUTS = ("path",)
+    OUTPUTS = ("out_root",)
+    OPTIONAL = ("reference_range", "recipe")
+
+    def run(self) -> dict:
+        return preprocess_case(**self.as_dict())
 
 
-def shards_dir(dataset: str) -> Path:
-    """Where `--shard` runs leave their QC rows (Snakemake's per-shard outputs)."""
-    return paths.shards(paths.processed(dataset))
-
-
-def run_preprocess(
-    p: Params, dataset: str, threads: int = 1, strict: bool = False, shard: int | None = None
-) -> int:
-    """`prdit preprocess`: every ingested case to data/processed/<dataset>/<size>/; 0 if any case succeeded.
-
-    Cases come from the per-case cache when their interim volume and the preprocess params are
-    unchanged. With `shard` (K of preprocess.shards) only that shard's cases are computed, into the
-    cache, and their rows written to <dataset>.shards/<K>.csv; the run without `shard` assembles.
-    """
-
-    pp = p.preprocess
-    mode = p.conventions.preprocess_recipe or pp.mode
-    sizes = p.sizes()
-    src_dir = paths.interim(dataset)
-    out_root = processed_dir(dataset)
-    fmt = p.sources[dataset].format
-    recipe = paper_recipe.recipe_of(p.sources[dataset])
-    # in a job (and its key) only where it is not what the format chose before: every old entry stays valid
-    by_dataset = {"recipe": recipe} if mode == "reference" and recipe != paper_recipe.AUTO_RECIPE[fmt] else {}
-    cache = CaseCache("preprocess", dataset)
-    cases = read_ok(
-        src_dir / "qc.csv", f"`prdit ingest --dataset {dataset}`"
-    )  # before the run: no FAILED run
-    with tracking.stage_run(
-        p, stage="preprocess", dataset=dataset, used=p.used("preprocess", dataset)
-    ) as run:
-        jobs = [
-            dict(
-                case=r.case,
-                patient_id=r.patient_id,
-                path=str(src_dir / f"{r.case}.nii.gz"),
-                out_root=".",
-                sizes=sizes,
-                mode=mode,
-                fmt=fmt,
-                fov_mm=pp.fov_mm,
-                window=tuple(pp.window),
-                **({"reference_range": tuple(pp.reference_range)} if mode == "reference" else {}),
-                **by_dataset,
-            )
-            for r in cases.itertuples()
-        ]
-        jobs = shard_of(jobs, shard, pp.shards)
-        keys = [_key_or_missing(p, dataset, job, cache) for job in jobs]
-        label = f"preprocess {dataset}" + (f" shard {shard}/{pp.shards}" if shard is not None else "")
-        rows, computed = run_cached(preprocess_case, jobs, keys, cache, threads, desc=label)
-        if shard is not None:
-            write_table(rows, shards_dir(dataset) / f"{shard}.csv", QC_COLUMNS)
-            run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
-            log.info(
-                "%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed
-            )
-            return 0
-        # the folder is assembled beside the old one and swapped in whole (io.atomic_dir): a failure (a full
-        # disk) leaves the old folder as it was, never some cases new and qc.csv old
-        with atomic_dir(out_root) as building:
-            ok_keys = {j["case"]: k for j, k, r in zip(jobs, keys, rows) if r["status"] == "ok"}
-            assemble(cache, ok_keys, building)
-            for r in rows:
-                if r["status"] != "ok":
-                    log.warning("case %s rejected: %s", r["case"], r["reason"])
-            table = write_table(rows, building / "qc.csv", QC_COLUMNS)
-            ok = table[table["status"] == "ok"]
-            if len(ok):
-                top = max(sizes)
-                sample = list(ok["case"][:8])
-                vols = [np.load(building / str(top) / f"{c}.npy").astype(np.float32) for c in sample]
-                montage(vols, building / "qc.png", titles=sample)
-        cache.prune({j["case"]: k for j, k in zip(jobs, keys)})
-        counts = {
-            "cases_total": len(table),
-            "cases_ok": len(ok),
-            "cases_rejected": len(table) - len(ok),
-            "cases_computed": computed,
-            "cases_cached": len(jobs) - computed,
-        }
-        if len(ok):
-            counts["seconds_per_case"] = float(ok["seconds"].mean())
-            run.log_image(out_root / "qc.png")
-        run.log_metrics(counts)
-        run.log_artifact(out_root / "qc.csv")
-    log.info("preprocess %s: %d/%d cases ok at sizes %s", dataset, len(ok), len(table), sizes)
-    log.info(
-        "preprocess %s: %d case(s) computed, %d reused from the cache",
-        dataset,
-        computed,
-        len(jobs) - computed,
-    )
-    return batch_exit("preprocess", dataset, len(ok), len(table), strict)
-
-
-def _key_or_missing(p: Params, dataset: str, job: dict, cache: CaseCache) -> str:
-    """The case's key; for an unreadable input a key that is never cached twice (the case fails anyway)."""
-    try:
-        return case_key(p, dataset, job, cache)
-    except OSError:
-        return unique_key(job["case"])
+def case_key(job: CaseJob, used: dict[str, Any], cache: CaseCache) -> str:
+    """What decides one case's outputs: preprocess params (`used`), the job's key fields, and its interim
+    volume's content."""
+    content = cache.content_hashes(job.case, job.input_files())[0]
+    return entry_key("preprocess", used, job.key_fields(), input=content)

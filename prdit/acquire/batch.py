@@ -1,10 +1,8 @@
-"""The stage functions of `prdit download` and `prdit fetch-weights`.
+"""A download in parallel, verified, resumable: what `prdit download` (prdit.stages.download) runs.
 
-`prdit download <dataset>` fetches a public dataset into `sources.<dataset>.path`, verified.
-
-The source's `download` key picks the client: `lidc-idri` (TCIA NBIA API, one zip per DICOM series),
-`rad-chestct` (Zenodo record files), `phantom` (write the synthetic set) or `none` (the folder already
-holds the data). Each run lists what is published, skips what is already on disk and verified (no
+`download` fetches the items a client lists into a folder: `lidc-idri` (prdit.acquire.tcia: TCIA NBIA
+API, one zip per DICOM series) or `rad-chestct` (prdit.acquire.zenodo: Zenodo record files); `inventory`
+fingerprints a folder that already holds the data (`download: none`). Each run lists what is published, skips what is already on disk and verified (no
 further network), fetches the rest in parallel, and rewrites `<path>/manifest.csv`
 (patient, study, series, path, files, bytes, checksum, status, message). One failed item never stops
 the others; the run returns 1 (the CLI's exit status) if any failed, after logging which and why.
@@ -19,23 +17,16 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from prdit import paths, tracking
 from prdit.acquire import http, records, tcia, zenodo
 from prdit.acquire.records import MANIFEST
-from prdit.acquire.weights import DEFAULT_NAME, DEFAULT_OUT, DEFAULT_SHA256, fetch_weights
-from prdit.config import Downloader, Params
-from prdit.errors import PrditError
-from prdit.io import sha256_file
 from prdit.progress import progress
-from prdit.protocol import MANUAL_WEIGHTS_STEP, PAPER_WEIGHTS_NAME
 
 if TYPE_CHECKING:
-    from prdit.config import Params
+    from prdit.config import Downloader
 
 log = logging.getLogger(__name__)
 
@@ -77,69 +68,7 @@ def inventory(root: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
-def run_download(
-    p: Params,
-    dataset: str,
-    *,
-    patients: Sequence[str] | None = None,
-    limit: int | None = None,
-    threads: int | None = None,
-    manifest: str | Path | None = None,
-) -> int:
-    """Download `dataset`; return 0 when every selected item is on disk and verified, 1 otherwise.
-
-    `patients`/`limit`/`threads`/`manifest` override `download.<name>.patients/limit/workers/manifest`.
-    Problems with the whole run (listing unreachable, access refused, not enough disk space) raise
-    http.DownloadError.
-    """
-    if dataset not in p.sources:
-        raise KeyError(f"dataset {dataset!r} has no entry under 'sources' (known: {', '.join(p.sources)})")
-    src = p.sources[dataset]
-    out = Path(src.path)
-    if src.download == "none":
-        if not out.exists():
-            raise http.DownloadError(
-                f"sources.{dataset}.path: {out} does not exist (download: none expects the data there)"
-            )
-        log.info("%s: download: none, using the data already in %s", dataset, out)
-        records.write(paths.manifest(dataset), inventory(out))
-        return 0
-    if src.download == "phantom":
-        from prdit.data.phantom import write_phantom
-
-        with tracking.stage_run(
-            p, stage="download", dataset=dataset, used=p.used("download", dataset)
-        ) as run:
-            run.log_metrics(write_phantom(p, out))
-        return 0
-    client = CLIENTS[src.download]
-    cfg = p.download[src.download]
-    if manifest is not None:
-        cfg = replace(cfg, manifest=str(manifest))
-    if cfg.manifest:  # checked before any run is recorded or request made
-        if client is not tcia:
-            raise tcia.ManifestError(
-                f"{cfg.manifest}: a .tcia manifest selects TCIA series, not {dataset} files"
-            )
-        tcia.read_tcia_manifest(cfg.manifest)
-    patients = tuple(cfg.patients if patients is None else patients)
-    limit = cfg.limit if limit is None else limit
-    workers = max(1, threads or cfg.workers)
-    policy = http.RetryPolicy(retries=cfg.retries)
-    used = {
-        **p.used("download", dataset),
-        "cli": {"patients": list(patients), "limit": limit, "threads": workers, "manifest": cfg.manifest},
-    }
-    with tracking.stage_run(p, stage="download", dataset=dataset, used=used) as run:
-        status, metrics = _download(
-            client, cfg, out, policy, patients=patients, limit=limit, workers=workers, label=dataset
-        )
-        run.log_metrics(metrics)
-        run.log_artifact(out / MANIFEST)
-    return status
-
-
-def _download(
+def download(
     client: ModuleType,
     cfg: Downloader,
     out: Path,
@@ -250,48 +179,3 @@ def _fetch_one(
         log.error("%s", message)
         where = {"patient": getattr(item, "patient", ""), "study": getattr(item, "study", "")}
         return records.row(**where, series=item.key, status="failed", message=message), 0
-
-
-class PaperWeightsError(PrditError, FileNotFoundError):
-    """protocol: paper needs the reference's MedicalNet file, and this run has no way to get it."""
-
-
-def run_fetch_weights(p: Params, out: Path | None = None) -> int:
-    """Stage function of `prdit fetch-weights`: evaluate.url (or the public default) to `out` or evaluate.weights.
-
-    Under `protocol: paper` the 23-dataset file is refused by content (its sha256), whatever its name.
-    """
-    ev = p.evaluate
-    target = Path(out or ev.weights or DEFAULT_OUT)
-    if not ev.url and target.name == PAPER_WEIGHTS_NAME:
-        raise PaperWeightsError(
-            f"{target}: without evaluate.url prdit fetch-weights fetches the 23-dataset MedicalNet, which is "
-            f"saved under its own name ({DEFAULT_NAME}), never as {PAPER_WEIGHTS_NAME} (the paper's network): "
-            f"set evaluate.weights to models/medicalnet/{DEFAULT_NAME}, or {MANUAL_WEIGHTS_STEP}"
-        )
-    if p.conventions.paper_weights:
-        if target.is_file() and sha256_file(target) == DEFAULT_SHA256:
-            raise PaperWeightsError(
-                f"{target}: is the 23-dataset MedicalNet ({DEFAULT_NAME}, sha256 {DEFAULT_SHA256[:12]}...), "
-                f"not the {PAPER_WEIGHTS_NAME} that protocol: paper evaluates with; move it away, then "
-                f"{MANUAL_WEIGHTS_STEP}"
-            )
-        if not ev.url:
-            raise PaperWeightsError(
-                f"{target}: protocol: paper evaluates with MedicalNet {PAPER_WEIGHTS_NAME} and evaluate.url "
-                f"is not set: {MANUAL_WEIGHTS_STEP}"
-            )
-
-    def not_23dataset(part: Path) -> None:
-        if p.conventions.paper_weights and sha256_file(part) == DEFAULT_SHA256:
-            raise http.DownloadError(
-                f"{ev.url}: is the 23-dataset MedicalNet ({DEFAULT_NAME}), not the {PAPER_WEIGHTS_NAME} that "
-                f"protocol: paper evaluates with; not saved as {target}"
-            )
-
-    fetch_weights(ev.url, target, ev.sha256, verify=not_23dataset)
-    if ev.weights is None or Path(ev.weights) != target:
-        log.info(
-            "set `weights: %s` (and its sha256) under `evaluate:` in params.yaml to evaluate with it", target
-        )
-    return 0
