@@ -264,15 +264,15 @@ def _train(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _sample(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.diffusion.generate import run_sample
+    from prdit.stages import sample
 
-    return run_sample(params, args.dataset, args.size, shard=args.shard)
+    return sample.run(params, args.dataset, args.size, shard=args.shard)
 
 
 def _merge_samples(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.diffusion.generate import merge_samples
+    from prdit.stages import merge_samples
 
-    return merge_samples(params, args.dataset, args.size)
+    return merge_samples.run(params, args.dataset, args.size)
 
 
 def _evaluate(args: argparse.Namespace, params: Params) -> int | None:
