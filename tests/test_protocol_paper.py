@@ -231,7 +231,7 @@ def tiny(tmp_path, monkeypatch):
 def test_paper_stage2_freezes_the_raw_stage1_weights_and_reinitialises_with_gain_0_1(tiny):
     project, paper = tiny
     job = dataclasses.replace(job_from_params(paper, "phantom", "local"), preview_n=0)
-    assert job.final_weights == "raw" and not job.bf16_autocast
+    assert job.final_weights == "online" and not job.bf16_autocast
     assert job_from_params(project, "phantom", "local").final_weights == "ema"
     assert job_from_params(project, "phantom", "local").bf16_autocast
     assert job_from_params(paper, "phantom", "global").final_weights == "ema"

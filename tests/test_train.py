@@ -269,7 +269,7 @@ def test_the_job_holds_the_typed_settings_and_every_trajectory_setting_is_in_the
             else:  # a rate in (0, 1) stays in it halved; counts and the rest grow
                 new = old / 2 if isinstance(old, float) and 0 < old < 1 else old + 1
             moved = fingerprint(section, f.name, new) != job.fingerprint
-            assert moved == (f.metadata.get("trajectory", True)), f"train.{section}.{f.name}"
+            assert moved == (f.metadata.get("decides_weights", True)), f"train.{section}.{f.name}"
 
 
 def test_job_but_changes_a_setting_in_its_section_and_refuses_unknown_names(tmp_path: Path) -> None:
