@@ -258,9 +258,9 @@ def _split(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _train(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.train.engine import run_train
+    from prdit.stages import train
 
-    return run_train(params, args.dataset, args.stage)
+    return train.run(params, args.dataset, args.stage)
 
 
 def _sample(args: argparse.Namespace, params: Params) -> int | None:

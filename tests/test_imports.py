@@ -165,7 +165,6 @@ TRACKING_NOT_YET = {
     "prdit.data.splits",
     "prdit.evaluate.compare",
     "prdit.evaluate.run",
-    "prdit.train.engine",
 }
 
 

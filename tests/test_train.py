@@ -11,9 +11,10 @@ import torch
 
 import prdit.model as models
 from prdit.config import deep_merge, from_dict
+from prdit.stages.train import job_from_params
 from prdit.train import data, distributed, stages
 from prdit.train import resume as ckpt
-from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
+from prdit.train.engine import Job, NonFiniteLossError, fit
 from tests.training_checks import (
     assert_same_adam_weights,
     assert_same_sgd_updates,
