@@ -276,16 +276,16 @@ def _merge_samples(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _evaluate(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.evaluate.run import run_evaluate
+    from prdit.stages import evaluate
 
     if args.baseline is None:
-        return run_evaluate(params, args.dataset, args.size)
+        return evaluate.run(params, args.dataset, args.size)
     if args.experiment is not None:
         raise ConfigError("--baseline and --experiment: give one")
     if args.baseline not in params.baselines:
         known = ", ".join(params.baselines) or "none"
         raise ConfigError(f"--baseline {args.baseline!r}: not under 'baselines' (known: {known})")
-    return run_evaluate(params, args.dataset, args.size, baseline=args.baseline)
+    return evaluate.run(params, args.dataset, args.size, baseline=args.baseline)
 
 
 def _compare(args: argparse.Namespace, params: Params) -> int | None:

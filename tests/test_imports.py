@@ -164,7 +164,6 @@ TRACKING_NOT_YET = {
     "prdit.data.preprocess",
     "prdit.data.splits",
     "prdit.evaluate.compare",
-    "prdit.evaluate.run",
 }
 
 

@@ -19,9 +19,9 @@ from prdit.data.dicom_writer import write_ct_series
 from prdit.data.ingest import run_ingest, write_plan
 from prdit.data.preprocess import run_preprocess
 from prdit.data.splits import run_split
-from prdit.evaluate.run import run_evaluate
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
+from prdit.stages.evaluate import run as run_evaluate
 from tests.conftest import params_with
 
 # the third fails when read (one slice of another matrix), the last has no usable series
