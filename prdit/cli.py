@@ -289,9 +289,9 @@ def _evaluate(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _compare(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.evaluate.compare import run_compare
+    from prdit.stages import compare
 
-    return run_compare(params, args.dataset, args.size)
+    return compare.run(params, args.dataset, args.size)
 
 
 def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:

@@ -163,7 +163,6 @@ TRACKING_NOT_YET = {
     "prdit.data.phantom",
     "prdit.data.preprocess",
     "prdit.data.splits",
-    "prdit.evaluate.compare",
 }
 
 
