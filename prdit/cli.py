@@ -301,9 +301,9 @@ def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _plan(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.plan.report import run_plan
+    from prdit.stages import plan
 
-    return run_plan(params, args.gpu, as_json=args.json)
+    return plan.run(params, args.gpu, as_json=args.json)
 
 
 def _ui_url(args: argparse.Namespace, params: Params) -> int | None:
@@ -321,9 +321,9 @@ def _tracking_import(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _dvc_yaml(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.dvc_yaml import run
+    from prdit.stages import dvc_yaml
 
-    return run(params, check=args.check)
+    return dvc_yaml.run(params, check=args.check)
 
 
 # `prdit <command>` -> the function that runs it (each imports its stage only when called)
