@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 from prdit import paths, topology  # noqa: E402
 from prdit.config import load  # noqa: E402
 from prdit.data.dataset import VolumeDataset  # noqa: E402
+from prdit.stages.train import job_from_params  # noqa: E402
 from prdit.train import distributed, stages  # noqa: E402
-from prdit.train.engine import fit, job_from_params  # noqa: E402
+from prdit.train.engine import fit  # noqa: E402
 
 DS = "bench"
 

@@ -258,40 +258,40 @@ def _split(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _train(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.train.engine import run_train
+    from prdit.stages import train
 
-    return run_train(params, args.dataset, args.stage)
+    return train.run(params, args.dataset, args.stage)
 
 
 def _sample(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.diffusion.generate import run_sample
+    from prdit.stages import sample
 
-    return run_sample(params, args.dataset, args.size, shard=args.shard)
+    return sample.run(params, args.dataset, args.size, shard=args.shard)
 
 
 def _merge_samples(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.diffusion.generate import merge_samples
+    from prdit.stages import merge_samples
 
-    return merge_samples(params, args.dataset, args.size)
+    return merge_samples.run(params, args.dataset, args.size)
 
 
 def _evaluate(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.evaluate.run import run_evaluate
+    from prdit.stages import evaluate
 
     if args.baseline is None:
-        return run_evaluate(params, args.dataset, args.size)
+        return evaluate.run(params, args.dataset, args.size)
     if args.experiment is not None:
         raise ConfigError("--baseline and --experiment: give one")
     if args.baseline not in params.baselines:
         known = ", ".join(params.baselines) or "none"
         raise ConfigError(f"--baseline {args.baseline!r}: not under 'baselines' (known: {known})")
-    return run_evaluate(params, args.dataset, args.size, baseline=args.baseline)
+    return evaluate.run(params, args.dataset, args.size, baseline=args.baseline)
 
 
 def _compare(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.evaluate.compare import run_compare
+    from prdit.stages import compare
 
-    return run_compare(params, args.dataset, args.size)
+    return compare.run(params, args.dataset, args.size)
 
 
 def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:
@@ -301,9 +301,9 @@ def _fetch_weights(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _plan(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.plan.report import run_plan
+    from prdit.stages import plan
 
-    return run_plan(params, args.gpu, as_json=args.json)
+    return plan.run(params, args.gpu, as_json=args.json)
 
 
 def _ui_url(args: argparse.Namespace, params: Params) -> int | None:
@@ -321,9 +321,9 @@ def _tracking_import(args: argparse.Namespace, params: Params) -> int | None:
 
 
 def _dvc_yaml(args: argparse.Namespace, params: Params) -> int | None:
-    from prdit.dvc_yaml import run
+    from prdit.stages import dvc_yaml
 
-    return run(params, check=args.check)
+    return dvc_yaml.run(params, check=args.check)
 
 
 # `prdit <command>` -> the function that runs it (each imports its stage only when called)

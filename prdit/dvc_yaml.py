@@ -343,16 +343,6 @@ def current(p: Params, path: str | Path = FILE) -> bool:
         return False
 
 
-def run(p: Params, check: bool = False) -> int:
-    """`prdit dvc-yaml [--check]`: write dvc.yaml, or with check exit 1 naming the command when it is stale."""
-    if check:
-        if not current(p):
-            raise StaleError(STALE)
-        return 0
-    print(f"wrote {write(p)}")
-    return 0
-
-
 def check_under_dvc(p: Params) -> None:
     """Inside a DVC stage (DVC_STAGE set), stop before any work when dvc.yaml no longer matches params.yaml:
     its stages would name other experiments' model folders (a file DVC itself reads: present)."""

@@ -20,7 +20,8 @@ from PIL import Image
 from prdit import paths
 from prdit.errors import MissingInputError, describe
 from prdit.evaluate import compare
-from prdit.evaluate.compare import CELL, FLOOR_ROW, ComparisonError, panel_origin, run_compare
+from prdit.evaluate.compare import CELL, FLOOR_ROW, ComparisonError, panel_origin
+from prdit.stages.compare import run as run_compare
 from tests.conftest import params_with
 
 BASE = json.loads((Path(__file__).parent / "fixtures" / "compare" / "metrics.json").read_text())

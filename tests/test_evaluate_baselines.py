@@ -18,10 +18,12 @@ import SimpleITK as sitk
 
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import BaselineError, baseline_set, read_hu, read_unit
-from prdit.evaluate.run import MID_SLICE_KEYS, BaselineMismatch, evaluate, numeric, run_evaluate
+from prdit.evaluate.run import MID_SLICE_KEYS, evaluate
 from prdit.evaluate.volumes import read_volume
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import read_nifti, to_image, write_nifti
+from prdit.stages.evaluate import BaselineMismatch, numeric
+from prdit.stages.evaluate import run as run_evaluate
 from tests import test_evaluate_run
 from tests.conftest import params_with
 from tests.test_evaluate_run import SIZE, WINDOW

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prdit.evaluate.run import evaluate, numeric, run_evaluate
+from prdit.evaluate.run import evaluate
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
+from prdit.stages.evaluate import numeric
+from prdit.stages.evaluate import run as run_evaluate
 from tests.conftest import params_with
 
 WINDOW = (-1000.0, 1000.0)

@@ -9,9 +9,9 @@ import torch
 
 import prdit.model as models
 from prdit.io import sha256_file
+from prdit.stages.train import job_from_params
 from prdit.train import resume as ckpt
 from prdit.train import stages
-from prdit.train.engine import job_from_params
 from tests.training_checks import train_stage
 
 DS = "phantom"

@@ -32,8 +32,9 @@ from prdit.evaluate.run import evaluate as evaluate_metrics
 from prdit.model.layers import Attention
 from prdit.stages.fetch_weights import run as run_fetch_weights
 from prdit.stages.preprocess import run as run_preprocess
+from prdit.stages.train import job_from_params
 from prdit.train import stages
-from prdit.train.engine import fit, job_from_params
+from prdit.train.engine import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "paper_recipe_reference.json").read_text())

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 
 from prdit.data import pseudonyms
 from prdit.data.dicom_writer import write_ct_series
-from prdit.evaluate.run import run_evaluate
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from prdit.stages.download import run as run_download
+from prdit.stages.evaluate import run as run_evaluate
 from prdit.stages.ingest import run as run_ingest
 from prdit.stages.ingest import write_plan
 from prdit.stages.preprocess import run as run_preprocess

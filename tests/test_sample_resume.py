@@ -21,8 +21,8 @@ import yaml
 
 from prdit import paths
 from prdit.config import deep_merge, load
-from prdit.diffusion import generate
 from prdit.model import create, save
+from prdit.stages import sample
 from tests.conftest import ROOT, tool_env
 
 SIZE = 16
@@ -145,7 +145,7 @@ def test_a_partial_folder_of_other_settings_is_not_reused(
     root = write_project(tmp_path / "work", random_model(), n=n)
     monkeypatch.chdir(root)
     p = load([root / "params.yaml"])
-    assert generate.run_sample(p, "phantom", SIZE) == 0
+    assert sample.run(p, "phantom", SIZE) == 0
     expected = files(root / DEST)
 
     # what an interrupted run with other settings leaves: its manifest and every batch marked done
@@ -156,7 +156,7 @@ def test_a_partial_folder_of_other_settings_is_not_reused(
         save(root / paths.model_file("phantom", "global"), random_model(seed=1), meta={})
     device = torch.device("cpu")
     partial = root / paths.partial(DEST)
-    generate.open_partial(partial, generate.sample_manifest(other, "phantom", SIZE, None, device))
+    sample.open_partial(partial, sample.sample_manifest(other, "phantom", SIZE, None, device))
     for i in range(n):
         (partial / f"{i}.nii.gz").write_bytes(b"not this run's sample")
         (partial / f"batch_{i}.done").write_text("{}")
@@ -164,8 +164,8 @@ def test_a_partial_folder_of_other_settings_is_not_reused(
         save(root / paths.model_file("phantom", "global"), random_model(seed=0), meta={})
 
     shutil.rmtree(root / DEST)
-    with caplog.at_level(logging.INFO, logger="prdit.diffusion.generate"):
-        assert generate.run_sample(p, "phantom", SIZE) == 0
+    with caplog.at_level(logging.INFO, logger="prdit.stages.sample"):
+        assert sample.run(p, "phantom", SIZE) == 0
     assert drawn(caplog.text) == (n, n, 0)
     assert re.search(rf"other {'params' if change == 'seed' else 'model'}: starting over", caplog.text)
     assert files(root / DEST) == expected and not partial.exists()

@@ -181,8 +181,8 @@ def sampling(tmp_path, monkeypatch):
 
 
 def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, sampling):
-    from prdit.diffusion.generate import run_sample
     from prdit.io import read_nifti
+    from prdit.stages.sample import run as run_sample
 
     vols = {}
     for bs in (1, 3):
@@ -203,7 +203,7 @@ def test_run_sample_writes_hu_volumes_independent_of_batch_size(tmp_path, sampli
 
 
 def test_shard_batches_split_whole_batches():
-    from prdit.diffusion.generate import shard_batches
+    from prdit.diffusion.batches import shard_batches
 
     assert shard_batches(5, 2) == [[0, 1], [2, 3], [4]]
     assert [shard_batches(5, 2, 3, k) for k in range(3)] == [[[0, 1]], [[2, 3]], [[4]]]
@@ -217,8 +217,9 @@ def test_shard_batches_split_whole_batches():
 
 def test_sharded_sampling_writes_the_same_bytes_as_one_job(tmp_path, sampling):
     from prdit import config
-    from prdit.diffusion.generate import merge_samples, run_sample
     from prdit.errors import PrditError
+    from prdit.stages.merge_samples import run as merge_samples
+    from prdit.stages.sample import run as run_sample
 
     one = sampling(n=5, batch_size=2, shards=1)
     run_sample(one, "phantom", 16)

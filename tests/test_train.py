@@ -11,9 +11,10 @@ import torch
 
 import prdit.model as models
 from prdit.config import deep_merge, from_dict
+from prdit.stages.train import job_from_params
 from prdit.train import data, distributed, stages
 from prdit.train import resume as ckpt
-from prdit.train.engine import Job, NonFiniteLossError, fit, job_from_params
+from prdit.train.engine import Job, NonFiniteLossError, fit
 from tests.training_checks import (
     assert_same_adam_weights,
     assert_same_sgd_updates,
@@ -269,7 +270,7 @@ def test_the_job_holds_the_typed_settings_and_every_trajectory_setting_is_in_the
             else:  # a rate in (0, 1) stays in it halved; counts and the rest grow
                 new = old / 2 if isinstance(old, float) and 0 < old < 1 else old + 1
             moved = fingerprint(section, f.name, new) != job.fingerprint
-            assert moved == (f.metadata.get("trajectory", True)), f"train.{section}.{f.name}"
+            assert moved == (f.metadata.get("decides_weights", True)), f"train.{section}.{f.name}"
 
 
 def test_job_but_changes_a_setting_in_its_section_and_refuses_unknown_names(tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ from prdit.config import deep_merge
 from prdit.data.dataset import VolumeDataset
 from prdit.plan.cost import GIB, HOST_BASE_GIB, train_job
 from prdit.plan.gpus import GPUS
+from prdit.stages.train import job_from_params
 from prdit.train import data
 from prdit.train.batching import micro_batch
-from prdit.train.engine import diffusion_loss, fit, job_from_params
+from prdit.train.engine import diffusion_loss, fit
 from prdit.train.stages import build
 from tests.conftest import params_with
 

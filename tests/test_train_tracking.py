@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from prdit.train.engine import run_train
+from prdit.stages.train import run as run_train
 from tests.conftest import params_with
 
 DS = "phantom"

@@ -259,7 +259,7 @@ def _model_file(path: Path, name: str, size: int, stage: str | None) -> None:
 )
 def test_sample_checks_the_model_stage_before_writing(tmp_path, monkeypatch, name, stage, why):
     """A stage-1 model.pt copied where sampling expects the stage-2 model was sampled over the good samples."""
-    from prdit.diffusion.generate import run_sample
+    from prdit.stages.sample import run as run_sample
 
     monkeypatch.chdir(tmp_path)
     model = Path(paths.model_file("phantom", "global"))
@@ -287,7 +287,7 @@ def test_sample_checks_the_model_stage_before_writing(tmp_path, monkeypatch, nam
 
 
 def test_sample_rejects_a_model_of_another_size(tmp_path, monkeypatch):
-    from prdit.diffusion.generate import run_sample
+    from prdit.stages.sample import run as run_sample
 
     monkeypatch.chdir(tmp_path)
     model = Path(paths.model_file("phantom", "global"))

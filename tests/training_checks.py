@@ -17,8 +17,9 @@ import torch
 from prdit.config import Params
 from prdit.diffusion import loss as ian_loss
 from prdit.diffusion import q_sample
+from prdit.stages.train import job_from_params
 from prdit.train import data
-from prdit.train.engine import Job, fit, job_from_params
+from prdit.train.engine import Job, fit
 from prdit.train.stages import StageModel, build
 from prdit.train.validate import LossFn
 from tests.conftest import params_with

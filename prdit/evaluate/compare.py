@@ -1,4 +1,5 @@
-"""`prdit compare`: every experiment and baseline of one dataset and size side by side.
+"""The comparison of `prdit compare` (prdit.stages.compare): every experiment and baseline of one dataset
+and size side by side.
 
 Reads each row's metrics file (metrics/<ds>[/<name>]/<size>.json, written by `prdit evaluate`) and the
 mid-slices of its report folder (mid_slices.npz), refuses rows evaluated differently (real set, extractor,
@@ -15,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -24,16 +25,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from prdit import paths, tracking  # noqa: E402
 from prdit.errors import MissingInputError, PrditError  # noqa: E402
 from prdit.evaluate.report import html_page  # noqa: E402
 from prdit.io import atomic_dir, write_json  # noqa: E402
 from prdit.viz import to_grey  # noqa: E402
 
-if TYPE_CHECKING:
-    from prdit.config import Params
-
-PROJECT_ROW = "prdit"  # the row of the project's own model when params have no experiments
+PROJECT_ROW = (
+    "prdit"  # the row of the project's own model when params have no experiments (prdit.stages.compare)
+)
 FLOOR_ROW = "real (floor)"
 FLOOR_METRIC = "real_floor"  # the floor row's suffix in MLflow metric names
 VIEWS = ("axial", "coronal", "sagittal")
@@ -104,20 +103,9 @@ class Row:
     metrics: dict
 
 
-def row_specs(p: Params, dataset: str, size: int) -> list[tuple[str, str, str | None]]:
-    """(label, kind, path name) of each row: the experiments (or the project's model), then the baselines."""
-    own = [(n, "experiment", n) for n in p.experiments()] or [(PROJECT_ROW, "project", None)]
-    base = [(n, "baseline", n) for n, b in p.baselines.items() if b.dataset == dataset and b.size == size]
-    if PROJECT_ROW in {n for n, _, _ in base} and own[0][1] == "project":
-        raise ComparisonError(
-            f"baselines.{PROJECT_ROW}: the name of the project's own row; rename the baseline"
-        )
-    return own + base
-
-
-def read_row(dataset: str, size: int, label: str, kind: str, name: str | None) -> Row:
-    """The row's metrics file read; MissingInputError naming the file when it is not there."""
-    path = paths.metrics(dataset, size, name)
+def read_row(path: Path, report_dir: Path, dataset: str, size: int, label: str, kind: str) -> Row:
+    """The row's metrics file `path` read (its report folder: `report_dir`); MissingInputError naming the
+    file when it is not there."""
     try:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
@@ -132,12 +120,7 @@ def read_row(dataset: str, size: int, label: str, kind: str, name: str | None) -
         raise ComparisonError(
             f"{path}: metrics of {metrics.get('dataset')!r} at {metrics.get('size')}, not {dataset!r} at {size}"
         )
-    return Row(label, kind, path, paths.reports(dataset, size, name), metrics)
-
-
-def read_rows(p: Params, dataset: str, size: int) -> list[Row]:
-    """Every row of the comparison of `dataset` at `size`, in table order."""
-    return [read_row(dataset, size, *spec) for spec in row_specs(p, dataset, size)]
+    return Row(label, kind, path, report_dir, metrics)
 
 
 def _lookup(m: dict, dotted: str) -> tuple[bool, Any]:
@@ -397,10 +380,9 @@ def draw_montage(
 
 
 def write_comparison(
-    dataset: str, size: int, rows: Sequence[Row], notes: list[str], window: Sequence[float]
-) -> tuple[Path, dict]:
-    """Write every output into paths.compare(dataset, size) atomically; returns (folder, compare.json record)."""
-    folder = paths.compare(dataset, size)
+    folder: Path, dataset: str, size: int, rows: Sequence[Row], notes: list[str], window: Sequence[float]
+) -> dict:
+    """Write every output into `folder` atomically; returns the compare.json record."""
     with atomic_dir(folder) as tmp:
         panels = montage_panels(rows, notes)  # notes missing mid-slices before the record is built
         record = comparison_record(dataset, size, rows, notes)
@@ -409,48 +391,4 @@ def write_comparison(
         draw_fid_chart(record, tmp / "fid.png")
         write_tables(tmp, record)
         write_json(tmp / "compare.json", record)
-    return folder, record
-
-
-def mlflow_metrics(record: dict) -> dict[str, float]:
-    """Each row's numbers as `<column>.<row>` (e.g. fid_x1e3.fast), the floor's as `<column>.real_floor`."""
-    out = {}
-    named = [(n, record["rows"][n]) for n in record["order"]] + [(FLOOR_METRIC, record["floor"])]
-    for name, nums in named:
-        for key in numbers({}):
-            if nums.get(key) is not None:
-                out[f"{key}.{name}"] = float(nums[key])
-    return out
-
-
-def log_comparison(run: tracking.StageRun, record: dict, folder: Path) -> None:
-    """Tags, per-row metrics and every output of the comparison on its MLflow run."""
-    ext = record["evaluation"]["extractor"]
-    run.set_tags(
-        {
-            "prdit.compare_rows": ",".join(record["order"]),
-            "prdit.protocol": record["evaluation"]["protocol"],
-            "prdit.extractor": ext["name"],
-            "prdit.extractor_pretrained": str(ext["pretrained"]).lower(),
-        }
-    )
-    run.log_metrics(mlflow_metrics(record))
-    for f in sorted(folder.iterdir()):
-        if f.suffix == ".png":
-            run.log_image(f, artifact_path="compare")
-        else:
-            run.log_artifact(f, artifact_path="compare")
-
-
-def run_compare(p: Params, dataset: str, size: int) -> None:
-    """Stage function of `prdit compare`: the comparison of every experiment and baseline at one size."""
-    rows = read_rows(p, dataset, size)
-    notes = check_same_evaluation(rows)
-    used = {
-        "experiments": list(p.experiments()),
-        "baselines": [r.name for r in rows if r.kind == "baseline"],
-        "preprocess.window": list(p.preprocess.window),
-    }
-    with tracking.stage_run(p, stage="compare", dataset=dataset, size=size, used=used) as run:
-        folder, record = write_comparison(dataset, size, rows, notes, p.preprocess.window)
-        log_comparison(run, record, folder)
+    return record

@@ -1,5 +1,6 @@
-"""`prdit evaluate`: metrics/<dataset>[/<name>]/<size>.json and reports/<dataset>[/<name>]/<size>/ for one
-dataset and size, of our samples (the project's or a named experiment's) or of a baseline's volumes."""
+"""One evaluation: metrics/<dataset>[/<name>]/<size>.json and reports/<dataset>[/<name>]/<size>/ for one
+dataset and size, of a set of generated volumes (our samples, an experiment's or a baseline's); the stage
+that chooses the set from the parameters and logs the run is prdit.stages.evaluate."""
 
 from __future__ import annotations
 
@@ -8,15 +9,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from prdit import hu, paths, precision, protocol, tracking
-from prdit.device import announce, describe_device, select_device
-from prdit.errors import PrditError
-from prdit.evaluate.baselines import baseline_set
+from prdit import hu, paths, protocol
+from prdit.device import select_device
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
@@ -34,9 +33,6 @@ from prdit.evaluate.volumes import (
 )
 from prdit.io import atomic_dir, write_json
 from prdit.protocol import PAPER_REAL_N
-
-if TYPE_CHECKING:
-    from prdit.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +78,6 @@ class Scored:
     seconds_features: float = 0.0
     source: dict = field(default_factory=dict)  # what was evaluated as generated (GeneratedSet.source)
     mid_slices: dict[str, np.ndarray] = field(default_factory=dict)  # mid_slices.npz: HU planes
-
-
-class BaselineMismatch(PrditError, ValueError):
-    """`prdit evaluate` asked for a baseline that is not declared, or not for this dataset and size."""
 
 
 MID_SLICE_KEYS = tuple(
@@ -468,92 +460,3 @@ def paper_real_set(real: dict[str, Summary]) -> Summary:
     """The reference's real set: train then val in split order, the first PAPER_REAL_N volumes."""
     both = Summary.concat([real["train"], real["val"]])
     return both.take(range(min(PAPER_REAL_N, len(both.ids))))
-
-
-def numeric(m: dict, prefix: str = "") -> dict[str, float]:
-    """Flat numeric view of the metrics for MLflow (nested keys dotted; intervals keep low and high)."""
-    out: dict[str, float] = {}
-    for k, v in m.items():
-        if isinstance(v, bool) or v is None or (prefix.endswith("_ci95.") and k not in ("low", "high")):
-            continue
-        if isinstance(v, (int, float)):
-            out[prefix + k] = float(v)
-        elif isinstance(v, dict) and k not in ("extractor", "input", "generated"):
-            out.update(numeric(v, f"{prefix}{k}."))
-    return out
-
-
-def generated_set(p: Params, dataset: str, size: int, baseline: str | None = None) -> GeneratedSet:
-    """What `prdit evaluate` scores: baseline `baseline`'s folder (declared for this dataset and size), else
-    the samples of p's experiment (p.exp_name; None: the project's own samples)."""
-    window, n = tuple(p.preprocess.window), p.evaluate.num_samples
-    if baseline is None:
-        folder = paths.samples(dataset, size, name=p.exp_name)
-        kind = "samples" if p.exp_name is None else "experiment"
-        source = {"kind": kind, "name": p.exp_name, "path": str(folder), "values": "hu"}
-        return samples_set(folder, size, window, n, source)
-    if baseline not in p.baselines:
-        declared = ", ".join(sorted(p.baselines)) or "none"
-        raise BaselineMismatch(f"baselines.{baseline}: not declared in params.yaml (declared: {declared})")
-    b = p.baselines[baseline]
-    if (b.dataset, int(b.size)) != (dataset, int(size)):
-        raise BaselineMismatch(
-            f"baselines.{baseline}: declared for {b.dataset}/{b.size}, asked to evaluate it on {dataset}/{size}"
-        )
-    return baseline_set(baseline, b.path, size, b.values, window, b.axes, b.flip, n)
-
-
-def run_evaluate(p: Params, dataset: str, size: int, baseline: str | None = None) -> None:
-    """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures.
-
-    `baseline` None: p's samples (the experiment p is the view of, or the project's own), written to
-    metrics/reports under p.exp_name; else that baseline's volumes, written under the baseline's name.
-    """
-    gen = generated_set(p, dataset, size, baseline)  # a wrong baseline declaration stops here
-    name = baseline if baseline is not None else p.exp_name
-    device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
-    numerics = precision.evaluation()
-    precision.set_backends(numerics, device)
-    ev = p.evaluate
-    used = {
-        "evaluate": p.section("evaluate"),
-        "preprocess.window": list(p.preprocess.window),
-        "protocol": p.protocol,
-        **({"baseline": {**gen.source, "n_files": len(gen.paths)}} if baseline is not None else {}),
-    }
-    with tracking.stage_run(p, stage="evaluate", dataset=dataset, size=size, used=used) as run:
-        announce(run, describe_device(device, why, numerics))
-        for split in ("train", "val", "test"):  # the real reference and floor sets
-            tracking.log_split(run, p, dataset, size, split, "evaluation")
-        run.log_dataset(gen.source["path"], Path(gen.source["path"]), gen.source["kind"])
-        m, metrics_path, report_dir = evaluate(
-            dataset,
-            size,
-            tuple(p.preprocess.window),
-            ev.weights,
-            ev.sha256,
-            ev.ms_ssim_pairs,
-            ev.bootstrap,
-            ev.seed,
-            ev.num_samples,
-            p.protocol,
-            device=device,
-            generated=gen,
-            name=name,
-        )
-        run.set_tags(
-            {
-                "prdit.protocol": m["protocol"],
-                "prdit.extractor": m["extractor"]["name"],
-                "prdit.extractor_pretrained": str(m["extractor"]["pretrained"]).lower(),
-                "prdit.generated": m["generated"]["kind"],
-                **({"prdit.generated_name": name} if name is not None else {}),
-            }
-        )
-        run.log_metrics(numeric(m))
-        run.log_artifact(metrics_path, artifact_path="metrics")
-        for f in sorted(report_dir.iterdir()):
-            if f.suffix == ".png":
-                run.log_image(f, artifact_path="report")
-            else:
-                run.log_artifact(f, artifact_path="report")

@@ -1,1 +1,1 @@
-"""One training engine for the local, global and highres stages (`engine.run_train`; exit statuses in `signals`)."""
+"""One training engine for the local, global and highres stages (`engine.fit`; exit statuses in `signals`)."""

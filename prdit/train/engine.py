@@ -1,8 +1,8 @@
 """One training engine for every stage: AdamW + EMA, DDP, exact resume, preemption-safe, tracked.
 
-`run_train(p, dataset, stage)` is what `prdit train` calls; `fit` is the loop itself, usable with any
-model that follows the model contract. Exit statuses: see signals.py (0 done, 75 stopped by
-SIGTERM/SIGUSR1 with last.pt written: rerun to resume).
+`fit` is the loop itself, usable with any model that follows the model contract; `prdit train`
+(prdit.stages.train.run) builds its Job from the parameters and calls it. Exit statuses: see
+signals.py (0 done, 75 stopped by SIGTERM/SIGUSR1 with last.pt written: rerun to resume).
 
 Numerics: bf16 autocast on CUDA (no loss scaler needed, fp16 is not offered), fp32 on the CPU; AdamW
 on the stage's trainable parameters only; gradient clipping on their global norm; EMA of those
@@ -22,10 +22,8 @@ Files (rank 0 only) in models/<dataset>/<stage>/:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,20 +36,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
-from prdit import precision, tracking
-from prdit.config import Params, TrainCommon, TrainStage, weight_fields
-from prdit.data.dataset import VolumeDataset
-from prdit.device import announce, describe_device
+from prdit.config import TrainCommon, TrainStage
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
-from prdit.train import batching, compiling, data, distributed, signals, stages
+from prdit.train import compiling, data, distributed, stages
 from prdit.train import resume as ckpt
 from prdit.train.distributed import DistEnv
 from prdit.train.ema import EMA
 from prdit.train.job import Job, NullRun
 from prdit.train.meter import Meter
-from prdit.train.provenance import data_hash
 from prdit.train.signals import EXIT_OK, StopRequest
 from prdit.train.validate import LossFn, preview, val_loss
 
@@ -500,7 +494,7 @@ def _finalize(
 
 
 # ----------------------------------------------------------------------------------------------
-# loss and wiring from params.yaml
+# the loss
 
 
 def diffusion_loss(job: Job) -> LossFn:
@@ -517,99 +511,3 @@ def diffusion_loss(job: Job) -> LossFn:
         return ian_loss(model, x0, t=t, noise=noise * noise_std, timesteps=timesteps, noise_std=noise_std)
 
     return loss_fn
-
-
-def job_from_params(
-    p: Params,
-    dataset: str,
-    stage: str,
-    parents: dict[str, str] | None = None,
-    processes: int = 1,
-    gpu_memory_gib: float | None = None,
-) -> Job:
-    """The Job of `stage` on `dataset` from params.yaml, with its resume fingerprint and provenance.
-
-    `parents` maps the parent model files to their sha256 (StageModel.parents). The fingerprint holds
-    every setting that decides the weights (config.weight_fields: all but those marked NOT_WEIGHTS). The
-    accumulation the loop runs is train.<stage>.micro_batch's choice for `processes` processes on a GPU
-    of `gpu_memory_gib` (prdit.train.batching); the fingerprint keeps the configured one.
-    """
-
-    c, s = p.train.common, p.train.stage(stage)
-    size = stages.input_size(p, stage)
-    extra = {"data_hash": data_hash(dataset, size), "parents": dict(parents or {})}
-    used = p.used(f"train-{stage}")
-    fingerprint = {
-        "stage": stage,
-        "dataset": dataset,
-        "input_size": size,
-        **weight_fields(s),
-        **weight_fields(c),
-        "diffusion": dataclasses.asdict(p.diffusion),
-        **(
-            {"protocol": p.protocol} if p.protocol != "project" else {}
-        ),  # project runs keep their old last.pt
-        **extra,
-    }
-    meta = {
-        "stage": stage,
-        "dataset": dataset,
-        "params_hash": p.section_hash(*used),
-        "git_commit": tracking.git_commit(),
-        "params": used,
-        **extra,
-    }
-    choice = batching.micro_batch(
-        p, stage, processes, budget_gib=gpu_memory_gib, estimate=s.micro_batch == "auto"
-    )
-    log.info("train-%s: %s", stage, choice.note)
-    return Job(
-        stage=stage,
-        out_dir=stages.model_dir(dataset, stage, p.model_key(stage)),
-        train=s,
-        common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
-        diffusion=p.diffusion,
-        bf16_autocast=p.conventions.training.autocast == torch.bfloat16,
-        final_weights=p.conventions.final_weights(stage),
-        fingerprint=fingerprint,
-        meta=meta,
-    )
-
-
-def run_train(p: Params, dataset: str, stage: str) -> int:
-    """`prdit train`: train one stage of `dataset` as configured; returns the exit status (signals.py)."""
-
-    env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
-    numerics = p.conventions.training
-    precision.set_backends(numerics, env.device)  # TF32 on CUDA
-    out = stages.model_dir(dataset, stage, p.model_key(stage))
-    lock = signals.exclusive(out) if env.is_main else contextlib.nullcontext()
-    try:
-        with lock, StopRequest() as stop:
-            signals.stop_when_orphaned()
-            torch.manual_seed(p.train.common.seed)  # identical initial weights on every rank
-            sm = stages.build(p, dataset, stage)
-            size = sm.input_size
-            train_set = VolumeDataset(dataset, size, "train")
-            val_set = VolumeDataset(dataset, size, "val")
-            memory = (  # what micro_batch: auto fits into: the GPU's memory, on a CPU the host's
-                torch.cuda.get_device_properties(env.device).total_memory / 2**30
-                if env.device.type == "cuda"
-                else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-            )
-            job = job_from_params(p, dataset, stage, sm.parents, env.world_size, memory)
-            runs = (
-                tracking.stage_run(
-                    p, stage=f"train-{stage}", dataset=dataset, size=size, used=p.used(f"train-{stage}")
-                )
-                if env.is_main
-                else contextlib.nullcontext(NullRun())
-            )
-            with runs as run:
-                announce(run, describe_device(env.device, env.why, numerics))
-                run.set_tags({"prdit.data_hash": job.meta["data_hash"]})
-                tracking.log_split(run, p, dataset, size, "train", "training")
-                tracking.log_split(run, p, dataset, size, "val", "validation")
-                return fit(job, sm, train_set, val_set, env=env, run=run, stop=stop)
-    finally:
-        distributed.teardown()

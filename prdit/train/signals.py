@@ -1,6 +1,6 @@
 """Graceful stop on the signals a scheduler sends before it kills a job, and the exit statuses.
 
-Exit statuses of `prdit train` (`run_train`'s return value; `prdit sample`, `run_sample`, the same way):
+Exit statuses of `prdit train` (prdit.stages.train.run's return value; `prdit sample` the same way):
   0   EXIT_OK       training finished; model.pt and metrics.json are written (sampling: the folder).
   75  EXIT_REQUEUE  stopped by SIGTERM or SIGUSR1 (SLURM time limit / preemption; the slurm profile asks for
                     `--signal=TERM@300`, which reaches every task, not `B:` which reaches only the batch

@@ -1,4 +1,4 @@
-"""`prdit sample`: draw volumes from a trained model and write them as NIfTI in HU."""
+"""`prdit sample`: draw volumes from a trained model and write them as NIfTI in HU (the sampler: prdit.diffusion)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 
 from prdit import hu, io, paths, precision, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
+from prdit.diffusion.batches import sample_seeds, shard_batches
 from prdit.diffusion.sampler import sample
-from prdit.errors import PrditError
 from prdit.model import content_hash, load
 from prdit.train.signals import EXIT_OK, StopRequest
 
@@ -22,13 +22,6 @@ if TYPE_CHECKING:
     from prdit.config import Params
 
 log = logging.getLogger(__name__)
-
-
-def sample_seeds(seed: int, n: int) -> list[int]:
-    """Independent per-sample seeds derived from (seed, i): sample i never depends on n or the batch."""
-    return [
-        int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(n)
-    ]
 
 
 def model_path(p: Params, dataset: str, size: int) -> Path:
@@ -40,26 +33,6 @@ def model_path(p: Params, dataset: str, size: int) -> Path:
 def model_stage(p: Params, size: int) -> str:
     """The training stage whose model generates `size` (prdit.topology: highres at highres_size, else global)."""
     return topology.sampler(size, p.preprocess.size, p.preprocess.highres_size)
-
-
-def shard_batches(n: int, batch_size: int, shards: int = 1, shard: int | None = None) -> list[list[int]]:
-    """The batches of sample indices one job draws: all of them, or shard `shard` of `shards`.
-
-    A shard gets whole, contiguous batches of the unsharded run (never a re-batched subset), so every
-    sample goes through the network in the same batch as in one job and the files are bit-identical on
-    a CPU. Shard sizes differ by at most one batch.
-    """
-    bs = max(1, batch_size)
-    batches = [list(range(s, min(n, s + bs))) for s in range(0, n, bs)]
-    if shard is None:
-        return batches
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is not in 0..{shards - 1} (sample.shards = {shards})")
-    if shards > len(batches):
-        raise ValueError(
-            f"sample.shards = {shards} exceeds the {len(batches)} batches of sample.n / sample.batch_size"
-        )
-    return batches[shard * len(batches) // shards : (shard + 1) * len(batches) // shards]
 
 
 def out_dir(dataset: str, size: int, shard: int | None = None, name: str | None = None) -> Path:
@@ -76,7 +49,7 @@ def _montage(previews: list[np.ndarray], path: Path) -> None:
     viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
 
 
-def _montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> None:
+def montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> None:
     """montage.png of the first samples as written (so every way of producing a folder draws the same)."""
     previews = [
         hu.to_unit(io.read_nifti(folder / f"{i}.nii.gz")[0], window) for i in range(min(MONTAGE_ROWS, n))
@@ -84,7 +57,7 @@ def _montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> No
     _montage(previews, folder / "montage.png")
 
 
-def _link(src: Path, dst: Path) -> None:
+def link(src: Path, dst: Path) -> None:
     """Hard-link src to dst (a copy across filesystems): the source stays until the destination is whole."""
     try:
         dst.hardlink_to(src)
@@ -133,7 +106,7 @@ def open_partial(partial: Path, manifest: dict) -> None:
     io.write_json(partial / "manifest.json", manifest)
 
 
-def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> int:
+def run(p: Params, dataset: str, size: int, shard: int | None = None) -> int:
     """Write p.sample.n volumes to samples/<dataset>/<size>/<i>.nii.gz (HU, spacing fov/size mm); exit status.
 
     Finished batches are kept in samples/<dataset>/<size>.partial/ (paths.partial) as they are written; a
@@ -142,7 +115,7 @@ def run_sample(p: Params, dataset: str, size: int, shard: int | None = None) -> 
     status 75 (signals.EXIT_REQUEUE: rerun to resume). When every batch is there the folder, with
     montage.png (mid-slices of the first samples), replaces samples/<dataset>/<size>/ atomically and the
     partial folder goes. With `shard` (0 <= shard < sample.shards) only that shard's batches are drawn,
-    into samples/<dataset>/<size>.shards/<shard>/ without a montage; `merge_samples` joins the shards.
+    into samples/<dataset>/<size>.shards/<shard>/ without a montage; `prdit merge-samples` joins the shards.
     """
     device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
     with StopRequest() as stop:
@@ -225,42 +198,11 @@ def _run_sample(
             return stop.exit_status
         with io.atomic_dir(dest) as tmp:
             for i in (i for idx in batches for i in idx):
-                _link(partial / f"{i}.nii.gz", tmp / f"{i}.nii.gz")
+                link(partial / f"{i}.nii.gz", tmp / f"{i}.nii.gz")
             if shard is None:
-                _montage_from_files(tmp, n, p.preprocess.window)
+                montage_from_files(tmp, n, p.preprocess.window)
         shutil.rmtree(partial)
         log.info("wrote %d samples to %s", sum(map(len, batches)), dest)
         if shard is None:
             run.log_image(dest / "montage.png", artifact_path="montages")
     return EXIT_OK
-
-
-def merge_samples(p: Params, dataset: str, size: int) -> None:
-    """Join samples/<dataset>/<size>.shards/{0..shards-1}/ into samples/<dataset>/<size>/ (atomically).
-
-    Every sample index must come from exactly the shard that owns it; files are hard-linked (copied
-    across filesystems), and montage.png is drawn from the written files, so the folder is byte for
-    byte what one unsharded `prdit sample` writes.
-    """
-    s = p.sample
-    dest = out_dir(dataset, size, name=p.exp_name)
-    with tracking.stage_run(
-        p, stage="sample", dataset=dataset, size=size, used=p.used("sample", dataset)
-    ) as run:
-        tracking.log_split(run, p, dataset, size, "train", "training")  # what the sampled model learned from
-        run.log_params({"shard": f"merge of {s.shards}"})
-        with io.atomic_dir(dest) as tmp:
-            for k in range(s.shards):
-                src = out_dir(dataset, size, k, p.exp_name)
-                want = {f"{i}.nii.gz" for b in shard_batches(s.n, s.batch_size, s.shards, k) for i in b}
-                have = {f.name for f in src.glob("*.nii.gz")} if src.is_dir() else set()
-                if have != want:
-                    raise PrditError(
-                        f"{src}: shard {k}/{s.shards} holds {sorted(have) or 'nothing'}, expected "
-                        f"{sorted(want, key=lambda f: int(f.split('.')[0]))} (re-run its sampling job)"
-                    )
-                for name in sorted(want):
-                    _link(src / name, tmp / name)
-            _montage_from_files(tmp, s.n, p.preprocess.window)
-        log.info("merged %d shards (%d samples) into %s", s.shards, s.n, dest)
-        run.log_image(dest / "montage.png", artifact_path="montages")
