@@ -334,7 +334,12 @@ def test_a_share_token_never_reaches_messages(tmp_path):
     with pytest.raises(http.DownloadError) as listing:
         http.get_json(dead, params={"token": "s3cret-link"}, policy=fast, what="listing")
     with pytest.raises(http.DownloadError) as content:
-        http.download(dead + "/a/content", tmp_path / "a", params={"token": "s3cret-link"}, policy=fast)
+        http.download(
+            dead + "/a/content",
+            tmp_path / "a",
+            request=http.Request(params={"token": "s3cret-link"}),
+            policy=fast,
+        )
     for err in (listing, content):
         assert "token=***" in str(err.value) and "s3cret-link" not in str(err.value)
 

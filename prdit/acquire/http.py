@@ -239,31 +239,48 @@ class Fetched:
     checksum: str  # '<algorithm>:<hex>' of the final file
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What a finished download must be: its published size and checksum ('<algorithm>:<hex>'), and
+    `verify`, a further check that raises IntegrityError (fetch again) or DownloadError (give up)."""
+
+    size: int | None = None
+    checksum: str | None = None
+    verify: Callable[[Path], None] | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """How to ask the server: extra headers, query parameters, and whether a partial file may be resumed
+    with a Range request (False for servers that build the body anew per request)."""
+
+    headers: Mapping[str, str] | None = None
+    params: Mapping[str, Any] | None = None
+    resume: bool = True
+
+
 def download(
     url: str,
     dest: Path,
     *,
     policy: RetryPolicy = RetryPolicy(),
-    size: int | None = None,
-    checksum: str | None = None,
-    verify: Callable[[Path], None] | None = None,
+    expected: Expected = Expected(),
+    request: Request = Request(),
     on_bytes: Callable[[int], None] | None = None,
     what: str = "",
-    headers: Mapping[str, str] | None = None,
-    params: Mapping[str, Any] | None = None,
-    resume: bool = True,
 ) -> Fetched:
     """Fetch `url` into `dest` via `dest.part`; rename only after size/checksum/verify pass.
 
-    `resume`: continue a partial `.part` with a Range request (the server may still send everything);
-    False for servers whose body differs per request, where a partial file always restarts.
+    `request.resume`: continue a partial `.part` with a Range request (the server may still send
+    everything); False for servers whose body differs per request, where a partial file always restarts.
     Transient failures (connection drops, 408/429/5xx) are retried; an attempt that made resumable
     progress does not use up a retry. Data that arrives but fails verification (IntegrityError from
     the size, checksum or `verify`) is discarded and fetched once more from scratch; any other
     DownloadError from `verify` discards it for good. Raises DownloadError naming `what` and the reason.
     """
     what = what or dest.name
-    expected = parse_checksum(checksum)
+    size, resume = expected.size, request.resume
+    checksum = parse_checksum(expected.checksum)
     part = part_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not resume and part.exists():
@@ -275,7 +292,7 @@ def download(
     furthest = size_of(part)
     while True:
         try:
-            received += _fetch_to_part(url, part, size, on_bytes, what, headers, params, resume)
+            received += _fetch_to_part(url, part, size=size, request=request, on_bytes=on_bytes, what=what)
         except _Transient as exc:
             # Only a partial file that grew past its best size counts as progress: a server that
             # ignores Range and drops at the same byte every time must still run out of retries.
@@ -293,7 +310,7 @@ def download(
             time.sleep(delay)
             continue
         try:
-            digest = _check(part, size=size, expected=expected, verify=verify, what=what)
+            digest = _check(part, size=size, expected=checksum, verify=expected.verify, what=what)
             break
         except IntegrityError as exc:
             part.unlink(missing_ok=True)
@@ -323,51 +340,26 @@ class _Transient(Exception):
 def _fetch_to_part(
     url: str,
     part: Path,
+    *,
     size: int | None,
+    request: Request,
     on_bytes: Callable[[int], None] | None,
     what: str,
-    headers: Mapping[str, str] | None,
-    params: Mapping[str, Any] | None,
-    resume: bool,
 ) -> int:
     """One HTTP attempt appending to `part` (or rewriting it); returns bytes received. Raises _Transient or DownloadError."""
-    offset = size_of(part) if resume else 0
-    if size is not None and offset > size:
-        log.warning("%s: partial file is larger than the published size; starting over", what)
-        part.unlink()
-        offset = 0
-    if size is not None and offset == size:
+    offset = _start_offset(part, size, request.resume, what)
+    if offset is None:
         return 0  # complete already; verification decides
     # identity: Range offsets must count the bytes we store, not a compressed transfer encoding
     request_headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
     got = 0
     try:
-        with session(headers).get(
-            url, params=params, headers=request_headers, stream=True, timeout=TIMEOUT_S
+        with session(request.headers).get(
+            url, params=request.params, headers=request_headers, stream=True, timeout=TIMEOUT_S
         ) as response:
-            status = response.status_code
-            if status == 416 and offset:
-                total = _content_range_total(response.headers.get("Content-Range", ""))
-                if total == offset:
-                    return 0  # the partial file was already complete
-                part.unlink()
-                raise _Transient(f"server cannot resume at byte {offset}; starting over", response)
-            if status in RETRY_STATUS:
-                raise _Transient(_describe_status(response), response)
-            if status not in (200, 206):
-                raise status_error(what, response)
-            if status == 206:
-                start = _content_range_start(response.headers.get("Content-Range", ""))
-                if start != offset:
-                    part.unlink()
-                    raise _Transient(
-                        f"server resumed at byte {start}, asked for {offset}; starting over", response
-                    )
-                mode = "ab"
-            else:
-                if offset:
-                    log.info("%s: server ignored the Range request; downloading from the start", what)
-                mode = "wb"
+            mode = _write_mode(response, part, offset, what)
+            if mode is None:
+                return 0  # the partial file was already complete
             with open(part, mode) as fh:
                 for block in _blocks(response):
                     fh.write(block)
@@ -384,6 +376,44 @@ def _fetch_to_part(
         reason = f"connection failed after {got} bytes: {type(exc).__name__}: {redact(str(exc))}"
         raise _Transient(reason) from None
     return got
+
+
+def _start_offset(part: Path, size: int | None, resume: bool, what: str) -> int | None:
+    """The byte to ask for first (0 after dropping an oversized `part`); None when `part` is complete."""
+    offset = size_of(part) if resume else 0
+    if size is not None and offset > size:
+        log.warning("%s: partial file is larger than the published size; starting over", what)
+        part.unlink()
+        offset = 0
+    if size is not None and offset == size:
+        return None
+    return offset
+
+
+def _write_mode(response: requests.Response, part: Path, offset: int, what: str) -> str | None:
+    """'ab' to append a resumed body, 'wb' for a whole one, None when `part` turned out complete.
+
+    Raises _Transient (retry; `part` removed where it cannot be resumed) or a status error."""
+    status = response.status_code
+    if status == 416 and offset:
+        total = _content_range_total(response.headers.get("Content-Range", ""))
+        if total == offset:
+            return None
+        part.unlink()
+        raise _Transient(f"server cannot resume at byte {offset}; starting over", response)
+    if status in RETRY_STATUS:
+        raise _Transient(_describe_status(response), response)
+    if status not in (200, 206):
+        raise status_error(what, response)
+    if status == 206:
+        start = _content_range_start(response.headers.get("Content-Range", ""))
+        if start != offset:
+            part.unlink()
+            raise _Transient(f"server resumed at byte {start}, asked for {offset}; starting over", response)
+        return "ab"
+    if offset:
+        log.info("%s: server ignored the Range request; downloading from the start", what)
+    return "wb"
 
 
 def _blocks(response: requests.Response) -> Iterator[bytes]:

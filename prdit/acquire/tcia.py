@@ -32,6 +32,7 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,6 +299,27 @@ def _check_md5(zip_path: Path, members: list[tuple[Any, str]], dicom: list[Path]
         )
 
 
+def _check_zip(part: Path, *, item: Series, md5: bool, label: str) -> None:
+    """`verify` for a series zip: a safe, whole archive with the listed number of images (and their MD5s)."""
+    try:
+        members = archive.check(part, label)
+    except archive.DamagedArchiveError as exc:
+        raise http.IntegrityError(str(exc)) from None
+    except archive.UnsafeArchiveError as exc:
+        raise http.DownloadError(f"{exc}; refusing to extract") from None
+    dicom = _dicom_files([Path(name) for _, name in members])
+    if not dicom and md5 and all(name.lower() == MD5_LIST for _, name in members):
+        raise _NoMD5(f"{label}: getImageWithMD5Hash sent an archive without images")
+    if not dicom:  # NBIA answers some withdrawn series with an empty zip
+        raise http.IntegrityError(f"{label}: the archive holds no DICOM files")
+    if item.image_count is not None and len(dicom) != item.image_count:
+        raise http.IntegrityError(
+            f"{label}: archive holds {len(dicom)} DICOM files, the listing says {item.image_count}"
+        )
+    if md5:
+        _check_md5(part, members, dicom, label)
+
+
 def fetch_item(
     item: Series,
     out: Path,
@@ -309,47 +331,28 @@ def fetch_item(
     label = f"series {item.key} (patient {item.patient})"
     zip_path = out / STAGING / f"{item.key}.zip"
 
-    def verify(part: Path) -> None:
-        try:
-            members = archive.check(part, label)
-        except archive.DamagedArchiveError as exc:
-            raise http.IntegrityError(str(exc)) from None
-        except archive.UnsafeArchiveError as exc:
-            raise http.DownloadError(f"{exc}; refusing to extract") from None
-        dicom = _dicom_files([Path(name) for _, name in members])
-        if not dicom and cfg.md5 and all(name.lower() == MD5_LIST for _, name in members):
-            raise _NoMD5(f"{label}: getImageWithMD5Hash sent an archive without images")
-        if not dicom:  # NBIA answers some withdrawn series with an empty zip
-            raise http.IntegrityError(f"{label}: the archive holds no DICOM files")
-        if item.image_count is not None and len(dicom) != item.image_count:
-            raise http.IntegrityError(
-                f"{label}: archive holds {len(dicom)} DICOM files, the listing says {item.image_count}"
-            )
-        if cfg.md5:
-            _check_md5(part, members, dicom, label)
-
-    def get(endpoint: str, params: dict[str, str], check: Callable[[Path], None]) -> http.Fetched:
+    def get(endpoint: str, params: dict[str, str], md5: bool) -> http.Fetched:
         return http.download(
             cfg.base_url.rstrip("/") + "/" + endpoint,
             zip_path,
-            params=params,
+            # the zip is built anew per request: a partial one is worthless (resume=False)
+            request=http.Request(params=params, resume=False),
+            expected=http.Expected(verify=partial(_check_zip, item=item, md5=md5, label=label)),
             policy=policy,
-            verify=check,
             on_bytes=on_bytes,
             what=label,
-            resume=False,  # the zip is built anew per request: a partial one is worthless
         )
 
     unverified = False
     if cfg.md5:
         try:
-            fetched = get("getImageWithMD5Hash", {"SeriesInstanceUID": item.key}, verify)
+            fetched = get("getImageWithMD5Hash", {"SeriesInstanceUID": item.key}, md5=True)
         except _NoMD5:
             # NBIA streams an empty zip when an image of the series has no MD5 in its database
             log.warning("%s: NBIA sent no images with MD5s; fetching it with getImage, unverified", label)
             cfg, unverified = replace(cfg, md5=False), True
     if not cfg.md5:
-        fetched = get("getImage", {"SeriesInstanceUID": item.key, "NewFileNames": "Yes"}, verify)
+        fetched = get("getImage", {"SeriesInstanceUID": item.key, "NewFileNames": "Yes"}, md5=False)
     try:
         extracted = archive.extract(zip_path, item.folder(out), label=label, exclude=NOT_SERIES_FILES)
     except (archive.UnsafeArchiveError, OSError) as exc:

@@ -63,10 +63,8 @@ def fetch_weights(
     fetched = http.download(
         url,
         out,
-        size=size,
-        checksum=f"sha256:{expected}" if expected else None,
+        expected=http.Expected(size=size, checksum=f"sha256:{expected}" if expected else None, verify=verify),
         policy=policy or http.RetryPolicy(),
-        verify=verify,
         what=url,
     )
     log.info("wrote %s (%d bytes, %s)", out, fetched.bytes, fetched.checksum)

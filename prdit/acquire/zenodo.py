@@ -158,6 +158,31 @@ def list_items(
     """The record's files (volumes filtered by `patients`, at most `limit` volumes) and failure rows."""
     base = cfg.base_url.rstrip("/")
     access = Access.from_env()
+    record = _record(cfg, policy, access, base)
+    entries = _entries(record, cfg, policy, access)
+    if not entries:
+        raise _no_access(cfg, access, "it lists no files")
+    files, failed = _remote_files(entries, cfg, base)
+    volumes = sorted((f for f in files if f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
+    others = sorted((f for f in files if not f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
+    if patients:
+        wanted = set(patients)
+        volumes = [f for f in volumes if f.patient in wanted]
+        for missing in sorted(wanted - {f.patient for f in volumes}):
+            failed.append(
+                _row(
+                    f"{missing}{VOLUME_SUFFIX}",
+                    status="failed",
+                    message=f"no volume {missing}{VOLUME_SUFFIX} in Zenodo record {cfg.record}",
+                )
+            )
+    if limit is not None:
+        volumes = volumes[:limit]
+    return others + volumes, failed
+
+
+def _record(cfg: Downloader, policy: http.RetryPolicy, access: Access, base: str) -> dict[str, Any]:
+    """The record's JSON object; a refusal raises DownloadError saying who refused and why."""
     try:
         record = http.get_json(
             f"{base}/records/{cfg.record}",
@@ -178,9 +203,13 @@ def list_items(
         raise http.DownloadError(
             f"Zenodo record {cfg.record}: expected a JSON object, got {type(record).__name__}"
         )
-    entries = _entries(record, cfg, policy, access)
-    if not entries:
-        raise _no_access(cfg, access, "it lists no files")
+    return record
+
+
+def _remote_files(
+    entries: list[Any], cfg: Downloader, base: str
+) -> tuple[list[RemoteFile], list[dict[str, str]]]:
+    """The listing's entries as RemoteFiles, and failure rows for those with an unsafe name or checksum."""
     files, failed = [], []
     for entry in entries:
         key = str(entry.get("key") or entry.get("filename") or "")
@@ -202,22 +231,7 @@ def list_items(
             failed.append(_row(key, status="failed", message=f"Zenodo {cfg.record}/{key}: {exc}"))
             continue
         files.append(RemoteFile(key, int(size) if size is not None else None, checksum, url))
-    volumes = sorted((f for f in files if f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
-    others = sorted((f for f in files if not f.key.endswith(VOLUME_SUFFIX)), key=lambda f: f.key)
-    if patients:
-        wanted = set(patients)
-        volumes = [f for f in volumes if f.patient in wanted]
-        for missing in sorted(wanted - {f.patient for f in volumes}):
-            failed.append(
-                _row(
-                    f"{missing}{VOLUME_SUFFIX}",
-                    status="failed",
-                    message=f"no volume {missing}{VOLUME_SUFFIX} in Zenodo record {cfg.record}",
-                )
-            )
-    if limit is not None:
-        volumes = volumes[:limit]
-    return others + volumes, failed
+    return files, failed
 
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
@@ -278,12 +292,10 @@ def fetch_item(
         fetched = http.download(
             item.url,
             out / item.key,
-            size=item.size,
-            checksum=item.checksum,
+            expected=http.Expected(size=item.size, checksum=item.checksum),
+            request=http.Request(headers=access.headers, params=access.params),
             policy=policy,
             on_bytes=on_bytes,
-            headers=access.headers,
-            params=access.params,
             what=f"Zenodo {cfg.record}/{item.key}",
         )
     except http.FilterRefusedError:
