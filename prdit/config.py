@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -346,104 +347,155 @@ def validate_dict(raw: dict[str, Any], origin: str = "params") -> None:
     _check(raw, origin)
 
 
-def _check(raw: dict[str, Any], origin: str) -> None:
-    def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{origin}: key '{key}': {why}")
+Problems = Iterator[tuple[str, str]]  # (dotted key, why) for each impossible combination found
 
+
+def _check(raw: dict[str, Any], origin: str) -> None:
+    """Raise ConfigError naming the key of the first impossible combination (_CHECKS, in order)."""
+    for check in _CHECKS:
+        for key, why in check(raw):
+            raise ConfigError(f"{origin}: key '{key}': {why}")
+
+
+def _datasets_have_sources(raw: dict[str, Any]) -> Problems:
     for name in raw["datasets"]:
         if name not in raw["sources"]:
-            fail(
+            yield (
                 f"sources.{name}",
                 f"dataset {name!r} is listed in 'datasets' but has no entry under 'sources'",
             )
+
+
+def _phantom_ranges(raw: dict[str, Any]) -> Problems:
     for key in ("phantom.fov_mm", "phantom.slice_thickness_mm"):
         lo, hi = _get(raw, key)
         if not 0 < lo <= hi:
-            fail(key, f"expected 0 < low <= high, got [{lo}, {hi}]")
+            yield key, f"expected 0 < low <= high, got [{lo}, {hi}]"
+
+
+def _preprocess_window_and_sizes(raw: dict[str, Any]) -> Problems:
     lo, hi = raw["preprocess"]["window"]
     if lo >= hi:
-        fail("preprocess.window", f"low ({lo}) must be below high ({hi})")
+        yield "preprocess.window", f"low ({lo}) must be below high ({hi})"
     size, hr = raw["preprocess"]["size"], raw["preprocess"]["highres_size"]
     if hr is not None and hr != 2 * size:
-        fail(
+        yield (
             "preprocess.highres_size",
             f"must be 2 x preprocess.size = {2 * size} (stage 3 doubles the backbone size), got {hr}",
         )
+
+
+def _split_leaves_training(raw: dict[str, Any]) -> Problems:
     split = raw["split"]
     if split["val_fraction"] + split["test_fraction"] >= 1:
-        fail("split", "val_fraction + test_fraction must leave cases for training (sum < 1)")
+        yield "split", "val_fraction + test_fraction must leave cases for training (sum < 1)"
+
+
+def _sampling_schedule(raw: dict[str, Any]) -> Problems:
     if raw["sample"]["k"] > raw["sample"]["steps"]:
-        fail(
+        yield (
             "sample.k",
             f"the corrector jump k={raw['sample']['k']} exceeds sample.steps={raw['sample']['steps']}",
         )
     if raw["sample"]["steps"] > raw["diffusion"]["timesteps"]:
-        fail("sample.steps", f"cannot exceed diffusion.timesteps={raw['diffusion']['timesteps']}")
+        yield "sample.steps", f"cannot exceed diffusion.timesteps={raw['diffusion']['timesteps']}"
     smp = raw["sample"]
     batches = -(-smp["n"] // max(1, smp["batch_size"]))
     if smp.get("shards", 1) > batches:
-        fail(
+        yield (
             "sample.shards",
             f"{smp['shards']} shards but only {batches} batches to share (a shard gets whole "
             f"batches: ceil(sample.n / sample.batch_size) = ceil({smp['n']} / {smp['batch_size']}))",
         )
+
+
+def _evaluation_weights(raw: dict[str, Any]) -> Problems:
     ev = raw["evaluate"]
     if ev.get("sha256") and not ev.get("weights"):
-        fail("evaluate.sha256", "is set but evaluate.weights is not")
+        yield "evaluate.sha256", "is set but evaluate.weights is not"
     # the paper's network is told apart by content: the public 23-dataset file, whatever it is called
     paper_weights = CONVENTIONS[raw.get("protocol", "project")].paper_weights
     if paper_weights and str(ev.get("sha256") or "").lower() == MEDICALNET_23DATASET_SHA256:
-        fail(
+        yield (
             "evaluate.sha256",
             f"is the 23-dataset MedicalNet's (resnet_50_23dataset.pth); protocol: paper evaluates with "
             f"MedicalNet {PAPER_WEIGHTS_NAME} (the reference's evaluation README)",
         )
+
+
+def _stage_models_match(raw: dict[str, Any]) -> Problems:
     local, glob = _variant(raw["train"]["local"]["model"]), _variant(raw["train"]["global"]["model"])
     if local and glob and local[1] != glob[1]:
-        fail(
+        yield (
             "train.global.model",
             "must use the same patch size as train.local.model (stage 2 reuses stage 1's tokens)",
         )
     if local and glob and local[0] != glob[0]:
-        fail(
+        yield (
             "train.global.model",
             f"must use the same size letter as train.local.model ({local[0]}): the two "
             "stages share the timestep embedding",
         )
-    experiments = raw.get("experiments") or {}
-    for name, override in experiments.items():
+
+
+def _experiments_leave_shards(raw: dict[str, Any]) -> Problems:
+    for name, override in (raw.get("experiments") or {}).items():
         if "shards" in ((override or {}).get("sample") or {}):
-            fail(
+            yield (
                 f"experiments.{name}.sample.shards",
                 "sampling jobs are scheduled for the whole project: set sample.shards at the top level",
             )
+
+
+def _baselines(raw: dict[str, Any]) -> Problems:
+    experiments = raw.get("experiments") or {}
+    size, hr = raw["preprocess"]["size"], raw["preprocess"]["highres_size"]
     sizes = [size] + ([hr] if hr else [])
     for name, base in (raw.get("baselines") or {}).items():
         if name in experiments:
-            fail(
-                f"baselines.{name}", "is also an experiment's name (each row of the comparison has one name)"
+            yield (
+                f"baselines.{name}",
+                "is also an experiment's name (each row of the comparison has one name)",
             )
         if base["dataset"] not in raw["datasets"]:
-            fail(
-                f"baselines.{name}.dataset", f"{base['dataset']!r} is not one of 'datasets' {raw['datasets']}"
+            yield (
+                f"baselines.{name}.dataset",
+                f"{base['dataset']!r} is not one of 'datasets' {raw['datasets']}",
             )
         if base["size"] not in sizes:
-            fail(f"baselines.{name}.size", f"{base['size']} is not one of this config's sizes {sizes}")
+            yield f"baselines.{name}.size", f"{base['size']} is not one of this config's sizes {sizes}"
         values = base["values"]
         if values != "hu" and not values[0] < values[1]:
-            fail(f"baselines.{name}.values", f"low ({values[0]}) must be below high ({values[1]})")
+            yield f"baselines.{name}.values", f"low ({values[0]}) must be below high ({values[1]})"
+
+
+def _source_paths_and_downloads(raw: dict[str, Any]) -> Problems:
     for name, src in raw["sources"].items():
         if src["download"] != "none" and Path(src["path"]) != paths.raw(name):
-            fail(
+            yield (
                 f"sources.{name}.path",
                 f"a dataset that prdit downloads or generates lives in data/raw/{name}; "
                 "set download: none to use data you already have elsewhere",
             )
         if src["download"] in ("lidc-idri", "rad-chestct") and src["download"] not in raw.get("download", {}):
-            fail(
+            yield (
                 f"sources.{name}.download",
                 f"no 'download.{src['download']}' section to take its settings from",
             )
+
+
+_CHECKS: tuple[Callable[[dict[str, Any]], Problems], ...] = (
+    _datasets_have_sources,
+    _phantom_ranges,
+    _preprocess_window_and_sizes,
+    _split_leaves_training,
+    _sampling_schedule,
+    _evaluation_weights,
+    _stage_models_match,
+    _experiments_leave_shards,
+    _baselines,
+    _source_paths_and_downloads,
+)
 
 
 def _variant(model: str) -> tuple[str, str, str] | None:
