@@ -18,7 +18,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from prdit.data.dicom_writer import uid, write_ct_series
+from prdit.data.dicom_writer import SeriesHeader, uid, write_ct_series
 
 SPHERE_C = np.array([10.0, -15.0, 20.0])  # LPS mm
 SPHERE_R = 22.0
@@ -95,12 +95,14 @@ def write(
         g.positions,
         g.iop,
         g.ps,
-        slice_thickness=g.thickness,
-        patient_id=patient,
-        study_uid=uid("corpus", patient, "study"),
-        series_uid=uid("corpus", patient, tag),
+        SeriesHeader(
+            slice_thickness=g.thickness,
+            patient_id=patient,
+            study_uid=uid("corpus", patient, "study"),
+            series_uid=uid("corpus", patient, tag),
+            **kw,
+        ),
         names=names,
-        **kw,
     )
 
 

@@ -95,7 +95,7 @@ def ct_series_files(
     tmp: Path, patient: str, study: str, series: str, n_slices: int = 20, size: int = 32, seed: int = 0
 ) -> dict[str, bytes]:
     """Real CT DICOM slices (through the phantom's writer) as {file name: bytes}, NBIA-style names."""
-    from prdit.data.phantom import write_ct_series
+    from prdit.data.phantom import SeriesHeader, write_ct_series
 
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(np.arange(n_slices), np.arange(size), np.arange(size), indexing="ij")
@@ -110,10 +110,7 @@ def ct_series_files(
         ipp,
         (1, 0, 0, 0, 1, 0),
         (5.0, 5.0),
-        slice_thickness=2.5,
-        patient_id=patient,
-        study_uid=study,
-        series_uid=series,
+        SeriesHeader(slice_thickness=2.5, patient_id=patient, study_uid=study, series_uid=series),
         names=names,
     )
     return {p.name: p.read_bytes() for p in paths}

@@ -109,7 +109,7 @@ def test_dicom_writer_encodes_what_pydicom_writes(tmp_path):
     """The fast encoder (prdit.data.dicom_writer) writes byte for byte what pydicom's own writer would."""
     import io
 
-    from prdit.data.dicom_writer import uid, write_ct_series
+    from prdit.data.dicom_writer import SeriesHeader, uid, write_ct_series
 
     hu = np.random.default_rng(0).integers(-1000, 2000, (3, 6, 5)).astype(np.float32)
     ipp = np.array([[-10.0, -12.0, z] for z in (0.0, 2.5, 5.0)])
@@ -119,11 +119,13 @@ def test_dicom_writer_encodes_what_pydicom_writes(tmp_path):
         ipp,
         (1, 0, 0, 0, 1, 0),
         (0.7, 0.8),
-        slice_thickness=2.5,
-        patient_id="p",
-        study_uid=uid("s"),
-        series_uid=uid("s", "1"),
-        padding_mask=np.eye(6, 5, dtype=bool)[None],
+        SeriesHeader(
+            slice_thickness=2.5,
+            patient_id="p",
+            study_uid=uid("s"),
+            series_uid=uid("s", "1"),
+            padding_mask=np.eye(6, 5, dtype=bool)[None],
+        ),
     )
     for k, path in enumerate(paths):
         ds = pydicom.dcmread(path)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from prdit.data.dataset import VolumeDataset, case_ids
-from prdit.data.dicom_writer import uid, write_ct_series
+from prdit.data.dicom_writer import SeriesHeader, uid, write_ct_series
 from prdit.data.preprocess import avg_pool2, resample_cube
 from prdit.stages.ingest import run as run_ingest
 from prdit.stages.preprocess import run as run_preprocess
@@ -49,10 +49,12 @@ def write_sphere_series(
         ipp,
         (1, 0, 0, 0, 1, 0),
         (ps, ps),
-        slice_thickness=dz,
-        patient_id=patient,
-        study_uid=uid(patient, "study"),
-        series_uid=uid(patient, "series"),
+        SeriesHeader(
+            slice_thickness=dz,
+            patient_id=patient,
+            study_uid=uid(patient, "study"),
+            series_uid=uid(patient, "series"),
+        ),
     )
 
 

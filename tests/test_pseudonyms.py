@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from prdit.data import pseudonyms
-from prdit.data.dicom_writer import write_ct_series
+from prdit.data.dicom_writer import SeriesHeader, write_ct_series
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from prdit.stages.download import run as run_download
@@ -47,11 +47,9 @@ def _series(
         ipp,
         (1, 0, 0, 0, 1, 0),
         (ps, ps),
-        slice_thickness=dz,
-        patient_id=mrn,
-        study_uid=study,
-        series_uid=series,
-        series_number=tag,
+        SeriesHeader(
+            slice_thickness=dz, patient_id=mrn, study_uid=study, series_uid=series, series_number=tag
+        ),
         **kw,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,60 +25,55 @@ def uid(*parts: object) -> str:
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, "/".join(["prdit-phantom", *map(str, parts)])).int)
 
 
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What every slice of one series says besides its position and pixels: identity, thickness, type,
+    rescale and padding (pixels under `padding_mask` get the raw `padding_value`), and `extra` elements."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    slice_thickness: float
+    intercept: float = -1024.0
+    slope: float = 1.0
+    padding_mask: np.ndarray | None = None
+    padding_value: int = -2000
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL")
+    modality: str = "CT"
+    series_number: int = 2
+    extra: dict | None = None
+
+
 def write_ct_series(
     folder: Path,
     hu: np.ndarray,
     ipp: np.ndarray,
     iop: Sequence[float],
     pixel_spacing: tuple[float, float],
+    header: SeriesHeader,
     *,
-    slice_thickness: float,
-    patient_id: str,
-    study_uid: str,
-    series_uid: str,
-    intercept: float = -1024.0,
-    slope: float = 1.0,
-    padding_mask: np.ndarray | None = None,
-    padding_value: int = -2000,
-    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
-    modality: str = "CT",
-    series_number: int = 2,
-    extra: dict | None = None,
     names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write hu[k] ([slice, row, col], HU) as one CT Image Storage file per slice; return the paths.
 
     ipp[k] is slice k's ImagePositionPatient (mm, LPS); pixel_spacing is (row, column) spacing.
-    Pixels under padding_mask get the raw padding_value and PixelPaddingValue is set.
+    Pixels under header.padding_mask get the raw padding_value and PixelPaddingValue is set.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    stored = np.rint((np.asarray(hu, np.float64) - intercept) / slope)
+    stored = np.rint((np.asarray(hu, np.float64) - header.intercept) / header.slope)
     stored = np.clip(stored, -32768, 32767).astype(np.int16)
-    if padding_mask is not None:
-        stored[np.broadcast_to(padding_mask, stored.shape)] = padding_value
-    ds = _base_dataset(
-        hu.shape[1:],
-        iop,
-        pixel_spacing,
-        slice_thickness,
-        patient_id,
-        study_uid,
-        series_uid,
-        intercept,
-        slope,
-        image_type,
-        modality,
-        series_number,
-    )
-    if padding_mask is not None:
-        ds.PixelPaddingValue = int(padding_value)
-    for key, value in (extra or {}).items():
+    if header.padding_mask is not None:
+        stored[np.broadcast_to(header.padding_mask, stored.shape)] = header.padding_value
+    ds = _base_dataset(hu.shape[1:], iop, pixel_spacing, header)
+    if header.padding_mask is not None:
+        ds.PixelPaddingValue = int(header.padding_value)
+    for key, value in (header.extra or {}).items():
         setattr(ds, key, value)
     normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
     paths = []
     writer = None
     for k in range(hu.shape[0]):
-        sop = uid(series_uid, "instance", k)
+        sop = uid(header.series_uid, "instance", k)
         ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.SOPInstanceUID = sop
         ds.InstanceNumber = k + 1
@@ -145,19 +141,10 @@ def _ds(value: float) -> str:
 
 
 def _base_dataset(
-    shape: tuple[int, int],
-    iop: Sequence[float],
-    pixel_spacing: tuple[float, float],
-    slice_thickness: float,
-    patient_id: str,
-    study_uid: str,
-    series_uid: str,
-    intercept: float,
-    slope: float,
-    image_type: Sequence[str],
-    modality: str,
-    series_number: int,
+    shape: tuple[int, int], iop: Sequence[float], pixel_spacing: tuple[float, float], header: SeriesHeader
 ) -> Dataset:
+    """The elements every slice shares (the varying ones are set per slice by write_ct_series)."""
+    patient_id, study_uid, image_type = header.patient_id, header.study_uid, header.image_type
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -166,7 +153,7 @@ def _base_dataset(
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.ImageType = list(image_type)
-    ds.Modality = modality
+    ds.Modality = header.modality
     ds.Manufacturer = "PRDiT synthetic phantom"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
@@ -177,17 +164,17 @@ def _base_dataset(
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
     ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
+    ds.SeriesInstanceUID = header.series_uid
     ds.FrameOfReferenceUID = uid(study_uid, "frame")
     ds.StudyID = "1"
-    ds.SeriesNumber = series_number
+    ds.SeriesNumber = header.series_number
     ds.SeriesDescription = "CHEST " + "/".join(image_type[2:3]).lower()
     ds.PatientPosition = "HFS"
     ds.KVP = "120"
     ds.ConvolutionKernel = "STANDARD"
     ds.ImageOrientationPatient = [_ds(v) for v in iop]
     ds.PixelSpacing = [_ds(pixel_spacing[0]), _ds(pixel_spacing[1])]
-    ds.SliceThickness = _ds(slice_thickness)
+    ds.SliceThickness = _ds(header.slice_thickness)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
@@ -195,8 +182,8 @@ def _base_dataset(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
-    ds.RescaleIntercept = _ds(intercept)
-    ds.RescaleSlope = _ds(slope)
+    ds.RescaleIntercept = _ds(header.intercept)
+    ds.RescaleSlope = _ds(header.slope)
     ds.RescaleType = "HU"
     ds.WindowCenter = "-600"
     ds.WindowWidth = "1500"

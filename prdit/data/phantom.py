@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from prdit.data.dicom_writer import uid, write_ct_series
+from prdit.data.dicom_writer import SeriesHeader, uid, write_ct_series
 from prdit.io import atomic_dir, atomic_path, sha256_file
 from prdit.progress import progress
 
@@ -327,12 +327,14 @@ def write_patient(
         ipp,
         (1, 0, 0, 0, 1, 0),
         (ps, ps),
-        slice_thickness=dz,
-        patient_id=patient_id,
-        study_uid=study,
-        series_uid=series,
-        intercept=intercept,
-        padding_mask=circle[None],
+        SeriesHeader(
+            patient_id=patient_id,
+            study_uid=study,
+            series_uid=series,
+            slice_thickness=dz,
+            intercept=intercept,
+            padding_mask=circle[None],
+        ),
     )
     _write_localizer(root / patient_id / "study-1" / "series-1", hu, grid, ipp[0], patient_id, study, seed)
     return PatientSeries(patient_id, folder, ps, dz, hu.shape, tuple(ipp[0]))
@@ -349,12 +351,14 @@ def _write_localizer(
         np.array([[first[0], 0.0, first[2]]]),
         (1, 0, 0, 0, 0, -1),
         (g.dz, g.ps),
-        slice_thickness=g.ps,
-        patient_id=patient_id,
-        study_uid=study,
-        series_uid=uid(seed, patient_id, "scout"),
-        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
-        series_number=1,
+        SeriesHeader(
+            patient_id=patient_id,
+            study_uid=study,
+            series_uid=uid(seed, patient_id, "scout"),
+            slice_thickness=g.ps,
+            image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+            series_number=1,
+        ),
     )
 
 
