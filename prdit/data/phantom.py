@@ -121,71 +121,127 @@ def _tree(
     return segments
 
 
+@dataclass(frozen=True)
+class _Cavity:
+    """One patient's thoracic cavity (mm): centre (cx, cy), semi-axes (ac, bc), lung apex and cranio-caudal
+    length (s_apex, length); `edge` is the partial-volume width."""
+
+    cx: float
+    cy: float
+    ac: float
+    bc: float
+    s_apex: float
+    length: float
+    edge: float
+
+
+@dataclass(frozen=True)
+class _Heart:
+    """Centre (hx, hy, hs) and semi-axes hr (x, y, s) of the heart (mm)."""
+
+    hx: float
+    hy: float
+    hs: float
+    hr: np.ndarray
+
+
+def _ellipse(g: Grid, sa: float, sb: float, ox: float, oy: float) -> np.ndarray:
+    """Signed in-plane distance (mm, positive inside) to the ellipse with semi-axes sa, sb centred at ox, oy."""
+    rho = np.sqrt(((g.x - ox) / sa) ** 2 + ((g.y - oy) / sb) ** 2)
+    return (1.0 - rho) * min(sa, sb)
+
+
+def _tube(vol: np.ndarray, g: Grid, p0, p1, r: float, hu: float, mask: np.ndarray | None = None) -> None:
+    """Paint the capsule p0-p1 of radius r (mm) with `hu`, restricted to `mask` where given."""
+    hit = _segment_fraction(g, np.asarray(p0, float), np.asarray(p1, float), r)
+    if hit is not None:
+        box, frac = hit
+        if mask is not None:
+            frac = frac * mask[box]
+        _paint(vol, frac, hu, box)
+
+
 def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
     """HU volume [slice from the top, row (anterior->posterior), column (right->left)] of one chest."""
-    x, y, s = g.x, g.y, g.s
     vol = np.full((g.nz, g.ny, g.nx), AIR, np.float32)
-    edge = min(g.ps, g.dz)
+    c = _body_wall(rng, g, vol)
+    lungs, lung_hu = _lungs(rng, g, c)
+    heart = _heart(rng, g, vol, c, lungs, lung_hu)
+    s_carina = _airways_and_vessels(rng, g, vol, c, lungs)
+    yv_r = rng.uniform(15, 19)  # vertebral body radius; the descending aorta runs beside it
+    yv = c.cy + c.bc - yv_r - 6.0
+    _aorta(rng, g, vol, c, heart, s_carina, (yv_r, yv))
+    level = _spine(rng, g, vol, c, yv_r, yv)
+    _ribs(rng, g, vol, c, level)
+    _sternum_and_liver(g, vol, c, lungs)
+    _nodules(rng, g, vol, lungs)
+    return _scanner(rng, vol)
 
-    # Body outline (elliptic cylinder), subcutaneous fat, muscle wall, thoracic cavity.
+
+def _body_wall(rng: np.random.Generator, g: Grid, vol: np.ndarray) -> _Cavity:
+    """Body outline (elliptic cylinder), subcutaneous fat, muscle wall; the cavity and the lungs' extent."""
+    edge = min(g.ps, g.dz)
     a, b = rng.uniform(125, 160), rng.uniform(90, 115)
     cx, cy = rng.normal(0, 4), rng.uniform(-8, 8)
     fat = rng.uniform(6, 22)
     wall = rng.uniform(10, 16)
-
-    def ellipse(sa: float, sb: float, ox: float = cx, oy: float = cy) -> np.ndarray:
-        rho = np.sqrt(((x - ox) / sa) ** 2 + ((y - oy) / sb) ** 2)
-        return (1.0 - rho) * min(sa, sb)
-
-    _paint(vol, _soft(ellipse(a, b), edge), -100.0)  # fat
-    _paint(vol, _soft(ellipse(a - fat, b - fat), edge), 45.0)  # muscle
+    _paint(vol, _soft(_ellipse(g, a, b, cx, cy), edge), -100.0)  # fat
+    _paint(vol, _soft(_ellipse(g, a - fat, b - fat, cx, cy), edge), 45.0)  # muscle
     ac, bc = a - fat - wall, b - fat - wall  # cavity
-    _paint(vol, _soft(ellipse(ac, bc), edge), 35.0)  # mediastinum / abdomen soft tissue
-
-    # Lungs: ellipses in-plane, an apical dome, a diaphragm dome, split by the mediastinum.
+    _paint(vol, _soft(_ellipse(g, ac, bc, cx, cy), edge), 35.0)  # mediastinum / abdomen soft tissue
     s_apex = rng.uniform(10, 35)
     length = rng.uniform(190, 240)
+    return _Cavity(cx, cy, ac, bc, s_apex, length, edge)
+
+
+def _lungs(rng: np.random.Generator, g: Grid, c: _Cavity) -> tuple[np.ndarray, float]:
+    """Lung fraction (ellipses in-plane, an apical dome, a diaphragm dome, split by the mediastinum), lung HU."""
+    x, y, s = g.x, g.y, g.s
     lung_hu = rng.uniform(-880, -820)
-    lungs = np.zeros_like(vol)
+    lungs = np.zeros((g.nz, g.ny, g.nx), np.float32)
     for side in (-1.0, 1.0):  # patient right (x < 0), left
-        lx, ly = cx + side * 0.5 * ac, cy + 0.04 * bc
-        rx, ry = 0.47 * ac, 0.85 * bc
-        u = np.clip((s - s_apex) / length, 0.0, 1.0)
+        lx, ly = c.cx + side * 0.5 * c.ac, c.cy + 0.04 * c.bc
+        rx, ry = 0.47 * c.ac, 0.85 * c.bc
+        u = np.clip((s - c.s_apex) / c.length, 0.0, 1.0)
         w = np.sqrt(np.clip(u / 0.3, 0.02, 1.0))
         rho = np.sqrt(((x - lx) / rx) ** 2 + ((y - ly) / ry) ** 2) / w
-        base = s_apex + length - (10.0 if side < 0 else 0.0) - 35.0 * (1.0 - np.clip(rho, 0, 1) ** 2)
-        inside = np.minimum((1.0 - rho) * min(rx, ry) * w, np.minimum(base - s, s - s_apex))
-        medial = side * (x - cx) - rng.uniform(8, 14)
-        lungs = np.maximum(lungs, _soft(np.minimum(inside, medial), edge))
+        base = c.s_apex + c.length - (10.0 if side < 0 else 0.0) - 35.0 * (1.0 - np.clip(rho, 0, 1) ** 2)
+        inside = np.minimum((1.0 - rho) * min(rx, ry) * w, np.minimum(base - s, s - c.s_apex))
+        medial = side * (x - c.cx) - rng.uniform(8, 14)
+        lungs = np.maximum(lungs, _soft(np.minimum(inside, medial), c.edge))
+    return lungs, lung_hu
 
-    # Heart with pericardial fat, carved out of the left-anterior lung.
-    hx, hy = cx + ac * rng.uniform(0.08, 0.2), cy - bc * rng.uniform(0.15, 0.3)
-    hs = s_apex + length * rng.uniform(0.62, 0.72)
+
+def _heart(
+    rng: np.random.Generator, g: Grid, vol: np.ndarray, c: _Cavity, lungs: np.ndarray, lung_hu: float
+) -> _Heart:
+    """Heart with pericardial fat, carved out of the left-anterior lung (in place); paints the lungs too."""
+    x, y, s = g.x, g.y, g.s
+    hx, hy = c.cx + c.ac * rng.uniform(0.08, 0.2), c.cy - c.bc * rng.uniform(0.15, 0.3)
+    hs = c.s_apex + c.length * rng.uniform(0.62, 0.72)
     hr = np.array([rng.uniform(50, 65), rng.uniform(40, 52), rng.uniform(45, 60)])
     hrho = np.sqrt(((x - hx) / hr[0]) ** 2 + ((y - hy) / hr[1]) ** 2 + ((s - hs) / hr[2]) ** 2)
-    above_diaphragm = _soft(s_apex + length - 30.0 - s, edge)
-    lungs *= 1.0 - _soft((1.0 - hrho) * hr.min() + 5.0, edge) * above_diaphragm
-    gradient = 40.0 * np.clip((y - cy) / bc, -1, 1)  # dependent (posterior) lung is denser
+    above_diaphragm = _soft(c.s_apex + c.length - 30.0 - s, c.edge)
+    lungs *= 1.0 - _soft((1.0 - hrho) * hr.min() + 5.0, c.edge) * above_diaphragm
+    gradient = 40.0 * np.clip((y - c.cy) / c.bc, -1, 1)  # dependent (posterior) lung is denser
     _paint(vol, lungs, lung_hu + gradient)
-    _paint(vol, _soft((1.0 - hrho) * hr.min() + 3.0, edge) * above_diaphragm, -90.0)
-    _paint(vol, _soft((1.0 - hrho) * hr.min(), edge) * above_diaphragm, 40.0)
+    _paint(vol, _soft((1.0 - hrho) * hr.min() + 3.0, c.edge) * above_diaphragm, -90.0)
+    _paint(vol, _soft((1.0 - hrho) * hr.min(), c.edge) * above_diaphragm, 40.0)
+    return _Heart(hx, hy, hs, hr)
 
-    def tube(p0, p1, r, hu, mask: np.ndarray | None = None) -> None:
-        hit = _segment_fraction(g, np.asarray(p0, float), np.asarray(p1, float), r)
-        if hit is not None:
-            box, frac = hit
-            if mask is not None:
-                frac = frac * mask[box]
-            _paint(vol, frac, hu, box)
 
-    # Pulmonary vessel trees from each hilum, then the airway tree (wall, then lumen).
-    s_hilum = s_apex + 0.42 * length
-    s_carina = s_apex + rng.uniform(0.28, 0.36) * length
-    ty = cy - 0.05 * bc
-    tube((cx, ty, -20.0), (cx, ty, s_carina), rng.uniform(7.5, 10.0), 35.0)
+def _airways_and_vessels(
+    rng: np.random.Generator, g: Grid, vol: np.ndarray, c: _Cavity, lungs: np.ndarray
+) -> float:
+    """Pulmonary vessel trees from each hilum, then the airway tree (wall, then lumen); returns the carina's s."""
+    cx, cy = c.cx, c.cy
+    s_hilum = c.s_apex + 0.42 * c.length
+    s_carina = c.s_apex + rng.uniform(0.28, 0.36) * c.length
+    ty = cy - 0.05 * c.bc
+    _tube(vol, g, (cx, ty, -20.0), (cx, ty, s_carina), rng.uniform(7.5, 10.0), 35.0)
     airway = [((cx, ty, -20.0), (cx, ty, s_carina), 8.5)]
     for side in (-1.0, 1.0):
-        hilum = np.array([cx + side * 0.3 * ac, cy, s_hilum])
+        hilum = np.array([cx + side * 0.3 * c.ac, cy, s_hilum])
         for d in (
             [side * 0.3, -0.1, -1.0],
             [side * 1.0, -0.5, -0.3],
@@ -195,28 +251,41 @@ def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
             [side * 0.2, 0.8, 0.3],
         ):
             for p0, p1, r in _tree(rng, hilum, np.asarray(d) + rng.normal(0, 0.15, 3), 36.0, 3.6, 5, 0.5):
-                tube(p0, p1, r, 40.0, lungs)
-        bronchus = np.array([cx + side * 0.25 * ac, cy - 0.12 * bc, s_hilum - 8.0])
+                _tube(vol, g, p0, p1, r, 40.0, lungs)
+        bronchus = np.array([cx + side * 0.25 * c.ac, cy - 0.12 * c.bc, s_hilum - 8.0])
         airway.append(((cx, ty, s_carina), tuple(bronchus), 6.0))
         for d in ([side * 0.4, -0.2, -1.0], [side * 1.0, 0.0, 0.3], [side * 0.3, 0.4, 1.0]):
             airway += _tree(rng, bronchus, np.asarray(d) + rng.normal(0, 0.15, 3), 30.0, 3.6, 3, 0.5)
     for p0, p1, r in airway:
-        tube(p0, p1, r + 1.5, 30.0, lungs)
+        _tube(vol, g, p0, p1, r + 1.5, 30.0, lungs)
     for p0, p1, r in airway:
-        tube(p0, p1, r, AIR)
+        _tube(vol, g, p0, p1, r, AIR)
+    return s_carina
 
-    # Aorta: ascending from the heart, arch, descending left of the spine.
-    yv_r = rng.uniform(15, 19)
-    yv = cy + bc - yv_r - 6.0
+
+def _aorta(
+    rng: np.random.Generator,
+    g: Grid,
+    vol: np.ndarray,
+    c: _Cavity,
+    heart: _Heart,
+    s_carina: float,
+    vertebra: tuple[float, float],
+) -> None:
+    """Aorta: ascending from the heart, arch, descending left of the spine (vertebra: radius, centre y)."""
+    yv_r, yv = vertebra
     s_arch = s_carina - rng.uniform(15, 25)
-    asc = (hx - 25.0, hy - 5.0, hs - hr[2] * 0.6)
-    top = (cx - 5.0, cy - 0.2 * bc, s_arch)
-    desc0 = (cx + yv_r + 12.0, yv - yv_r - 5.0, s_arch + 10.0)
+    asc = (heart.hx - 25.0, heart.hy - 5.0, heart.hs - heart.hr[2] * 0.6)
+    top = (c.cx - 5.0, c.cy - 0.2 * c.bc, s_arch)
+    desc0 = (c.cx + yv_r + 12.0, yv - yv_r - 5.0, s_arch + 10.0)
     r_ao = rng.uniform(11, 15)
     for p0, p1 in ((asc, top), (top, desc0), (desc0, (desc0[0], desc0[1], g.nz * g.dz + 20.0))):
-        tube(p0, p1, r_ao, 45.0)
+        _tube(vol, g, p0, p1, r_ao, 45.0)
 
-    # Spine: vertebral bodies with cortex and discs, canal and spinous processes.
+
+def _spine(rng: np.random.Generator, g: Grid, vol: np.ndarray, c: _Cavity, yv_r: float, yv: float) -> float:
+    """Spine: vertebral bodies with cortex and discs, canal and spinous processes; returns the level height."""
+    x, y, s, cx, edge = g.x, g.y, g.s, c.cx, c.edge
     level = rng.uniform(22, 28)
     phase = rng.uniform(0, level)
     in_disc = np.mod(s - phase, level) < 5.0
@@ -229,21 +298,24 @@ def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
     _paint(vol, _soft(7.0 - canal, edge) * np.ones_like(s), 15.0)
     spinous = np.minimum(4.0 - np.abs(x - cx), np.minimum(y - cyc - 8.0, cyc + 26.0 - y))
     _paint(vol, _soft(spinous, edge) * ~in_disc, 450.0)
+    return level
 
-    # Ribs: follow the cavity wall, descending anteriorly; costal cartilage at the front.
-    ex, ey = (x - cx) / (ac + 4.0), (y - cy) / (bc + 4.0)
+
+def _ribs(rng: np.random.Generator, g: Grid, vol: np.ndarray, c: _Cavity, level: float) -> None:
+    """Ribs: follow the cavity wall, descending anteriorly; costal cartilage at the front."""
+    ex, ey = (g.x - c.cx) / (c.ac + 4.0), (g.y - c.cy) / (c.bc + 4.0)
     rho = np.sqrt(ex**2 + ey**2)[0]
     theta = np.arccos(np.clip(ey[0] / np.maximum(rho, 1e-6), -1, 1))  # 0 posterior, pi anterior
-    radial = (rho - 1.0) * 0.5 * (ac + bc)
+    radial = (rho - 1.0) * 0.5 * (c.ac + c.bc)
     band = (np.abs(radial) < 6.0) & (theta > 0.12)
     th, rad = theta[band], radial[band]
     ribs = np.zeros((g.nz, th.size), np.float32)
     cart = np.zeros_like(ribs)
     drop = rng.uniform(110, 150)
-    s_rib0 = s_apex + rng.uniform(-5, 10)
+    s_rib0 = c.s_apex + rng.uniform(-5, 10)
     for i in range(12):
         s_i = s_rib0 + i * level + drop * (th / np.pi)
-        f = np.minimum(_soft(3.5 - np.abs(rad), edge), _soft(6.0 - np.abs(g.s[:, :, 0] - s_i), edge))
+        f = np.minimum(_soft(3.5 - np.abs(rad), c.edge), _soft(6.0 - np.abs(g.s[:, :, 0] - s_i), c.edge))
         bone = th < 0.8 * np.pi
         ribs = np.maximum(ribs, f * bone)
         cart = np.maximum(cart, f * (~bone & (th < 0.92 * np.pi)))
@@ -251,24 +323,30 @@ def chest_anatomy(rng: np.random.Generator, g: Grid) -> np.ndarray:
     idx = np.flatnonzero(band.ravel())
     flat[:, idx] += ribs * (550.0 - flat[:, idx]) + cart * (120.0 - flat[:, idx])
 
-    # Sternum: anterior midline plate down to the xiphoid.
-    sternum = np.minimum(15.0 - np.abs(x - cx), np.minimum(y - (cy - bc - 10.0), (cy - bc + 2.0) - y))
-    s_range = np.minimum(s - (s_apex - 5.0), s_apex + 0.7 * length - s)
-    _paint(vol, _soft(np.minimum(sternum, s_range), edge), 400.0)
 
-    # Liver under the right hemidiaphragm.
-    liver = np.minimum(-(x - cx) - 5.0, s - (s_apex + length - 30.0))
-    _paint(vol, _soft(liver, edge) * _soft(ellipse(ac, bc), edge) * (1.0 - lungs), 60.0)
+def _sternum_and_liver(g: Grid, vol: np.ndarray, c: _Cavity, lungs: np.ndarray) -> None:
+    """Sternum (anterior midline plate down to the xiphoid) and the liver under the right hemidiaphragm."""
+    x, y, s, cx, cy = g.x, g.y, g.s, c.cx, c.cy
+    sternum = np.minimum(15.0 - np.abs(x - cx), np.minimum(y - (cy - c.bc - 10.0), (cy - c.bc + 2.0) - y))
+    s_range = np.minimum(s - (c.s_apex - 5.0), c.s_apex + 0.7 * c.length - s)
+    _paint(vol, _soft(np.minimum(sternum, s_range), c.edge), 400.0)
+    liver = np.minimum(-(x - cx) - 5.0, s - (c.s_apex + c.length - 30.0))
+    _paint(vol, _soft(liver, c.edge) * _soft(_ellipse(g, c.ac, c.bc, cx, cy), c.edge) * (1.0 - lungs), 60.0)
 
-    # Nodules: solid or ground-glass spheres centred in the lungs.
+
+def _nodules(rng: np.random.Generator, g: Grid, vol: np.ndarray, lungs: np.ndarray) -> None:
+    """Nodules: solid or ground-glass spheres centred in the lungs."""
+    x, y, s = g.x, g.y, g.s
     centres = np.argwhere(lungs > 0.99)
     for _ in range(int(rng.integers(1, 5)) if centres.size else 0):
         k, j, i = centres[rng.integers(len(centres))]
         c = np.array([x[0, 0, i], y[0, j, 0], s[k, 0, 0]], float)
         hu = rng.uniform(-20, 80) if rng.random() < 0.75 else rng.uniform(-600, -400)
-        tube(c, c, rng.uniform(3, 10), hu)
+        _tube(vol, g, c, c, rng.uniform(3, 10), hu)
 
-    # Scanner blur and correlated noise.
+
+def _scanner(rng: np.random.Generator, vol: np.ndarray) -> np.ndarray:
+    """Scanner blur and correlated noise."""
     vol = ndimage.gaussian_filter(vol, sigma=(0.3, 0.6, 0.6), mode="nearest")
     noise = ndimage.gaussian_filter(rng.normal(0, 1, vol.shape).astype(np.float32), sigma=(0, 0.7, 0.7))
     vol += noise * (rng.uniform(10, 25) / max(float(noise.std()), 1e-6))
