@@ -88,58 +88,32 @@ class _Slice:
         return self.stored.astype(np.float32) * np.float32(self.slope) + np.float32(self.intercept)
 
 
+@dataclass(frozen=True)
+class _Axes:
+    """The series' patient-space frame (LPS): unit row, column and slice-normal directions, pixel spacing (mm)."""
+
+    row: np.ndarray
+    col: np.ndarray
+    normal: np.ndarray
+    ps_row: float
+    ps_col: float
+
+    @classmethod
+    def of(cls, iop: np.ndarray, spacing: tuple[float, float]) -> _Axes:
+        row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+        return cls(row, col, np.cross(row, col), *spacing)
+
+
 def read_files(
     files: Iterable[str | Path], max_gap_factor: float = 1.5, min_slices: int = 2
 ) -> tuple[sitk.Image, SeriesReport]:
     """Files of one series -> (int16 HU image in LPS with true geometry, report). Raises SeriesError."""
     report = SeriesReport()
-    slices: list[_Slice] = []
-    ref: dict[str, object] = {}
-    for f in files:
-        report.files += 1
-        f = Path(f)
-        try:
-            ds = pydicom.dcmread(f)
-        except Exception as exc:  # noqa: BLE001
-            report.dropped.append(f"{f.name}: {type(exc).__name__}")
-            continue
-        _assume_transfer_syntax(ds)
-        frames = _frame_headers(ds, f)
-        for frame in frames:
-            _check_consistent(frame, ref)
-        try:
-            stored = _pixels(ds)
-        except Exception as exc:  # noqa: BLE001 - truncated pixel data, missing decoder, ...
-            report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
-            continue
-        stored = stored[None] if stored.ndim == 2 else stored
-        if stored.shape != (len(frames), *ref["shape"]):
-            raise SeriesError(
-                f"{f}: pixel data of shape {stored.shape} for {len(frames)} frame(s) of {ref['shape']}"
-            )
-        for frame, pixels in zip(frames, stored):
-            rescale = _rescale_pair(frame)
-            slices.append(
-                _Slice(
-                    frame["name"],
-                    np.asarray([float(v) for v in frame["position"]]),
-                    pixels,
-                    *(rescale or (1.0, 0.0)),
-                    _padding_mask(ds, pixels),
-                    rescaled=rescale is not None,
-                )
-            )
-    if report.dropped:
-        log.warning("%d file(s) could not be read: %s", len(report.dropped), "; ".join(report.dropped[:3]))
-    if not slices:
-        raise SeriesError(
-            "no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else "")
-        )
-
+    slices, ref = _read_slices(files, report)
     _check_rescale_present(slices)
     iop = np.asarray(ref["iop"], float)
-    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
-    normal = np.cross(row, col)
+    axes = _Axes.of(iop, ref["spacing"])
+    normal = axes.normal
     report.iop = tuple(np.round(iop, 4))
     slices.sort(key=lambda s: float(s.position @ normal))
     slices = _drop_duplicates(slices, normal, report)
@@ -154,6 +128,82 @@ def read_files(
     pos = np.array([s.position @ normal for s in slices])
     gaps = np.diff(pos)
     dz = float(np.median(gaps))
+    _check_gaps(pos, gaps, dz, max_gap_factor, report)
+
+    volume, padding = _stack(slices)
+    volume, padding = _correct_tilt(volume, padding, slices, axes, report)
+    if np.abs(gaps - dz).max() > max(0.01 * dz, 0.01):
+        volume, padding, dz = _uniform(volume, padding, pos)
+        report.resampled = True
+    hu = _to_int16_hu(volume, padding, report)
+    del volume, padding
+    report.slices = hu.shape[0]
+
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((float(axes.ps_col), float(axes.ps_row), dz))
+    image.SetOrigin(tuple(float(v) for v in slices[0].position))
+    image.SetDirection(tuple(np.stack([axes.row, axes.col, normal], axis=1).ravel()))
+    return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
+
+
+def _read_slices(files: Iterable[str | Path], report: SeriesReport) -> tuple[list[_Slice], dict[str, object]]:
+    """Every decodable image of the files (unsorted) and the series' reference header (orientation, spacing,
+    matrix); undecodable files are noted in the report, and none readable is a SeriesError."""
+    slices: list[_Slice] = []
+    ref: dict[str, object] = {}
+    for f in files:
+        slices += _read_file(Path(f), ref, report)
+    if report.dropped:
+        log.warning("%d file(s) could not be read: %s", len(report.dropped), "; ".join(report.dropped[:3]))
+    if not slices:
+        raise SeriesError(
+            "no readable slice in the series" + (f" ({report.dropped[0]})" if report.dropped else "")
+        )
+    return slices, ref
+
+
+def _read_file(f: Path, ref: dict[str, object], report: SeriesReport) -> list[_Slice]:
+    """The images of one file (several for a multi-frame one); [] when it cannot be read or decoded."""
+    report.files += 1
+    try:
+        ds = pydicom.dcmread(f)
+    except Exception as exc:  # noqa: BLE001
+        report.dropped.append(f"{f.name}: {type(exc).__name__}")
+        return []
+    _assume_transfer_syntax(ds)
+    frames = _frame_headers(ds, f)
+    for frame in frames:
+        _check_consistent(frame, ref)
+    try:
+        stored = _pixels(ds)
+    except Exception as exc:  # noqa: BLE001 - truncated pixel data, missing decoder, ...
+        report.dropped.append(f"{f.name}: cannot decode pixels ({type(exc).__name__}: {str(exc)[:80]})")
+        return []
+    stored = stored[None] if stored.ndim == 2 else stored
+    if stored.shape != (len(frames), *ref["shape"]):
+        raise SeriesError(
+            f"{f}: pixel data of shape {stored.shape} for {len(frames)} frame(s) of {ref['shape']}"
+        )
+    slices = []
+    for frame, pixels in zip(frames, stored):
+        rescale = _rescale_pair(frame)
+        slices.append(
+            _Slice(
+                frame["name"],
+                np.asarray([float(v) for v in frame["position"]]),
+                pixels,
+                *(rescale or (1.0, 0.0)),
+                _padding_mask(ds, pixels),
+                rescaled=rescale is not None,
+            )
+        )
+    return slices
+
+
+def _check_gaps(
+    pos: np.ndarray, gaps: np.ndarray, dz: float, max_gap_factor: float, report: SeriesReport
+) -> None:
+    """SeriesError naming the widest gap when it exceeds max_gap_factor x the median spacing dz."""
     worst = int(np.argmax(gaps))
     if gaps[worst] > max_gap_factor * dz:
         cause = (  # an undecodable file is the likely cause of a gap: say so first
@@ -167,7 +217,9 @@ def read_files(
             f"limit ingest.max_gap_factor={max_gap_factor})"
         )
 
-    ps_row, ps_col = ref["spacing"]
+
+def _stack(slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]:
+    """HU volume (float32) and padding mask of the sorted slices, freeing each slice's decoded pixels."""
     volume = np.empty((len(slices), *slices[0].stored.shape), np.float32)
     padding = np.zeros(volume.shape, bool)
     for k, s in enumerate(slices):  # fill slice by slice, freeing the decoded pixels: peak ~ 7 bytes/voxel
@@ -176,24 +228,16 @@ def read_files(
         if s.padding is not None:
             padding[k] = s.padding
         s.stored = s.padding = None
-    volume, padding = _correct_tilt(volume, padding, slices, row, col, normal, ps_row, ps_col, report)
-    if np.abs(gaps - dz).max() > max(0.01 * dz, 0.01):
-        volume, padding, dz = _uniform(volume, padding, pos)
-        report.resampled = True
+    return volume, padding
 
+
+def _to_int16_hu(volume: np.ndarray, padding: np.ndarray, report: SeriesReport) -> np.ndarray:
+    """Padding (and values below PADDING_BELOW_HU) to air, clamp at MIN_HU, round: int16 HU (volume is reused)."""
     report.padding_voxels = int(padding.sum())
     volume[padding | (volume < PADDING_BELOW_HU)] = AIR_HU
     np.maximum(volume, MIN_HU, out=volume)
     np.rint(volume, out=volume)
-    hu = np.clip(volume, -32768, 32767, out=volume).astype(np.int16)
-    del volume
-    report.slices = hu.shape[0]
-
-    image = sitk.GetImageFromArray(hu)
-    image.SetSpacing((float(ps_col), float(ps_row), dz))
-    image.SetOrigin(tuple(float(v) for v in slices[0].position))
-    image.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
-    return sitk.DICOMOrient(image, OUTPUT_ORIENTATION), report
+    return np.clip(volume, -32768, 32767, out=volume).astype(np.int16)
 
 
 def _assume_transfer_syntax(ds: pydicom.Dataset) -> None:
@@ -412,17 +456,10 @@ def _assume_hu(slices: list[_Slice], report: SeriesReport) -> None:
 
 
 def _correct_tilt(
-    volume: np.ndarray,
-    padding: np.ndarray,
-    slices: list[_Slice],
-    row: np.ndarray,
-    col: np.ndarray,
-    normal: np.ndarray,
-    ps_row: float,
-    ps_col: float,
-    report: SeriesReport,
-):
+    volume: np.ndarray, padding: np.ndarray, slices: list[_Slice], axes: _Axes, report: SeriesReport
+) -> tuple[np.ndarray, np.ndarray]:
     """Shift each slice in plane so all slice origins lie on the normal through the first one."""
+    row, col, normal, ps_row, ps_col = axes.row, axes.col, axes.normal, axes.ps_row, axes.ps_col
     offsets = np.array([s.position - slices[0].position for s in slices])
     along = offsets @ normal
     shear = offsets - along[:, None] * normal[None]
