@@ -83,13 +83,15 @@ def run_case(path: Path, threads: int):
     """The stage's per-case work, I/O included (interim NIfTI prepared outside the timing)."""
     import SimpleITK as sitk
 
-    from prdit.data.preprocess import preprocess_case
+    from prdit.data.preprocess import PreprocessJob, preprocess_case
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     nii = path.with_suffix(".nii.gz")
     with tempfile.TemporaryDirectory(dir=path.parent) as out:
         start = time.perf_counter()
-        preprocess_case("bench", "bench", str(nii), out, SIZES, "default", "dicom", FOV, WINDOW)
+        preprocess_case(
+            PreprocessJob("bench", "bench", str(nii), out, SIZES, "default", "dicom", FOV, WINDOW)
+        )
         return {}, time.perf_counter() - start
 
 

@@ -212,7 +212,7 @@ def test_extent_and_tissue_checks_cannot_pass_on_nan():
 
 def test_preprocess_rejects_a_volume_with_a_nan_origin(tmp_path):
     """What a NaN position used to leave in data/interim: preprocessed into two all-air cubes, `ok`."""
-    from prdit.data.preprocess import preprocess_case
+    from prdit.data.preprocess import PreprocessJob, preprocess_case
 
     image = sitk.GetImageFromArray(_body().astype(np.int16))
     image.SetSpacing((4.0, 4.0, 4.0))
@@ -230,11 +230,11 @@ def test_preprocess_rejects_a_volume_with_a_nan_origin(tmp_path):
         window=(-1000.0, 1000.0),
     )
     with pytest.raises(PrditError, match=r"case\.nii\.gz: geometry not usable"):
-        preprocess_case(**job)
+        preprocess_case(PreprocessJob(**job))
     assert not (tmp_path / "out").exists()
     image.SetOrigin((0.0, 0.0, 0.0))
     sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
-    assert preprocess_case(**job)["sizes"] == "16 32"
+    assert preprocess_case(PreprocessJob(**job))["sizes"] == "16 32"
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,22 +70,12 @@ def safe_case_id(name: str) -> str:
 
 
 @pseudonyms.scrubbed  # hide=: what a failure's reason must not name (case_ids: pseudonym)
-def ingest_dicom(
-    case: str,
-    patient_id: str,
-    files: list[str],
-    source: str,
-    series_uid: str,
-    out: str,
-    max_gap_factor: float,
-    min_slices: int,
-    min_extent_mm: list[float],
-) -> dict:
+def ingest_dicom(job: DicomJob) -> dict:
     """Read one selected DICOM series and write it as HU NIfTI; returns its QC row."""
-    image, report = dicom.read_files(files, max_gap_factor=max_gap_factor, min_slices=min_slices)
-    row = write_checked(case, patient_id, source, image, out, min_extent_mm)
+    image, report = dicom.read_files(job.files, max_gap_factor=job.max_gap_factor, min_slices=job.min_slices)
+    row = write_checked(job.case, job.patient_id, job.source, image, job.out, job.min_extent_mm)
     row.update(
-        series_uid=series_uid,
+        series_uid=job.series_uid,
         files=report.files,
         source_iop=" ".join(f"{v:g}" for v in report.iop),
         tilt_deg=round(report.tilt_deg, 2),
@@ -95,28 +85,21 @@ def ingest_dicom(
 
 
 @pseudonyms.scrubbed
-def ingest_file(
-    case: str,
-    patient_id: str,
-    path: str,
-    fmt: str,
-    source: str,
-    out: str,
-    min_slices: int,
-    min_extent_mm: list[float],
-) -> dict:
+def ingest_file(job: FileJob) -> dict:
     """Read one .npz / NIfTI input and write it as HU NIfTI; returns its QC row."""
-    image = inputs.reader(fmt).read(Path(path))
-    if image.GetSize()[2] < min_slices:
-        raise dicom.SeriesError(f"{image.GetSize()[2]} slice(s), fewer than ingest.min_slices={min_slices}")
-    row = write_checked(case, patient_id, source, image, out, min_extent_mm)
+    image = inputs.reader(job.fmt).read(Path(job.path))
+    if image.GetSize()[2] < job.min_slices:
+        raise dicom.SeriesError(
+            f"{image.GetSize()[2]} slice(s), fewer than ingest.min_slices={job.min_slices}"
+        )
+    row = write_checked(job.case, job.patient_id, job.source, image, job.out, job.min_extent_mm)
     row["files"] = 1
     return row
 
 
 @dataclass(frozen=True)
 class DicomJob(CaseJob):
-    """One DICOM series to ingest: ingest_dicom's arguments."""
+    """One DICOM series to ingest (ingest_dicom reads it)."""
 
     files: list[str]
     source: str
@@ -133,12 +116,12 @@ class DicomJob(CaseJob):
     OPTIONAL = ("hide",)
 
     def run(self) -> dict:
-        return ingest_dicom(**self.as_dict())
+        return ingest_dicom(self, hide=self.hide)
 
 
 @dataclass(frozen=True)
 class FileJob(CaseJob):
-    """One .npz / NIfTI file to ingest: ingest_file's arguments."""
+    """One .npz / NIfTI file to ingest (ingest_file reads it)."""
 
     path: str
     fmt: str
@@ -154,7 +137,7 @@ class FileJob(CaseJob):
     OPTIONAL = ("hide",)
 
     def run(self) -> dict:
-        return ingest_file(**self.as_dict())
+        return ingest_file(self, hide=self.hide)
 
 
 def job_class(fmt: str) -> type[DicomJob] | type[FileJob]:

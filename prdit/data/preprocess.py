@@ -185,45 +185,36 @@ def cubes_reference(
 # --------------------------------------------------------------------------------------------
 
 
-def preprocess_case(
-    case: str,
-    patient_id: str,
-    path: str,
-    out_root: str,
-    sizes: list[int],
-    mode: str,
-    fmt: str,
-    fov_mm: float,
-    window: tuple[float, float],
-    reference_range: tuple[float, float] = (-1.0, 1.0),
-    recipe: str | None = None,
-) -> dict:
-    """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row. `recipe` (mode
-    reference): the dataset's paper recipe, None = by format (`recipe: auto`)."""
+def preprocess_case(job: PreprocessJob) -> dict:
+    """One interim HU NIfTI -> NIfTI + float16 .npy per size; returns its QC row. `job.recipe` (mode
+    reference): the dataset's paper recipe, None = by format (`recipe: auto`); `job.reference_range`
+    None = (-1, 1)."""
+    case, path, sizes, mode = job.case, job.path, job.sizes, job.mode
+    reference_range = (-1.0, 1.0) if job.reference_range is None else job.reference_range
     image = sitk.ReadImage(path)
     check_geometry(Path(path), image)  # a NaN origin would put the cube outside the volume: all air
     if not np.allclose(image.GetDirection(), IDENTITY, atol=1e-6):
         image = sitk.DICOMOrient(image, "LPS")
     if mode == "reference":
-        recipe = recipe or paper_recipe.AUTO_RECIPE[fmt]
+        recipe = job.recipe or paper_recipe.AUTO_RECIPE[job.fmt]
         cubes = cubes_reference(image, sizes, recipe, tuple(reference_range))
     else:
         cubes = {
             s: (cube, sp, _cube_origin(image, s, sp))
-            for s, (cube, sp) in cubes_default(image, sizes, fov_mm, window).items()
+            for s, (cube, sp) in cubes_default(image, sizes, job.fov_mm, job.window).items()
         }
     top = max(cubes)
     outside = 0.0 if mode == "reference" else _outside_fraction(image, top, cubes[top][1])
     check_cubes(path, cubes, outside)
     for size, (cube, spacing, origin) in cubes.items():
-        folder = Path(out_root) / str(size)
+        folder = Path(job.out_root) / str(size)
         write_unit_nifti(folder / f"{case}.nii.gz", cube, spacing, origin)
         with atomic_path(folder / f"{case}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, cube.astype(np.float16))
     cube, spacing, _ = cubes[top]
     return {
         "case": case,
-        "patient_id": patient_id,
+        "patient_id": job.patient_id,
         "mode": mode,
         "in_spacing": " ".join(f"{s:.4g}" for s in image.GetSpacing()),
         "in_shape_zyx": "x".join(map(str, reversed(image.GetSize()))),
@@ -285,7 +276,7 @@ def _outside_fraction(image: sitk.Image, size: int, spacing: float) -> float:
 
 @dataclass(frozen=True)
 class PreprocessJob(CaseJob):
-    """One interim volume to preprocess: preprocess_case's arguments. `reference_range` is set in reference
+    """One interim volume to preprocess (preprocess_case reads it). `reference_range` is set in reference
     mode only and `recipe` only where it is not the format's old choice, and each is in the key only then
     (OPTIONAL), so every entry made before they existed stays valid."""
 
@@ -305,7 +296,7 @@ class PreprocessJob(CaseJob):
     OPTIONAL = ("reference_range", "recipe")
 
     def run(self) -> dict:
-        return preprocess_case(**self.as_dict())
+        return preprocess_case(self)
 
 
 def case_key(job: CaseJob, used: dict[str, Any], cache: CaseCache) -> str:

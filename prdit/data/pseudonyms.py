@@ -116,7 +116,7 @@ class Scrubber:
 
 
 def scrubbed(fn):
-    """fn(**job, hide=...) whose exceptions name no identifier of `hide` (value -> replacement): the
+    """fn(job, hide=...) whose exceptions name no identifier of `hide` (value -> replacement): the
     message (a QC reason) is scrubbed, the type kept (the cache tells transient failures by it)."""
 
     def run(*args, hide: dict[str, str] | None = None, **kwargs):
