@@ -43,6 +43,21 @@ class Finish:
     summary: str = ""  # the tail of the "N/M cases ok" line
 
 
+@dataclass(frozen=True)
+class Options:
+    """Where and how run_cases works: qc.csv's `columns`, the output and shard folders, worker threads, the
+    shard to compute (K of `shards`; None: the whole folder), and `name_patients` (a failed case's row gets
+    its job's patient_id: the worker's row has none)."""
+
+    columns: Sequence[str]
+    out_dir: Path
+    shard_dir: Path
+    threads: int = 1
+    shard: int | None = None
+    shards: int = 1
+    name_patients: bool = False
+
+
 @dataclass
 class Outcome:
     table: pd.DataFrame
@@ -63,30 +78,24 @@ def run_cases(
     cache: CaseCache,
     run: Any,
     *,
-    columns: Sequence[str],
-    out_dir: Path,
-    shard_dir: Path,
+    options: Options,
     finish: Finish,
-    threads: int = 1,
-    shard: int | None = None,
-    shards: int = 1,
-    name_patients: bool = False,
 ) -> Outcome | None:
     """Run the cases of `stage` on `dataset` through the per-case cache; `run` is the stage's tracking run.
 
-    With `shard` (K of `shards`) only that shard's cases are computed and their rows written to
+    With options.shard (K of shards) only that shard's cases are computed and their rows written to
     shard_dir/K.csv (returns None); else out_dir is assembled, the cache pruned to the cases used, qc.csv
-    (`columns`) and qc.png written and the counts logged. `name_patients`: a failed case's row gets its
-    job's patient_id (the worker's row has none)."""
+    (options.columns) and qc.png written and the counts logged."""
+    columns, out_dir, shard, shards = options.columns, options.out_dir, options.shard, options.shards
     jobs = shard_of(list(jobs), shard, shards)
     keys = [key_or_unique(key_of, job) for job in jobs]
     label = f"{stage} {dataset}" + (f" shard {shard}/{shards}" if shard is not None else "")
-    rows, computed = run_cached(jobs, keys, cache, threads, desc=label)
-    if name_patients:
+    rows, computed = run_cached(jobs, keys, cache, options.threads, desc=label)
+    if options.name_patients:
         for job, row in zip(jobs, rows):
             row["patient_id"] = row.get("patient_id") or job.patient_id
     if shard is not None:
-        write_table(rows, shard_dir / f"{shard}.csv", columns)
+        write_table(rows, options.shard_dir / f"{shard}.csv", columns)
         run.log_metrics({"cases_total": len(rows), "cases_computed": computed})
         log.info("%s: %d case(s) computed, %d reused from the cache", label, computed, len(rows) - computed)
         return None

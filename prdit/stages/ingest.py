@@ -16,7 +16,7 @@ from prdit.data import ingest, pseudonyms
 from prdit.data.cache import CaseCache, CaseJob
 from prdit.data.qc import batch_exit, quicklook, write_table
 from prdit.io import write_json
-from prdit.stages._cases import Finish, run_cases
+from prdit.stages._cases import Finish, Options, run_cases
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,16 @@ def run(
             lambda job: ingest.case_key(job, used, root, cache),
             cache,
             tracked,
-            columns=ingest.QC_COLUMNS,
-            out_dir=out_dir,
-            shard_dir=shards_dir(dataset),
+            options=Options(
+                columns=ingest.QC_COLUMNS,
+                out_dir=out_dir,
+                shard_dir=shards_dir(dataset),
+                threads=threads,
+                shard=shard,
+                shards=p.ingest.shards,
+                name_patients=True,  # a case that failed in the reader: its row still names the patient
+            ),
             finish=finish,
-            threads=threads,
-            shard=shard,
-            shards=p.ingest.shards,
-            name_patients=True,  # a case that failed in the reader: its row still names the patient
         )
     if outcome is None:
         return 0

@@ -16,7 +16,7 @@ from prdit.data import paper_recipe
 from prdit.data.cache import CaseCache
 from prdit.data.preprocess import QC_COLUMNS, PreprocessJob, case_key
 from prdit.data.qc import batch_exit, read_ok
-from prdit.stages._cases import Finish, run_cases
+from prdit.stages._cases import Finish, Options, run_cases
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,15 @@ def run(p: Params, dataset: str, threads: int = 1, strict: bool = False, shard: 
             lambda job: case_key(job, used, cache),
             cache,
             tracked,
-            columns=QC_COLUMNS,
-            out_dir=paths.processed(dataset),
-            shard_dir=shards_dir(dataset),
+            options=Options(
+                columns=QC_COLUMNS,
+                out_dir=paths.processed(dataset),
+                shard_dir=shards_dir(dataset),
+                threads=threads,
+                shard=shard,
+                shards=p.preprocess.shards,
+            ),
             finish=finish,
-            threads=threads,
-            shard=shard,
-            shards=p.preprocess.shards,
         )
     if outcome is None:
         return 0
