@@ -361,11 +361,11 @@ def test_reference_grid_starts_below_t_1000_and_ends_with_euler_steps(monkeypatc
         labels.append(int(t[0]))
         return torch.cat([torch.zeros_like(x), torch.full_like(x, 0.3)], 1)
 
-    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=2, seeds=[0], grid="reference")
+    sampler.sample(model, (1, 1, 4, 4, 4), sampler.SamplerOptions(steps=10, k=2, grid="reference"), seeds=[0])
     assert labels == [900, 800, 700, 600, 500, 400, 300, 200, 100]
     assert len(draws) == 1 + 7  # the start, then a corrector only while t - 2 * 100 > 0 (t = 900..300)
     draws.clear()
-    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=1, seeds=[0], grid="reference")
+    sampler.sample(model, (1, 1, 4, 4, 4), sampler.SamplerOptions(steps=10, k=1, grid="reference"), seeds=[0])
     assert len(draws) == 1  # k = 1: deterministic Euler throughout
 
 
@@ -381,5 +381,7 @@ def test_reference_grid_sampler_reaches_the_data_with_an_exact_model(k):
         eps = (x - math.cos(beta) * target) / max(math.sin(beta), 1e-6)
         return torch.cat([eps, target.expand_as(x)], 1)
 
-    out = sampler.sample(oracle, (2, 1, 4, 4, 4), steps=100, k=k, seeds=[1, 2], grid="reference")
+    out = sampler.sample(
+        oracle, (2, 1, 4, 4, 4), sampler.SamplerOptions(steps=100, k=k, grid="reference"), seeds=[1, 2]
+    )
     assert (out - target).abs().max() < 0.05

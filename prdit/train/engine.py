@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
 from prdit.config import TrainCommon, TrainStage
+from prdit.diffusion import SamplerOptions
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
@@ -439,12 +440,14 @@ class _Loop:
                     self.sm.input_size,
                     job.out_dir / "previews" / f"step_{step:07d}.png",
                     n=job.preview_n,
-                    steps=job.preview_steps,
-                    k=job.preview_k,
+                    options=SamplerOptions(
+                        steps=job.preview_steps,
+                        k=job.preview_k,
+                        timesteps=job.diffusion.timesteps,
+                        noise_std=job.diffusion.noise_std,
+                    ),
                     device=self.env.device,
                     title=f"{job.stage} step {step}",
-                    timesteps=job.diffusion.timesteps,
-                    noise_std=job.diffusion.noise_std,
                 )
                 self.tracker.log_image(png, artifact_path="previews")
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run
