@@ -286,22 +286,21 @@ class _Loop:
         """The training stream from this run's data position, and the validation loader (None: no val set)."""
         job, env = self.job, self.env
         pin = env.device.type == "cuda"
-        loader = data.train_loader(
-            train_set,
-            seed=job.common.seed,
+        batches = data.MicroBatches(
             start=self.position,
             global_batch=job.train.batch_size,
             accum=job.common.grad_accum,
             rank=env.rank,
             world_size=env.world_size,
-            workers=job.common.num_workers,
-            pin=pin,
+        )
+        loader = data.train_loader(
+            train_set, batches, seed=job.common.seed, workers=job.common.num_workers, pin=pin
         )
         vloader = None
         if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
             vloader = data.val_loader(
                 val_set,
-                batch=loader.batch_sampler.micro,  # type: ignore[attr-defined]
+                batch=batches.micro,
                 rank=env.rank,
                 world_size=env.world_size,
                 workers=job.common.num_workers,
