@@ -28,6 +28,7 @@ from prdit.config import ConfigError, load
 from prdit.data.preprocess import cubes_reference
 from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
+from prdit.evaluate.run import EvalSettings
 from prdit.evaluate.run import evaluate as evaluate_metrics
 from prdit.model.layers import Attention
 from prdit.stages.fetch_weights import run as run_fetch_weights
@@ -314,7 +315,7 @@ def toy(tmp_path, monkeypatch):
 
 
 def _evaluate(protocol_name: str):
-    return evaluate_metrics("toy", 16, (-1000.0, 1000.0), None, None, 3, 5, 0, protocol_name=protocol_name)[0]
+    return evaluate_metrics("toy", 16, EvalSettings((-1000.0, 1000.0), 3, 5, 0, protocol=protocol_name))[0]
 
 
 def test_paper_evaluation_feeds_nibabel_axis_order_and_uses_the_references_real_set(toy, monkeypatch):
