@@ -214,7 +214,7 @@ def worker_sampling(name: str, size: int, steps: int) -> dict:
     base = rss_mib()
     reset_peak()
     t0 = time.perf_counter()
-    D.sample(model, (2, 1, size, size, size), steps=steps, k=2, seeds=[0, 1])
+    D.sample(model, (2, 1, size, size, size), D.SamplerOptions(steps=steps, k=2), seeds=[0, 1])
     return {
         "steps": steps,
         "seconds": time.perf_counter() - t0,

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import BaselineError, baseline_set, read_hu, read_unit
-from prdit.evaluate.run import MID_SLICE_KEYS, evaluate
+from prdit.evaluate.run import MID_SLICE_KEYS, EvalSettings, evaluate
 from prdit.evaluate.volumes import read_volume
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import read_nifti, to_image, write_nifti
@@ -47,7 +47,7 @@ def _params(baselines: dict | None = None, **extra) -> object:
 
 def _eval(gen=None, name=None) -> dict:
     m, _, _ = evaluate(
-        "toy", SIZE, WINDOW, None, None, ms_ssim_pairs=4, n_boot=10, seed=0, generated=gen, name=name
+        "toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=10, seed=0), generated=gen, name=name
     )
     return m
 

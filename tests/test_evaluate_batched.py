@@ -7,6 +7,7 @@ from one machine's output; each comment says where it comes from.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from prdit.evaluate.extractor import build_extractor, extract_features
-from prdit.evaluate.features import summarise
+from prdit.evaluate.features import Extractor, summarise
 from prdit.evaluate.fid import fid
 from prdit.evaluate.metrics import METRICS, docs_rows
 from prdit.evaluate.ms_ssim import (
@@ -25,7 +26,7 @@ from prdit.evaluate.ms_ssim import (
     pairwise_values,
     scales_for,
 )
-from prdit.evaluate.run import score
+from prdit.evaluate.run import EvalSettings, score
 from prdit.evaluate.volumes import VolumeBank, read_volume, sample_paths
 from tests import test_evaluate_run
 from tests.test_evaluate_run import SIZE, WINDOW
@@ -150,7 +151,7 @@ def _fid_bound(x: np.ndarray, y: np.ndarray, delta: float) -> float:
 def test_evaluate_gives_the_per_pair_and_per_volume_numbers(toy_eval):
     """score() (volumes read once, MS-SSIM batched, features in batches) against the old path: every pair
     re-read from disk and scored by `ms_ssim`, every volume's features extracted alone."""
-    s = score("toy", SIZE, WINDOW, None, None, ms_ssim_pairs=4, n_boot=0, seed=0)
+    s = score("toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=0, seed=0))
     gen_paths = [p for p in sample_paths(toy_eval / f"samples/toy/{SIZE}") if p.stem != "6.nii"]
     train_paths = [toy_eval / f"data/processed/toy/{SIZE}/{c}.nii.gz" for c in s.train.ids]
     for key, paths, kind, n_pairs in (
@@ -185,10 +186,13 @@ def test_evaluate_gives_the_per_pair_and_per_volume_numbers(toy_eval):
 
 
 def test_summarise_keeps_each_volume_it_read(toy_eval):
-    model, _ = build_extractor(None)
+    model, info = build_extractor(None)
     paths = sample_paths(toy_eval / f"samples/toy/{SIZE}")
     kept: list = []
-    summary = summarise(paths, [p.name for p in paths], "generated", SIZE, WINDOW, model, [], keep=kept)
+    read = partial(read_volume, size=SIZE, kind="generated", window=WINDOW)
+    summary = summarise(
+        paths, [p.name for p in paths], WINDOW, Extractor(model, info), [], read=read, keep=kept
+    )
     assert len(kept) == len(summary.ids) == len(paths) - 1  # 6.nii.gz has the wrong size
     ok = [p for p in paths if p.name in summary.ids]
     assert all(np.array_equal(k, read_volume(p, SIZE, "generated", WINDOW)) for k, p in zip(kept, ok))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prdit.evaluate.run import evaluate
+from prdit.evaluate.run import EvalSettings, evaluate
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from prdit.stages.evaluate import numeric
@@ -51,7 +51,7 @@ def toy_eval(tmp_path, monkeypatch) -> Path:
 
 
 def _run(**kw):
-    return evaluate("toy", SIZE, WINDOW, None, None, ms_ssim_pairs=4, n_boot=20, seed=0, **kw)
+    return evaluate("toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=20, seed=0), **kw)
 
 
 def test_evaluate_writes_metrics_report_floors_and_audit(toy_eval, caplog):

@@ -165,16 +165,15 @@ def test_an_untrained_branch_samples_at_the_upsampled_backbone_quality():
     backbone = _OracleBackbone(data)
     hr = create("PRDiT-HR-T/8/1", 32, backbone=backbone).eval()
     seeds = [0, 1, 2]
-    low = D.sample(backbone, (3, 1, 16, 16, 16), steps=25, k=2, seeds=seeds)
+    low = D.sample(backbone, (3, 1, 16, 16, 16), D.SamplerOptions(steps=25, k=2), seeds=seeds)
     up = lift(low)
-    high = D.sample(hr, (3, 1, 32, 32, 32), steps=25, k=2, seeds=seeds)
+    high = D.sample(hr, (3, 1, 32, 32, 32), D.SamplerOptions(steps=25, k=2), seeds=seeds)
     ratio = _texture(high) / _texture(up)
     assert 0.7 <= ratio <= 1.3, ratio
     noise = D.sample(
         lambda x, t: torch.cat([torch.zeros_like(x), hr.prior(x, t)], 1),
         (3, 1, 32, 32, 32),
-        steps=25,
-        k=2,
+        D.SamplerOptions(steps=25, k=2),
         seeds=seeds,
     )  # the old start: eps-hat = 0 beside the same x0-hat
     assert _texture(noise) / _texture(up) > 2 * ratio
@@ -235,7 +234,7 @@ def test_highres_sampling_calls_the_backbone_at_the_bridged_timesteps():
     model = create("PRDiT-HR-T/8/1", 32, backbone=_backbone()).eval()
     labels = []
     model.backbone.register_forward_hook(lambda m, i, o: labels.append(i[1][0].item()))
-    y = D.sample(model, (1, 1, 32, 32, 32), steps=4, k=2, seeds=[0])
+    y = D.sample(model, (1, 1, 32, 32, 32), D.SamplerOptions(steps=4, k=2), seeds=[0])
     assert y.shape == (1, 1, 32, 32, 32) and torch.isfinite(y).all()
     grid = [min(t, T - 1) for t in D.timestep_grid(4, T)[:-1]]
     want = [round(math.atan(math.tan(math.pi / 2 * t / T) / math.sqrt(8)) * 2 * T / math.pi) for t in grid]

@@ -28,6 +28,7 @@ from prdit.config import ConfigError, load
 from prdit.data.preprocess import cubes_reference
 from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
+from prdit.evaluate.run import EvalSettings
 from prdit.evaluate.run import evaluate as evaluate_metrics
 from prdit.model.layers import Attention
 from prdit.stages.fetch_weights import run as run_fetch_weights
@@ -314,7 +315,7 @@ def toy(tmp_path, monkeypatch):
 
 
 def _evaluate(protocol_name: str):
-    return evaluate_metrics("toy", 16, (-1000.0, 1000.0), None, None, 3, 5, 0, protocol_name=protocol_name)[0]
+    return evaluate_metrics("toy", 16, EvalSettings((-1000.0, 1000.0), 3, 5, 0, protocol=protocol_name))[0]
 
 
 def test_paper_evaluation_feeds_nibabel_axis_order_and_uses_the_references_real_set(toy, monkeypatch):
@@ -361,11 +362,11 @@ def test_reference_grid_starts_below_t_1000_and_ends_with_euler_steps(monkeypatc
         labels.append(int(t[0]))
         return torch.cat([torch.zeros_like(x), torch.full_like(x, 0.3)], 1)
 
-    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=2, seeds=[0], grid="reference")
+    sampler.sample(model, (1, 1, 4, 4, 4), sampler.SamplerOptions(steps=10, k=2, grid="reference"), seeds=[0])
     assert labels == [900, 800, 700, 600, 500, 400, 300, 200, 100]
     assert len(draws) == 1 + 7  # the start, then a corrector only while t - 2 * 100 > 0 (t = 900..300)
     draws.clear()
-    sampler.sample(model, (1, 1, 4, 4, 4), steps=10, k=1, seeds=[0], grid="reference")
+    sampler.sample(model, (1, 1, 4, 4, 4), sampler.SamplerOptions(steps=10, k=1, grid="reference"), seeds=[0])
     assert len(draws) == 1  # k = 1: deterministic Euler throughout
 
 
@@ -381,5 +382,7 @@ def test_reference_grid_sampler_reaches_the_data_with_an_exact_model(k):
         eps = (x - math.cos(beta) * target) / max(math.sin(beta), 1e-6)
         return torch.cat([eps, target.expand_as(x)], 1)
 
-    out = sampler.sample(oracle, (2, 1, 4, 4, 4), steps=100, k=k, seeds=[1, 2], grid="reference")
+    out = sampler.sample(
+        oracle, (2, 1, 4, 4, 4), sampler.SamplerOptions(steps=100, k=k, grid="reference"), seeds=[1, 2]
+    )
     assert (out - target).abs().max() < 0.05

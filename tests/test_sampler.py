@@ -53,7 +53,9 @@ class MixtureOracle:
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_generated_gaussian_matches_the_data_statistics(k):
     """Mean within 0.01 (sampling error ~0.001); std within 1.5% x k (the Euler jump's error grows with k)."""
-    y = D.sample(GaussianOracle(0.3, 0.2), (8, 1, 16, 16, 16), steps=200, k=k, seeds=range(8))
+    y = D.sample(
+        GaussianOracle(0.3, 0.2), (8, 1, 16, 16, 16), D.SamplerOptions(steps=200, k=k), seeds=range(8)
+    )
     assert abs(y.mean().item() - 0.3) < 0.01
     assert abs(y.std().item() / 0.2 - 1) < 0.015 * k
 
@@ -61,7 +63,7 @@ def test_generated_gaussian_matches_the_data_statistics(k):
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_sampler_recovers_the_data_volumes_in_their_proportions(k):
     vols = torch.rand(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    y = D.sample(MixtureOracle(vols), (60, 1, 8, 8, 8), steps=25, k=k, seeds=range(60))
+    y = D.sample(MixtureOracle(vols), (60, 1, 8, 8, 8), D.SamplerOptions(steps=25, k=k), seeds=range(60))
     rms = (y[:, None] - vols[None]).square().flatten(2).mean(-1).sqrt()
     nearest, which = rms.min(1)
     assert nearest.max() < 0.01  # every sample is (almost exactly) one of the data volumes
@@ -89,10 +91,10 @@ def test_corrector_lands_on_the_marginal_of_the_next_step():
 
 def test_sample_i_does_not_depend_on_the_batch():
     oracle = GaussianOracle(0.0, 0.4)
-    batch = D.sample(oracle, (3, 1, 8, 8, 8), steps=10, k=2, seeds=[11, 12, 13])
-    alone = D.sample(oracle, (1, 1, 8, 8, 8), steps=10, k=2, seeds=[12])
+    batch = D.sample(oracle, (3, 1, 8, 8, 8), D.SamplerOptions(steps=10, k=2), seeds=[11, 12, 13])
+    alone = D.sample(oracle, (1, 1, 8, 8, 8), D.SamplerOptions(steps=10, k=2), seeds=[12])
     assert torch.equal(batch[1:2], alone)
-    other = D.sample(oracle, (1, 1, 8, 8, 8), steps=10, k=2, seeds=[99])
+    other = D.sample(oracle, (1, 1, 8, 8, 8), D.SamplerOptions(steps=10, k=2), seeds=[99])
     assert not torch.equal(other, alone)
 
 
@@ -101,8 +103,8 @@ def test_sample_i_does_not_depend_on_the_batch_with_a_network():
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    batch = D.sample(model, (3, 1, 16, 16, 16), steps=4, k=2, seeds=[1, 2, 3])
-    alone = D.sample(model, (1, 1, 16, 16, 16), steps=4, k=2, seeds=[3])
+    batch = D.sample(model, (3, 1, 16, 16, 16), D.SamplerOptions(steps=4, k=2), seeds=[1, 2, 3])
+    alone = D.sample(model, (1, 1, 16, 16, 16), D.SamplerOptions(steps=4, k=2), seeds=[3])
     # batched and single matmuls sum in another order in each of the ~10 layers of 4 steps: a few hundred
     # float32 ulps (2^-24 ~ 6e-8) of values of order 1, not a machine's luck
     torch.testing.assert_close(batch[2:], alone, rtol=1e-4, atol=1e-4)
@@ -111,27 +113,28 @@ def test_sample_i_does_not_depend_on_the_batch_with_a_network():
 @pytest.mark.parametrize("steps,k", [(1, 1), (1, 3), (7, 2), (13, 5)])
 def test_any_step_count_and_jump(steps, k):
     y = D.sample(
-        MixtureOracle(torch.ones(1, 1, 4, 4, 4) * 0.5), (2, 1, 4, 4, 4), steps=steps, k=k, seeds=[0, 1]
+        MixtureOracle(torch.ones(1, 1, 4, 4, 4) * 0.5),
+        (2, 1, 4, 4, 4),
+        D.SamplerOptions(steps=steps, k=k),
+        seeds=[0, 1],
     )
     assert y.shape == (2, 1, 4, 4, 4) and torch.isfinite(y).all()
 
 
 def test_sampler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="k must be"):
-        D.sample(GaussianOracle(0, 1), (1, 1, 4, 4, 4), steps=5, k=0)
+        D.sample(GaussianOracle(0, 1), (1, 1, 4, 4, 4), D.SamplerOptions(steps=5, k=0))
     with pytest.raises(ValueError, match="seeds"):
-        D.sample(GaussianOracle(0, 1), (2, 1, 4, 4, 4), steps=5, seeds=[1])
+        D.sample(GaussianOracle(0, 1), (2, 1, 4, 4, 4), D.SamplerOptions(steps=5), seeds=[1])
 
 
 def test_trajectory_is_written_every_n_steps(tmp_path):
     y = D.sample(
         GaussianOracle(0.0, 0.3),
         (2, 1, 8, 8, 8),
-        steps=10,
-        k=2,
+        D.SamplerOptions(steps=10, k=2),
         seeds=[0, 1],
-        trajectory_dir=tmp_path,
-        save_every=3,
+        trajectory=D.Trajectory(tmp_path, every=3),
     )
     files = sorted(tmp_path.glob("step_*.pt"))
     assert [f.name for f in files] == ["step_00003.pt", "step_00006.pt", "step_00009.pt", "step_00010.pt"]
@@ -147,7 +150,7 @@ _MEMORY_PROBE = textwrap.dedent(
     torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
     def model(x, t):  # cheap voxel-wise stand-in for a network
         return torch.cat([x * 0.5, x * 0.1], 1)
-    D.sample(model, (2, 1, 32, 32, 32), steps=int(sys.argv[1]), k=2, seeds=[0, 1])
+    D.sample(model, (2, 1, 32, 32, 32), D.SamplerOptions(steps=int(sys.argv[1]), k=2), seeds=[0, 1])
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """
 )
@@ -285,7 +288,7 @@ def _two_loop_sampler(model, shape, steps, k, seeds, grid, noise_std=STD):
 def test_one_loop_is_bit_identical_to_the_two_grid_loops(grid, steps, k):
     oracle = GaussianOracle(0.2, 0.3)
     shape, seeds = (3, 1, 4, 4, 4), [1, 7, 2**61]
-    new = D.sample(oracle, shape, steps=steps, k=k, seeds=seeds, grid=grid)
+    new = D.sample(oracle, shape, D.SamplerOptions(steps=steps, k=k, grid=grid), seeds=seeds)
     assert torch.equal(new, _two_loop_sampler(oracle, shape, steps, k, seeds, grid))
 
 
@@ -315,12 +318,9 @@ def test_reference_grid_trajectory_is_written_too(tmp_path):
     D.sample(
         GaussianOracle(0.0, 0.3),
         (1, 1, 4, 4, 4),
-        steps=5,
-        k=2,
+        D.SamplerOptions(steps=5, k=2, grid="reference"),
         seeds=[0],
-        grid="reference",
-        trajectory_dir=tmp_path,
-        save_every=2,
+        trajectory=D.Trajectory(tmp_path, every=2),
     )
     saved = {f.name: torch.load(f)["t"] for f in sorted(tmp_path.iterdir())}
     assert saved == {"step_00002.pt": 400, "step_00004.pt": 0}

@@ -40,9 +40,8 @@ def _cache(root: Path, n: int) -> list[Path]:
 def test_loader_yields_float16_and_its_host_bytes_are_the_plans(tmp_path: Path) -> None:
     _cache(tmp_path, 3)
     ds = VolumeDataset(DS, SIZE, "train", root=tmp_path)
-    loader = data.train_loader(
-        ds, seed=0, start=0, global_batch=2, accum=1, rank=0, world_size=1, workers=0, pin=False
-    )
+    batches = data.MicroBatches(start=0, global_batch=2, accum=1, rank=0, world_size=1)
+    loader = data.train_loader(ds, batches, seed=0, workers=0, pin=False)
     x, pos = next(iter(loader))
     assert x.dtype == torch.float16 == data.HOST_DTYPE and tuple(x.shape) == (2, 1, SIZE, SIZE, SIZE)
     assert x.numel() * x.element_size() == data.host_bytes(0, 2, SIZE)  # one micro-batch without workers

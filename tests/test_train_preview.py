@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import prdit.model as models
-from prdit.diffusion import sample
+from prdit.diffusion import SamplerOptions, sample
 from prdit.train import stages
 from prdit.train.engine import fit
 from prdit.train.validate import PREVIEW_SEED, preview
@@ -36,7 +36,7 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _kw(**kw):
-    return dict(n=2, steps=3, k=2, device=CPU, title="t") | kw
+    return dict(n=2, options=SamplerOptions(steps=3, k=2), device=CPU, title="t") | kw
 
 
 def test_two_previews_of_one_model_are_identical_images(tmp_path: Path) -> None:
@@ -57,7 +57,11 @@ def test_two_previews_of_one_model_are_identical_images(tmp_path: Path) -> None:
 def test_preview_is_the_mid_slice_montage_of_seeded_samples(tmp_path: Path) -> None:
     model = _model().eval()
     vols = sample(
-        model, (2, 1, SIZE, SIZE, SIZE), steps=3, k=2, seeds=[PREVIEW_SEED, PREVIEW_SEED + 1], device=CPU
+        model,
+        (2, 1, SIZE, SIZE, SIZE),
+        SamplerOptions(steps=3, k=2),
+        seeds=[PREVIEW_SEED, PREVIEW_SEED + 1],
+        device=CPU,
     )
     expected = montage(
         [v[0].numpy() for v in vols],
@@ -106,6 +110,6 @@ def test_previews_during_training_show_the_same_samples_as_the_saved_model(tmp_p
     assert not np.array_equal(p2, p4)  # different weights, different pictures
     # the final preview is exactly what the saved EMA model gives with the preview's fixed seeds
     saved = models.load(out / "model.pt")
-    again = preview(saved, SIZE, tmp_path / "again.png", n=2, steps=3, k=2, device=CPU, title="local step 4")
+    again = preview(saved, SIZE, tmp_path / "again.png", **_kw(title="local step 4"))
     assert again.read_bytes() == shots[1].read_bytes()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4

@@ -2,11 +2,20 @@
 
 from prdit.diffusion.ian import NOISE_STD, TIMESTEPS, angle, loss, q_sample
 from prdit.diffusion.respace import timestep_grid
-from prdit.diffusion.sampler import StackedRandomGenerator, corrector_gamma, sample, step_plan
+from prdit.diffusion.sampler import (
+    SamplerOptions,
+    StackedRandomGenerator,
+    Trajectory,
+    corrector_gamma,
+    sample,
+    step_plan,
+)
 
 __all__ = [
     "loss",
     "sample",
+    "SamplerOptions",
+    "Trajectory",
     "step_plan",
     "StackedRandomGenerator",
     "q_sample",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -93,22 +94,46 @@ def _device_of(model: Model) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How the sampler walks from noise to data, each option's meaning here (NVlabs/edm's sampler kwargs)."""
+
+    steps: int  # model calls on the project grid (steps + 1 points, T .. 0); reference: see reference_grid
+    k: int = 2  # the predictor jumps k grid points; past t_next a corrector lands back on it (1: plain Euler)
+    grid: str = "project"  # the timestep grid: "project" or "reference" (step_plan)
+    timesteps: int = TIMESTEPS  # T of the diffusion process (diffusion.timesteps)
+    noise_std: float = (
+        NOISE_STD  # std of the noise at t = T and scale of the corrector's (diffusion.noise_std)
+    )
+    amp_dtype: torch.dtype | None = None  # autocast dtype of the model call; None: no autocast
+
+    def plan(self) -> list[Step]:
+        """The (t, t_next, t_jump) of every model call (step_plan of these options)."""
+        return step_plan(self.steps, self.k, self.grid, self.timesteps)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Write x_t and x0_hat to `folder` (step_XXXXX.pt) every `every` model calls and after the last."""
+
+    folder: str | Path
+    every: int
+
+    def due(self, call: int, calls: int) -> bool:
+        """Whether the state after model call `call` (1-based) of `calls` is written."""
+        return bool(self.every) and (call % self.every == 0 or call == calls)
+
+
 @torch.no_grad()
 def sample(
     model: Model,
     shape: Sequence[int],
+    options: SamplerOptions,
     *,
-    steps: int,
-    k: int = 2,
     seeds: Sequence[int] | None = None,
     device: torch.device | str | None = None,
-    timesteps: int = TIMESTEPS,
-    noise_std: float = NOISE_STD,
-    trajectory_dir: str | Path | None = None,
-    save_every: int = 0,
-    amp_dtype: torch.dtype | None = None,
+    trajectory: Trajectory | None = None,
     progress_desc: str | None = None,
-    grid: str = "project",
 ) -> torch.Tensor:
     """Generate a batch of clean volumes in model space ([-1, 1]); `shape` is [B, C, D, H, W].
 
@@ -116,10 +141,11 @@ def sample(
     towards the data. The predictor moves to t_jump, x += (b - b_jump) d; when it jumped past t_next the
     corrector rescales by Gamma = cos b_next / cos b_jump and adds sqrt(1 - Gamma^2) fresh noise, landing
     on the marginal of t_next (step_plan says which t, t_next, t_jump each grid visits). Sample j draws
-    all its noise from its own generator seeded with seeds[j]. Only the current state is kept; with
-    `trajectory_dir` and `save_every` = n, x_t and x0_hat are written there every n steps (step_XXXXX.pt).
+    all its noise from its own generator seeded with seeds[j]. Only the current state is kept; with a
+    `trajectory`, x_t and x0_hat are written as it says.
     """
-    plan = step_plan(steps, k, grid, timesteps)
+    plan = options.plan()
+    timesteps, noise_std, amp_dtype = options.timesteps, options.noise_std, options.amp_dtype
     b, c = shape[0], shape[1]
     seeds = list(seeds) if seeds is not None else default_seeds(b)
     if len(seeds) != b:
@@ -149,8 +175,8 @@ def sample(
             x_next = x_jump.mul_(gamma).add_(
                 rnd.randn(shape), alpha=noise_std * math.sqrt(max(0.0, 1 - gamma**2))
             )
-        if trajectory_dir is not None and save_every and ((i + 1) % save_every == 0 or i + 1 == len(plan)):
-            _save_step(Path(trajectory_dir), i + 1, t_next, x_next, x0_hat)
+        if trajectory is not None and trajectory.due(i + 1, len(plan)):
+            _save_step(Path(trajectory.folder), i + 1, t_next, x_next, x0_hat)
         del out, eps_hat, x0_hat
     return x_next
 

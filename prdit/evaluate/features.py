@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from prdit import io, paths
 from prdit.errors import PrditError
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
 from prdit.evaluate.texture import STRIDE, volume_stats
-from prdit.evaluate.volumes import Summary, hu_histogram, read_volume, thumbnail
+from prdit.evaluate.volumes import Roots, Summary, hu_histogram, read_volume, thumbnail
 from prdit.io import atomic_path
 from prdit.progress import progress
 
@@ -37,31 +39,40 @@ def cache_path(dataset: str, size: int, root: Path = paths.FEATURES) -> Path:
 BATCH = 4  # volumes per extractor forward pass (prdit plan sizes its GPU memory from it)
 
 
+@dataclass(frozen=True)
+class Extractor:
+    """The feature extractor as an evaluation runs it (the other statistics do not depend on it)."""
+
+    model: nn.Module  # the network (prdit.evaluate.extractor.build_extractor), on its device
+    info: ExtractorInfo  # what it is: the real-set cache's identity, the metrics' "extractor"
+    axes: str = "zyx"  # axis order it sees: 'zyx' (our arrays) or 'xyz' (nibabel's, the reference's)
+    batch_size: int = BATCH  # volumes per forward pass
+
+    def __post_init__(self) -> None:
+        if self.axes not in ("zyx", "xyz"):
+            raise ValueError(f"axes must be 'zyx' or 'xyz', got {self.axes!r}")
+
+
 def summarise(
     paths: Sequence[Path],
     ids: Sequence[str],
-    kind: str,
-    size: int,
     window: Sequence[float],
-    model: nn.Module,
+    extractor: Extractor,
     errors: list[str],
-    batch_size: int = BATCH,
+    *,
+    read: Callable[[Path], np.ndarray],
     desc: str = "features",
-    axes: str = "zyx",
     keep: list | None = None,
-    read: Callable[[Path], np.ndarray] | None = None,
 ) -> Summary:
     """Read, normalise and summarise volumes; a file that fails is logged, listed in `errors` and skipped.
 
-    `axes` is the axis order the extractor sees: 'zyx' (our arrays) or 'xyz' (nibabel's order, the
-    reference evaluation's); the other statistics do not depend on it. `keep` (e.g. a VolumeBank) receives
-    each volume read ([D, H, W] in [-1, 1], in the order of the summary's ids), so nothing is read twice.
-    Features are extracted `batch_size` volumes at a time on the extractor's device. `read` (path -> [-1, 1]
-    cube) replaces read_volume(path, size, kind, window), e.g. for a baseline's files; a PrditError it
-    raises (a file that breaks its declaration) stops the evaluation instead of skipping the file.
+    `read` (path -> [-1, 1] cube: read_volume for ours, prdit.evaluate.baselines.read_unit for a
+    baseline's) reads each file; a PrditError it raises (a file that breaks its declaration) stops the
+    evaluation instead of skipping the file. `window` is the HU window of the histograms. `keep` (e.g. a
+    VolumeBank) receives each volume read ([D, H, W] in [-1, 1], in the order of the summary's ids), so
+    nothing is read twice. Features are extracted `extractor.batch_size` volumes at a time.
     """
-    if axes not in ("zyx", "xyz"):
-        raise ValueError(f"axes must be 'zyx' or 'xyz', got {axes!r}")
+    model, axes, batch_size = extractor.model, extractor.axes, extractor.batch_size
     ok_ids, feats, thumbs, hists, stats, batch = [], [], [], [], [], []
 
     def flush() -> None:
@@ -70,7 +81,7 @@ def summarise(
 
     for path, case in progress(list(zip(paths, ids)), desc=desc):
         try:
-            x = read(path) if read is not None else read_volume(path, size, kind, window)
+            x = read(path)
         except PrditError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the evaluation
@@ -124,18 +135,18 @@ def real_summaries(
     dataset: str,
     size: int,
     window: Sequence[float],
-    model: nn.Module,
-    info: ExtractorInfo,
+    extractor: Extractor,
     errors: list[str],
-    processed_root: Path = paths.PROCESSED,
-    splits_root: Path = paths.SPLITS,
-    cache_root: Path = paths.FEATURES,
-    axes: str = "zyx",
+    roots: Roots | None = None,
 ) -> dict[str, Summary]:
-    """Summaries of the real train/val/test cases (in split-file order), extracting only what the cache lacks."""
+    """Summaries of the real train/val/test cases (in split-file order), extracting only what the cache lacks;
+    `roots` (default: the project's) gives the processed, splits and features (cache) folders."""
+    roots = roots or Roots()
+    processed_root, splits_root, cache_root = roots.processed, roots.splits, roots.features
+    axes = extractor.axes
     meta = {
         "version": CACHE_VERSION,
-        "extractor": info.key,
+        "extractor": extractor.info.key,
         "window": [float(w) for w in window],
         "size": size,
         "seam_stride": STRIDE,
@@ -174,13 +185,11 @@ def real_summaries(
         new = summarise(
             todo_paths,
             todo_ids,
-            "real",
-            size,
             window,
-            model,
+            extractor,
             errors,
+            read=partial(read_volume, size=size, kind="real", window=window),
             desc=f"real features {dataset}/{size}",
-            axes=axes,
         )
         for k, case in enumerate(new.ids):
             entries[case] = (todo_stamps[case], new.features[k], new.thumbs[k], new.hists[k], new.stats[k])

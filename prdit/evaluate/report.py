@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -124,20 +125,24 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
+@dataclass(frozen=True)
+class Histograms:
+    """The report's HU histograms: bin edges (HU) and the mean voxel fraction per bin of each set."""
+
+    edges: np.ndarray  # (bins + 1,) HU
+    real: np.ndarray  # (bins,) real train
+    generated: np.ndarray  # (bins,) generated
+
+
+Montages = dict[str, tuple[list[np.ndarray], list[str]]]  # 'real', 'generated': (volumes, row titles)
+
+
 def write_report(
-    folder: Path,
-    m: dict,
-    real_vols: list[np.ndarray],
-    real_titles: list[str],
-    gen_vols: list[np.ndarray],
-    gen_titles: list[str],
-    edges: np.ndarray,
-    real_hist: np.ndarray,
-    gen_hist: np.ndarray,
-    memo: dict,
-    info_lines: list[str],
+    folder: Path, m: dict, montages: Montages, hists: Histograms, memo: dict, info_lines: list[str]
 ) -> list[Path]:
     """Write figures, CSVs, report.md and report.html into `folder`; returns the PNG paths."""
+    (real_vols, real_titles), (gen_vols, gen_titles) = montages["real"], montages["generated"]
+    edges, real_hist, gen_hist = hists.edges, hists.real, hists.generated
     pngs = []
     if real_vols:
         pngs.append(montage(real_vols, folder / "montage_real.png", titles=real_titles))
@@ -250,17 +255,38 @@ def write_report(
     return pngs
 
 
+def _html_table_row(line: str, first: bool) -> str | None:
+    """A Markdown table line as HTML: the first opens the table as its header; a |---| rule gives None."""
+    cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+    if first:
+        return "<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>"
+    if set(line) <= set("|-"):
+        return None
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _html_block(line: str, folder: Path) -> str | None:
+    """A Markdown line that is neither a table row nor a list item as HTML (an image inlined from
+    `folder`, a heading, a paragraph); a blank line gives None."""
+    if line.startswith("!["):
+        name = line[line.index("(") + 1 : -1]
+        data = base64.b64encode((folder / name).read_bytes()).decode()
+        return f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>'
+    if line.startswith("#"):
+        level = len(line) - len(line.lstrip("#"))
+        return f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>"
+    return f"<p>{html.escape(line).replace('**', '')}</p>" if line else None
+
+
 def html_page(title: str, md: list[str], folder: Path) -> str:
     """A small, self-contained HTML rendering of the Markdown lines (images inlined as base64)."""
     body, in_table, in_list = [], False, False
     for line in md:
         if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if not in_table:
-                body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-                in_table = True
-            elif not set(line) <= set("|-"):
-                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            row = _html_table_row(line, first=not in_table)
+            if row is not None:
+                body.append(row)
+            in_table = True
             continue
         if in_table:
             body.append("</table>")
@@ -272,15 +298,9 @@ def html_page(title: str, md: list[str], folder: Path) -> str:
         if in_list:
             body.append("</ul>")
             in_list = False
-        if line.startswith("!["):
-            name = line[line.index("(") + 1 : -1]
-            data = base64.b64encode((folder / name).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line:
-            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+        block = _html_block(line, folder)
+        if block is not None:
+            body.append(block)
     if in_table:
         body.append("</table>")
     if in_list:

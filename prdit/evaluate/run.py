@@ -17,14 +17,15 @@ import torch
 from prdit import hu, paths, protocol
 from prdit.device import select_device
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
-from prdit.evaluate.features import cache_path, real_summaries, summarise
+from prdit.evaluate.features import Extractor, cache_path, real_summaries, summarise
 from prdit.evaluate.memorization import audit
 from prdit.evaluate.ms_ssim import pair_indices, pairwise_values, scales_for
-from prdit.evaluate.report import write_report
+from prdit.evaluate.report import Histograms, write_report
 from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
 from prdit.evaluate.volumes import (
     GeneratedSet,
+    Roots,
     Summary,
     VolumeBank,
     hist_edges,
@@ -50,6 +51,20 @@ DIAG_NOTE = (
     "|second difference|; texture_ratio = generated / real train (above 1: noise, below 1: over-smoothing), "
     "texture_ratio_floor = held-out real / real train"
 )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How one evaluation is run (params.yaml evaluate.*, preprocess.window and protocol), each setting here."""
+
+    window: tuple[float, float]  # preprocess.window: generated HU clipped to it and mapped to [-1, 1]
+    ms_ssim_pairs: int  # random pairs for MS-SSIM (generated, unless the protocol takes all) and its floor
+    bootstrap: int  # bootstrap replicates of each feature score's 95% interval (0: none)
+    seed: int  # seed of the extractor's fallback weights, the MS-SSIM pairs and the bootstrap
+    weights: str | None = None  # the extractor's weights file (None: the untrained fallback)
+    sha256: str | None = None  # its expected SHA-256 (None: not checked)
+    num_samples: int | None = None  # score the first n of our samples (None: all; a given set is kept whole)
+    protocol: str = "project"  # prdit.protocol.CONVENTIONS key: "project" or "paper"
 
 
 @dataclass
@@ -145,33 +160,28 @@ def _read_each_once(
 def score(
     dataset: str,
     size: int,
-    window: tuple[float, float],
-    weights: str | None,
-    sha256: str | None,
-    ms_ssim_pairs: int,
-    n_boot: int,
-    seed: int,
-    num_samples: int | None = None,
-    protocol_name: str = "project",
-    samples_root: Path = paths.SAMPLES,
-    processed_root: Path = paths.PROCESSED,
-    splits_root: Path = paths.SPLITS,
-    features_root: Path = paths.FEATURES,
+    settings: EvalSettings,
+    *,
+    roots: Roots | None = None,
     device: torch.device | None = None,
     generated: GeneratedSet | None = None,
 ) -> Scored:
     """Compute every number of the evaluation: features and their scores, MS-SSIM, audit, diagnostics.
 
     Each generated volume is read once: feature extraction fills a VolumeBank that MS-SSIM then scores
-    in batches; real train volumes for the MS-SSIM floor are read once each. `device`: prdit.device's
-    choice (default: select_device()). `generated`: the volumes to score (e.g. a baseline's,
-    prdit.evaluate.baselines.baseline_set); default our samples in samples_root/<dataset>/<size>, the
-    first `num_samples` (ignored when `generated` is given: its set is already chosen).
+    in batches; real train volumes for the MS-SSIM floor are read once each. `roots`: where the inputs
+    are (default: the project's). `device`: prdit.device's choice (default: select_device()). `generated`:
+    the volumes to score (e.g. a baseline's, prdit.evaluate.baselines.baseline_set); default our samples
+    in roots.samples/<dataset>/<size>, the first settings.num_samples (ignored when `generated` is given:
+    its set is already chosen).
     """
+    roots = roots or Roots()
+    window, ms_ssim_pairs, seed = settings.window, settings.ms_ssim_pairs, settings.seed
+    n_boot, protocol_name, processed_root = settings.bootstrap, settings.protocol, roots.processed
     conventions = protocol.CONVENTIONS[protocol_name]
     axes = conventions.extractor_axes
     t0 = time.monotonic()
-    gen = generated or samples_set(samples_root / dataset / str(size), size, window, num_samples)
+    gen = generated or samples_set(roots.samples / dataset / str(size), size, window, settings.num_samples)
     gen_dir, gen_paths = gen.source["path"], gen.paths
     if not gen_paths:
         raise FileNotFoundError(
@@ -179,12 +189,11 @@ def score(
         )
     device = device or select_device()[0]
     torch.manual_seed(seed)
-    model, info = build_extractor(weights, sha256)
+    model, info = build_extractor(settings.weights, settings.sha256)
     model.to(device)
+    extractor = Extractor(model, info, axes)
     skipped: list[str] = []
-    real = real_summaries(
-        dataset, size, window, model, info, skipped, processed_root, splits_root, features_root, axes=axes
-    )
+    real = real_summaries(dataset, size, window, extractor, skipped, roots)
     train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
     if not train.ids:
         raise ValueError(
@@ -194,15 +203,12 @@ def score(
     generated = summarise(
         gen_paths,
         gen.ids,
-        "generated",
-        size,
         window,
-        model,
+        extractor,
         skipped,
-        desc=f"sample features {dataset}/{size}",
-        axes=axes,
-        keep=gen_vols,
         read=gen.read,
+        desc=f"sample features {dataset}/{size}",
+        keep=gen_vols,
     )
     if not generated.ids:
         raise ValueError(
@@ -232,20 +238,7 @@ def score(
     )
     memo = audit(generated, train, heldout)
     diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
-    if diag["seam_ratio"] is None:
-        notes.append(
-            f"seam ratio: not computed (needs volumes larger than the {diag['seam_stride']}-voxel token grid)"
-        )
-    if memo["threshold_voxel_rmse"] is None:
-        notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
-    if len(generated.ids) < len(gen_paths):
-        notes.append(
-            f"{len(gen_paths) - len(generated.ids)} generated volume(s) could not be read (see skipped)"
-        )
-    if gen.ignored:
-        notes.append(
-            f"{len(gen.ignored)} file(s) in {gen_dir} are not volumes and were ignored: {gen.ignored}"
-        )
+    notes.extend(_caveats(diag, memo, gen, len(generated.ids)))
     shown = [i for i in montage_idx if i in real_vols]
     montage = {
         "real": ([_host(real_vols[i]) for i in shown], [f"real {train.ids[i]}" for i in shown]),
@@ -272,7 +265,7 @@ def score(
         diag,
         notes,
         skipped,
-        cache_path(dataset, size, features_root),
+        cache_path(dataset, size, roots.features),
         montage,
         t_feat,
         gen.source,
@@ -280,6 +273,24 @@ def score(
         mid_slices(_host(gen_vols[0]), window, "generated")
         | (mid_slices(montage["real"][0][0], window, "real") if shown else {}),
     )
+
+
+def _caveats(diag: dict, memo: dict, gen: GeneratedSet, n_read: int) -> list[str]:
+    """The notes the diagnostics, the audit and the generated set (`n_read` of its files read) call for."""
+    notes = []
+    if diag["seam_ratio"] is None:
+        notes.append(
+            f"seam ratio: not computed (needs volumes larger than the {diag['seam_stride']}-voxel token grid)"
+        )
+    if memo["threshold_voxel_rmse"] is None:
+        notes.append("memorization: no held-out real volumes; near-copies judged by SSIM alone")
+    if n_read < len(gen.paths):
+        notes.append(f"{len(gen.paths) - n_read} generated volume(s) could not be read (see skipped)")
+    if gen.ignored:
+        notes.append(
+            f"{len(gen.ignored)} file(s) in {gen.source['path']} are not volumes and were ignored: {gen.ignored}"
+        )
+    return notes
 
 
 def _host(v: Any) -> np.ndarray:
@@ -340,21 +351,16 @@ def record(s: Scored) -> dict:
     }
 
 
-def write(
-    m: dict,
-    s: Scored,
-    metrics_root: Path = paths.METRICS,
-    reports_root: Path = paths.REPORTS,
-    name: str | None = None,
-) -> tuple[Path, Path]:
+def write(m: dict, s: Scored, roots: Roots | None = None, name: str | None = None) -> tuple[Path, Path]:
     """Write the report folder and the metrics file, each atomically; returns (json path, report dir).
 
-    `name` (an experiment or a baseline) places them as prdit.paths.metrics/reports do, under the roots.
-    The report folder also gets mid_slices.npz (float32 HU planes, keys MID_SLICE_KEYS) for the
-    comparison report.
+    `name` (an experiment or a baseline) places them as prdit.paths.metrics/reports do, under
+    roots.metrics and roots.reports (default: the project's). The report folder also gets mid_slices.npz
+    (float32 HU planes, keys MID_SLICE_KEYS) for the comparison report.
     """
-    metrics_path = metrics_root / paths.metrics(s.dataset, s.size, name).relative_to(paths.METRICS)
-    report_dir = reports_root / paths.reports(s.dataset, s.size, name).relative_to(paths.REPORTS)
+    roots = roots or Roots()
+    metrics_path = roots.metrics / paths.metrics(s.dataset, s.size, name).relative_to(paths.METRICS)
+    report_dir = roots.reports / paths.reports(s.dataset, s.size, name).relative_to(paths.REPORTS)
     info_lines = [
         f"protocol: {s.protocol} (docs/reproducing.md); extractor input axis order {s.axes}; "
         f"MS-SSIM over {m['n']['ms_ssim_pairs']} generated pairs",
@@ -368,17 +374,8 @@ def write(
         "generated: " + ", ".join(f"{k} {v}" for k, v in s.source.items()),
     ]
     with atomic_dir(report_dir) as tmp:
-        write_report(
-            tmp,
-            m,
-            *s.montage["real"],
-            *s.montage["generated"],
-            hist_edges(s.window),
-            s.train.hists.mean(0),
-            s.generated.hists.mean(0),
-            s.memo,
-            info_lines,
-        )
+        hists = Histograms(hist_edges(s.window), s.train.hists.mean(0), s.generated.hists.mean(0))
+        write_report(tmp, m, s.montage, hists, s.memo, info_lines)
         write_json(tmp / "metrics.json", m)
         with open(tmp / "mid_slices.npz", "wb") as fh:
             np.savez(fh, **{k: np.asarray(v, np.float32) for k, v in s.mid_slices.items()})
@@ -389,52 +386,24 @@ def write(
 def evaluate(
     dataset: str,
     size: int,
-    window: tuple[float, float],
-    weights: str | None,
-    sha256: str | None,
-    ms_ssim_pairs: int,
-    n_boot: int,
-    seed: int,
-    num_samples: int | None = None,
-    protocol_name: str = "project",
-    samples_root: Path = paths.SAMPLES,
-    processed_root: Path = paths.PROCESSED,
-    splits_root: Path = paths.SPLITS,
-    features_root: Path = paths.FEATURES,
-    metrics_root: Path = paths.METRICS,
-    reports_root: Path = paths.REPORTS,
+    settings: EvalSettings,
+    *,
+    roots: Roots | None = None,
     device: torch.device | None = None,
     generated: GeneratedSet | None = None,
     name: str | None = None,
 ) -> tuple[dict, Path, Path]:
     """Score, build the record, write the metrics file and report; returns (metrics, json path, report dir).
 
-    protocol_name 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
+    settings.protocol 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
     nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
-    all pairs of generated volumes; the floors stay held-out (val) against train. `generated` and `name`:
-    see score() and write(); everything else is the same for samples, experiments and baselines.
+    all pairs of generated volumes; the floors stay held-out (val) against train. `roots`, `generated` and
+    `name`: see score() and write(); everything else is the same for samples, experiments and baselines.
     """
     t0 = time.monotonic()
-    s = score(
-        dataset,
-        size,
-        window,
-        weights,
-        sha256,
-        ms_ssim_pairs,
-        n_boot,
-        seed,
-        num_samples,
-        protocol_name,
-        samples_root,
-        processed_root,
-        splits_root,
-        features_root,
-        device,
-        generated,
-    )
+    s = score(dataset, size, settings, roots=roots, device=device, generated=generated)
     m = record(s)
-    metrics_path, report_dir = write(m, s, metrics_root, reports_root, name)
+    metrics_path, report_dir = write(m, s, roots, name)
     log.info(
         "evaluate %s/%d%s: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
         "texture ratio %s (floor %s); features %.1f s, total %.1f s",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prdit import hu
+from prdit import hu, paths
 from prdit.evaluate.texture import STATS
 from prdit.io import read_nifti
 
@@ -123,6 +123,18 @@ def samples_set(
         read=lambda path: read_volume(path, size, "generated", window),
         source=source or {"kind": "samples", "name": None, "path": str(folder), "values": "hu"},
     )
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where an evaluation reads and writes (prdit.paths' folders unless a test or tool moves them)."""
+
+    samples: Path = paths.SAMPLES  # our samples: <samples>/<dataset>[/<name>]/<size>/<i>.nii.gz
+    processed: Path = paths.PROCESSED  # real volumes: <processed>/<dataset>/<size>/<case>.nii.gz
+    splits: Path = paths.SPLITS  # split files: <splits>/<dataset>/{train,val,test}.txt
+    features: Path = paths.FEATURES  # the real-set feature cache (prdit.evaluate.features.cache_path)
+    metrics: Path = paths.METRICS  # the metrics files (prdit.paths.metrics under this root)
+    reports: Path = paths.REPORTS  # the report folders (prdit.paths.reports under this root)
 
 
 @dataclass

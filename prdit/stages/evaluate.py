@@ -10,7 +10,7 @@ from prdit import paths, precision, tracking
 from prdit.device import announce, describe_device, select_device
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import baseline_set
-from prdit.evaluate.run import evaluate
+from prdit.evaluate.run import EvalSettings, evaluate
 from prdit.evaluate.volumes import GeneratedSet, samples_set
 
 if TYPE_CHECKING:
@@ -66,6 +66,16 @@ def run(p: Params, dataset: str, size: int, baseline: str | None = None) -> None
     numerics = precision.evaluation()
     precision.set_backends(numerics, device)
     ev = p.evaluate
+    settings = EvalSettings(
+        window=tuple(p.preprocess.window),
+        ms_ssim_pairs=ev.ms_ssim_pairs,
+        bootstrap=ev.bootstrap,
+        seed=ev.seed,
+        weights=ev.weights,
+        sha256=ev.sha256,
+        num_samples=ev.num_samples,
+        protocol=p.protocol,
+    )
     used = {
         "evaluate": p.section("evaluate"),
         "preprocess.window": list(p.preprocess.window),
@@ -78,19 +88,7 @@ def run(p: Params, dataset: str, size: int, baseline: str | None = None) -> None
             tracking.log_split(run, p, dataset, size, split, "evaluation")
         run.log_dataset(gen.source["path"], Path(gen.source["path"]), gen.source["kind"])
         m, metrics_path, report_dir = evaluate(
-            dataset,
-            size,
-            tuple(p.preprocess.window),
-            ev.weights,
-            ev.sha256,
-            ev.ms_ssim_pairs,
-            ev.bootstrap,
-            ev.seed,
-            ev.num_samples,
-            p.protocol,
-            device=device,
-            generated=gen,
-            name=name,
+            dataset, size, settings, device=device, generated=gen, name=name
         )
         run.set_tags(
             {

@@ -14,7 +14,7 @@ import torch
 from prdit import hu, io, paths, precision, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.batches import sample_seeds, shard_batches
-from prdit.diffusion.sampler import sample
+from prdit.diffusion.sampler import SamplerOptions, sample
 from prdit.model import content_hash, load
 from prdit.train.signals import EXIT_OK, StopRequest
 
@@ -143,6 +143,14 @@ def _run_sample(
 
         set_attention_kernel_dtype(model, numerics.attention)
     seeds = sample_seeds(s.seed, n)
+    options = SamplerOptions(
+        steps=s.steps,
+        k=s.k,
+        grid=p.conventions.sampler_grid,
+        timesteps=p.diffusion.timesteps,
+        noise_std=p.diffusion.noise_std,
+        amp_dtype=precision.autocast_dtype(numerics, device),
+    )
     spacing = (p.preprocess.fov_mm / size,) * 3
     dest = out_dir(dataset, size, shard, p.exp_name)
     partial = paths.partial(dest)
@@ -169,14 +177,9 @@ def _run_sample(
             x = sample(
                 model,
                 (len(idx), model.in_channels, size, size, size),
-                steps=s.steps,
-                k=s.k,
+                options,
                 seeds=[seeds[i] for i in idx],
                 device=device,
-                timesteps=p.diffusion.timesteps,
-                noise_std=p.diffusion.noise_std,
-                amp_dtype=precision.autocast_dtype(numerics, device),
-                grid=p.conventions.sampler_grid,
                 progress_desc=f"sample {dataset}/{size} {idx[0]}-{idx[-1]}",
             )
             for i, vol in zip(idx, x[:, 0].cpu().numpy()):

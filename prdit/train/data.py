@@ -78,22 +78,13 @@ class MicroBatches(Sampler[list[int]]):
 
 
 def train_loader(
-    dataset: Dataset,
-    *,
-    seed: int,
-    start: int,
-    global_batch: int,
-    accum: int,
-    rank: int,
-    world_size: int,
-    workers: int,
-    pin: bool,
+    dataset: Dataset, batches: MicroBatches, *, seed: int, workers: int, pin: bool
 ) -> DataLoader:
-    """Endless loader of (x0 [m, C, ...], positions [m]) micro-batches for this rank."""
-    sampler = MicroBatches(start, global_batch, accum, rank, world_size)
+    """Endless loader of (x0 [m, C, ...], positions [m]) micro-batches for this rank (`batches`: which
+    stream positions, from where, cut how); `seed` fixes the stream's permutations."""
     return DataLoader(
         SampleStream(dataset, seed),
-        batch_sampler=sampler,
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=False,

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import prdit.model as models
 from prdit.config import TrainCommon, TrainStage
+from prdit.diffusion import SamplerOptions
 from prdit.diffusion import loss as ian_loss
 from prdit.errors import PrditError
 from prdit.io import write_json
@@ -285,22 +286,21 @@ class _Loop:
         """The training stream from this run's data position, and the validation loader (None: no val set)."""
         job, env = self.job, self.env
         pin = env.device.type == "cuda"
-        loader = data.train_loader(
-            train_set,
-            seed=job.common.seed,
+        batches = data.MicroBatches(
             start=self.position,
             global_batch=job.train.batch_size,
             accum=job.common.grad_accum,
             rank=env.rank,
             world_size=env.world_size,
-            workers=job.common.num_workers,
-            pin=pin,
+        )
+        loader = data.train_loader(
+            train_set, batches, seed=job.common.seed, workers=job.common.num_workers, pin=pin
         )
         vloader = None
         if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
             vloader = data.val_loader(
                 val_set,
-                batch=loader.batch_sampler.micro,  # type: ignore[attr-defined]
+                batch=batches.micro,
                 rank=env.rank,
                 world_size=env.world_size,
                 workers=job.common.num_workers,
@@ -439,12 +439,14 @@ class _Loop:
                     self.sm.input_size,
                     job.out_dir / "previews" / f"step_{step:07d}.png",
                     n=job.preview_n,
-                    steps=job.preview_steps,
-                    k=job.preview_k,
+                    options=SamplerOptions(
+                        steps=job.preview_steps,
+                        k=job.preview_k,
+                        timesteps=job.diffusion.timesteps,
+                        noise_std=job.diffusion.noise_std,
+                    ),
                     device=self.env.device,
                     title=f"{job.stage} step {step}",
-                    timesteps=job.diffusion.timesteps,
-                    noise_std=job.diffusion.noise_std,
                 )
                 self.tracker.log_image(png, artifact_path="previews")
             except Exception as exc:  # noqa: BLE001 - a preview is for looking, never a reason to lose a run

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from prdit.diffusion import sample
+from prdit.diffusion import SamplerOptions, sample
 from prdit.train.data import DeviceFeed
 from prdit.train.distributed import DistEnv, all_sum
 from prdit.viz import montage
@@ -59,14 +59,11 @@ def preview(
     path: Path,
     *,
     n: int,
-    steps: int,
-    k: int,
+    options: SamplerOptions,
     device: torch.device,
     title: str,
-    timesteps: int = 1000,
-    noise_std: float = 0.5,
 ) -> Path:
-    """Sample `n` volumes from `model` and write their mid-slice montage to `path`.
+    """Sample `n` volumes from `model` with `options` and write their mid-slice montage to `path`.
 
     Every preview of a run is comparable with the others: volume i always starts from the same noise
     and draws the same corrector noise (seed PREVIEW_SEED + i, its own generator: independent of the
@@ -79,16 +76,7 @@ def preview(
     model.eval()
     try:
         seeds = [PREVIEW_SEED + i for i in range(n)]
-        vols = sample(
-            model,
-            (n, 1, size, size, size),
-            steps=steps,
-            k=k,
-            seeds=seeds,
-            device=device,
-            timesteps=timesteps,
-            noise_std=noise_std,
-        )
+        vols = sample(model, (n, 1, size, size, size), options, seeds=seeds, device=device)
     finally:
         model.train(was_training)
     arrays = [v[0].float().cpu().numpy() for v in vols]
