@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Chromium for the MLflow UI browser test (tests/test_tracking_ui.py), the way
+# Install Chromium for the MLflow UI browser test (tests/unit/test_tracking_ui.py), the way
 # tests/slurm/start-cluster.sh installs SLURM: Debian's package with apt, once; a no-op when present.
 # Prints the browser's path. Exit status: 0 installed; 3 it cannot be installed here (not root, no apt-get,
 # no package registry): the test skips saying why; anything else is a real failure.

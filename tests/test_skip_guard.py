@@ -1,4 +1,4 @@
-"""Under CI=true an unlisted skip makes pytest exit non-zero (tests/skip_guard.py), with or without xdist."""
+"""Under CI=true an unlisted skip makes pytest exit non-zero (tests/support/skip_guard.py), with or without xdist."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.project import ROOT
 
 SUITE = """
 import pytest
@@ -32,7 +32,17 @@ def run_suite(tmp_path: Path, ci: str | None, *args: str) -> subprocess.Complete
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.skip_guard", "-p", "no:cacheprovider", "-q", "-rs"]
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.support.skip_guard",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rs",
+        ]
         + [*args, str(tmp_path / "test_suite.py")],
         cwd=ROOT,
         env=env,

@@ -1,4 +1,5 @@
-"""One real CPU training step of a stage, its peak memory read from the kernel (run by tests/test_plan.py).
+"""One real CPU training step of a stage, its peak memory read from the kernel (run by
+tests/unit/plan/test_cost.py).
 
 usage: python rss_step.py OVERRIDES_JSON STAGE MICRO  -> {"delta": bytes}: VmHWM during the second step minus
 VmRSS before it (model, optimizer state and the first step's leftovers already resident). Run it with

@@ -1,4 +1,5 @@
-"""Build reference PRDiT models in a separate process (run by tests/test_model.py and the fixture recorder).
+"""Build reference PRDiT models in a separate process (run by tests/unit/model/test_networks.py and the
+fixture recorder).
 
 usage: python probe.py REFDIR count  NAME SIZE [NAME SIZE ...]   -> JSON {name@size: {params, shapes}}
        python probe.py REFDIR forward NAME SIZE OUT.pt           -> random weights, input, t and output
