@@ -10,7 +10,7 @@ when those sections or the values a key hashes change (`prdit dvc-yaml --check` 
 
 Each stage lists exactly the params it reads: prdit.config.STAGE_PARAMS, plus the keys under
 `experiments.<E>` that exist and override what the stage reads (DVC refuses a listed key that params.yaml
-lacks). tests/test_parity.py checks the result against Snakemake's jobs.
+lacks). tests/workflow/test_parity.py checks the result against Snakemake's jobs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ HEADER = """\
 # The same DAG as the Snakefile, for `dvc repro`: same prdit commands, same params.yaml, same files.
 # Written by `prdit dvc-yaml` from prdit/topology.py and params.yaml: do not edit; run it again after
 # changing `experiments:` or `baselines:` (prdit/dvc_yaml.py). Each stage lists exactly the params it reads
-# (prdit/config.py STAGE_PARAMS); tests/test_parity.py checks that this file and the Snakefile agree.
+# (prdit/config.py STAGE_PARAMS); tests/workflow/test_parity.py checks that this file and the Snakefile agree.
 """
 
 

@@ -46,7 +46,7 @@ if not workflow.remote_exec:
             )
 
 # The files of every stage, as patterns of prdit.paths (the one module that knows the layout; dvc.yaml spells
-# the same paths, which tests/test_parity.py checks).
+# the same paths, which tests/workflow/test_parity.py checks).
 MANIFEST = str(paths.manifest("{dataset}"))
 INTERIM = str(paths.interim("{dataset}"))
 INGEST_PLAN = str(paths.shards(paths.interim("{dataset}")) / "plan.json")
