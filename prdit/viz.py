@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 
 from prdit.io import atomic_path
 
+MONTAGE_VOLUMES = 4  # volumes in a montage of samples or of an evaluation (real and generated rows)
+
 
 def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     """Axial, coronal and sagittal mid-slices of a [z, y, x] volume, oriented head up."""

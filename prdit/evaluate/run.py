@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prdit import hu, paths, protocol
+from prdit import hu, paths, protocol, viz
 from prdit.device import select_device
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import Extractor, cache_path, real_summaries, summarise
@@ -38,7 +38,7 @@ from prdit.protocol import PAPER_REAL_N
 log = logging.getLogger(__name__)
 
 
-MONTAGE_ROWS = 4
+MONTAGE_ROWS = viz.MONTAGE_VOLUMES
 INPUT_NOTE = (
     "real (data/processed, [-1, 1]) and generated (samples, HU clipped to preprocess.window and mapped "
     "linearly to [-1, 1]) volumes enter the extractor and MS-SSIM identically as [-1, 1] cubes, as in the "

@@ -41,7 +41,7 @@ def out_dir(dataset: str, size: int, shard: int | None = None, name: str | None 
     return base if shard is None else paths.shards(base) / str(shard)
 
 
-MONTAGE_ROWS = 4
+MONTAGE_ROWS = viz.MONTAGE_VOLUMES
 
 
 def _montage(previews: list[np.ndarray], path: Path) -> None:
