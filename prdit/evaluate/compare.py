@@ -306,15 +306,19 @@ def draw_fid_chart(record: dict, path: Path) -> None:
         if r["fid_x1e3"] is None:
             ax.text(i, 0, "n/a", ha="center", va="bottom")
             continue
-        ax.bar(i, r["fid_x1e3"], color=colour.get(r["kind"], "tab:blue"), width=0.6)
+        ax.bar(i, r["fid_x1e3"], color=colour.get(r["kind"], "tab:blue"), width=0.6, zorder=2)
         if r["fid_x1e3_low"] is not None:
             lo, hi = r["fid_x1e3_low"], r["fid_x1e3_high"]  # percentile bounds: need not surround the bar
-            ax.errorbar(i, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", color="k", capsize=4, lw=1)
+            ax.errorbar(
+                i, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", color="k", capsize=4, lw=1, zorder=3
+            )
     floor = record["floor"]
     if floor["fid_x1e3"] is not None:
         ax.axhline(floor["fid_x1e3"], color="tab:red", ls="--", lw=1, label="real vs real (floor)")
         if floor["fid_x1e3_low"] is not None:
-            ax.axhspan(floor["fid_x1e3_low"], floor["fid_x1e3_high"], color="tab:red", alpha=0.12)
+            ax.axhspan(
+                floor["fid_x1e3_low"], floor["fid_x1e3_high"], color="tab:red", alpha=0.12, zorder=0
+            )  # behind the bars
         ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("FID x10^3 (lower is better)")
