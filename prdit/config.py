@@ -23,9 +23,6 @@ from prdit.protocol import CONVENTIONS, MEDICALNET_23DATASET_SHA256, PAPER_WEIGH
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 STAGES = topology.STAGES
-# what an experiment may override (experiments.<name>): the parameters from training on; the data, the
-# protocol and the evaluation stay the project's, so every experiment is compared on one protocol
-EXPERIMENT_SECTIONS = ("train", "diffusion", "sample")
 
 # The params each pipeline stage reads: Snakemake rules and DVC stages list exactly these, so a change
 # re-runs only the stages that read it. "{dataset}" is filled in per dataset, "{name}" per baseline.
@@ -639,13 +636,11 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
     )
     for name, override in (raw.get("experiments") or {}).items():
         merged = deep_merge(raw, override or {})
-        try:
-            view = from_dict(
-                {k: v for k, v in merged.items() if k != "experiments"},
-                origin=f"{origin}: experiments.{name}",
-            )
-        except ConfigError as exc:  # an override that breaks the parameters: name the experiment
-            raise ConfigError(str(exc)) from None
+        # what an experiment may override (train, diffusion, sample: the data, the protocol and the
+        # evaluation stay the project's) is the schema's; its errors name the experiment through `origin`
+        view = from_dict(
+            {k: v for k, v in merged.items() if k != "experiments"}, origin=f"{origin}: experiments.{name}"
+        )
         object.__setattr__(view, "raw", merged)
         object.__setattr__(view, "exp_name", name)
         object.__setattr__(view, "base", params)

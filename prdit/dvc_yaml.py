@@ -25,10 +25,11 @@ import yaml
 from prdit import io, paths, topology
 from prdit.config import STAGE_PARAMS, Params
 from prdit.errors import PrditError
+from prdit.plan import limits
 
 FILE = Path("dvc.yaml")
 STALE = "dvc.yaml is out of date with params.yaml (experiments/baselines); run `prdit dvc-yaml`"
-DATA_THREADS = 8  # the ingest and preprocess rules' threads (workflow/rules/common.smk DATA_JOBS)
+DATA_THREADS = limits.DATA_JOBS["ingest"]["threads"]  # the ingest and preprocess rules' threads
 ITEM = "${item}"
 SPLITS = [str(paths.splits(ITEM, part)) for part in ("train", "val", "test")]
 LABEL = {"size": "base", "highres_size": "highres"}  # stage-name word of each working size (topology)
@@ -131,7 +132,7 @@ def _data_stages() -> dict[str, Any]:
         "preprocess": _stage(
             "${datasets}",
             {
-                "cmd": f'prdit preprocess --dataset "$DVC_STAGE" --threads {DATA_THREADS}',
+                "cmd": f'prdit preprocess --dataset "$DVC_STAGE" --threads {limits.DATA_JOBS["preprocess"]["threads"]}',
                 "deps": [str(paths.interim(ITEM))],
                 "params": _params_plain("preprocess"),
                 "outs": [str(paths.processed(ITEM))],
@@ -262,7 +263,7 @@ def stages(p: Params) -> dict[str, Any]:
     for stage in present:  # each distinct model once: experiments with one key share it
         keys = dict.fromkeys(p.view(e).model_key(stage) for e in experiments) if experiments else {None: None}
         for key in keys:
-            out[f"train-{stage}" + (f"-{key}" if key else "")] = _train(p, stage, key)
+            out[f"train-{paths.model_name(stage, key)}"] = _train(p, stage, key)
     rows = list(experiments) or [None]
     for s in samplers:
         for e in rows:

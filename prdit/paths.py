@@ -83,12 +83,16 @@ def features(dataset: str | None = None, size: str | int | None = None) -> Path:
     return FEATURES / str(dataset) if size is None else FEATURES / str(dataset) / str(size)
 
 
-def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
-    """models/<dataset>/<stage>[-<key>]: model.pt, last.pt, metrics.json and previews of one training stage.
+def model_name(stage: str, key: str | None = None) -> str:
+    """<stage>[-<key>]: the folder name of a model (the rules' {model} wildcard). `key` (Params.model_key)
+    tells apart the models of named experiments whose parameters differ from the project's own;
+    experiments with the same key share the folder."""
+    return str(stage) if key is None else f"{stage}-{key}"
 
-    `key` (Params.model_key) tells apart the models of named experiments whose parameters differ from the
-    project's own; experiments with the same key share the folder."""
-    return MODELS / str(dataset) / (str(stage) if key is None else f"{stage}-{key}")
+
+def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
+    """models/<dataset>/<stage>[-<key>]: model.pt, last.pt, metrics.json and previews of one training stage."""
+    return MODELS / str(dataset) / model_name(stage, key)
 
 
 def model_file(dataset: str, stage: str, key: str | None = None) -> Path:

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prdit import protocol, topology
+from prdit import paths, protocol, topology
 from prdit.config import Params
 from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
@@ -226,10 +226,10 @@ def plan(p: Params, gpu: GPU) -> list[JobCost]:
                 key = view.model_key(stage)
                 if (stage, key) not in trained:
                     trained.add((stage, key))
-                    job = train_job(view, dataset, stage, gpu)
-                    if key is not None:
-                        job = dataclasses.replace(job, job=f"train-{stage}-{key}/{dataset}")
-                    jobs.append(job)
+                    job = train_job(view, dataset, stage, gpu)  # named after its model folder
+                    jobs.append(
+                        dataclasses.replace(job, job=f"train-{paths.model_name(stage, key)}/{dataset}")
+                    )
         for view in views:
             jobs += [_named(sample_jobs(view, dataset, size, gpu), view.exp_name) for size in p.sizes()]
             jobs += [_named(evaluate_job(view, dataset, size, gpu), view.exp_name) for size in p.sizes()]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prdit import paths, tracking
+from prdit import paths, topology, tracking
 from prdit.evaluate.compare import (
     FLOOR_METRIC,
     PROJECT_ROW,
@@ -76,6 +76,7 @@ def log_comparison(run: tracking.StageRun, record: dict, folder: Path) -> None:
 
 def run(p: Params, dataset: str, size: int) -> None:
     """Stage function of `prdit compare`: the comparison of every experiment and baseline at one size."""
+    topology.sampler(size, p.preprocess.size, p.preprocess.highres_size)  # a size this config generates
     rows = read_rows(p, dataset, size)
     notes = check_same_evaluation(rows)
     used = {

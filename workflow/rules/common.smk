@@ -99,8 +99,7 @@ def view(wildcards):
 
 def model_name(p, stage):
     """The {model} wildcard of `stage` under parameters `p`: the stage, or "<stage>-<key>"."""
-    key = p.model_key(stage)
-    return stage if key is None else f"{stage}-{key}"
+    return paths.model_name(stage, p.model_key(stage))
 
 
 def model_stage(wildcards):
@@ -300,18 +299,9 @@ def baseline_path(wildcards):
     return BASELINES[wildcards.baseline].path
 
 
-# The data rules' resources (threads, mem_mb, runtime in minutes), one row per rule; the GPU rules' come
-# from job_limit below, and a profile's set-threads / set-resources wins. The ingest and preprocess jobs
-# are per-case pools of `threads` processes (dvc.yaml passes the same --threads).
-DATA_JOBS = {
-    "download": dict(threads=4, mem_mb=2000, runtime=24 * 60),
-    "ingest_plan": dict(threads=8, mem_mb=8000, runtime=2 * 60),
-    "ingest_shard": dict(threads=8, mem_mb=16000, runtime=6 * 60),
-    "ingest": dict(threads=8, mem_mb=16000, runtime=6 * 60),
-    "preprocess_shard": dict(threads=8, mem_mb=16000, runtime=6 * 60),
-    "preprocess": dict(threads=8, mem_mb=16000, runtime=6 * 60),
-    "split": dict(threads=1, mem_mb=1000, runtime=10),
-}
+# The data rules' resources (threads, mem_mb, runtime in minutes): prdit/plan/limits.py DATA_JOBS, one row
+# per rule (dvc.yaml passes the same --threads); a profile's set-threads / set-resources wins.
+DATA_JOBS = limits.DATA_JOBS
 
 
 def job_limit(rule, kind):
