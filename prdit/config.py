@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from prdit import paths, topology
-from prdit.errors import PrditError
+from prdit.errors import ConfigError
 from prdit.protocol import CONVENTIONS, MEDICALNET_23DATASET_SHA256, PAPER_WEIGHTS_NAME, Conventions
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
@@ -47,10 +47,6 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "evaluate-baseline": ("evaluate", "preprocess.window", "protocol", "baselines.{name}"),
     "compare": ("evaluate", "preprocess.window", "protocol"),
 }
-
-
-class ConfigError(PrditError, ValueError):
-    """A parameter file is invalid; the message names the file, the key and the reason."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ class PrditError(Exception):
     """Base of every error caused by input, parameters or the outside world rather than by a bug."""
 
 
+class ConfigError(PrditError, ValueError):
+    """A parameter is invalid; the message names the file or key and the reason (raised by prdit.config when
+    the parameters load, and by a library function that finds a combination of them it cannot run)."""
+
+
 class MissingInputError(PrditError, FileNotFoundError):
     """What a stage reads is not there (yet): the message names the path and the command that makes it."""
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prdit.config import ConfigError, Params
+from prdit.config import Params
+from prdit.errors import ConfigError
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, MEM_FRACTION
 
 log = logging.getLogger(__name__)
