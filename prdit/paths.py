@@ -128,6 +128,16 @@ def compare(dataset: str, size: str | int) -> Path:
     return REPORTS / str(dataset) / COMPARE / str(size)
 
 
+def medicalnet(name: str) -> Path:
+    """Where `prdit fetch-weights` places a MedicalNet checkpoint (prdit.acquire.weights) unless told."""
+    return MODELS / "medicalnet" / name
+
+
+def pseudonym_key() -> Path:
+    """The project's pseudonym key (prdit.data.pseudonyms): never an output, never logged."""
+    return STATE / "pseudonym.key"
+
+
 def inductor_cache() -> Path:
     """.prdit/inductor-cache: torch.compile's inductor and Triton caches, reused by a requeued job."""
     return STATE / "inductor-cache"

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from prdit import paths
 from prdit.acquire import http
 from prdit.errors import PrditError
 from prdit.io import sha256_file
@@ -33,19 +32,18 @@ DEFAULT_NAME = "resnet_50_23dataset.pth"
 DEFAULT_URL = f"{HF_REPO}/resolve/{HF_REVISION}/{DEFAULT_NAME}"
 DEFAULT_SHA256 = MEDICALNET_23DATASET_SHA256
 DEFAULT_SIZE = 184_885_051
-DEFAULT_OUT = paths.MODELS / "medicalnet" / DEFAULT_NAME
 PAPER_URL = f"{HF_REPO}/resolve/{HF_REVISION}/resnet_50.pth"
 PAPER_SHA256 = "5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84"  # one source: medmetric
 
 
 def fetch_weights(
-    url: str | None = None,
-    out: str | Path = DEFAULT_OUT,
+    url: str | None,
+    out: str | Path,
     sha256: str | None = None,
     policy: http.RetryPolicy | None = None,
     verify: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Download `url` to `out`; a file whose sha256 differs never takes the name `out`. Returns `out`.
+    """Download `url` to `out` (the stage's default: prdit.paths.medicalnet(DEFAULT_NAME)); a file whose sha256 differs never takes the name `out`. Returns `out`.
 
     Without `url` the default 23-dataset file is fetched, checked against its pinned sha256 and size.
     `verify(part)` may refuse the received file (DownloadError); it then never takes the name `out`.

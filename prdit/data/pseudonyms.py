@@ -22,14 +22,9 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from prdit import paths
 from prdit.errors import PrditError
 from prdit.io import create_once
-
-if TYPE_CHECKING:
-    from prdit.config import Params
 
 KEY_BYTES = 32
 DIGITS = 12  # hex digits of the HMAC kept: 48 bits, no collision in any realistic dataset
@@ -40,22 +35,19 @@ IDENTIFIER_COLUMNS = ["case", "patient_id", "source_patient_id", "series_uid", "
 SERIES_COLUMNS = ["patient_id", "source_patient_id", "series_uid", "path", "reason"]
 
 
-def key_path() -> Path:
-    return paths.STATE / "pseudonym.key"
-
-
-def mode(p: Params, dataset: str) -> str:
-    """'pseudonym' or 'source': how the cases of `dataset` are named."""
-    src = p.sources[dataset]
-    chosen = getattr(src, "case_ids", "auto") or "auto"
+def mode(case_ids: str, download: str, fmt: str) -> str:
+    """'pseudonym' or 'source': how the cases of a source are named, from its `case_ids`, `download` and
+    `format` (sources.<name>.*): `auto` pseudonymises a DICOM source of your own (`download: none`)."""
+    chosen = case_ids or "auto"
     if chosen != "auto":
         return chosen
-    return "pseudonym" if src.download == "none" and src.format == "dicom" else "source"
+    return "pseudonym" if download == "none" and fmt == "dicom" else "source"
 
 
-def load_key(path: Path | None = None) -> bytes:
-    """The project's pseudonym key, created on first use (atomically: concurrent jobs agree on one)."""
-    path = Path(path or key_path())
+def load_key(path: Path) -> bytes:
+    """The project's pseudonym key (prdit.paths.pseudonym_key), created on first use (atomically: concurrent
+    jobs agree on one)."""
+    path = Path(path)
     try:
         key = path.read_bytes()
     except FileNotFoundError:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from prdit import paths
 from prdit.acquire import http
-from prdit.acquire.weights import DEFAULT_NAME, DEFAULT_OUT, DEFAULT_SHA256, PaperWeightsError, fetch_weights
+from prdit.acquire.weights import DEFAULT_NAME, DEFAULT_SHA256, PaperWeightsError, fetch_weights
 from prdit.config import Params
 from prdit.io import sha256_file
 from prdit.protocol import MANUAL_WEIGHTS_STEP, PAPER_WEIGHTS_NAME
@@ -21,12 +22,12 @@ def run(p: Params, out: Path | None = None) -> int:
     Under `protocol: paper` the 23-dataset file is refused by content (its sha256), whatever its name.
     """
     ev = p.evaluate
-    target = Path(out or ev.weights or DEFAULT_OUT)
+    target = Path(out or ev.weights or paths.medicalnet(DEFAULT_NAME))
     if not ev.url and target.name == PAPER_WEIGHTS_NAME:
         raise PaperWeightsError(
             f"{target}: without evaluate.url prdit fetch-weights fetches the 23-dataset MedicalNet, which is "
             f"saved under its own name ({DEFAULT_NAME}), never as {PAPER_WEIGHTS_NAME} (the paper's network): "
-            f"set evaluate.weights to models/medicalnet/{DEFAULT_NAME}, or {MANUAL_WEIGHTS_STEP}"
+            f"set evaluate.weights to {paths.medicalnet(DEFAULT_NAME)}, or {MANUAL_WEIGHTS_STEP}"
         )
     if p.conventions.paper_weights:
         if target.is_file() and sha256_file(target) == DEFAULT_SHA256:

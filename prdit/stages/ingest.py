@@ -28,13 +28,19 @@ def shards_dir(dataset: str) -> Path:
     return paths.shards(paths.interim(dataset))
 
 
+def pseudonymised(p: Params, dataset: str) -> bool:
+    """Whether `dataset`'s cases are named by keyed pseudonyms (sources.<name>.case_ids, prdit.data.pseudonyms)."""
+    src = p.sources[dataset]
+    return pseudonyms.mode(src.case_ids, src.download, src.format) == "pseudonym"
+
+
 def plan(
     p: Params, dataset: str, threads: int = 1
 ) -> tuple[list[CaseJob], list[dict], list[dict], list[dict]]:
     """The dataset's cases as found in its raw folder (prdit.data.ingest.plan, with the params spelled out)."""
     src = p.sources[dataset]
     root = ingest.check_source(Path(src.path), dataset)
-    hide = pseudonyms.mode(p, dataset) == "pseudonym"
+    hide = pseudonymised(p, dataset)
     return ingest.plan(
         root,
         src.format,
@@ -42,7 +48,7 @@ def plan(
         min_slices=p.ingest.min_slices,
         max_gap_factor=p.ingest.max_gap_factor,
         min_extent_mm=p.ingest.min_extent_mm,
-        ps=pseudonyms.Pseudonyms(pseudonyms.load_key()) if hide else None,
+        ps=pseudonyms.Pseudonyms(pseudonyms.load_key(paths.pseudonym_key())) if hide else None,
         threads=threads,
     )
 
@@ -85,7 +91,7 @@ def run(
     jobs, rejected, skipped, identities = (
         ingest.read_plan(dataset, plan_file, src.format) if plan_file else plan(p, dataset, threads)
     )
-    hide = pseudonyms.mode(p, dataset) == "pseudonym"
+    hide = pseudonymised(p, dataset)
     root = Path(src.path)
 
     def rows_of(rows: list[dict], folder: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from prdit import config, protocol
+from prdit import config, paths, protocol
 from prdit.acquire import http, tcia, weights
 from prdit.acquire.weights import PaperWeightsError
 from prdit.config import ConfigError
@@ -83,7 +83,11 @@ def test_paper_without_url_stops_with_the_manual_step_in_one_line(tmp_path):
 
 
 def test_default_weights_have_their_own_name_and_pins():
-    assert weights.DEFAULT_OUT.name == "resnet_50_23dataset.pth" == Path(weights.DEFAULT_URL).name
+    assert (
+        paths.medicalnet(weights.DEFAULT_NAME).name
+        == "resnet_50_23dataset.pth"
+        == Path(weights.DEFAULT_URL).name
+    )
     assert weights.DEFAULT_SHA256 == "ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e"
     assert weights.DEFAULT_SIZE == 184_885_051
 

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from prdit import paths
 from prdit.data import pseudonyms
 from prdit.data.dicom_writer import SeriesHeader, write_ct_series
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
 from prdit.stages.download import run as run_download
 from prdit.stages.evaluate import run as run_evaluate
+from prdit.stages.ingest import pseudonymised, write_plan
 from prdit.stages.ingest import run as run_ingest
-from prdit.stages.ingest import write_plan
 from prdit.stages.preprocess import run as run_preprocess
 from prdit.stages.split import run as run_split
 from tests.support.project import params_with
@@ -187,16 +188,20 @@ def test_sharded_ingest_keeps_the_mapping(tmp_path, monkeypatch):
 
 def test_case_ids_modes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert pseudonyms.mode(params(tmp_path), "mine") == "pseudonym"  # your own DICOM
-    assert pseudonyms.mode(params(tmp_path, case_ids="source"), "mine") == "source"  # asked for
+    assert pseudonymised(params(tmp_path), "mine")  # your own DICOM
+    assert not pseudonymised(params(tmp_path, case_ids="source"), "mine")  # asked for
     lidc = params_with(
         {"sources": {"mine": {"format": "dicom", "path": "data/raw/mine", "download": "lidc-idri"}}}
     )
-    assert pseudonyms.mode(lidc, "mine") == "source"  # public pseudonyms; the paper split follows them
-    assert pseudonyms.mode(params_with(), "phantom") == "source"
-    ps = pseudonyms.Pseudonyms(pseudonyms.load_key())
+    assert not pseudonymised(lidc, "mine")  # public pseudonyms; the paper split follows them
+    assert not pseudonymised(params_with(), "phantom")
+    assert pseudonyms.mode("auto", "none", "nifti") == "source"  # a file export names its own cases
+    assert pseudonyms.mode("pseudonym", "lidc-idri", "dicom") == "pseudonym"
+    ps = pseudonyms.Pseudonyms(pseudonyms.load_key(paths.pseudonym_key()))
     other = pseudonyms.Pseudonyms(bytes(32))
-    assert ps.case("MRN-1", "1.2") == pseudonyms.Pseudonyms(pseudonyms.load_key()).case("MRN-1", "1.2")
+    assert ps.case("MRN-1", "1.2") == pseudonyms.Pseudonyms(pseudonyms.load_key(paths.pseudonym_key())).case(
+        "MRN-1", "1.2"
+    )
     assert ps.case("MRN-1", "1.2") != other.case("MRN-1", "1.2") != ps.case("MRN-1", "1.3")
 
 
