@@ -28,6 +28,7 @@ MODELS = Path("models")
 SAMPLES = Path("samples")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+CASE_CACHE_ENV = "PRDIT_CACHE_DIR"
 STATE = Path(".prdit")  # the project's own caches and spools (not outputs of any stage)
 
 
@@ -131,6 +132,11 @@ def compare(dataset: str, size: str | int) -> Path:
 def medicalnet(name: str) -> Path:
     """Where `prdit fetch-weights` places a MedicalNet checkpoint (prdit.acquire.weights) unless told."""
     return MODELS / "medicalnet" / name
+
+
+def case_cache() -> Path:
+    """The per-case cache of ingest and preprocess (prdit.data.cache); PRDIT_CACHE_DIR moves it."""
+    return Path(os.environ.get(CASE_CACHE_ENV) or STATE / "cache")
 
 
 def pseudonym_key() -> Path:

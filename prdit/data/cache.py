@@ -43,10 +43,6 @@ SCHEDULING = ("shards",)  # parameters that decide how cases are spread over job
 BY_JOB = ("recipe",)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("PRDIT_CACHE_DIR", ".prdit/cache"))
-
-
 def stage_params(used: dict[str, Any]) -> dict[str, Any]:
     """The stage's parameters less the scheduling-only ones: what a case's outputs depend on."""
     out = {}
@@ -125,8 +121,9 @@ class CaseJob:
 class CaseCache:
     """The entries of one stage and dataset."""
 
-    def __init__(self, stage: str, dataset: str, root: Path | None = None):
-        self.dir = (root or cache_root()) / stage / dataset
+    def __init__(self, stage: str, dataset: str, root: Path) -> None:
+        """`root`: the project's case cache (prdit.paths.case_cache)."""
+        self.dir = Path(root) / stage / dataset
 
     def entry(self, case: str, key: str) -> Path:
         return self.dir / case / key

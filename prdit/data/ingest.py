@@ -200,141 +200,169 @@ def write_checked(
     }
 
 
+@dataclass(frozen=True)
+class Acceptance:
+    """What a series must show to become a case (the `ingest:` section); every job carries it in its key."""
+
+    min_slices: int
+    max_gap_factor: float
+    min_extent_mm: list[float]
+
+
+class _Names:
+    """How the cases and patients of one plan are named: keyed pseudonyms with `ps` (then `identities`
+    gathers the mapping back to the source), else the source's own safe names."""
+
+    def __init__(self, root: Path, ps: pseudonyms.Pseudonyms | None) -> None:
+        self.root, self.ps = root, ps
+        self.used: set[str] = set()
+        self.identities: list[dict] = []
+
+    def patient(self, pid: str) -> str:
+        return self.ps.patient(pid) if self.ps and pid else pid
+
+    def case(self, name: str, series_uid: str = "", source: str = "") -> str:
+        """A unique case name for the source's `name` (PatientID, or a file's case name)."""
+        if not self.ps:
+            return _unique(safe_case_id(name), self.used)
+        case = _unique(self.ps.case(name, series_uid), self.used)
+        self.identities.append(
+            {
+                "case": case,
+                "patient_id": self.patient(name),
+                "source_patient_id": name,
+                "series_uid": series_uid,
+                "source": source,
+            }
+        )
+        return case
+
+    def hide(self, pid: str) -> dict[str, str] | None:
+        """What a worker's failure message must not name: the PatientID (and the folders it names) and
+        the raw root's location."""
+        if not self.ps:
+            return None
+        swap = {pid: self.patient(pid), str(self.root.resolve()): "<source>", str(self.root): "<source>"}
+        return {k: v for k, v in swap.items() if k}
+
+
 def plan(
     root: Path,
     fmt: str,
     dataset: str,
+    accept: Acceptance,
     *,
-    min_slices: int,
-    max_gap_factor: float,
-    min_extent_mm: list[float],
     ps: pseudonyms.Pseudonyms | None = None,
     threads: int = 1,
+    header_cache: Path | None = None,
 ) -> tuple[list[CaseJob], list[dict], list[dict], list[dict]]:
     """(jobs for the pool, rows of cases rejected before reading, rows of skipped files/series, identities)
-    of the `fmt` input under `root` (the folder of sources.<dataset>; `dataset` names the header cache and
-    the keys in messages).
+    of the `fmt` input under `root` (the folder of sources.<dataset>; `dataset` names the keys in messages;
+    `header_cache`: the DICOM header cache file, HEADERS in the dataset's ingest cache).
 
     A job names its output relative to the case's cache entry (prdit.data.cache). With `ps`
     (`case_ids: pseudonym`, prdit.data.pseudonyms) cases and patients are keyed pseudonyms, the jobs carry
     no source identifier, and `identities` (one row per case) holds the mapping back to the source; a
     skipped row then has its PatientID in `source_patient_id`. Without, identities is empty."""
-    min_extent = [float(v) for v in min_extent_mm]
-    hide = ps is not None
-
-    def patient_of(pid: str) -> str:
-        return ps.patient(pid) if ps and pid else pid
-
-    def hide_of(pid: str) -> dict[str, str] | None:
-        """What a worker's failure message must not name: the PatientID (and the folders it names) and
-        the raw root's location."""
-        if not ps:
-            return None
-        swap = {pid: patient_of(pid), str(root.resolve()): "<source>", str(root): "<source>"}
-        return {k: v for k, v in swap.items() if k}
-
-    jobs, rejected, skipped, identities = [], [], [], []
+    accept = Acceptance(accept.min_slices, accept.max_gap_factor, [float(v) for v in accept.min_extent_mm])
+    names = _Names(root, ps)
     if fmt == "dicom":
-        headers = load_header_cache(dataset)
-        chosen, skips = dicom.discover(
-            root, min_slices, threads, header_cache=headers, show=patient_of if hide else None
-        )
-        if not chosen:
-            raise SourceError(_nothing_found(root, skips, dataset))
-        save_header_cache(dataset, headers)
-        skipped = [
-            {
-                "path": _rel(s.path, root),
-                "series_uid": s.series_uid,
-                "patient_id": patient_of(s.patient_id),
-                "reason": s.reason,
-                **({"source_patient_id": s.patient_id} if hide else {}),
-            }
-            for s in skips
-        ]
-        used: set[str] = set()
-        for patient, series in chosen.items():
-            if ps:
-                case = _unique(ps.case(patient, series.uid if series is not None else ""), used)
-                identities.append(
-                    {
-                        "case": case,
-                        "patient_id": patient_of(patient),
-                        "source_patient_id": patient,
-                        "series_uid": series.uid if series is not None else "",
-                        "source": _rel(series.folder, root) if series is not None else "",
-                    }
-                )
-            else:
-                case = _unique(safe_case_id(patient), used)
-            if series is None:
-                reasons = sorted(
-                    {s["reason"] for s in skipped if s["patient_id"] == patient_of(patient)}
-                ) or ["no image series"]
-                rejected.append(
-                    {
-                        "case": case,
-                        "patient_id": patient_of(patient),
-                        "status": "rejected",
-                        "reason": "no diagnostic axial CT series: " + "; ".join(reasons),
-                        "seconds": 0.0,
-                    }
-                )
-                continue
-            jobs.append(
-                DicomJob(
-                    case=case,
-                    patient_id=patient_of(patient),
-                    files=[str(f) for f in series.files],
-                    source="" if hide else _rel(series.folder, root),
-                    series_uid="" if hide else series.uid,
-                    out=f"{case}.nii.gz",
-                    max_gap_factor=max_gap_factor,
-                    min_slices=min_slices,
-                    min_extent_mm=min_extent,
-                    hide=hide_of(patient),
-                )
-            )
+        jobs, rejected, skipped = _dicom_jobs(root, dataset, accept, names, threads, header_cache)
     else:
-        used = set()
-        reader = inputs.reader(fmt)  # ValueError naming the formats for an unknown one
-        found = reader.find(root)
-        if not found:
-            seen = sum(1 for f in root.rglob("*") if f.is_file())
-            kinds = reader.patterns()
-            raise SourceError(
-                f"No {fmt} input found under {root} ({seen} files looked at, none named {kinds}): "
-                f"check sources.{dataset}.path and sources.{dataset}.format"
+        jobs, rejected, skipped = _file_jobs(root, fmt, dataset, accept, names), [], []
+    return jobs, rejected, skipped, names.identities
+
+
+def _dicom_jobs(
+    root: Path, dataset: str, accept: Acceptance, names: _Names, threads: int, header_cache: Path | None
+) -> tuple[list[CaseJob], list[dict], list[dict]]:
+    """One DicomJob per patient's chosen series; a patient without one is a rejected row."""
+    hide = names.ps is not None
+    headers = load_header_cache(header_cache)
+    chosen, skips = dicom.discover(
+        root, accept.min_slices, threads, header_cache=headers, show=names.patient if hide else None
+    )
+    if not chosen:
+        raise SourceError(_nothing_found(root, skips, dataset))
+    if header_cache is not None:
+        save_header_cache(header_cache, headers)
+    skipped = [
+        {
+            "path": _rel(s.path, root),
+            "series_uid": s.series_uid,
+            "patient_id": names.patient(s.patient_id),
+            "reason": s.reason,
+            **({"source_patient_id": s.patient_id} if hide else {}),
+        }
+        for s in skips
+    ]
+    jobs: list[CaseJob] = []
+    rejected = []
+    for patient, series in chosen.items():
+        case = names.case(
+            patient,
+            series.uid if series is not None else "",
+            _rel(series.folder, root) if series is not None else "",
+        )
+        if series is None:
+            reasons = sorted({s["reason"] for s in skipped if s["patient_id"] == names.patient(patient)}) or [
+                "no image series"
+            ]
+            rejected.append(
+                {
+                    "case": case,
+                    "patient_id": names.patient(patient),
+                    "status": "rejected",
+                    "reason": "no diagnostic axial CT series: " + "; ".join(reasons),
+                    "seconds": 0.0,
+                }
             )
-        for f in found:
-            name = inputs.case_name(f)
-            if ps:
-                case = _unique(ps.case(name), used)
-                identities.append(
-                    {
-                        "case": case,
-                        "patient_id": ps.patient(name),
-                        "source_patient_id": name,
-                        "series_uid": "",
-                        "source": _rel(f, root),
-                    }
-                )
-            else:
-                case = _unique(safe_case_id(name), used)
-            jobs.append(
-                FileJob(
-                    case=case,
-                    patient_id=ps.patient(name) if ps else case,
-                    path=str(f),
-                    fmt=fmt,
-                    source="" if ps else _rel(f, root),
-                    out=f"{case}.nii.gz",
-                    min_slices=min_slices,
-                    min_extent_mm=min_extent,
-                    hide=hide_of(name),
-                )
+            continue
+        jobs.append(
+            DicomJob(
+                case=case,
+                patient_id=names.patient(patient),
+                files=[str(f) for f in series.files],
+                source="" if hide else _rel(series.folder, root),
+                series_uid="" if hide else series.uid,
+                out=f"{case}.nii.gz",
+                max_gap_factor=accept.max_gap_factor,
+                min_slices=accept.min_slices,
+                min_extent_mm=accept.min_extent_mm,
+                hide=names.hide(patient),
             )
-    return jobs, rejected, skipped, identities
+        )
+    return jobs, rejected, skipped
+
+
+def _file_jobs(root: Path, fmt: str, dataset: str, accept: Acceptance, names: _Names) -> list[CaseJob]:
+    """One FileJob per input file of a one-volume-per-file format (prdit.data.inputs)."""
+    reader = inputs.reader(fmt)  # ValueError naming the formats for an unknown one
+    found = reader.find(root)
+    if not found:
+        seen = sum(1 for f in root.rglob("*") if f.is_file())
+        raise SourceError(
+            f"No {fmt} input found under {root} ({seen} files looked at, none named {reader.patterns()}): "
+            f"check sources.{dataset}.path and sources.{dataset}.format"
+        )
+    jobs: list[CaseJob] = []
+    for f in found:
+        name = inputs.case_name(f)
+        case = names.case(name, source=_rel(f, root))
+        jobs.append(
+            FileJob(
+                case=case,
+                patient_id=names.ps.patient(name) if names.ps else case,
+                path=str(f),
+                fmt=fmt,
+                source="" if names.ps else _rel(f, root),
+                out=f"{case}.nii.gz",
+                min_slices=accept.min_slices,
+                min_extent_mm=accept.min_extent_mm,
+                hide=names.hide(name),
+            )
+        )
+    return jobs
 
 
 def scrubber(root: Path, identities: list[dict], skipped: list[dict]) -> pseudonyms.Scrubber:
@@ -386,21 +414,19 @@ def _nothing_found(root: Path, skips: list, dataset: str) -> str:
     )
 
 
-def _header_cache_path(dataset: str) -> Path:
-    return CaseCache("ingest", dataset).dir / HEADERS
-
-
-def load_header_cache(dataset: str) -> dict:
+def load_header_cache(path: Path | None) -> dict:
     """The DICOM header fields of every raw file seen last time, by path (with its io.file_stamp): a
     re-run reads only new or changed files' headers."""
+    if path is None:
+        return {}
     try:
-        return json.loads(_header_cache_path(dataset).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def save_header_cache(dataset: str, headers: dict) -> None:
-    write_json(_header_cache_path(dataset), headers, compact=True)
+def save_header_cache(path: Path, headers: dict) -> None:
+    write_json(path, headers, compact=True)
 
 
 def _rel(path, root: Path) -> str:

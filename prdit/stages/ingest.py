@@ -45,10 +45,9 @@ def plan(
         root,
         src.format,
         dataset,
-        min_slices=p.ingest.min_slices,
-        max_gap_factor=p.ingest.max_gap_factor,
-        min_extent_mm=p.ingest.min_extent_mm,
+        ingest.Acceptance(p.ingest.min_slices, p.ingest.max_gap_factor, p.ingest.min_extent_mm),
         ps=pseudonyms.Pseudonyms(pseudonyms.load_key(paths.pseudonym_key())) if hide else None,
+        header_cache=CaseCache("ingest", dataset, paths.case_cache()).dir / ingest.HEADERS,
         threads=threads,
     )
 
@@ -85,7 +84,7 @@ def run(
     """
     src = p.sources[dataset]
     out_dir = paths.interim(dataset)
-    cache = CaseCache("ingest", dataset)
+    cache = CaseCache("ingest", dataset, paths.case_cache())
     used = p.used("ingest", dataset)
     # finding the cases comes first: a missing or empty source is a one-line error, no run, no folder
     jobs, rejected, skipped, identities = (

@@ -61,7 +61,7 @@ def run(p: Params, dataset: str, threads: int = 1, strict: bool = False, shard: 
     cache, and their rows written to <dataset>.shards/<K>.csv; the run without `shard` assembles.
     """
     sizes = p.sizes()
-    cache = CaseCache("preprocess", dataset)
+    cache = CaseCache("preprocess", dataset, paths.case_cache())
     used = p.used("preprocess", dataset)
     cases = read_ok(
         paths.interim(dataset) / "qc.csv", f"`prdit ingest --dataset {dataset}`"
