@@ -84,6 +84,12 @@ def features(dataset: str | None = None, size: str | int | None = None) -> Path:
     return FEATURES / str(dataset) if size is None else FEATURES / str(dataset) / str(size)
 
 
+def feature_cache(dataset: str, size: str | int) -> Path:
+    """data/features/<dataset>/<size>/real.npz: the real-set feature cache of one evaluation (a cache, no
+    declared output: prdit.evaluate.features)."""
+    return features(dataset, size) / "real.npz"
+
+
 def model_name(stage: str, key: str | None = None) -> str:
     """<stage>[-<key>]: the folder name of a model (the rules' {model} wildcard). `key` (Params.model_key)
     tells apart the models of named experiments whose parameters differ from the project's own;

@@ -1,9 +1,10 @@
 """Summarise volumes for the metrics, with real-set features cached per dataset and size.
 
-The cache (data/features/<dataset>/<size>/real.npz) holds, per real case, its features, a 32^3 thumbnail,
-a HU histogram and its seam/texture stats (prdit.evaluate.texture), stamped with the file's size and mtime and with the extractor and window used; an
-evaluation re-extracts only cases that are new or changed, so a new set of samples costs only its own
-features.
+The cache (one file per dataset and size, named by the caller: EvalInputs.feature_cache; the evaluate
+stage keeps it at data/features/<dataset>/<size>/real.npz) holds, per real case, its features, a 32^3
+thumbnail, a HU histogram and its seam/texture stats (prdit.evaluate.texture), stamped with the file's
+size and mtime and with the extractor and window used; an evaluation re-extracts only cases that are new
+or changed, so a new set of samples costs only its own features.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from prdit import io, paths
+from prdit import io
 from prdit.errors import PrditError
 from prdit.evaluate.extractor import ExtractorInfo, extract_features
 from prdit.evaluate.texture import STRIDE, volume_stats
-from prdit.evaluate.volumes import Roots, Summary, hu_histogram, read_volume, thumbnail
+from prdit.evaluate.volumes import EvalInputs, Summary, hu_histogram, read_volume, thumbnail
 from prdit.io import atomic_path
 from prdit.progress import progress
 
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: per-case seam/texture stats
 SPLITS = ("train", "val", "test")
-
-
-def cache_path(dataset: str, size: int, root: Path = paths.FEATURES) -> Path:
-    return root / dataset / str(size) / "real.npz"
 
 
 BATCH = 4  # volumes per extractor forward pass (prdit plan sizes its GPU memory from it)
@@ -137,12 +134,11 @@ def real_summaries(
     window: Sequence[float],
     extractor: Extractor,
     errors: list[str],
-    roots: Roots | None = None,
+    inputs: EvalInputs,
 ) -> dict[str, Summary]:
     """Summaries of the real train/val/test cases (in split-file order), extracting only what the cache lacks;
-    `roots` (default: the project's) gives the processed, splits and features (cache) folders."""
-    roots = roots or Roots()
-    processed_root, splits_root, cache_root = roots.processed, roots.splits, roots.features
+    `inputs` names the real cubes' folder, the split files and the cache file; `dataset` and `size` label
+    the log and progress lines, and `size` is the cubes' expected edge."""
     axes = extractor.axes
     meta = {
         "version": CACHE_VERSION,
@@ -154,17 +150,15 @@ def real_summaries(
     }
     ids_by_split: dict[str, list[str]] = {}
     for split in SPLITS:
-        f = splits_root / dataset / f"{split}.txt"
+        f = inputs.splits.get(split)
         ids_by_split[split] = (
-            [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+            [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f and f.is_file() else []
         )
     if not ids_by_split["train"]:
-        raise FileNotFoundError(
-            f"{splits_root / dataset / 'train.txt'}: no training cases listed (run `prdit split`)"
-        )
-    cpath = cache_path(dataset, size, cache_root)
+        raise FileNotFoundError(f"{inputs.splits.get('train')}: no training cases listed (run `prdit split`)")
+    cpath = inputs.feature_cache
     cached = _load_cache(cpath, meta)
-    folder = processed_root / dataset / str(size)
+    folder = inputs.real
     entries: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     todo_paths, todo_ids, todo_stamps = [], [], {}
     for case in dict.fromkeys(c for s in SPLITS for c in ids_by_split[s]):

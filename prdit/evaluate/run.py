@@ -1,6 +1,7 @@
-"""One evaluation: metrics/<dataset>[/<name>]/<size>.json and reports/<dataset>[/<name>]/<size>/ for one
-dataset and size, of a set of generated volumes (our samples, an experiment's or a baseline's); the stage
-that chooses the set from the parameters and logs the run is prdit.stages.evaluate."""
+"""One evaluation: the metrics file and the report folder of a set of generated volumes (our samples, an
+experiment's or a baseline's) at one dataset and size. Every file it reads or writes is given (EvalInputs,
+the metrics path, the report folder) and every setting is explicit (EvalSettings); the stage that resolves
+them from the parameters and the layout, chooses the set and logs the run is prdit.stages.evaluate."""
 
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from prdit import hu, paths, protocol, viz
+from prdit import hu, viz
 from prdit.device import select_device
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
-from prdit.evaluate.features import Extractor, cache_path, real_summaries, summarise
+from prdit.evaluate.features import Extractor, real_summaries, summarise
 from prdit.evaluate.memorization import audit
 from prdit.evaluate.ms_ssim import pair_indices, pairwise_values, scales_for
 from prdit.evaluate.report import Histograms, write_report
 from prdit.evaluate.scores import feature_scores
 from prdit.evaluate.texture import compare as texture_compare
 from prdit.evaluate.volumes import (
+    EvalInputs,
     GeneratedSet,
-    Roots,
     Summary,
     VolumeBank,
     hist_edges,
@@ -33,7 +34,6 @@ from prdit.evaluate.volumes import (
     samples_set,
 )
 from prdit.io import atomic_dir, write_json
-from prdit.protocol import PAPER_REAL_N
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,20 @@ DIAG_NOTE = (
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How one evaluation is run (params.yaml evaluate.*, preprocess.window and protocol), each setting here."""
+    """How one evaluation is run, each setting here: params.yaml evaluate.*, preprocess.window and what the
+    resolved protocol conventions decide (prdit.protocol.Conventions; prdit.stages.evaluate fills them in)."""
 
     window: tuple[float, float]  # preprocess.window: generated HU clipped to it and mapped to [-1, 1]
-    ms_ssim_pairs: int  # random pairs for MS-SSIM (generated, unless the protocol takes all) and its floor
+    ms_ssim_pairs: int  # random pairs for MS-SSIM (generated, unless all_generated_pairs) and its floor
     bootstrap: int  # bootstrap replicates of each feature score's 95% interval (0: none)
     seed: int  # seed of the extractor's fallback weights, the MS-SSIM pairs and the bootstrap
     weights: str | None = None  # the extractor's weights file (None: the untrained fallback)
     sha256: str | None = None  # its expected SHA-256 (None: not checked)
     num_samples: int | None = None  # score the first n of our samples (None: all; a given set is kept whole)
-    protocol: str = "project"  # prdit.protocol.CONVENTIONS key: "project" or "paper"
+    protocol: str = "project"  # the protocol's name, "project" or "paper": a label in the metrics, report
+    extractor_axes: str = "zyx"  # axis order the extractor sees: "zyx" (ours) or "xyz" (nibabel's)
+    real_set_n: int | None = None  # FID/MMD against the first n of train + val in split order; None: train
+    all_generated_pairs: bool = False  # MS-SSIM over every pair of generated volumes (else ms_ssim_pairs)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Scored:
     dataset: str
     size: int
     protocol: str
+    real_set_n: int | None  # EvalSettings.real_set_n: the reference set is the paper's (None: train)
     axes: str
     window: tuple[float, float]
     n_boot: int
@@ -161,27 +166,24 @@ def score(
     dataset: str,
     size: int,
     settings: EvalSettings,
+    inputs: EvalInputs,
     *,
-    roots: Roots | None = None,
     device: torch.device | None = None,
     generated: GeneratedSet | None = None,
 ) -> Scored:
     """Compute every number of the evaluation: features and their scores, MS-SSIM, audit, diagnostics.
 
     Each generated volume is read once: feature extraction fills a VolumeBank that MS-SSIM then scores
-    in batches; real train volumes for the MS-SSIM floor are read once each. `roots`: where the inputs
-    are (default: the project's). `device`: prdit.device's choice (default: select_device()). `generated`:
-    the volumes to score (e.g. a baseline's, prdit.evaluate.baselines.baseline_set); default our samples
-    in roots.samples/<dataset>/<size>, the first settings.num_samples (ignored when `generated` is given:
-    its set is already chosen).
+    in batches; real train volumes for the MS-SSIM floor are read once each. `inputs`: the real cubes,
+    split files, feature cache and samples folder of `dataset` at `size`. `device`: prdit.device's choice
+    (default: select_device()). `generated`: the volumes to score (e.g. a baseline's,
+    prdit.evaluate.baselines.baseline_set); default our samples in inputs.samples, the first
+    settings.num_samples (ignored when `generated` is given: its set is already chosen).
     """
-    roots = roots or Roots()
     window, ms_ssim_pairs, seed = settings.window, settings.ms_ssim_pairs, settings.seed
-    n_boot, protocol_name, processed_root = settings.bootstrap, settings.protocol, roots.processed
-    conventions = protocol.CONVENTIONS[protocol_name]
-    axes = conventions.extractor_axes
+    n_boot, axes, real_n = settings.bootstrap, settings.extractor_axes, settings.real_set_n
     t0 = time.monotonic()
-    gen = generated or samples_set(roots.samples / dataset / str(size), size, window, settings.num_samples)
+    gen = generated or samples_set(inputs.samples, size, window, settings.num_samples)
     gen_dir, gen_paths = gen.source["path"], gen.paths
     if not gen_paths:
         raise FileNotFoundError(
@@ -193,12 +195,10 @@ def score(
     model.to(device)
     extractor = Extractor(model, info, axes)
     skipped: list[str] = []
-    real = real_summaries(dataset, size, window, extractor, skipped, roots)
+    real = real_summaries(dataset, size, window, extractor, skipped, inputs)
     train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
     if not train.ids:
-        raise ValueError(
-            f"{processed_root / dataset / str(size)}: none of the training cases could be read: {skipped}"
-        )
+        raise ValueError(f"{inputs.real}: none of the training cases could be read: {skipped}")
     gen_vols = VolumeBank(device)
     generated = summarise(
         gen_paths,
@@ -216,17 +216,15 @@ def score(
         )
     t_feat = time.monotonic() - t0
 
-    reference = paper_real_set(real) if conventions.paper_real_set else train
+    reference = paper_real_set(real, real_n) if real_n is not None else train
     scores, notes = feature_scores(reference, heldout, generated, n_boot, seed)
-    if (
-        conventions.paper_real_set
-    ):  # the floors compare held-out with train only: the paper's real set contains val
+    if real_n is not None:  # the floors compare held-out with train only: the paper's real set contains val
         floors, floor_notes = feature_scores(train, heldout, Summary.concat([]), n_boot, seed)
         scores.update({k: v for k, v in floors.items() if "_floor" in k})
         notes = [n for n in notes if "held-out" not in n] + [n for n in floor_notes if "held-out" in n]
-    train_paths = [processed_root / dataset / str(size) / f"{c}.nii.gz" for c in train.ids]
+    train_paths = [inputs.real / f"{c}.nii.gz" for c in train.ids]
     n_gen = len(gen_vols)
-    gen_pairs = n_gen * (n_gen - 1) // 2 if conventions.all_generated_pairs else ms_ssim_pairs
+    gen_pairs = n_gen * (n_gen - 1) // 2 if settings.all_generated_pairs else ms_ssim_pairs
     diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes, device=device)}
     floor_pairs = pair_indices(len(train_paths), ms_ssim_pairs, seed) if len(train_paths) >= 2 else []
     montage_idx = range(min(MONTAGE_ROWS, len(train_paths)))
@@ -250,7 +248,8 @@ def score(
     return Scored(
         dataset,
         size,
-        protocol_name,
+        settings.protocol,
+        real_n,
         axes,
         window,
         n_boot,
@@ -265,7 +264,7 @@ def score(
         diag,
         notes,
         skipped,
-        cache_path(dataset, size, roots.features),
+        inputs.feature_cache,
         montage,
         t_feat,
         gen.source,
@@ -298,8 +297,8 @@ def _host(v: Any) -> np.ndarray:
 
 
 def record(s: Scored) -> dict:
-    """The metrics record (metrics/<dataset>/<size>.json) of a scored evaluation."""
-    paper = protocol.CONVENTIONS[s.protocol].paper_real_set
+    """The metrics record (the metrics file's contents) of a scored evaluation."""
+    paper = s.real_set_n is not None
     (ms, ms_sd, ms_n), (msf, msf_sd, msf_n) = s.diversity["generated"], s.diversity["floor"]
     memo_keys = (
         "near_copy_ratio",
@@ -339,8 +338,8 @@ def record(s: Scored) -> dict:
         "input": {"window": list(s.window), "note": INPUT_NOTE, "extractor_axes": s.axes},
         "generated": s.source,
         "reference_set": (
-            f"protocol paper: the first {PAPER_REAL_N} of real train + val in split order (the reference's "
-            "real set); floors: real val vs real train"
+            f"protocol {s.protocol}: the first {s.real_set_n} of real train + val in split order "
+            "(the reference's real set); floors: real val vs real train"
             if paper
             else "real train split; floors: real val + test vs the same train split"
         ),
@@ -351,16 +350,11 @@ def record(s: Scored) -> dict:
     }
 
 
-def write(m: dict, s: Scored, roots: Roots | None = None, name: str | None = None) -> tuple[Path, Path]:
-    """Write the report folder and the metrics file, each atomically; returns (json path, report dir).
-
-    `name` (an experiment or a baseline) places them as prdit.paths.metrics/reports do, under
-    roots.metrics and roots.reports (default: the project's). The report folder also gets mid_slices.npz
-    (float32 HU planes, keys MID_SLICE_KEYS) for the comparison report.
+def write(m: dict, s: Scored, metrics_path: Path, report_dir: Path) -> tuple[Path, Path]:
+    """Write the report folder `report_dir` and the metrics file `metrics_path`, each atomically; returns
+    (metrics_path, report_dir). The report folder also gets mid_slices.npz (float32 HU planes, keys
+    MID_SLICE_KEYS) for the comparison report.
     """
-    roots = roots or Roots()
-    metrics_path = roots.metrics / paths.metrics(s.dataset, s.size, name).relative_to(paths.METRICS)
-    report_dir = roots.reports / paths.reports(s.dataset, s.size, name).relative_to(paths.REPORTS)
     info_lines = [
         f"protocol: {s.protocol} (docs/reproducing.md); extractor input axis order {s.axes}; "
         f"MS-SSIM over {m['n']['ms_ssim_pairs']} generated pairs",
@@ -387,23 +381,26 @@ def evaluate(
     dataset: str,
     size: int,
     settings: EvalSettings,
+    inputs: EvalInputs,
     *,
-    roots: Roots | None = None,
+    metrics_path: Path,
+    report_dir: Path,
     device: torch.device | None = None,
     generated: GeneratedSet | None = None,
-    name: str | None = None,
 ) -> tuple[dict, Path, Path]:
     """Score, build the record, write the metrics file and report; returns (metrics, json path, report dir).
 
-    settings.protocol 'paper' follows the reference evaluation (prdit.protocol): features of volumes in
-    nibabel (x, y, z) axis order, the real set the first 1,000 of train + val in split order, MS-SSIM over
-    all pairs of generated volumes; the floors stay held-out (val) against train. `roots`, `generated` and
-    `name`: see score() and write(); everything else is the same for samples, experiments and baselines.
+    The paper protocol's settings (prdit.stages.evaluate fills them in from the resolved conventions)
+    follow the reference evaluation: features of volumes in nibabel (x, y, z) axis order, the real set
+    the first 1,000 of train + val in split order, MS-SSIM over all pairs of generated volumes; the floors
+    stay held-out (val) against train. `inputs` and `generated`: see score(); `metrics_path` and
+    `report_dir`: see write(); everything else is the same for samples, experiments and baselines.
     """
     t0 = time.monotonic()
-    s = score(dataset, size, settings, roots=roots, device=device, generated=generated)
+    s = score(dataset, size, settings, inputs, device=device, generated=generated)
     m = record(s)
-    metrics_path, report_dir = write(m, s, roots, name)
+    write(m, s, metrics_path, report_dir)
+    name = s.source.get("name")
     log.info(
         "evaluate %s/%d%s: FID %s (floor %s), MMD %s (floor %s), MS-SSIM %s, seam ratio %s (real %s), "
         "texture ratio %s (floor %s); features %.1f s, total %.1f s",
@@ -425,7 +422,8 @@ def evaluate(
     return m, metrics_path, report_dir
 
 
-def paper_real_set(real: dict[str, Summary]) -> Summary:
-    """The reference's real set: train then val in split order, the first PAPER_REAL_N volumes."""
+def paper_real_set(real: dict[str, Summary], n: int) -> Summary:
+    """The reference's real set: train then val in split order, the first `n` volumes
+    (prdit.protocol.PAPER_REAL_N under the paper protocol)."""
     both = Summary.concat([real["train"], real["val"]])
-    return both.take(range(min(PAPER_REAL_N, len(both.ids))))
+    return both.take(range(min(n, len(both.ids))))

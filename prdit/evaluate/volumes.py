@@ -11,7 +11,7 @@ per-volume z-scored input; following the paper instead keeps our numbers compara
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prdit import hu, paths
+from prdit import hu
 from prdit.evaluate.texture import STATS
 from prdit.io import read_nifti
 
@@ -126,15 +126,14 @@ def samples_set(
 
 
 @dataclass(frozen=True)
-class Roots:
-    """Where an evaluation reads and writes (prdit.paths' folders unless a test or tool moves them)."""
+class EvalInputs:
+    """The files one evaluation of a dataset at one size reads, already resolved by the caller (the stage
+    layer, prdit.stages.evaluate, resolves them from the layout); the evaluation builds no path of its own."""
 
-    samples: Path = paths.SAMPLES  # our samples: <samples>/<dataset>[/<name>]/<size>/<i>.nii.gz
-    processed: Path = paths.PROCESSED  # real volumes: <processed>/<dataset>/<size>/<case>.nii.gz
-    splits: Path = paths.SPLITS  # split files: <splits>/<dataset>/{train,val,test}.txt
-    features: Path = paths.FEATURES  # the real-set feature cache (prdit.evaluate.features.cache_path)
-    metrics: Path = paths.METRICS  # the metrics files (prdit.paths.metrics under this root)
-    reports: Path = paths.REPORTS  # the report folders (prdit.paths.reports under this root)
+    real: Path  # the real cubes of this dataset and size: <real>/<case>.nii.gz, [-1, 1]
+    splits: Mapping[str, Path]  # split name (train, val, test) -> its case list; absent or missing: empty
+    feature_cache: Path  # the real-set feature cache file (prdit.evaluate.features), read and rewritten
+    samples: Path  # our samples <i>.nii.gz (HU), scored when no generated set is given
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """`prdit evaluate`: the metrics and report of our samples (the project's or an experiment's) or of a
-baseline's volumes at one dataset and size, logged as one MLflow run (the evaluation: prdit.evaluate.run)."""
+baseline's volumes at one dataset and size, logged as one MLflow run. The evaluation (prdit.evaluate.run)
+takes explicit arguments; this stage resolves them: the files from prdit.paths, the settings from the
+parameters and their resolved protocol conventions (Params.conventions)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from prdit import paths, precision, tracking
 from prdit.device import announce, describe_device, select_device
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import baseline_set
+from prdit.evaluate.features import SPLITS
 from prdit.evaluate.run import EvalSettings, evaluate
-from prdit.evaluate.volumes import GeneratedSet, samples_set
+from prdit.evaluate.volumes import EvalInputs, GeneratedSet, samples_set
+from prdit.protocol import PAPER_REAL_N, Conventions
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -54,6 +58,44 @@ def generated_set(p: Params, dataset: str, size: int, baseline: str | None = Non
     return baseline_set(baseline, b.path, size, b.values, window, b.axes, b.flip, n)
 
 
+def protocol_fields(conventions: Conventions) -> dict:
+    """EvalSettings' protocol fields from the resolved conventions: the protocol's name (a label), the
+    extractor's axis order, the real set (the paper's first PAPER_REAL_N of train + val, else train) and
+    which generated pairs MS-SSIM scores."""
+    return {
+        "protocol": conventions.name,
+        "extractor_axes": conventions.extractor_axes,
+        "real_set_n": PAPER_REAL_N if conventions.paper_real_set else None,
+        "all_generated_pairs": conventions.all_generated_pairs,
+    }
+
+
+def settings(p: Params) -> EvalSettings:
+    """How p evaluates: evaluate.*, preprocess.window and what p.conventions decide."""
+    ev = p.evaluate
+    return EvalSettings(
+        window=tuple(p.preprocess.window),
+        ms_ssim_pairs=ev.ms_ssim_pairs,
+        bootstrap=ev.bootstrap,
+        seed=ev.seed,
+        weights=ev.weights,
+        sha256=ev.sha256,
+        num_samples=ev.num_samples,
+        **protocol_fields(p.conventions),
+    )
+
+
+def inputs(dataset: str, size: int, exp_name: str | None = None) -> EvalInputs:
+    """The files an evaluation of `dataset` at `size` reads, where the layout keeps them: the real cubes,
+    the split files, the real-feature cache and the samples of experiment `exp_name` (None: the project's)."""
+    return EvalInputs(
+        real=paths.processed(dataset, size),
+        splits={split: paths.splits(dataset, split) for split in SPLITS},
+        feature_cache=paths.feature_cache(dataset, size),
+        samples=paths.samples(dataset, size, name=exp_name),
+    )
+
+
 def run(p: Params, dataset: str, size: int, baseline: str | None = None) -> None:
     """Stage function of `prdit evaluate`: one MLflow run logging the metrics, the report and its pictures.
 
@@ -65,17 +107,6 @@ def run(p: Params, dataset: str, size: int, baseline: str | None = None) -> None
     device, why = select_device()  # a requested but unusable GPU stops here, before any file is touched
     numerics = precision.evaluation()
     precision.set_backends(numerics, device)
-    ev = p.evaluate
-    settings = EvalSettings(
-        window=tuple(p.preprocess.window),
-        ms_ssim_pairs=ev.ms_ssim_pairs,
-        bootstrap=ev.bootstrap,
-        seed=ev.seed,
-        weights=ev.weights,
-        sha256=ev.sha256,
-        num_samples=ev.num_samples,
-        protocol=p.protocol,
-    )
     used = {
         "evaluate": p.section("evaluate"),
         "preprocess.window": list(p.preprocess.window),
@@ -88,7 +119,14 @@ def run(p: Params, dataset: str, size: int, baseline: str | None = None) -> None
             tracking.log_split(run, p, dataset, size, split, "evaluation")
         run.log_dataset(gen.source["path"], Path(gen.source["path"]), gen.source["kind"])
         m, metrics_path, report_dir = evaluate(
-            dataset, size, settings, device=device, generated=gen, name=name
+            dataset,
+            size,
+            settings(p),
+            inputs(dataset, size, p.exp_name),
+            metrics_path=paths.metrics(dataset, size, name),
+            report_dir=paths.reports(dataset, size, name),
+            device=device,
+            generated=gen,
         )
         run.set_tags(
             {

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from prdit import paths
+from prdit.evaluate.run import EvalSettings, Scored, evaluate, score
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
+from prdit.stages.evaluate import inputs
 
 WINDOW = (-1000.0, 1000.0)
 SIZE = 16
@@ -40,3 +43,22 @@ def write_toy_eval() -> None:
         write_nifti(f"samples/toy/{SIZE}/{i}.nii.gz", unit_to_hu(phantom(rng), WINDOW), spacing)
     write_nifti(f"samples/toy/{SIZE}/5.nii.gz", unit_to_hu(real["c1"], WINDOW), spacing)  # a memorized copy
     write_nifti(f"samples/toy/{SIZE}/6.nii.gz", np.zeros((8, 8, 8), np.float32), spacing)  # wrong size
+
+
+def score_toy(settings: EvalSettings, **kw) -> Scored:
+    """prdit.evaluate.run.score of dataset `toy` at SIZE, its inputs where the project's layout keeps them."""
+    return score("toy", SIZE, settings, inputs("toy", SIZE), **kw)
+
+
+def evaluate_toy(settings: EvalSettings, name: str | None = None, **kw) -> tuple[dict, Path, Path]:
+    """prdit.evaluate.run.evaluate of dataset `toy` at SIZE, its inputs and outputs (those of `name`, an
+    experiment or a baseline; None: the project's) where the project's layout keeps them."""
+    return evaluate(
+        "toy",
+        SIZE,
+        settings,
+        inputs("toy", SIZE),
+        metrics_path=paths.metrics("toy", SIZE, name),
+        report_dir=paths.reports("toy", SIZE, name),
+        **kw,
+    )

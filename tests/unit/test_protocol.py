@@ -28,14 +28,15 @@ from prdit.data.preprocess import cubes_reference
 from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
 from prdit.evaluate.run import EvalSettings
-from prdit.evaluate.run import evaluate as evaluate_metrics
 from prdit.model.layers import Attention
+from prdit.stages.evaluate import protocol_fields, settings
 from prdit.stages.fetch_weights import run as run_fetch_weights
 from prdit.stages.preprocess import run as run_preprocess
 from prdit.stages.train import job_from_params
 from prdit.train import stages
 from prdit.train.engine import fit
 from tests.support import paper_volumes as pv
+from tests.support.evaluation import evaluate_toy
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = json.loads((Path(__file__).parents[1] / "fixtures" / "paper_recipe_reference.json").read_text())
@@ -314,8 +315,11 @@ def toy(tmp_path, monkeypatch):
     return real, recorder
 
 
-def _evaluate(protocol_name: str):
-    return evaluate_metrics("toy", 16, EvalSettings((-1000.0, 1000.0), 3, 5, 0, protocol=protocol_name))[0]
+def _evaluate(protocol_name: str, **fields):
+    """The toy evaluation under the conventions of `protocol_name`, as the evaluate stage fills them in
+    (`fields` overrides some)."""
+    chosen = protocol_fields(protocol.CONVENTIONS[protocol_name]) | fields
+    return evaluate_toy(EvalSettings((-1000.0, 1000.0), 3, 5, 0, **chosen))[0]
 
 
 def test_paper_evaluation_feeds_nibabel_axis_order_and_uses_the_references_real_set(toy, monkeypatch):
@@ -337,9 +341,17 @@ def test_paper_evaluation_feeds_nibabel_axis_order_and_uses_the_references_real_
     assert "reference_ids" not in m and m["n"]["ms_ssim_pairs"] == 3 and m["n"]["real_train"] == 4
 
 
-def test_paper_real_set_is_the_first_1000_of_train_plus_val(toy, monkeypatch):
-    monkeypatch.setattr("prdit.evaluate.run.PAPER_REAL_N", 5)
-    m = _evaluate("paper")
+def test_the_evaluate_stage_takes_the_protocol_from_the_resolved_conventions():
+    """The evaluation never looks a protocol up by name: the stage hands it what p.conventions decide."""
+    fields = ("protocol", "extractor_axes", "real_set_n", "all_generated_pairs")
+    paper, project = settings(paper_params()), settings(load(ROOT / "params.yaml"))
+    assert [getattr(paper, f) for f in fields] == ["paper", "xyz", protocol.PAPER_REAL_N, True]
+    assert [getattr(project, f) for f in fields] == ["project", "zyx", None, False]
+    assert protocol.PAPER_REAL_N == 1000
+
+
+def test_paper_real_set_is_the_first_1000_of_train_plus_val(toy):
+    m = _evaluate("paper", real_set_n=5)  # the first n (1000 under the paper protocol) of train + val
     assert m["reference_ids"] == ["c3", "c0", "c2", "c1", "c5"]
     assert m["fid_floor"] is not None  # held-out (val) against train, as in the project protocol
 

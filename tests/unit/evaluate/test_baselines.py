@@ -18,13 +18,13 @@ import SimpleITK as sitk
 
 from prdit.errors import PrditError
 from prdit.evaluate.baselines import BaselineError, baseline_set, read_hu, read_unit
-from prdit.evaluate.run import MID_SLICE_KEYS, EvalSettings, evaluate
+from prdit.evaluate.run import MID_SLICE_KEYS, EvalSettings
 from prdit.evaluate.volumes import read_volume
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import read_nifti, to_image, write_nifti
 from prdit.stages.evaluate import BaselineMismatch, numeric
 from prdit.stages.evaluate import run as run_evaluate
-from tests.support.evaluation import SIZE, WINDOW, phantom
+from tests.support.evaluation import SIZE, WINDOW, evaluate_toy, phantom
 from tests.support.project import params_with
 
 GOOD = range(6)  # samples 0..5 of toy_eval are 16^3 (6.nii.gz is the wrong-size one)
@@ -44,9 +44,7 @@ def _params(baselines: dict | None = None, **extra) -> object:
 
 
 def _eval(gen=None, name=None) -> dict:
-    m, _, _ = evaluate(
-        "toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=10, seed=0), generated=gen, name=name
-    )
+    m, _, _ = evaluate_toy(EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=10, seed=0), name, generated=gen)
     return m
 
 

@@ -26,9 +26,9 @@ from prdit.evaluate.ms_ssim import (
     pairwise_values,
     scales_for,
 )
-from prdit.evaluate.run import EvalSettings, score
+from prdit.evaluate.run import EvalSettings
 from prdit.evaluate.volumes import VolumeBank, read_volume, sample_paths
-from tests.support.evaluation import SIZE, WINDOW
+from tests.support.evaluation import SIZE, WINDOW, score_toy
 
 U32 = 2.0**-24  # float32 unit roundoff
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -148,7 +148,7 @@ def _fid_bound(x: np.ndarray, y: np.ndarray, delta: float) -> float:
 def test_evaluate_gives_the_per_pair_and_per_volume_numbers(toy_eval):
     """score() (volumes read once, MS-SSIM batched, features in batches) against the old path: every pair
     re-read from disk and scored by `ms_ssim`, every volume's features extracted alone."""
-    s = score("toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=0, seed=0))
+    s = score_toy(EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=0, seed=0))
     gen_paths = [p for p in sample_paths(toy_eval / f"samples/toy/{SIZE}") if p.stem != "6.nii"]
     train_paths = [toy_eval / f"data/processed/toy/{SIZE}/{c}.nii.gz" for c in s.train.ids]
     for key, paths, kind, n_pairs in (

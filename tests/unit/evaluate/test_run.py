@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prdit.evaluate.run import EvalSettings, evaluate
+from prdit.evaluate.run import EvalSettings
+from prdit.evaluate.volumes import EvalInputs
 from prdit.hu import to_hu as unit_to_hu
 from prdit.io import write_nifti
-from prdit.stages.evaluate import numeric
+from prdit.stages.evaluate import inputs, numeric
 from prdit.stages.evaluate import run as run_evaluate
-from tests.support.evaluation import SIZE, SPLITS, WINDOW, phantom
+from tests.support.evaluation import SIZE, SPLITS, WINDOW, evaluate_toy, phantom
 from tests.support.project import params_with
 
 
 def _run(**kw):
-    return evaluate("toy", SIZE, EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=20, seed=0), **kw)
+    return evaluate_toy(EvalSettings(WINDOW, ms_ssim_pairs=4, bootstrap=20, seed=0), **kw)
 
 
 def test_evaluate_writes_metrics_report_floors_and_audit(toy_eval, caplog):
@@ -104,6 +105,15 @@ def test_evaluate_is_deterministic_and_reuses_cached_real_features(toy_eval, cap
     caplog.clear()
     _run()
     assert "5 cached, 1 to extract" in caplog.text
+
+
+def test_the_stage_resolves_every_file_the_evaluation_reads():
+    assert inputs("toy", SIZE, "exp") == EvalInputs(
+        real=Path(f"data/processed/toy/{SIZE}"),
+        splits={s: Path(f"data/splits/toy/{s}.txt") for s in ("train", "val", "test")},
+        feature_cache=Path(f"data/features/toy/{SIZE}/real.npz"),
+        samples=Path(f"samples/toy/exp/{SIZE}"),
+    )
 
 
 def test_too_few_volumes_gives_nulls_with_reasons(toy_eval):
