@@ -44,7 +44,7 @@ from prdit.diffusion.ian import loss as ian_loss  # noqa: E402
 from prdit.plan import cost  # noqa: E402
 from prdit.plan.gpus import GPU, GPUS, key_of  # noqa: E402
 from prdit.plan.report import CONVENTION  # noqa: E402
-from prdit.train.batching import micro_batch  # noqa: E402
+from prdit.plan.steps import micro_batch  # noqa: E402
 
 GIB = 2**30
 BASE = [ROOT / "params.yaml", ROOT / "configs" / "lidc-256.yaml"]  # the paper-scale jobs the plan is for

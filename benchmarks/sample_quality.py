@@ -47,7 +47,7 @@ def _from_files(project: Path, dataset: str, size: int, window: list[float]) -> 
 
     real = [
         read_volume(project / paths.processed(dataset, size) / f"{c}.nii.gz", size, "real", window)
-        for c in case_ids(dataset, "train", project)
+        for c in case_ids(project / paths.splits(dataset, "train"), dataset)
     ]
     gen = [
         read_volume(p, size, "generated", window)

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from prdit import paths, topology  # noqa: E402
 from prdit.config import load  # noqa: E402
-from prdit.data.dataset import VolumeDataset  # noqa: E402
+from prdit.stages import _models  # noqa: E402
 from prdit.stages.train import job_from_params  # noqa: E402
-from prdit.train import distributed, stages  # noqa: E402
+from prdit.train import distributed  # noqa: E402
 from prdit.train.engine import fit  # noqa: E402
 
 DS = "bench"
@@ -70,7 +70,7 @@ def make_cache(root: Path, sizes: list[int], n: int = 16) -> None:
 
 def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEnv) -> dict[str, float]:
     torch.manual_seed(0)
-    sm = stages.build(p, DS, stage)
+    sm = _models.build(p, DS, stage)
     job = job_from_params(p, DS, stage, sm.parents)
     steps = args.warmup + args.steps
     job = job.with_settings(
@@ -84,7 +84,7 @@ def bench_stage(p, stage: str, args: argparse.Namespace, env: distributed.DistEn
     )
     rec = Recorder()
     start = time.perf_counter()
-    fit(job, sm, VolumeDataset(DS, sm.input_size, "train"), None, env=env, run=rec)
+    fit(job, sm, _models.volume_dataset(DS, sm.input_size, "train"), None, env=env, run=rec)
     wall = time.perf_counter() - start
     rows = rec.rows[args.warmup :]
     step = statistics.median(r["perf/step_time_s"] for r in rows)

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prdit import paths
 from prdit.errors import MissingInputError, PrditError
 
 
@@ -16,9 +15,9 @@ class CacheFileError(PrditError, ValueError):
     """A training cache file is empty, truncated or of the wrong shape; the message names it."""
 
 
-def case_ids(dataset: str, split: str, root: str | Path = ".") -> list[str]:
-    """Case ids listed in data/splits/<dataset>/<split>.txt."""
-    path = Path(root) / paths.splits(dataset, split)
+def case_ids(split_file: str | Path, dataset: str) -> list[str]:
+    """Case ids listed in `split_file` (data/splits/<dataset>/<split>.txt); `dataset` names it in errors."""
+    path = Path(split_file)
     if not path.is_file():
         raise MissingInputError(f"{path}: split file not found (run `prdit split --dataset {dataset}`)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -29,11 +28,14 @@ class VolumeDataset(Dataset):
 
     float16 halves the loader's host and pinned memory and the host-to-GPU copy; the training step
     converts on the device (prdit.train.data.HOST_DTYPE), exactly: every float16 is a float32.
+    The cases are those `split_file` lists, each `folder`/<case>.npy; `dataset` and `split` name them in errors.
     """
 
-    def __init__(self, dataset: str, size: int, split: str, root: str | Path = ".") -> None:
-        self.folder = Path(root) / paths.processed(dataset, size)
-        self.cases = case_ids(dataset, split, root)
+    def __init__(
+        self, folder: str | Path, split_file: str | Path, size: int, dataset: str, split: str
+    ) -> None:
+        self.folder = Path(folder)
+        self.cases = case_ids(split_file, dataset)
         self.dataset = dataset
         self.size = size
         missing = [c for c in self.cases if not (self.folder / f"{c}.npy").is_file()]

@@ -24,6 +24,7 @@ from prdit.plan.measure import Flops
 from prdit.plan.steps import (  # noqa: F401  (also what benchmarks/gpu_check.py and the tests measure)
     affine_bytes,
     extractor_cost,
+    micro_batch,
     model_calls,
     pair_bytes,
     peak_kind,
@@ -119,8 +120,6 @@ def _train_resources(p: Params, stage: str) -> int:
 
 
 def train_job(p: Params, dataset: str, stage: str, gpu: GPU) -> JobCost:
-    from prdit.train.batching import micro_batch
-
     cfg = p.train.stage(stage)
     gpus = _train_resources(p, stage)
     highres = stage == "highres"

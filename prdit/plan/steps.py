@@ -1,5 +1,6 @@
 """One training step, one sampler call, one MS-SSIM pair and the feature extractor of the real models, on
-fake tensors: their FLOPs and peak bytes (prdit.plan.measure), for `prdit plan` and `micro_batch: auto`."""
+fake tensors: their FLOPs and peak bytes (prdit.plan.measure), for `prdit plan` and `micro_batch: auto`
+(`micro_batch`: prdit.train.batching's choice from the parameters, for `prdit train` and `prdit plan`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from prdit import precision, topology
 from prdit.config import Params
 from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan.measure import Flops, count_flops, fake_mode, peak_bytes, traffic_bytes
+from prdit.stages._models import stage_spec
+from prdit.train import batching
+from prdit.train.batching import affine_bytes  # noqa: F401  (prdit.plan.cost re-exports it)
+from prdit.train.stages import PARENT, assemble
 
 
 def stage_model(p: Params, stage: str) -> torch.nn.Module:
     """The stage's model as training builds it (prdit.train.stages.assemble) with fresh parents; call it
     under fake_mode() so nothing is allocated."""
-    from prdit.train.stages import PARENT, assemble
-
     parent = PARENT[stage]
     frozen = stage_model(p, parent) if parent else None
-    return assemble(p, stage, frozen).model
+    return assemble(stage_spec(p, stage), frozen).model
 
 
 def _autocast(prec: precision.Precision) -> torch.autocast:
@@ -82,10 +85,24 @@ def train_step_bytes(p: Params, stage: str, micro: int, ddp: bool = False) -> in
         return peak + (sum(q.numel() * 4 for q in trained) if ddp else 0)
 
 
-def affine_bytes(measure, at: int) -> int:
-    """Peak bytes at batch `at` from measurements at 1 and 2: memory is affine in the batch."""
-    one, two = measure(1), measure(2)
-    return one + (two - one) * (at - 1)
+def micro_batch(
+    p: Params, stage: str, processes: int, budget_gib: float | None = None, estimate: bool = True
+) -> batching.Choice:
+    """The micro-batch and accumulation of `stage` on `processes` GPUs (prdit.train.batching.micro_batch);
+    `budget_gib` is the GPU memory `auto` fits into (train.common.gpu_memory_gib wins when set). With
+    `estimate`, the peak memory at the chosen micro-batch is measured on fake tensors (a few seconds)."""
+    cfg, common = p.train.stage(stage), p.train.common
+    ddp = processes > 1
+    return batching.micro_batch(
+        stage,
+        batch_size=cfg.batch_size,
+        micro=cfg.micro_batch,
+        grad_accum=common.grad_accum,
+        processes=processes,
+        budget_gib=common.gpu_memory_gib or budget_gib,
+        peak=lambda m: train_step_bytes(p, stage, m, ddp=ddp),
+        estimate=estimate,
+    )
 
 
 def sample_model(p: Params, size: int) -> torch.nn.Module:

@@ -13,11 +13,12 @@ import os
 
 import torch
 
-from prdit import precision, tracking
+from prdit import paths, precision, tracking
 from prdit.config import Params, weight_fields
-from prdit.data.dataset import VolumeDataset
 from prdit.device import announce, describe_device
-from prdit.train import batching, distributed, signals, stages
+from prdit.plan.steps import micro_batch
+from prdit.stages import _models
+from prdit.train import distributed, signals
 from prdit.train.engine import fit
 from prdit.train.job import Job, NullRun
 from prdit.train.provenance import data_hash
@@ -43,8 +44,12 @@ def job_from_params(
     """
 
     c, s = p.train.common, p.train.stage(stage)
-    size = stages.input_size(p, stage)
-    extra = {"data_hash": data_hash(dataset, size), "parents": dict(parents or {})}
+    size = _models.input_size(p, stage)
+    splits = {split: paths.splits(dataset, split) for split in ("train", "val")}
+    extra = {
+        "data_hash": data_hash(splits, paths.processed(dataset, size)),
+        "parents": dict(parents or {}),
+    }
     used = p.used(f"train-{stage}")
     fingerprint = {
         "stage": stage,
@@ -66,13 +71,11 @@ def job_from_params(
         "params": used,
         **extra,
     }
-    choice = batching.micro_batch(
-        p, stage, processes, budget_gib=gpu_memory_gib, estimate=s.micro_batch == "auto"
-    )
+    choice = micro_batch(p, stage, processes, budget_gib=gpu_memory_gib, estimate=s.micro_batch == "auto")
     log.info("train-%s: %s", stage, choice.note)
     return Job(
         stage=stage,
-        out_dir=stages.model_dir(dataset, stage, p.model_key(stage)),
+        out_dir=_models.model_dir(dataset, stage, p.model_key(stage)),
         train=s,
         common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
@@ -80,6 +83,7 @@ def job_from_params(
         final_weights=p.conventions.final_weights(stage),
         fingerprint=fingerprint,
         meta=meta,
+        compile_cache=paths.inductor_cache(),
     )
 
 
@@ -89,16 +93,16 @@ def run(p: Params, dataset: str, stage: str) -> int:
     env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
     numerics = p.conventions.training
     precision.set_backends(numerics, env.device)  # TF32 on CUDA
-    out = stages.model_dir(dataset, stage, p.model_key(stage))
+    out = _models.model_dir(dataset, stage, p.model_key(stage))
     lock = signals.exclusive(out) if env.is_main else contextlib.nullcontext()
     try:
         with lock, StopRequest() as stop:
             signals.stop_when_orphaned()
             torch.manual_seed(p.train.common.seed)  # identical initial weights on every rank
-            sm = stages.build(p, dataset, stage)
+            sm = _models.build(p, dataset, stage)
             size = sm.input_size
-            train_set = VolumeDataset(dataset, size, "train")
-            val_set = VolumeDataset(dataset, size, "val")
+            train_set = _models.volume_dataset(dataset, size, "train")
+            val_set = _models.volume_dataset(dataset, size, "val")
             memory = (  # what micro_batch: auto fits into: the GPU's memory, on a CPU the host's
                 torch.cuda.get_device_properties(env.device).total_memory / 2**30
                 if env.device.type == "cuda"

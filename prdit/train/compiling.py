@@ -4,8 +4,9 @@ torch.compile is lazy: a compiler failure surfaces at the first forward, and a f
 is an hour lost. So the network is compiled during a warm-up at start (one forward and backward on a
 dummy micro-batch, which touches no optimizer, EMA or RNG state: the trajectory is the eager run's). If
 that fails, `compile: true` logs one warning and trains eagerly; `compile: strict` stops at once with
-one line. The inductor and Triton caches live in the project (paths.inductor_cache) unless the user set
-TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR, so a requeued job reuses the kernels of its first start.
+one line. The inductor and Triton caches live in the folder the caller names (`prdit train`: the project's
+paths.inductor_cache) unless the user set TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR, so a requeued job
+reuses the kernels of its first start.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prdit import paths
 from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,9 @@ class CompileError(PrditError, RuntimeError):
     """`train.common.compile: strict` and torch.compile failed in the warm-up."""
 
 
-def use_project_cache() -> Path:
-    """Point inductor's and Triton's caches into the project unless already set; the inductor cache."""
-    base = paths.inductor_cache().resolve()
+def use_cache_dir(cache_dir: Path) -> Path:
+    """Point inductor's and Triton's caches into `cache_dir` unless already set; the inductor cache."""
+    base = cache_dir.resolve()
     for var, folder in (("TORCHINDUCTOR_CACHE_DIR", base), ("TRITON_CACHE_DIR", base / "triton")):
         if not os.environ.get(var):
             os.environ[var] = str(folder)
@@ -53,13 +53,19 @@ def compile_or_eager(
     mode: bool | str,
     warm_up: Callable[[nn.Module], None],
     agree: Callable[[bool], bool] = bool,
+    cache_dir: Path | None = None,
 ) -> nn.Module:
     """`net` compiled and run once through `warm_up`; `net` itself (eager) when that failed on any rank.
 
     `agree(failed)` ORs the failure over ranks (every rank must train the same way). With `mode` strict a
-    failure raises CompileError instead.
+    failure raises CompileError instead. `cache_dir`: the compiler caches' folder (use_cache_dir;
+    None: torch's own or the user's).
     """
-    cache = use_project_cache()
+    cache = (
+        use_cache_dir(cache_dir)
+        if cache_dir is not None
+        else os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "torch's default"
+    )
     error: Exception | None = None
     try:
         candidate = torch.compile(net)

@@ -136,6 +136,7 @@ class _Loop:
                 self.job.common.compile,
                 lambda net: self.warm_up(net, micro),
                 agree=lambda failed: distributed.any_rank(self.env, failed)[0],
+                cache_dir=self.job.compile_cache,
             )
 
     def warm_up(self, net: nn.Module, micro: int) -> None:

@@ -33,6 +33,7 @@ class Job:
     )
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must match for last.pt to be resumed
     meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in model.pt
+    compile_cache: Path | None = None  # torch.compile's caches (prdit.train.compiling); None: torch's own
 
     def with_settings(self, **changes: Any) -> Job:
         """A copy with settings changed by name, whichever of train/common/diffusion holds them."""

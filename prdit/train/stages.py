@@ -9,6 +9,9 @@ Under `protocol: paper` (prdit.protocol) the DiT path is re-initialised with Xav
 positional code's top frequency is 0.95 * grid / 2, and attention kernels run in bf16 inside an
 fp32/TF32 network; the local stage's model.pt then holds its raw weights (prdit.train.engine), which
 stage 2 freezes, as the reference freezes its checkpoint's "model" entry.
+
+This module takes explicit values (a StageSpec, the parent's model file); prdit.stages._models maps the
+parameters and the project layout onto them.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 import prdit.model as models
-from prdit import paths, topology
-from prdit.config import Params
+from prdit import topology
 from prdit.errors import PrditError
 
 log = logging.getLogger(__name__)
 
 PARENT = {s.name: s.parent for s in topology.TABLE}
+BRIDGE_TIMESTEPS = 1000  # the highres bridge's own timestep count: other schedules are passed to it
 
 
 class StageSetupError(PrditError, ValueError):
@@ -45,96 +49,95 @@ class StageModel:
     parents: dict[str, str] = field(default_factory=dict)  # parent model file -> its content_hash
 
 
-def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
-    """Where stage `stage` of `dataset` is trained; `key`: Params.model_key(stage) of an experiment."""
-    return paths.model_dir(dataset, stage, key)
+@dataclass(frozen=True)
+class StageSpec:
+    """What `assemble` builds for one stage, as explicit values (the stage layer maps the parameters).
+
+    `model`: the registry name (train.<stage>.model); `pos_max_freq`: the positional code's top frequency
+    of stages 2 and 3 (None: the model's own); `stage2_gain`: the Xavier gain stage 2 re-initialises its
+    DiT path with (None: as built); `timesteps`: the diffusion's; `attention`: the dtype of the attention
+    kernels (None: as the network).
+    """
+
+    stage: str
+    model: str
+    input_size: int
+    checkpointing: bool = False
+    pos_max_freq: float | None = None
+    stage2_gain: float | None = None
+    timesteps: int = BRIDGE_TIMESTEPS
+    attention: torch.dtype | None = None
 
 
-def input_size(p: Params, stage: str) -> int:
-    if stage != "highres":
-        return p.preprocess.size
-    if not p.preprocess.highres_size:
-        raise StageSetupError(
-            "train --stage highres: preprocess.highres_size is null (set it to 2 x preprocess.size)"
+def load_parent(
+    parent: Path, stage: str, input_size: int, rerun: str = ""
+) -> tuple[nn.Module, dict[str, str]]:
+    """The model `stage` builds on, from its file `parent` (a model at `input_size`), on the CPU, and
+    {file: content_hash}; `rerun` ends the MissingParentError's message (how to make the file)."""
+    if not parent.exists():
+        raise MissingParentError(
+            f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing{rerun}"
         )
-    return p.preprocess.highres_size
+    # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
+    # child's last.pt look stale
+    hashes = {str(parent): models.content_hash(parent)}
+    return models.load(parent, map_location="cpu", stage=PARENT[stage], input_size=input_size), hashes
 
 
-def parent_path(dataset: str, stage: str, key: str | None = None) -> Path | None:
-    """The model file `stage` builds on (`key`: the parent's Params.model_key), None for stage 1."""
-    parent = PARENT[stage]
-    return None if parent is None else model_dir(dataset, parent, key) / "model.pt"
+def build(
+    spec: StageSpec, parent: Path | None, parent_input_size: int | None = None, rerun: str = ""
+) -> StageModel:
+    """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns.
 
-
-def build(p: Params, dataset: str, stage: str) -> StageModel:
-    """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns."""
-
-    parent = parent_path(dataset, stage, p.model_key(PARENT[stage]) if PARENT[stage] else None)
-    parents: dict[str, str] = {}
-    frozen = None
-    if parent is not None:
-        if not parent.exists():
-            raise MissingParentError(
-                f"{parent}: the {PARENT[stage]} model this {stage} stage builds on is missing "
-                f"(run `prdit train --dataset {dataset} --stage {PARENT[stage]}"
-                f"{f' --experiment {p.exp_name}' if p.exp_name else ''}` first)"
-            )
-        # its architecture and weights, not its bytes: provenance in meta (git commit) never makes a
-        # child's last.pt look stale
-        parents[str(parent)] = models.content_hash(parent)
-        frozen = models.load(parent, map_location="cpu", stage=PARENT[stage], input_size=p.preprocess.size)
-    sm = assemble(p, stage, frozen)
+    `parent`: the parent stage's model file (None for stage 1), a model at `parent_input_size` (default:
+    the stage's own); `rerun`: see load_parent."""
+    size = spec.input_size if parent_input_size is None else parent_input_size
+    frozen, parents = load_parent(parent, spec.stage, size, rerun) if parent is not None else (None, {})
+    sm = assemble(spec, frozen)
     sm.parents = parents
     return sm
 
 
-def assemble(p: Params, stage: str, frozen: nn.Module | None) -> StageModel:
+def assemble(spec: StageSpec, frozen: nn.Module | None) -> StageModel:
     """The stage's model around `frozen` (the parent stage's model, None for local), as training builds it.
 
     `prdit plan` calls this on fake tensors with a freshly assembled parent (no model file needed)."""
-    cfg = p.train.stage(stage)
-    size = input_size(p, stage)
-    overrides = {"checkpointing": True} if cfg.checkpointing else {}
-    conventions = p.conventions
-    if stage != "local" and conventions.pos_max_freq(size) is not None:
-        overrides["pos_max_freq"] = conventions.pos_max_freq(size)
+    stage, name, size = spec.stage, spec.model, spec.input_size
+    overrides = {"checkpointing": True} if spec.checkpointing else {}
+    if stage != "local" and spec.pos_max_freq is not None:
+        overrides["pos_max_freq"] = spec.pos_max_freq
     if frozen is not None:
         frozen.requires_grad_(False)
     if stage == "local":
-        model = models.create(cfg.model, input_size=size, **overrides)
+        model = models.create(name, input_size=size, **overrides)
     elif stage == "global":
-        model = models.create(cfg.model, input_size=size, **overrides)
+        model = models.create(name, input_size=size, **overrides)
         if getattr(model, "depth", 1) == 0:
-            raise StageSetupError(
-                f"train.global.model: {cfg.model} has depth 0; stage 2 needs a DiT (depth >= 1)"
-            )
-        if conventions.stage2_gain is not None:
-            model.init_global(conventions.stage2_gain)
+            raise StageSetupError(f"train.global.model: {name} has depth 0; stage 2 needs a DiT (depth >= 1)")
+        if spec.stage2_gain is not None:
+            model.init_global(spec.stage2_gain)
         model.load_local(frozen)
         model.freeze_local()
     else:
-        if p.diffusion.timesteps != 1000:  # the bridge maps timesteps between resolutions
-            overrides["timesteps"] = p.diffusion.timesteps
-        model = models.create(cfg.model, input_size=size, backbone=frozen, **overrides)
+        if spec.timesteps != BRIDGE_TIMESTEPS:  # the bridge maps timesteps between resolutions
+            overrides["timesteps"] = spec.timesteps
+        model = models.create(name, input_size=size, backbone=frozen, **overrides)
         inner = getattr(model, "backbone", None)
         if isinstance(inner, nn.Module):
             inner.requires_grad_(False)
-    attention = conventions.training.attention
-    if attention is not None:
+    if spec.attention is not None:
         from prdit.model.layers import set_attention_kernel_dtype
 
-        set_attention_kernel_dtype(model, attention)
+        set_attention_kernel_dtype(model, spec.attention)
     trained = [n for n, q in model.named_parameters() if q.requires_grad]
     if not trained:
-        raise StageSetupError(
-            f"train.{stage}.model: {cfg.model} has no trainable parameters for stage {stage}"
-        )
+        raise StageSetupError(f"train.{stage}.model: {name} has no trainable parameters for stage {stage}")
     n_all = sum(q.numel() for q in model.parameters())
     n_tr = sum(q.numel() for n, q in model.named_parameters() if q.requires_grad)
     log.info(
         "stage %s: %s at %d^3, %.2fM parameters, %.2fM trained",
         stage,
-        cfg.model,
+        name,
         size,
         n_all / 1e6,
         n_tr / 1e6,

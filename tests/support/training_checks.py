@@ -14,13 +14,15 @@ from typing import Any
 
 import torch
 
+from prdit import paths
 from prdit.config import Params
 from prdit.diffusion import loss as ian_loss
 from prdit.diffusion import q_sample
+from prdit.stages._models import build
 from prdit.stages.train import job_from_params
 from prdit.train import data
 from prdit.train.engine import Job, fit
-from prdit.train.stages import StageModel, build
+from prdit.train.stages import StageModel
 from prdit.train.validate import LossFn
 from tests.support.project import params_with
 
@@ -67,7 +69,12 @@ def make_job(out_dir: Path, stage: str = "local", **changes: Any) -> Job:
     """A Job with the project's params.yaml settings for `stage`, changed by name (Job.with_settings)."""
     p = params_with()
     job = Job(
-        stage=stage, out_dir=out_dir, train=p.train.stage(stage), common=p.train.common, diffusion=p.diffusion
+        stage=stage,
+        out_dir=out_dir,
+        train=p.train.stage(stage),
+        common=p.train.common,
+        diffusion=p.diffusion,
+        compile_cache=paths.inductor_cache(),  # as prdit train sets it
     )
     return job.with_settings(**changes)
 

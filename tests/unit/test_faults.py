@@ -61,7 +61,8 @@ def test_corrupt_training_file_is_named_and_leaves_last_pt(tmp_path: Path) -> No
     np.save(folder / "a.npy", np.zeros((16, 16, 16), np.float16))
     (folder / "b.npy").write_bytes(b"")
     with pytest.raises(PrditError, match="b.npy: unreadable training cache") as info:
-        VolumeDataset("ds", 16, "train", root=tmp_path)  # before job_from_params/fit touch last.pt
+        # before job_from_params/fit touch last.pt
+        VolumeDataset(folder, tmp_path / "data/splits/ds/train.txt", 16, "ds", "train")
     assert "\n" not in str(info.value)
 
 

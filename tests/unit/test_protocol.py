@@ -29,11 +29,11 @@ from prdit.data.splits import assign_paper
 from prdit.evaluate.extractor import ExtractorInfo
 from prdit.evaluate.run import EvalSettings
 from prdit.model.layers import Attention
+from prdit.stages import _models
 from prdit.stages.evaluate import protocol_fields, settings
 from prdit.stages.fetch_weights import run as run_fetch_weights
 from prdit.stages.preprocess import run as run_preprocess
 from prdit.stages.train import job_from_params
-from prdit.train import stages
 from prdit.train.engine import fit
 from tests.support import paper_volumes as pv
 from tests.support.evaluation import evaluate_toy
@@ -240,7 +240,7 @@ def test_paper_stage2_freezes_the_raw_stage1_weights_and_reinitialises_with_gain
     assert job_from_params(project, "phantom", "local").final_weights == "ema"
     assert job_from_params(project, "phantom", "local").bf16_autocast
     assert job_from_params(paper, "phantom", "global").final_weights == "ema"
-    sm = stages.build(paper, "phantom", "local")
+    sm = _models.build(paper, "phantom", "local")
     g = torch.Generator().manual_seed(0)
     vols = [torch.rand(1, 32, 32, 32, generator=g) * 2 - 1 for _ in range(4)]
     assert fit(job, sm, vols, vols[:2]) == 0
@@ -250,9 +250,9 @@ def test_paper_stage2_freezes_the_raw_stage1_weights_and_reinitialises_with_gain
     assert any(not torch.equal(saved[k], last["ema"][k]) for k in last["ema"])  # (EMA decay 0.95 differs)
 
     torch.manual_seed(0)
-    ours = stages.build(project, "phantom", "global").model
+    ours = _models.build(project, "phantom", "global").model
     torch.manual_seed(0)
-    sm2 = stages.build(paper, "phantom", "global")
+    sm2 = _models.build(paper, "phantom", "global")
     ref = sm2.model
     qkv, qkv_ours = ref.dit.blocks[0].attn.qkv.weight, ours.dit.blocks[0].attn.qkv.weight
     assert float(qkv.detach().std()) == pytest.approx(xavier_std(qkv, 0.1), rel=0.05)

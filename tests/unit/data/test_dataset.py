@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prdit import paths
 from prdit.data.dataset import CacheFileError, VolumeDataset
 from prdit.errors import MissingInputError, PrditError
 
@@ -23,9 +24,14 @@ def _cache(root: Path, cases: dict[str, bytes | np.ndarray]) -> None:
             np.save(folder / f"{case}.npy", content)
 
 
+def _dataset(root: Path) -> VolumeDataset:
+    """The train split of dataset "d" at 8^3 under `root`, laid out as the project lays it out."""
+    return VolumeDataset(root / paths.processed("d", 8), root / paths.splits("d", "train"), 8, "d", "train")
+
+
 def test_good_cache_loads(tmp_path):
     _cache(tmp_path, {"a": np.zeros((8, 8, 8), np.float16)})
-    x = VolumeDataset("d", 8, "train", root=tmp_path)[0]
+    x = _dataset(tmp_path)[0]
     assert tuple(x.shape) == (1, 8, 8, 8)
 
 
@@ -44,7 +50,7 @@ def test_broken_cache_file_is_named_at_construction(tmp_path, content, words):
         content = buf.read_bytes()[:-100]
     _cache(tmp_path, {"a": np.zeros((8, 8, 8), np.float16), "b": content})
     with pytest.raises(CacheFileError) as info:
-        VolumeDataset("d", 8, "train", root=tmp_path)
+        _dataset(tmp_path)
     message = str(info.value)
     assert isinstance(info.value, PrditError) and "data/processed/d/8/b.npy" in message and words in message
     assert "prdit preprocess --dataset d" in message
@@ -52,4 +58,4 @@ def test_broken_cache_file_is_named_at_construction(tmp_path, content, words):
 
 def test_missing_split_is_a_prdit_error(tmp_path):
     with pytest.raises(MissingInputError, match="split file not found"):
-        VolumeDataset("d", 8, "train", root=tmp_path)
+        _dataset(tmp_path)

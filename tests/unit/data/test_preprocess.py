@@ -11,9 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from prdit.data.dataset import VolumeDataset, case_ids
+from prdit import paths
+from prdit.data.dataset import case_ids
 from prdit.data.dicom_writer import SeriesHeader, uid, write_ct_series
 from prdit.data.preprocess import avg_pool2, resample_cube
+from prdit.stages._models import volume_dataset
 from prdit.stages.ingest import run as run_ingest
 from prdit.stages.preprocess import run as run_preprocess
 from prdit.stages.split import run as run_split
@@ -170,13 +172,13 @@ def test_reference_mode_skips_cases_under_the_256_mm_crop(preprocessed, monkeypa
 
 def test_volume_dataset_reads_the_cache(preprocessed, monkeypatch):
     monkeypatch.chdir(preprocessed)
-    ids = case_ids("t", "train") + case_ids("t", "val") + case_ids("t", "test")
+    ids = [c for split in ("train", "val", "test") for c in case_ids(paths.splits("t", split), "t")]
     assert sorted(ids) == ["P1", "P2"]
-    ds = VolumeDataset("t", 64, "train")
+    ds = volume_dataset("t", 64, "train")
     x = ds[0]
     assert x.dtype == torch.float16 and x.shape == (1, 64, 64, 64) and -1 <= x.min() and x.max() <= 1
     with pytest.raises(FileNotFoundError, match="split file"):
-        VolumeDataset("nope", 64, "train")
+        volume_dataset("nope", 64, "train")
 
 
 def test_a_broken_case_does_not_stop_the_others(tmp_path, monkeypatch):

@@ -298,18 +298,18 @@ def test_sample_rejects_a_model_of_another_size(tmp_path, monkeypatch):
 
 
 def test_train_checks_the_parent_stage(tmp_path, monkeypatch):
-    """stages.build: a stage-1 file where the highres stage expects its stage-2 parent is named, not trained on."""
-    from prdit.train import stages
+    """_models.build: a stage-1 file where the highres stage expects its stage-2 parent is named, not trained on."""
+    from prdit.stages import _models
 
     monkeypatch.chdir(tmp_path)
-    parent = stages.parent_path("phantom", "highres")
+    parent = _models.parent_path("phantom", "highres")
     _model_file(parent, "PRDiT-T/8/0", 16, "local")
     p = params_with({"preprocess": {"size": 16, "highres_size": 32}})
     with pytest.raises(
         PrditError, match=f"{parent}: expected the global model at 16\\^3, but its meta.stage"
     ):
-        stages.build(p, "phantom", "highres")
-    local = stages.parent_path("phantom", "global")
+        _models.build(p, "phantom", "highres")
+    local = _models.parent_path("phantom", "global")
     _model_file(local, "PRDiT-T/8/1", 16, "global")  # a stage-2 file where stage 2 expects its stage-1 parent
     with pytest.raises(PrditError, match=f"{local}: expected the local model at 16\\^3, but its meta.stage"):
-        stages.build(p, "phantom", "global")
+        _models.build(p, "phantom", "global")

@@ -9,9 +9,9 @@ import torch
 
 import prdit.model as models
 from prdit.io import sha256_file
+from prdit.stages import _models
 from prdit.stages.train import job_from_params
 from prdit.train import resume as ckpt
-from prdit.train import stages
 from tests.support.training_checks import train_stage
 
 DS = "phantom"
@@ -69,15 +69,15 @@ def test_training_checkpoint_writer_is_byte_deterministic(tmp_path: Path) -> Non
 
 def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(tiny_train) -> None:
     train_stage(tiny_train, DS, "local", preview_n=0)
-    local = stages.model_dir(DS, "local") / "model.pt"
+    local = _models.model_dir(DS, "local") / "model.pt"
     _, job = train_stage(tiny_train, DS, "global", preview_n=0)
-    last = stages.model_dir(DS, "global") / "last.pt"
+    last = _models.model_dir(DS, "global") / "last.pt"
     assert last.exists()
     # the parent re-written (another commit, say): other provenance, same weights -> the child's last.pt resumes
     models.save(
         local, models.load(local), meta={**models.load(local).meta, "git_commit": "0" * 40 + "-dirty"}
     )
-    again = stages.build(tiny_train, DS, "global")
+    again = _models.build(tiny_train, DS, "global")
     job2 = job_from_params(tiny_train, DS, "global", again.parents)
     assert job2.fingerprint == job.fingerprint
     state, why = ckpt.load(last, job2.fingerprint)
@@ -87,6 +87,6 @@ def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
     models.save(local, changed, meta=changed.meta)
-    job3 = job_from_params(tiny_train, DS, "global", stages.build(tiny_train, DS, "global").parents)
+    job3 = job_from_params(tiny_train, DS, "global", _models.build(tiny_train, DS, "global").parents)
     state, why = ckpt.load(last, job3.fingerprint)
     assert state is None and "parents" in why

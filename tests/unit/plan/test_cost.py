@@ -23,7 +23,7 @@ from prdit.plan import cost
 from prdit.plan.cost import stage_model, train_step_bytes, train_step_flops
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, MEM_FRACTION
 from prdit.plan.measure import CPU_ATTENTION, count_flops
-from prdit.train.batching import micro_batch
+from prdit.plan.steps import micro_batch
 from tests.support.project import ROOT, params_with
 from tests.support.training_checks import train_stage
 

@@ -14,6 +14,7 @@ import prdit.model.local as local_module
 from prdit.config import load
 from prdit.model.dit import GlobalDiT
 from prdit.model.local import LocalDenoiser
+from prdit.stages._models import stage_spec
 from prdit.train.stages import assemble
 from tests.support.project import ROOT
 
@@ -26,7 +27,7 @@ def _model(stage: str, on: bool):
     """The stage's model as training assembles it, on freshly assembled (untrained) parents."""
     parent = None
     for s in ("local", "global", "highres"):
-        sm = assemble(_params(s, on if s == stage else False), s, parent)
+        sm = assemble(stage_spec(_params(s, on if s == stage else False), s), parent)
         parent = getattr(sm, "model", sm)
         if s == stage:
             return parent

@@ -111,5 +111,5 @@ def test_a_compiled_run_follows_the_eager_trajectory(
 
 def test_a_cache_folder_the_user_chose_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert compiling.use_project_cache() == tmp_path / "mine"
+    assert compiling.use_cache_dir(paths.inductor_cache()) == tmp_path / "mine"
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / paths.inductor_cache() / "triton")

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prdit import paths
 from prdit.config import deep_merge
 from prdit.data.dataset import VolumeDataset
 from prdit.plan.cost import GIB, HOST_BASE_GIB, train_job
 from prdit.plan.gpus import GPUS
+from prdit.plan.steps import micro_batch
+from prdit.stages._models import build, volume_dataset
 from prdit.stages.train import job_from_params
 from prdit.train import data
-from prdit.train.batching import micro_batch
 from prdit.train.engine import diffusion_loss, fit
-from prdit.train.stages import build
 from tests.support.project import params_with
 
 DS, SIZE = "d", 16
@@ -39,7 +40,9 @@ def _cache(root: Path, n: int) -> list[Path]:
 
 def test_loader_yields_float16_and_its_host_bytes_are_the_plans(tmp_path: Path) -> None:
     _cache(tmp_path, 3)
-    ds = VolumeDataset(DS, SIZE, "train", root=tmp_path)
+    ds = VolumeDataset(
+        tmp_path / paths.processed(DS, SIZE), tmp_path / paths.splits(DS, "train"), SIZE, DS, "train"
+    )
     batches = data.MicroBatches(start=0, global_batch=2, accum=1, rank=0, world_size=1)
     loader = data.train_loader(ds, batches, seed=0, workers=0, pin=False)
     x, pos = next(iter(loader))
@@ -53,7 +56,7 @@ def test_step_sees_float32_on_the_device_with_the_float32_loaders_loss(tiny_trai
     job = job_from_params(tiny_train, DS, "local", sm.parents).with_settings(
         steps=2, preview_n=0, grad_accum=1
     )
-    stream = data.SampleStream(VolumeDataset(DS, SIZE, "train"), job.common.seed)
+    stream = data.SampleStream(volume_dataset(DS, SIZE, "train"), job.common.seed)
     assert stream.dataset[0].dtype == torch.float16  # what the host holds and copies to the device
     inner = diffusion_loss(job)
     seen: list[tuple[torch.dtype, torch.device, torch.Tensor, torch.Tensor]] = []

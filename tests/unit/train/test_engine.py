@@ -11,6 +11,7 @@ import torch
 
 import prdit.model as models
 from prdit.config import deep_merge, from_dict
+from prdit.stages import _models
 from prdit.stages.train import job_from_params
 from prdit.train import data, distributed, stages
 from prdit.train import resume as ckpt
@@ -39,7 +40,7 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -
     local_sd = torch.load(local_file, weights_only=True)["state_dict"]
     assert json.loads(Path("models", DS, "local", "metrics.json").read_text())["steps"] == 3
 
-    sm = stages.build(tiny_train, DS, "global")
+    sm = _models.build(tiny_train, DS, "global")
     before = _frozen(sm.model, sm.trained)
     assert before and all(n.startswith(("t_embed.shared", "t_embed.local_head", "local.")) for n in before)
     assert all(torch.equal(before[n], local_sd[n]) for n in before)  # the stage-1 weights came from its file
@@ -60,7 +61,7 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -
     assert str(local_file) in saved.meta["parents"]
     assert Path("models", DS, "global", "previews", "step_0000003.png").exists()
 
-    hr = stages.build(tiny_train, DS, "highres")
+    hr = _models.build(tiny_train, DS, "highres")
     assert hr.input_size == 32
     backbone = _frozen(hr.model, hr.trained)
     global_sd = saved.state_dict()
@@ -76,7 +77,7 @@ def test_stage_chain_freezes_parents_bitwise_and_computes_no_grads(tiny_train) -
 
 def test_missing_parent_is_a_clear_error(tiny_train) -> None:
     with pytest.raises(FileNotFoundError, match="models/phantom/local/model.pt.*--stage local"):
-        stages.build(tiny_train, DS, "global")
+        _models.build(tiny_train, DS, "global")
 
 
 def test_grad_accumulation_matches_the_full_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
