@@ -153,15 +153,44 @@ def test_only_paths_py_spells_the_project_layout() -> None:
 
 # Issue 28 point 0: one stage layer. The library packages (prdit.<package>: the maths, with explicit
 # arguments) know nothing of the pipeline around them: MLflow is the stage modules' business (prdit/stages/*,
-# one per `prdit <command>`) and the CLI's (ui-url, tracking-import). No library module imports
-# prdit.tracking any more; prdit.diffusion and the data/acquire packages import no parameters either.
+# one per `prdit <command>`) and the CLI's (ui-url, tracking-import); the project layout (prdit.paths) and the
+# parameter file (prdit.config.Params, or loading one) are resolved there too. A library function may take a
+# config *section* (TrainStage, Downloader, ...) as its typed argument, as nanoGPT's model takes GPTConfig.
 LIBRARY = {"acquire", "data", "model", "diffusion", "train", "evaluate"}
-PIPELINE = {"prdit.tracking", "prdit.config", "prdit.paths"}
+PIPELINE = {"prdit.tracking", "prdit.paths"}  # never imported by a library module
+PARAMS_FILE = {"Params", "load", "from_dict", "params_hash"}  # what of prdit.config stands for the whole file
 
 
 def package_of(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
+
+
+def names_from(path: Path, module: str) -> set[str]:
+    """Names `path` imports from `module`, `if TYPE_CHECKING:` blocks included (a type is knowledge too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import) and any(a.name == module for a in node.names):
+            found.add("*")
+    return found
+
+
+def pipeline_knowledge(root: Path = ROOT) -> dict[str, set[str]]:
+    """Library module -> what it imports of the pipeline (tracking, paths, the parameter file)."""
+    modules = module_names(root)
+    graph = import_graph(root)
+    out = {}
+    for name, path in modules.items():
+        if package_of(name) not in LIBRARY:
+            continue
+        found = (graph[name] & PIPELINE) | {f"prdit.paths.{n}" for n in names_from(path, "prdit.paths")}
+        found |= {f"prdit.config.{n}" for n in names_from(path, "prdit.config") & (PARAMS_FILE | {"*"})}
+        found |= {"prdit.paths" for n in names_from(path, "prdit") if n == "paths"}
+        if found:
+            out[name] = found
+    return out
 
 
 def test_only_the_stage_layer_imports_tracking() -> None:
@@ -174,14 +203,40 @@ def test_only_the_stage_layer_imports_tracking() -> None:
 
 
 def test_library_packages_know_nothing_of_the_pipeline() -> None:
+    knowledge = pipeline_knowledge()
+    assert knowledge == {}, "resolve these in prdit/stages/ and pass explicit arguments: " + str(knowledge)
     graph = import_graph()
-    diffusion = {m: found for m in graph if package_of(m) == "diffusion" and (found := graph[m] & PIPELINE)}
-    assert diffusion == {}, "prdit.diffusion imports the pipeline"
-    tracked = {m for m in graph if package_of(m) in LIBRARY and "prdit.tracking" in graph[m]}
-    assert tracked == set(), "library modules must not log to MLflow (prdit.stages does)"
-    data = {name for name in graph if package_of(name) in ("data", "acquire")}
-    assert {"prdit.data.ingest", "prdit.data.preprocess", "prdit.acquire.batch"} <= data
-    assert not {name for name in data if "prdit.config" in graph[name]}  # Params, or any config class
+    diffusion = {m for m in graph if package_of(m) == "diffusion" and "prdit.config" in graph[m]}
+    assert diffusion == set(), "prdit.diffusion takes plain arguments, not config sections"
+    data = {name for name in graph if package_of(name) in ("data", "acquire", "evaluate")}
+    assert {"prdit.data.ingest", "prdit.data.preprocess", "prdit.acquire.batch", "prdit.evaluate.run"} <= data
+    assert not {
+        name for name in data if "prdit.config" in graph[name]
+    }  # not even a config section at run time
+
+
+def test_the_pipeline_checker_sees_params_paths_and_type_only_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / PACKAGE
+    for sub in ("train", "stages"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    for leaf in ("paths", "tracking", "config"):
+        (pkg / f"{leaf}.py").write_text("")
+    (pkg / "train" / "a.py").write_text("from prdit import paths\n")
+    (pkg / "train" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from prdit.config import Params\n"
+    )
+    (pkg / "train" / "c.py").write_text("from prdit.config import TrainStage\n")  # a section: allowed
+    (pkg / "train" / "d.py").write_text("def f():\n    import prdit.tracking\n")
+    (pkg / "stages" / "e.py").write_text(
+        "from prdit import paths, tracking\nfrom prdit.config import Params\n"
+    )
+    assert pipeline_knowledge(tmp_path) == {
+        "prdit.train.a": {"prdit.paths"},
+        "prdit.train.b": {"prdit.config.Params"},
+        "prdit.train.d": {"prdit.tracking"},
+    }
 
 
 def test_each_command_has_its_stage_module() -> None:
