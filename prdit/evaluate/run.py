@@ -17,6 +17,7 @@ import torch
 
 from prdit import hu, viz
 from prdit.device import select_device
+from prdit.errors import MissingInputError
 from prdit.evaluate.extractor import ExtractorInfo, build_extractor
 from prdit.evaluate.features import Extractor, real_summaries, summarise
 from prdit.evaluate.memorization import audit
@@ -186,7 +187,7 @@ def score(
     gen = generated or samples_set(inputs.samples, size, window, settings.num_samples)
     gen_dir, gen_paths = gen.source["path"], gen.paths
     if not gen_paths:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
         )
     device = device or select_device()[0]

@@ -15,6 +15,7 @@ from prdit import hu, io, paths, precision, topology, tracking, viz
 from prdit.device import announce, describe_device, select_device
 from prdit.diffusion.batches import sample_seeds, shard_batches
 from prdit.diffusion.sampler import SamplerOptions, sample
+from prdit.errors import MissingInputError
 from prdit.model import content_hash, load
 from prdit.train.signals import EXIT_OK, StopRequest
 
@@ -137,6 +138,12 @@ def _run_sample(
     numerics = p.conventions.sampling
     precision.set_backends(numerics, device)
     # the stage-2 (or highres) model at this size, before anything is written: a copied stage-1 file is named
+    if not path.is_file():
+        stage = model_stage(p, size)
+        experiment = f" --experiment {p.exp_name}" if p.exp_name else ""
+        raise MissingInputError(
+            f"{path}: model file not found (run `prdit train --dataset {dataset} --stage {stage}{experiment}` first)"
+        )
     model = load(path, map_location=device, stage=model_stage(p, size), input_size=size).eval()
     if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
         from prdit.model.layers import set_attention_kernel_dtype

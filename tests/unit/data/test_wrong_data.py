@@ -17,7 +17,7 @@ import torch
 from prdit import paths
 from prdit.data import dicom
 from prdit.data.ingest import check_content
-from prdit.errors import PrditError
+from prdit.errors import MissingInputError, PrditError
 from prdit.stages.ingest import run as run_ingest
 from tests.support import dicom_corpus as corpus
 from tests.support.project import params_with
@@ -295,6 +295,20 @@ def test_sample_rejects_a_model_of_another_size(tmp_path, monkeypatch):
     p = params_with({"preprocess": {"size": 16, "highres_size": None}, "sample": {"n": 1}})
     with pytest.raises(PrditError, match=f"{model}: expected the global model at 16\\^3, but it works at 32"):
         run_sample(p, "phantom", 16)
+
+
+def test_sample_without_a_model_names_the_command_that_trains_it(tmp_path, monkeypatch):
+    from prdit.stages.sample import run as run_sample
+
+    monkeypatch.chdir(tmp_path)
+    p = params_with({"preprocess": {"size": 16, "highres_size": None}, "sample": {"n": 1}})
+    model = paths.model_file("phantom", "global")
+    with pytest.raises(MissingInputError) as info:
+        run_sample(p, "phantom", 16)
+    assert str(info.value) == (
+        f"{model}: model file not found (run `prdit train --dataset phantom --stage global` first)"
+    )
+    assert not Path(paths.samples("phantom", 16)).exists()  # nothing written
 
 
 def test_train_checks_the_parent_stage(tmp_path, monkeypatch):

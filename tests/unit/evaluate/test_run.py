@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prdit.errors import MissingInputError
 from prdit.evaluate.run import EvalSettings
 from prdit.evaluate.volumes import EvalInputs
 from prdit.hu import to_hu as unit_to_hu
@@ -130,7 +131,9 @@ def test_too_few_volumes_gives_nulls_with_reasons(toy_eval):
 def test_missing_samples_is_a_clear_error(toy_eval):
     for f in Path(f"samples/toy/{SIZE}").glob("*.nii.gz"):
         f.unlink()
-    with pytest.raises(FileNotFoundError, match=f"samples/toy/{SIZE}: no generated volumes"):
+    with pytest.raises(
+        MissingInputError, match=f"samples/toy/{SIZE}: no generated volumes"
+    ):  # one line, no hint
         _run()
 
 
