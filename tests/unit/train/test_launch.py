@@ -60,8 +60,10 @@ def test_a_node_task_without_slurm_variables_names_them() -> None:
 
 def test_prdit_launch_runs_the_command_it_is_given() -> None:
     """Outside SLURM, one node: torchrun --standalone really starts the command (here a Python one-liner
-    printing torchrun's rank variables) with as many processes as GPUs asked for."""
-    code = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"
+    printing torchrun's rank variables) with as many processes as GPUs asked for. Each rank writes its line
+    with one os.write (atomic on a pipe), since an unbuffered print writes word by word and the ranks'
+    words can interleave."""
+    code = "import os; os.write(1, f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\\n\".encode())"
     res = subprocess.run(
         ["prdit", "launch", "--gpus", "2", "--", sys.executable, "-c", code],
         capture_output=True,
