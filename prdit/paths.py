@@ -103,6 +103,7 @@ def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
 
 
 def model_file(dataset: str, stage: str, key: str | None = None) -> Path:
+    """The stage's final weights, what the next stage freezes and `prdit sample` loads."""
     return model_dir(dataset, stage, key) / "model.pt"
 
 

@@ -52,7 +52,7 @@ class Conventions:
     )
     sampler_grid: str  # the sampler's timestep grid: "project" or "reference"
     extractor_axes: str  # axis order of volumes entering the feature extractor: "zyx" or "xyz"
-    paper_real_set: bool  # the real set: the first PAPER_REAL_N of train + val (else train)
+    real_set_n: int | None  # the real set: the first real_set_n of train + val (None: train)
     all_generated_pairs: bool  # MS-SSIM over every generated pair (else evaluate.ms_ssim_pairs)
     paper_weights: bool  # evaluate only with the paper's MedicalNet (the 23-dataset file refused)
 
@@ -90,7 +90,7 @@ CONVENTIONS: dict[str, Conventions] = {
         local_final_weights="ema",
         sampler_grid="project",
         extractor_axes="zyx",
-        paper_real_set=False,
+        real_set_n=None,
         all_generated_pairs=False,
         paper_weights=False,
     ),
@@ -104,7 +104,7 @@ CONVENTIONS: dict[str, Conventions] = {
         local_final_weights="online",
         sampler_grid="reference",
         extractor_axes="xyz",
-        paper_real_set=True,
+        real_set_n=PAPER_REAL_N,
         all_generated_pairs=True,
         paper_weights=True,
     ),

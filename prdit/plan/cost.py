@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prdit import paths, protocol, topology
+from prdit import paths, topology
 from prdit.config import Params
 from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
@@ -177,9 +177,7 @@ def evaluate_job(p: Params, dataset: str, size: int, gpu: GPU) -> JobCost:
     highres = size == p.preprocess.highres_size
     lim = limits.limit("evaluate", highres)
     n_gen = p.evaluate.num_samples or p.sample.n
-    n_real = (
-        protocol.PAPER_REAL_N if p.conventions.paper_real_set else n_gen
-    )  # assumed: as many real as generated
+    n_real = p.conventions.real_set_n or n_gen  # else assumed: as many real as generated
     pairs = n_gen * (n_gen - 1) // 2 if p.conventions.all_generated_pairs else p.evaluate.ms_ssim_pairs
     pairs += p.evaluate.ms_ssim_pairs  # the real-vs-real floor
     from prdit.evaluate.features import BATCH

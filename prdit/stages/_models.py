@@ -12,11 +12,6 @@ from prdit.data.dataset import VolumeDataset
 from prdit.train.stages import PARENT, StageModel, StageSetupError, StageSpec, assemble, load_parent
 
 
-def model_dir(dataset: str, stage: str, key: str | None = None) -> Path:
-    """Where stage `stage` of `dataset` is trained; `key`: Params.model_key(stage) of an experiment."""
-    return paths.model_dir(dataset, stage, key)
-
-
 def input_size(p: Params, stage: str) -> int:
     """The cube size `stage` trains at: preprocess.size, the highres stage's preprocess.highres_size."""
     if stage != "highres":
@@ -31,7 +26,7 @@ def input_size(p: Params, stage: str) -> int:
 def parent_path(dataset: str, stage: str, key: str | None = None) -> Path | None:
     """The model file `stage` builds on (`key`: the parent's Params.model_key), None for stage 1."""
     parent = PARENT[stage]
-    return None if parent is None else model_dir(dataset, parent, key) / "model.pt"
+    return None if parent is None else paths.model_file(dataset, parent, key)
 
 
 def volume_dataset(dataset: str, size: int, split: str) -> VolumeDataset:

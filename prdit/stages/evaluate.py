@@ -15,7 +15,7 @@ from prdit.evaluate.baselines import baseline_set
 from prdit.evaluate.features import SPLITS
 from prdit.evaluate.run import EvalSettings, evaluate
 from prdit.evaluate.volumes import EvalInputs, GeneratedSet, samples_set
-from prdit.protocol import PAPER_REAL_N, Conventions
+from prdit.protocol import Conventions
 
 if TYPE_CHECKING:
     from prdit.config import Params
@@ -60,12 +60,12 @@ def generated_set(p: Params, dataset: str, size: int, baseline: str | None = Non
 
 def protocol_fields(conventions: Conventions) -> dict:
     """EvalSettings' protocol fields from the resolved conventions: the protocol's name (a label), the
-    extractor's axis order, the real set (the paper's first PAPER_REAL_N of train + val, else train) and
+    extractor's axis order, the real set (the paper's first real_set_n of train + val, else train) and
     which generated pairs MS-SSIM scores."""
     return {
         "protocol": conventions.name,
         "extractor_axes": conventions.extractor_axes,
-        "real_set_n": PAPER_REAL_N if conventions.paper_real_set else None,
+        "real_set_n": conventions.real_set_n,
         "all_generated_pairs": conventions.all_generated_pairs,
     }
 

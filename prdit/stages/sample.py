@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from prdit import hu, io, paths, precision, topology, tracking, viz
@@ -45,17 +44,12 @@ def out_dir(dataset: str, size: int, shard: int | None = None, name: str | None 
 MONTAGE_ROWS = viz.MONTAGE_VOLUMES
 
 
-def _montage(previews: list[np.ndarray], path: Path) -> None:
-
-    viz.montage(previews, path, titles=[f"sample {i}" for i in range(len(previews))])
-
-
 def montage_from_files(folder: Path, n: int, window: tuple[float, float]) -> None:
     """montage.png of the first samples as written (so every way of producing a folder draws the same)."""
     previews = [
         hu.to_unit(io.read_nifti(folder / f"{i}.nii.gz")[0], window) for i in range(min(MONTAGE_ROWS, n))
     ]
-    _montage(previews, folder / "montage.png")
+    viz.montage(previews, folder / "montage.png", titles=[f"sample {i}" for i in range(len(previews))])
 
 
 def link(src: Path, dst: Path) -> None:
@@ -132,19 +126,19 @@ def _run_sample(
     device: torch.device,
     why: dict[str, str],
 ) -> int:
-    path = model_path(p, dataset, size)
+    stage = model_stage(p, size)
+    path = paths.model_file(dataset, stage, p.model_key(stage))
     s, n = p.sample, p.sample.n
     batches = shard_batches(n, s.batch_size, s.shards, shard)
     numerics = p.conventions.sampling
     precision.set_backends(numerics, device)
     # the stage-2 (or highres) model at this size, before anything is written: a copied stage-1 file is named
     if not path.is_file():
-        stage = model_stage(p, size)
         experiment = f" --experiment {p.exp_name}" if p.exp_name else ""
         raise MissingInputError(
             f"{path}: model file not found (run `prdit train --dataset {dataset} --stage {stage}{experiment}` first)"
         )
-    model = load(path, map_location=device, stage=model_stage(p, size), input_size=size).eval()
+    model = load(path, map_location=device, stage=stage, input_size=size).eval()
     if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
         from prdit.model.layers import set_attention_kernel_dtype
 

@@ -75,7 +75,7 @@ def job_from_params(
     log.info("train-%s: %s", stage, choice.note)
     return Job(
         stage=stage,
-        out_dir=_models.model_dir(dataset, stage, p.model_key(stage)),
+        out_dir=paths.model_dir(dataset, stage, p.model_key(stage)),
         train=s,
         common=c if choice.accum == c.grad_accum else dataclasses.replace(c, grad_accum=choice.accum),
         diffusion=p.diffusion,
@@ -93,7 +93,7 @@ def run(p: Params, dataset: str, stage: str) -> int:
     env = distributed.setup()  # a requested but unusable GPU stops here, before any file is touched
     numerics = p.conventions.training
     precision.set_backends(numerics, env.device)  # TF32 on CUDA
-    out = _models.model_dir(dataset, stage, p.model_key(stage))
+    out = paths.model_dir(dataset, stage, p.model_key(stage))
     lock = signals.exclusive(out) if env.is_main else contextlib.nullcontext()
     try:
         with lock, StopRequest() as stop:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import prdit.model as models
+from prdit import paths
 from prdit.io import sha256_file
 from prdit.stages import _models
 from prdit.stages.train import job_from_params
@@ -69,9 +70,9 @@ def test_training_checkpoint_writer_is_byte_deterministic(tmp_path: Path) -> Non
 
 def test_a_parent_saved_again_with_the_same_weights_keeps_the_childs_checkpoint(tiny_train) -> None:
     train_stage(tiny_train, DS, "local", preview_n=0)
-    local = _models.model_dir(DS, "local") / "model.pt"
+    local = paths.model_file(DS, "local")
     _, job = train_stage(tiny_train, DS, "global", preview_n=0)
-    last = _models.model_dir(DS, "global") / "last.pt"
+    last = paths.model_dir(DS, "global") / "last.pt"
     assert last.exists()
     # the parent re-written (another commit, say): other provenance, same weights -> the child's last.pt resumes
     models.save(
