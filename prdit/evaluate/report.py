@@ -137,65 +137,76 @@ class Histograms:
 Montages = dict[str, tuple[list[np.ndarray], list[str]]]  # 'real', 'generated': (volumes, row titles)
 
 
+MEMO_HEADER = ["set", "id", "feature_nn", "feature_dist", "voxel_nn", "voxel_rmse", "voxel_ssim", "near_copy"]
+
+
 def write_report(
     folder: Path, m: dict, montages: Montages, hists: Histograms, memo: dict, info_lines: list[str]
 ) -> list[Path]:
     """Write figures, CSVs, report.md and report.html into `folder`; returns the PNG paths."""
+    pngs = _figures(folder, montages, hists, memo)
+    centres = (hists.edges[:-1] + hists.edges[1:]) / 2
+    _write_csv(
+        folder / "hu_histogram.csv",
+        ["hu", "real", "generated"],
+        [[float(c), float(r), float(g)] for c, r, g in zip(centres, hists.real, hists.generated)],
+    )
+    memo_rows = [
+        [kind] + [r[k] for k in MEMO_HEADER[1:-1]] + [r.get("near_copy", "")]
+        for kind, rows in (("generated", memo["generated"]), ("heldout", memo["heldout"]))
+        for r in rows
+    ]
+    _write_csv(folder / "memorization.csv", MEMO_HEADER, memo_rows)
+    rows, diag = table_rows(m), diagnostic_rows(m)
+    _write_csv(folder / "metrics_table.csv", HEADER, rows)
+    _write_csv(folder / "diagnostics_table.csv", DIAG_HEADER, diag)
+
+    title = f"PRDiT evaluation: {m['dataset']} at {m['size']}^3"
+    md = [f"# {title}", ""] + [f"- {line}" for line in info_lines] + [""]
+    md += _metrics_section(m, rows, diag)
+    md += [
+        "## Real vs generated",
+        "",
+        "Axial, coronal and sagittal mid-slices, window "
+        f"{m['input']['window'][0]:g} to {m['input']['window'][1]:g} HU.",
+        "",
+    ]
+    md += [f"![{p.stem}]({p.name})" for p in pngs if p.stem.startswith("montage")]
+    md += ["", "## HU histograms", "", "![hu_histogram](hu_histogram.png)", "", "## Memorization audit", ""]
+    md += _audit_section(m, memo_rows)
+    if m["skipped"]:
+        md += ["", "## Skipped inputs", ""] + [f"- {s}" for s in m["skipped"]]
+    (folder / "report.md").write_text("\n".join(md) + "\n")
+    (folder / "report.html").write_text(html_page(title, md, folder))
+    return pngs
+
+
+def _figures(folder: Path, montages: Montages, hists: Histograms, memo: dict) -> list[Path]:
+    """montage_real.png, montage_generated.png (where there are volumes), hu_histogram.png and, with an
+    audit, memorization.png."""
     (real_vols, real_titles), (gen_vols, gen_titles) = montages["real"], montages["generated"]
-    edges, real_hist, gen_hist = hists.edges, hists.real, hists.generated
     pngs = []
     if real_vols:
         pngs.append(montage(real_vols, folder / "montage_real.png", titles=real_titles))
     if gen_vols:
         pngs.append(montage(gen_vols, folder / "montage_generated.png", titles=gen_titles))
-    _hist_plot(edges, real_hist, gen_hist, folder / "hu_histogram.png")
+    _hist_plot(hists.edges, hists.real, hists.generated, folder / "hu_histogram.png")
     pngs.append(folder / "hu_histogram.png")
     if memo["generated"] or memo["heldout"]:
         _memo_plot(memo, folder / "memorization.png")
         pngs.append(folder / "memorization.png")
-    centres = (edges[:-1] + edges[1:]) / 2
-    _write_csv(
-        folder / "hu_histogram.csv",
-        ["hu", "real", "generated"],
-        [[float(c), float(r), float(g)] for c, r, g in zip(centres, real_hist, gen_hist)],
-    )
-    memo_rows = [
-        [
-            kind,
-            r["id"],
-            r["feature_nn"],
-            r["feature_dist"],
-            r["voxel_nn"],
-            r["voxel_rmse"],
-            r["voxel_ssim"],
-            r.get("near_copy", ""),
-        ]
-        for kind, rows in (("generated", memo["generated"]), ("heldout", memo["heldout"]))
-        for r in rows
-    ]
-    memo_header = [
-        "set",
-        "id",
-        "feature_nn",
-        "feature_dist",
-        "voxel_nn",
-        "voxel_rmse",
-        "voxel_ssim",
-        "near_copy",
-    ]
-    _write_csv(folder / "memorization.csv", memo_header, memo_rows)
-    rows = table_rows(m)
-    _write_csv(folder / "metrics_table.csv", HEADER, rows)
-    diag = diagnostic_rows(m)
-    _write_csv(folder / "diagnostics_table.csv", DIAG_HEADER, diag)
+    return pngs
 
-    title = f"PRDiT evaluation: {m['dataset']} at {m['size']}^3"
-    md = (
-        [f"# {title}", ""]
-        + [f"- {line}" for line in info_lines]
-        + ["", "## Metrics", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    )
-    md += ["| " + " | ".join(r) + " |" for r in rows]
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def _metrics_section(m: dict, rows: list[list[str]], diag: list[list[str]]) -> list[str]:
+    """report.md's metrics and tiling / texture tables with what they mean, and the caveats."""
+    md = ["## Metrics", ""] + _md_table(HEADER, rows)
     md += [
         "",
         "FID is shown raw and x10^3 (the paper's tables use x10^3). Lower FID/MMD is better; a score near its "
@@ -203,10 +214,8 @@ def write_report(
         "",
         "## Tiling and texture",
         "",
-        "| " + " | ".join(DIAG_HEADER) + " |",
-        "|" + "---|" * len(DIAG_HEADER),
     ]
-    md += ["| " + " | ".join(r) + " |" for r in diag]
+    md += _md_table(DIAG_HEADER, diag)
     md += [
         "",
         "Seam ratio: mean absolute voxel step across the model's patch-token boundaries (every "
@@ -217,15 +226,11 @@ def write_report(
     ]
     if m["notes"]:
         md += ["## Caveats", ""] + [f"- {n}" for n in m["notes"]] + [""]
-    md += [
-        "## Real vs generated",
-        "",
-        "Axial, coronal and sagittal mid-slices, window "
-        f"{m['input']['window'][0]:g} to {m['input']['window'][1]:g} HU.",
-        "",
-    ]
-    md += [f"![{p.stem}]({p.name})" for p in pngs if p.stem.startswith("montage")]
-    md += ["", "## HU histograms", "", "![hu_histogram](hu_histogram.png)", "", "## Memorization audit", ""]
+    return md
+
+
+def _audit_section(m: dict, memo_rows: list[list]) -> list[str]:
+    """report.md's memorisation audit: the near-copy rule, its count, the median ratios and the table."""
     mem = m["memorization"]
     rule = f"SSIM to the nearest training volume >= {mem['near_copy_ssim']}"
     if mem["threshold_voxel_rmse"] is not None:
@@ -233,26 +238,17 @@ def write_report(
             f" and voxel RMSE below {mem['near_copy_ratio']} x the smallest held-out value "
             f"({_fmt(mem['threshold_voxel_rmse'])})"
         )
-    md += [
+    md = [
         f"Near-copy rule: {rule}. Near-copies: **{len(mem['near_copies'])} of {m['n']['generated']}** "
         f"({', '.join(mem['near_copies']) or 'none'}). Median nearest-train distance, generated / held-out: "
         f"feature {_fmt(mem['median_ratio_feature'])}, voxel {_fmt(mem['median_ratio_voxel'])} "
         "(well below 1 suggests copying). Voxel space: volumes average-pooled to at most 32^3.",
         "",
     ]
-    if memo["generated"] or memo["heldout"]:
-        md += [
-            "![memorization](memorization.png)",
-            "",
-            "| " + " | ".join(memo_header) + " |",
-            "|" + "---|" * len(memo_header),
-        ]
-        md += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in memo_rows]
-    if m["skipped"]:
-        md += ["", "## Skipped inputs", ""] + [f"- {s}" for s in m["skipped"]]
-    (folder / "report.md").write_text("\n".join(md) + "\n")
-    (folder / "report.html").write_text(html_page(title, md, folder))
-    return pngs
+    if memo_rows:
+        md += ["![memorization](memorization.png)", ""]
+        md += _md_table(MEMO_HEADER, [[_fmt(v) for v in r] for r in memo_rows])
+    return md
 
 
 def _html_table_row(line: str, first: bool) -> str | None:

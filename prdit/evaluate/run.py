@@ -181,98 +181,125 @@ def score(
     prdit.evaluate.baselines.baseline_set); default our samples in inputs.samples, the first
     settings.num_samples (ignored when `generated` is given: its set is already chosen).
     """
-    window, ms_ssim_pairs, seed = settings.window, settings.ms_ssim_pairs, settings.seed
-    n_boot, axes, real_n = settings.bootstrap, settings.extractor_axes, settings.real_set_n
+    window, axes, real_n = settings.window, settings.extractor_axes, settings.real_set_n
     t0 = time.monotonic()
     gen = generated or samples_set(inputs.samples, size, window, settings.num_samples)
-    gen_dir, gen_paths = gen.source["path"], gen.paths
-    if not gen_paths:
+    if not gen.paths:
         raise MissingInputError(
-            f"{gen_dir}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
+            f"{gen.source['path']}: no generated volumes (*.nii.gz) to evaluate (run `prdit sample`)"
         )
     device = device or select_device()[0]
-    torch.manual_seed(seed)
+
+    # features: the real splits (cached), then each generated volume, read once and kept for MS-SSIM
+    torch.manual_seed(settings.seed)
     model, info = build_extractor(settings.weights, settings.sha256)
-    model.to(device)
-    extractor = Extractor(model, info, axes)
+    extractor = Extractor(model.to(device), info, axes)
     skipped: list[str] = []
     real = real_summaries(dataset, size, window, extractor, skipped, inputs)
     train, heldout = real["train"], Summary.concat([real["val"], real["test"]])
     if not train.ids:
         raise ValueError(f"{inputs.real}: none of the training cases could be read: {skipped}")
     gen_vols = VolumeBank(device)
-    generated = summarise(
-        gen_paths,
-        gen.ids,
-        window,
-        extractor,
-        skipped,
-        read=gen.read,
-        desc=f"sample features {dataset}/{size}",
-        keep=gen_vols,
-    )
-    if not generated.ids:
+    desc = f"sample features {dataset}/{size}"
+    fake = summarise(gen.paths, gen.ids, window, extractor, skipped, read=gen.read, desc=desc, keep=gen_vols)
+    if not fake.ids:
         raise ValueError(
-            f"{gen_dir}: none of the {len(gen_paths)} generated volumes could be read: {skipped[-1]}"
+            f"{gen.source['path']}: none of the {len(gen.paths)} generated volumes could be read: {skipped[-1]}"
         )
     t_feat = time.monotonic() - t0
 
+    # FID / MMD against the reference set, and MS-SSIM of the generated set and of real train (its floor)
+    reference, scores, notes = _feature_scores(real, train, heldout, fake, settings)
+    train_paths = [inputs.real / f"{c}.nii.gz" for c in train.ids]
+    diversity, real_vols = _diversities(gen_vols, train_paths, settings, size, notes, device)
+
+    # the memorisation audit, the tiling / texture diagnostics and the caveats they call for
+    memo = audit(fake, train, heldout)
+    diag = texture_compare(fake.stats, train.stats, heldout.stats, precomputed=True)
+    notes.extend(_caveats(diag, memo, gen, len(fake.ids)))
+
+    montage = _montage_sets(real_vols, train.ids, gen_vols, fake.ids)
+    first_real = montage["real"][0]
+    return Scored(
+        dataset=dataset,
+        size=size,
+        protocol=settings.protocol,
+        real_set_n=real_n,
+        axes=axes,
+        window=window,
+        n_boot=settings.bootstrap,
+        info=info,
+        train=train,
+        heldout=heldout,
+        generated=fake,
+        reference=reference,
+        scores=scores,
+        diversity=diversity,
+        memo=memo,
+        diag=diag,
+        notes=notes,
+        skipped=skipped,
+        feature_cache=inputs.feature_cache,
+        montage=montage,
+        seconds_features=t_feat,
+        source=gen.source,
+        # the first generated volume and the first readable real train volume (the montages' first rows)
+        mid_slices=mid_slices(_host(gen_vols[0]), window, "generated")
+        | (mid_slices(first_real[0], window, "real") if first_real else {}),
+    )
+
+
+def _feature_scores(
+    real: dict[str, Summary], train: Summary, heldout: Summary, fake: Summary, settings: EvalSettings
+) -> tuple[Summary, dict, list[str]]:
+    """FID / MMD of `fake` against the reference set (train, or the paper's real set) with bootstrap
+    intervals, and the held-out floors, which compare held-out with train only; the reference set too."""
+    n_boot, seed, real_n = settings.bootstrap, settings.seed, settings.real_set_n
     reference = paper_real_set(real, real_n) if real_n is not None else train
-    scores, notes = feature_scores(reference, heldout, generated, n_boot, seed)
-    if real_n is not None:  # the floors compare held-out with train only: the paper's real set contains val
+    scores, notes = feature_scores(reference, heldout, fake, n_boot, seed)
+    if real_n is not None:  # the paper's real set contains val: its floors would compare val with itself
         floors, floor_notes = feature_scores(train, heldout, Summary.concat([]), n_boot, seed)
         scores.update({k: v for k, v in floors.items() if "_floor" in k})
         notes = [n for n in notes if "held-out" not in n] + [n for n in floor_notes if "held-out" in n]
-    train_paths = [inputs.real / f"{c}.nii.gz" for c in train.ids]
+    return reference, scores, notes
+
+
+def _diversities(
+    gen_vols: VolumeBank,
+    train_paths: list[Path],
+    settings: EvalSettings,
+    size: int,
+    notes: list[str],
+    device: torch.device | None,
+) -> tuple[dict[str, tuple[float | None, float | None, int]], dict[int, Any]]:
+    """MS-SSIM of the generated set and of real train (the floor), and the real train volumes read: those
+    of the floor's pairs and the montage's rows, each read once."""
+    pairs, seed = settings.ms_ssim_pairs, settings.seed
     n_gen = len(gen_vols)
-    gen_pairs = n_gen * (n_gen - 1) // 2 if settings.all_generated_pairs else ms_ssim_pairs
+    gen_pairs = n_gen * (n_gen - 1) // 2 if settings.all_generated_pairs else pairs
     diversity = {"generated": _diversity(gen_vols, n_gen, gen_pairs, seed, "generated", notes, device=device)}
-    floor_pairs = pair_indices(len(train_paths), ms_ssim_pairs, seed) if len(train_paths) >= 2 else []
-    montage_idx = range(min(MONTAGE_ROWS, len(train_paths)))
-    real_vols, unreadable = _read_each_once(
-        train_paths, [k for p in floor_pairs for k in p] + list(montage_idx), "real", size, window, device
-    )
+    floor_pairs = pair_indices(len(train_paths), pairs, seed) if len(train_paths) >= 2 else []
+    wanted = [k for pair in floor_pairs for k in pair] + list(range(min(MONTAGE_ROWS, len(train_paths))))
+    real_vols, unreadable = _read_each_once(train_paths, wanted, "real", size, settings.window, device)
     diversity["floor"] = _diversity(
-        real_vols, len(train_paths), ms_ssim_pairs, seed, "real train", notes, unreadable, device
+        real_vols, len(train_paths), pairs, seed, "real train", notes, unreadable, device
     )
-    memo = audit(generated, train, heldout)
-    diag = texture_compare(generated.stats, train.stats, heldout.stats, precomputed=True)
-    notes.extend(_caveats(diag, memo, gen, len(generated.ids)))
-    shown = [i for i in montage_idx if i in real_vols]
-    montage = {
-        "real": ([_host(real_vols[i]) for i in shown], [f"real {train.ids[i]}" for i in shown]),
+    return diversity, real_vols
+
+
+def _montage_sets(
+    real_vols: dict[int, Any], train_ids: list[str], gen_vols: VolumeBank, gen_ids: list[str]
+) -> dict[str, tuple[list, list[str]]]:
+    """The montages' rows: the first MONTAGE_ROWS real train volumes that could be read, and the first
+    generated ones, on the host with their labels."""
+    shown = [i for i in range(min(MONTAGE_ROWS, len(train_ids))) if i in real_vols]
+    return {
+        "real": ([_host(real_vols[i]) for i in shown], [f"real {train_ids[i]}" for i in shown]),
         "generated": (
             [_host(v) for v in gen_vols[:MONTAGE_ROWS]],
-            [f"generated {c}" for c in generated.ids[:MONTAGE_ROWS]],
+            [f"generated {c}" for c in gen_ids[:MONTAGE_ROWS]],
         ),
     }
-    return Scored(
-        dataset,
-        size,
-        settings.protocol,
-        real_n,
-        axes,
-        window,
-        n_boot,
-        info,
-        train,
-        heldout,
-        generated,
-        reference,
-        scores,
-        diversity,
-        memo,
-        diag,
-        notes,
-        skipped,
-        inputs.feature_cache,
-        montage,
-        t_feat,
-        gen.source,
-        # the first generated volume and the first readable real train volume (the montages' first rows)
-        mid_slices(_host(gen_vols[0]), window, "generated")
-        | (mid_slices(montage["real"][0][0], window, "real") if shown else {}),
-    )
 
 
 def _caveats(diag: dict, memo: dict, gen: GeneratedSet, n_read: int) -> list[str]:
