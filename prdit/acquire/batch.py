@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from types import ModuleType
@@ -79,6 +79,9 @@ def download(
     workers: int,
     label: str,
 ) -> tuple[int, dict[str, float]]:
+    """Fetch what `client` lists (the `patients`, the first `limit`) into `out` with `workers` threads,
+    skipping what is already there and verified; (exit status: 1 if any item failed, the run's counts)."""
+    # what is listed, what manifest.csv already holds verified, and room on disk for the rest
     items, failed_listing = client.list_items(cfg, policy, patients=patients, limit=limit)
     manifest = out / MANIFEST
     rows = records.read(manifest)
@@ -109,34 +112,32 @@ def download(
     listing_keys = [row["series"] or f"patient:{row['patient']}" for row in failed_listing]
     results.update(zip(listing_keys, failed_listing))
 
-    last_write = time.monotonic()
-    total = sum(sizes) or None
+    # the rest in parallel, manifest.csv rewritten as items finish
     out.mkdir(parents=True, exist_ok=True)
-    with http.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(_fetch_one, client, item, out, cfg, policy, bar): item for item in todo}
-        try:
-            for future in progress(as_completed(futures), desc=f"{label} items", total=len(futures)):
-                item = futures[future]
-                row, _ = future.result()
-                results[item.key] = row
-                if time.monotonic() - last_write >= MANIFEST_EVERY_S:
-                    records.write(manifest, {**rows, **results})
-                    last_write = time.monotonic()
-        except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
-            http.STOP.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            http.STOP.clear()
-            records.write(manifest, {**rows, **results})
-            raise
-    received = bar.done
-    records.write(manifest, {**rows, **results})
+
+    def fetch(item: Any, bar: http.ByteProgress) -> tuple[dict[str, str], int]:
+        return _fetch_one(client, item, out, cfg, policy, bar)
+
+    def save() -> None:
+        records.write(manifest, {**rows, **results})
+
+    received = _fetch_all(fetch, todo, workers, label, results, save, sum(sizes) or None)
+    save()
     client.finish(out)
 
     selected = [results[k] for k in [i.key for i in items] + listing_keys]
+    return _tally(selected, len(items), present, received, label, manifest)
+
+
+def _tally(
+    selected: list[dict[str, str]], listed: int, present: int, received: int, label: str, manifest: Path
+) -> tuple[int, dict[str, float]]:
+    """The run's counts from the manifest rows of what it selected, logged with each failure's reason;
+    exit status 1 if any failed."""
     failed = [r for r in selected if r["status"] != "ok"]
     ok = len(selected) - len(failed)
     metrics = {
-        "items_listed": len(items),
+        "items_listed": listed,
         "items_ok": ok,
         "items_failed": len(failed),
         "items_present": present,
@@ -159,6 +160,37 @@ def download(
         )
         return 1, metrics
     return 0, metrics
+
+
+def _fetch_all(
+    fetch: Callable[[Any, http.ByteProgress], tuple[dict[str, str], int]],
+    todo: list,
+    workers: int,
+    label: str,
+    results: dict[str, dict[str, str]],
+    save: Callable[[], None],
+    total: int | None,
+) -> int:
+    """`fetch` each of `todo` on `workers` threads into `results`, `save`-ing the manifest every
+    MANIFEST_EVERY_S; on Ctrl-C the workers stop after their current block and what is done is saved.
+    Returns the bytes received."""
+    last_write = time.monotonic()
+    with http.ByteProgress(f"{label} download", total=total) as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(fetch, item, bar): item for item in todo}
+        try:
+            for future in progress(as_completed(futures), desc=f"{label} items", total=len(futures)):
+                row, _ = future.result()
+                results[futures[future].key] = row
+                if time.monotonic() - last_write >= MANIFEST_EVERY_S:
+                    save()
+                    last_write = time.monotonic()
+        except BaseException:  # Ctrl-C: stop the workers after their current block, keep what is done
+            http.STOP.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            http.STOP.clear()
+            save()
+            raise
+    return bar.done
 
 
 def _fetch_one(
