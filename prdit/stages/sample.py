@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,11 +139,7 @@ def _run_sample(
         raise MissingInputError(
             f"{path}: model file not found (run `prdit train --dataset {dataset} --stage {stage}{experiment}` first)"
         )
-    model = load(path, map_location=device, stage=stage, input_size=size).eval()
-    if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
-        from prdit.model.layers import set_attention_kernel_dtype
-
-        set_attention_kernel_dtype(model, numerics.attention)
+    model = _sampling_model(path, stage, size, device, numerics)
     seeds = sample_seeds(s.seed, n)
     options = SamplerOptions(
         steps=s.steps,
@@ -200,13 +197,34 @@ def _run_sample(
             )
             run.set_tags({"prdit.exit": "requeue"})
             return stop.exit_status
-        with io.atomic_dir(dest) as tmp:
-            for i in (i for idx in batches for i in idx):
-                link(partial / f"{i}.nii.gz", tmp / f"{i}.nii.gz")
-            if shard is None:
-                montage_from_files(tmp, n, p.preprocess.window)
-        shutil.rmtree(partial)
+        _publish(partial, dest, batches, p.preprocess.window if shard is None else None)
         log.info("wrote %d samples to %s", sum(map(len, batches)), dest)
         if shard is None:
             run.log_image(dest / "montage.png", artifact_path="montages")
     return EXIT_OK
+
+
+def _sampling_model(
+    path: Path, stage: str, size: int, device: torch.device, numerics: precision.Precision
+) -> torch.nn.Module:
+    """The model file's network in eval mode on `device`, with the reference's bf16 attention kernels
+    when the protocol's numerics ask for them."""
+    model = load(path, map_location=device, stage=stage, input_size=size).eval()
+    if numerics.attention is not None:  # the reference: bf16 attention kernels inside an fp32 network
+        from prdit.model.layers import set_attention_kernel_dtype
+
+        set_attention_kernel_dtype(model, numerics.attention)
+    return model
+
+
+def _publish(
+    partial: Path, dest: Path, batches: list[list[int]], montage_window: Sequence[float] | None
+) -> None:
+    """Every batch's files become `dest` at once (hard links, then the partial folder goes); with a
+    `montage_window` (a whole run, not a shard) montage.png is drawn beside them first."""
+    with io.atomic_dir(dest) as tmp:
+        for i in (i for idx in batches for i in idx):
+            link(partial / f"{i}.nii.gz", tmp / f"{i}.nii.gz")
+        if montage_window is not None:
+            montage_from_files(tmp, sum(map(len, batches)), montage_window)
+    shutil.rmtree(partial)
