@@ -43,7 +43,8 @@ def fetch_weights(
     policy: http.RetryPolicy | None = None,
     verify: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Download `url` to `out` (the stage's default: prdit.paths.medicalnet(DEFAULT_NAME)); a file whose sha256 differs never takes the name `out`. Returns `out`.
+    """Download `url` to `out` (the stage's default: prdit.paths.medicalnet(DEFAULT_NAME)); a file whose
+    sha256 differs never takes the name `out`. Returns `out`.
 
     Without `url` the default 23-dataset file is fetched, checked against its pinned sha256 and size.
     `verify(part)` may refuse the received file (DownloadError); it then never takes the name `out`.

@@ -22,7 +22,6 @@ from prdit.plan import limits
 from prdit.plan.gpus import CUDA_OVERHEAD_GIB, GPU, MEM_FRACTION
 from prdit.plan.measure import Flops
 from prdit.plan.steps import (  # noqa: F401  (also what benchmarks/gpu_check.py and the tests measure)
-    affine_bytes,
     extractor_cost,
     micro_batch,
     model_calls,

@@ -12,7 +12,6 @@ from prdit.diffusion.ian import loss as ian_loss
 from prdit.plan.measure import Flops, count_flops, fake_mode, peak_bytes, traffic_bytes
 from prdit.stages._models import stage_spec
 from prdit.train import batching
-from prdit.train.batching import affine_bytes  # noqa: F401  (prdit.plan.cost re-exports it)
 from prdit.train.stages import PARENT, assemble
 
 

@@ -84,20 +84,6 @@ def load_parent(
     return models.load(parent, map_location="cpu", stage=PARENT[stage], input_size=input_size), hashes
 
 
-def build(
-    spec: StageSpec, parent: Path | None, parent_input_size: int | None = None, rerun: str = ""
-) -> StageModel:
-    """The stage's model on the CPU with its parent loaded and frozen; `trained` names what learns.
-
-    `parent`: the parent stage's model file (None for stage 1), a model at `parent_input_size` (default:
-    the stage's own); `rerun`: see load_parent."""
-    size = spec.input_size if parent_input_size is None else parent_input_size
-    frozen, parents = load_parent(parent, spec.stage, size, rerun) if parent is not None else (None, {})
-    sm = assemble(spec, frozen)
-    sm.parents = parents
-    return sm
-
-
 def assemble(spec: StageSpec, frozen: nn.Module | None) -> StageModel:
     """The stage's model around `frozen` (the parent stage's model, None for local), as training builds it.
 
